@@ -1,0 +1,35 @@
+"""fusionnet-tf: FusionNet for EM membrane segmentation in TensorFlow/Keras 3.
+
+Quan, Hildebrand & Jeong (2016), https://arxiv.org/abs/1612.05360
+
+Heavy submodules are imported lazily, so ``import fusionnet_tf`` stays cheap
+and ``fusionnet --help`` answers quickly.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "build_fusionnet": "fusionnet_tf.models",
+    "build_unet": "fusionnet_tf.models",
+    "build_model": "fusionnet_tf.models",
+    "model_depth": "fusionnet_tf.models",
+    "Predictor": "fusionnet_tf.inference",
+    "load_model": "fusionnet_tf.inference",
+    "load_pretrained": "fusionnet_tf.pretrained",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fusionnet_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,77 @@
+"""The ``fusionnet`` command: one subcommand per module in this package.
+
+Each subcommand module defines ``add_parser(subparsers)`` (cheap: argparse
+only) and ``run(args)`` (imports TensorFlow when it needs it), so
+``fusionnet --help`` answers without loading TensorFlow.
+"""
+
+import argparse
+import importlib
+import sys
+
+from fusionnet_tf import __version__
+
+# subcommand -> module defining add_parser(subparsers) and run(args)
+COMMANDS = {
+    "info": "fusionnet_tf.cli.info",
+    "train": "fusionnet_tf.cli.train",
+    "predict": "fusionnet_tf.cli.predict",
+    "evaluate": "fusionnet_tf.cli.evaluate",
+    "export": "fusionnet_tf.cli.export",
+    "serve": "fusionnet_tf.cli.serve",
+    "predict-volume": "fusionnet_tf.cli.predict_volume",
+}
+
+# Errors that describe bad input: printed as one line, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
+               IsADirectoryError, NotADirectoryError, KeyError)
+
+
+class CommandError(Exception):
+    """A user-facing failure that is not bad input (e.g. a missing runtime)."""
+
+
+def build_parser():
+    """Return the top-level ``argparse.ArgumentParser`` with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="fusionnet",
+        description=(
+            "FusionNet membrane segmentation for electron-microscopy images: "
+            "train, predict, evaluate (ISBI 2012 V_rand / V_info), export and serve."
+        ),
+        epilog="Run 'fusionnet COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fusionnet-tf {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def error_message(exc):
+    """One-line text for a user-facing exception."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+
+
+def main(argv=None):
+    """Entry point of the ``fusionnet`` console script. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except USER_ERRORS + (CommandError,) as exc:
+        print(f"fusionnet {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fusionnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

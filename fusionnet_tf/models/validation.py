@@ -1,0 +1,71 @@
+"""Argument checks shared by the model builders.
+
+Each check raises ``ValueError`` naming the argument and the value received.
+"""
+
+OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", None)
+
+
+def _describe(name, value):
+    return f"{name}={value!r} (of type {type(value).__name__})"
+
+
+def check_positive_int(name, value, minimum=1):
+    """Raise ValueError unless ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}; received {_describe(name, value)}"
+        )
+
+
+def check_input_shape(input_shape, depth):
+    """Validate ``(H, W, C)``: H, W None or divisible by ``2**depth``.
+
+    Returns:
+        The shape as a tuple.
+    """
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must be a tuple (H, W, channels); received "
+            + _describe("input_shape", input_shape)
+        )
+    factor = 2**depth
+    for axis, size in zip(("H", "W"), input_shape[:2]):
+        if size is None:
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(
+                f"`input_shape` {axis} must be a positive integer or None; "
+                f"received input_shape={tuple(input_shape)!r}"
+            )
+        if size % factor:
+            raise ValueError(
+                f"`input_shape` {axis}={size} is not divisible by 2**depth={factor} "
+                f"(depth={depth}); received input_shape={tuple(input_shape)!r}. "
+                f"Pad or crop to a multiple of {factor}."
+            )
+    check_positive_int("input_shape channels", input_shape[2])
+    return tuple(input_shape)
+
+
+def check_head(num_classes, output_activation):
+    """Validate ``num_classes`` and ``output_activation``."""
+    check_positive_int("num_classes", num_classes)
+    if output_activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(
+            f"`output_activation` must be one of {OUTPUT_ACTIVATIONS}; received "
+            + _describe("output_activation", output_activation)
+        )
+    if output_activation == "softmax" and num_classes < 2:
+        raise ValueError(
+            "`output_activation='softmax'` needs num_classes >= 2; received "
+            f"num_classes={num_classes}. Use 'sigmoid' for one membrane channel."
+        )
+
+
+def check_dropout(dropout):
+    """Validate a dropout rate in [0, 1)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(
+            "`dropout` must be a float in [0, 1); received " + _describe("dropout", dropout)
+        )
