@@ -33,3 +33,11 @@ def load_pretrained():
     import keras
 
     return keras.saving.load_model(pretrained_path(), compile=False)
+
+
+EXAMPLE_FILE = Path(__file__).resolve().parent / "examples" / "isbi2012_test_slices_0-2.tif"
+
+
+def example_path():
+    """Path of the shipped example stack: 3 x 512 x 512 uint8 ISBI 2012 test slices."""
+    return EXAMPLE_FILE
