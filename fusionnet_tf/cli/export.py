@@ -1,0 +1,160 @@
+"""``fusionnet export``: SavedModel (TF Serving layout), LiteRT, ONNX or TensorRT."""
+
+import sys
+
+HELP = "Export a trained .keras model to SavedModel/TF Serving, LiteRT, ONNX or TensorRT."
+FORMATS = ("saved_model", "litert", "onnx", "tensorrt")
+QUANTIZE = ("none", "fp16", "dynamic-int8", "int8")
+# --quantize values each format accepts
+FORMAT_QUANTIZE = {
+    "saved_model": ("none",),
+    "onnx": ("none",),
+    "litert": QUANTIZE,
+    "tensorrt": ("none", "fp16"),
+}
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export", help=HELP, description=HELP + (
+            " Every export writes a JSON model card next to the artifact. saved_model: DIR is "
+            "the TF Serving model base, the artifact lands in DIR/NAME/VERSION/. litert: "
+            "DIR/NAME[_QUANT].tflite. onnx: DIR/NAME.onnx. tensorrt (NVIDIA machines only): "
+            "DIR/NAME_tftrt_PRECISION/ or DIR/NAME_PRECISION.plan."))
+    parser.add_argument("--model", required=True,
+                        help="Trained .keras model file, or 'pretrained' for the shipped model.")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="Artifact format.")
+    parser.add_argument("--output", required=True, metavar="DIR", help="Output folder.")
+    parser.add_argument("--name", default="fusionnet",
+                        help="Model name / file stem (default: fusionnet).")
+    parser.add_argument("--version", type=int, default=None,
+                        help="saved_model version (default: next free integer in DIR/NAME).")
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none",
+                        help="litert: none (float32), fp16, dynamic-int8 or int8 (full integer, "
+                             "needs --calibration-data); tensorrt: none (FP32) or fp16 "
+                             "(default: none).")
+    parser.add_argument("--calibration-data", metavar="SPEC", default=None,
+                        help="int8 calibration EM images: .tif stack, image folder or "
+                             "file.h5:/key, normalized per slice (default: none).")
+    parser.add_argument("--calibration-tiles", type=int, default=64,
+                        help="Random tiles drawn for int8 calibration (default: 64).")
+    parser.add_argument("--tile-size", type=int, default=512,
+                        help="Tile side of the whole-image signatures, int8 calibration tiles "
+                             "and TensorRT engines (default: 512).")
+    parser.add_argument("--overlap", type=int, default=64,
+                        help="Tile overlap of the whole-image signatures (default: 64).")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="Tiles per model call in the whole-image signatures; largest "
+                             "TensorRT batch (default: 4).")
+    parser.add_argument("--trt-route", choices=("tf-trt", "onnx"), default="tf-trt",
+                        help="tensorrt: TF-TRT SavedModel or ONNX -> TensorRT engine "
+                             "(default: tf-trt).")
+    parser.add_argument("--training-config", default=None,
+                        help="Training config whose SHA-256 goes into the model card (default: "
+                             "config.yaml/resolved_config.yaml next to --model, if any).")
+    parser.set_defaults(run=run)
+
+
+def check_args(args):
+    """Raise ValueError for option combinations that cannot work."""
+    allowed = FORMAT_QUANTIZE[args.format]
+    if args.quantize not in allowed:
+        raise ValueError(f"--quantize {args.quantize} is not available for --format "
+                         f"{args.format}; choose one of {', '.join(allowed)}")
+    if args.quantize == "int8" and not args.calibration_data:
+        raise ValueError("--quantize int8 needs --calibration-data SPEC (EM images to draw "
+                         "calibration tiles from)")
+    if args.version is not None and args.format != "saved_model":
+        raise ValueError(f"--version applies to --format saved_model only; received --format "
+                         f"{args.format}")
+    for option in ("tile_size", "batch_size", "calibration_tiles"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1; received "
+                             f"{getattr(args, option)}")
+
+
+def load_keras_model(spec):
+    """A ``keras.Model`` from a ``.keras``/``.h5`` file or ``"pretrained"``."""
+    from pathlib import Path
+
+    import keras
+
+    from fusionnet_tf.pretrained import pretrained_path
+
+    path = pretrained_path() if spec == "pretrained" else Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--model not found: {path}")
+    if path.is_dir() or path.suffix.lower() not in (".keras", ".h5"):
+        raise ValueError(f"--model must be a .keras (or .h5) file saved by Keras; received {spec}")
+    return keras.saving.load_model(path, compile=False), path
+
+
+def calibration_tiles(spec, tile_size, count):
+    """Normalized random tiles from the images at ``spec`` for int8 calibration."""
+    from fusionnet_tf.data import normalize, read_stack
+    from fusionnet_tf.export.calibration import representative_tiles
+
+    return representative_tiles(normalize(read_stack(spec), mode="slice"), tile_size, count)
+
+
+def card_extra(args, model_path):
+    """Provenance for the model card: source model, its hash, training config."""
+    from fusionnet_tf.export.model_card import file_sha256, find_training_config
+
+    config = args.training_config or find_training_config(model_path)
+    extra = {"source_model": str(model_path), "source_model_sha256": file_sha256(model_path)}
+    if config:
+        extra["training_config"] = str(config)
+        extra["training_config_sha256"] = file_sha256(config)
+    return extra
+
+
+def export(args, model, extra):
+    """Dispatch to the format's export function; returns the artifact path."""
+    if args.format == "saved_model":
+        from fusionnet_tf.export.saved_model import export_saved_model
+
+        return export_saved_model(model, args.output, args.name, args.version, args.tile_size,
+                                  args.overlap, args.batch_size, card_extra=extra)
+    if args.format == "onnx":
+        from fusionnet_tf.export.onnx import export_onnx
+
+        return export_onnx(model, args.output, args.name, card_extra=extra)
+    if args.format == "litert":
+        from fusionnet_tf.export.litert import export_litert
+
+        data = None
+        if args.quantize == "int8":
+            data = calibration_tiles(args.calibration_data, args.tile_size, args.calibration_tiles)
+        return export_litert(model, args.output, args.name, args.quantize, data, card_extra=extra)
+    from fusionnet_tf.export.tensorrt import export_tensorrt
+
+    precision = "fp16" if args.quantize == "fp16" else "fp32"
+    return export_tensorrt(model, args.output, args.name, args.trt_route, precision,
+                           args.tile_size, args.batch_size, card_extra=extra)
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from fusionnet_tf.cli import CommandError
+
+    check_args(args)
+    if args.format == "tensorrt":
+        from fusionnet_tf.export.tensorrt import tensorrt_missing_reason
+
+        reason = tensorrt_missing_reason(args.trt_route)
+        if reason:
+            raise CommandError(reason)
+    if args.training_config:
+        from pathlib import Path
+
+        if not Path(args.training_config).is_file():
+            raise FileNotFoundError(f"--training-config not found: {args.training_config}")
+    with tqdm(total=2, desc=f"export {args.format}", file=sys.stderr, unit="step") as bar:
+        model, model_path = load_keras_model(args.model)
+        bar.update()
+        path = export(args, model, card_extra(args, model_path))
+        bar.update()
+    print(path)
+    return 0

@@ -1,0 +1,100 @@
+"""``fusionnet predict-volume``: block-wise prediction of a chunked volume on Dask."""
+
+HELP = "Predict membranes block by block on a large zarr/HDF5 volume (resumable, Dask)."
+
+DESCRIPTION = """\
+Predict membrane probabilities for a (Z, Y, X) volume too large for memory.
+The volume is cut into blocks; each block is predicted from the same global tile
+grid, test-time augmentation, blending and per-slice normalization as
+'fusionnet predict' (the result equals whole-slice prediction, block borders are
+invisible) and written as one chunk of a float32 zarr array. Finished blocks get a
+done-marker in OUTPUT/.fusionnet-done/; rerunning the same command skips them, so
+an interrupted run resumes. Needs: pip install 'fusionnet-tf[volumes]'.
+"""
+
+EPILOG = """\
+examples:
+  fusionnet predict-volume em.zarr membranes.zarr --workers 2
+  fusionnet predict-volume em.h5:/raw membranes.zarr --model my.keras --block 2048
+  fusionnet predict-volume em.zarr:/raw out.zarr --scheduler tcp://10.0.0.5:8786
+"""
+
+
+def add_parser(subparsers):
+    import argparse
+
+    parser = subparsers.add_parser("predict-volume", help=HELP, description=DESCRIPTION,
+                                   epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", metavar="INPUT",
+                        help="Input volume (Z, Y, X): 'volume.zarr' (zarr v2 or v3 array), "
+                             "'volume.zarr:/key' (array in a zarr group) or 'volume.h5:/key'.")
+    parser.add_argument("output", metavar="OUTPUT",
+                        help="Output zarr store (float32 membrane probability, 1 = membrane). "
+                             "An existing output of the same run is resumed.")
+    parser.add_argument("--model", default=None,
+                        help="Model file (.keras) or SavedModel folder "
+                             "(default: the shipped pretrained FusionNet).")
+    parser.add_argument("--block", type=int, default=1024,
+                        help="Block height and width in voxels = output chunk (default: 1024).")
+    parser.add_argument("--block-z", type=int, default=1,
+                        help="Slices per block (default: 1).")
+    parser.add_argument("--tile", type=int, default=512,
+                        help="Tile side fed to the network (default: 512).")
+    parser.add_argument("--overlap", type=int, default=64,
+                        help="Minimum overlap of neighbouring tiles in pixels (default: 64). "
+                             "The block halo is derived from the resulting tile grid.")
+    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=1,
+                        help="Test-time augmentation: 1 (none), 4 (mirrorings) or 8 (all "
+                             "rotations and flips) averaged (default: 1).")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="Tiles per network call (default: 4).")
+    parser.add_argument("--blending", choices=("gaussian", "cosine", "constant"),
+                        default="gaussian", help="Tile blending weights (default: gaussian).")
+    parser.add_argument("--normalize", choices=("slice", "global", "dtype"), default="slice",
+                        help="Intensity normalization (default: slice, per-slice min-max "
+                             "computed over whole slices in a first pass).")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1,
+                       help="Worker processes of a local Dask cluster, one thread each; "
+                            "0 runs in this process without Dask (default: 1).")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="Address of a running Dask scheduler, e.g. tcp://host:8786 "
+                            "(default: none; start a local cluster). Workers must see "
+                            "INPUT, OUTPUT and --model at the same paths.")
+    parser.add_argument("--tf-threads", type=int, default=None,
+                        help="TensorFlow intra-op threads per worker (default: CPU cores / "
+                             "--workers on a local cluster, TensorFlow's default otherwise).")
+    parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
+                        help="Zarr format of a new output (default: 3).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing output instead of resuming it "
+                             "(default: resume).")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="Hide the progress bar (default: shown on stderr).")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    import sys
+
+    from fusionnet_tf.cli import CommandError
+
+    try:
+        from fusionnet_tf.volumes import BlockFailures, format_summary, predict_volume
+
+        summary = predict_volume(
+            args.input, args.output, args.model,
+            block_shape=(args.block_z, args.block, args.block),
+            tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
+            batch_size=args.batch_size, blending=args.blending, normalization=args.normalize,
+            workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
+            zarr_format=args.zarr_format, overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+    except BlockFailures as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"predict-volume: {format_summary(summary)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,386 @@
+"""``tf.data`` pipelines: endless augmented training tiles, fixed validation tiles.
+
+Training (``train_dataset``): an endless counter is mapped, in parallel, to
+tiles. Tile ``i`` takes its randomness only from ``(seed, i)`` (stateless RNG),
+so runs are reproducible whatever the thread scheduling, and every tile gets
+its own slice, position, deformation field and jitter:
+
+    counter -> seed_i -> [sampler] slice n, origin (y, x)
+            -> window: image + label cut from the reflect-padded slice, with a
+               margin for the elastic warp, normalized to [0, 1]
+            -> augment_window (elastic, dihedral, intensity) -> batch -> prefetch
+
+Tiles larger than the image (e.g. 640 on 512 x 512 ISBI slices, as in the
+FusionNet paper) are filled by reflection. Volumes can be NumPy arrays
+(held in memory as TF tensors in their native dtype) or lazy array-likes
+(``h5py.Dataset``, ``np.memmap``, ``LazyStack``), read window by window.
+
+Validation (``validation_dataset``): a finite, deterministic set of tiles that
+covers every validation slice, with no augmentation.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from fusionnet_tf.data.augment import as_augment_config, augment_window
+from fusionnet_tf.data.normalize import check_mode, intensity_range
+from fusionnet_tf.data.readers import check_stack
+
+AUTOTUNE = tf.data.AUTOTUNE
+_SEED_SALT = 2012  # second word of the base seed; any constant works
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks
+# --------------------------------------------------------------------------- #
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}; received {value!r}")
+    return int(value)
+
+
+def _check_volumes(images, labels):
+    """Validate image and label stacks; return them as (N, H, W) array-likes."""
+    images = check_stack(images, "images")
+    if labels is None:
+        raise ValueError("labels must be given; received None")
+    if isinstance(labels, np.ndarray) and labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    labels = check_stack(labels, "labels")
+    if tuple(images.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"image/label shape mismatch: images have shape {tuple(images.shape)}, "
+            f"labels have shape {tuple(labels.shape)}"
+        )
+    _, height, width = images.shape
+    if height < 2 or width < 2:
+        raise ValueError(f"slices must be at least 2 x 2 pixels; received shape {tuple(images.shape)}")
+    if isinstance(labels, np.ndarray):
+        values = np.unique(labels)
+        if not np.isin(values, (0, 1)).all():
+            shown = ", ".join(str(v) for v in values[:10])
+            raise ValueError(
+                f"labels must be membrane maps with values in {{0, 1}} (1 = membrane); found values "
+                f"[{shown}]; convert them with read_labels(..., convention=...) or to_membrane()"
+            )
+    return images, labels
+
+
+def _normalization_range(images, normalization):
+    """Per-slice (lo, scale) float32 arrays for the chosen normalization."""
+    if normalization is None:
+        if np.dtype(images.dtype).kind != "f":
+            raise ValueError(
+                f"normalization=None needs float images already in [0, 1]; received dtype {images.dtype}"
+            )
+        n = images.shape[0]
+        return np.zeros(n, np.float32), np.ones(n, np.float32)
+    check_mode(normalization)
+    lo, hi = intensity_range(images, normalization)
+    return lo, hi - lo
+
+
+# --------------------------------------------------------------------------- #
+# Windows: reflect-padded crops of image + label
+# --------------------------------------------------------------------------- #
+
+
+def reflect_index(index, size):
+    """Map integer coordinates into [0, size) by mirror reflection (no edge repeat).
+
+    Args:
+        index: int32 tensor of any shape.
+        size: Python int >= 1, the axis length.
+
+    Returns:
+        int32 tensor of the same shape: ``-1 -> 1``, ``size -> size - 2``.
+    """
+    if size == 1:
+        return tf.zeros_like(index)
+    period = 2 * (size - 1)
+    index = tf.math.floormod(index, period)
+    return tf.where(index >= size, period - index, index)
+
+
+def _reflect_index_np(index, size):
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+class _VolumeSource:
+    """Cuts (side, side, 2) float32 windows [image in [0, 1], label in {0, 1}].
+
+    Args:
+        images: (N, H, W) ndarray (kept in memory as a tensor) or lazy array-like.
+        labels: (N, H, W) ndarray or lazy array-like; nonzero = membrane.
+        lo: (N,) float32 per-slice lower bound.
+        scale: (N,) float32 per-slice ``hi - lo``.
+    """
+
+    def __init__(self, images, labels, lo, scale):
+        self.num_slices, self.height, self.width = (int(s) for s in images.shape)
+        self.in_memory = isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)
+        self._images, self._labels = images, labels
+        if self.in_memory:
+            self._images_t = tf.constant(images)
+            self._labels_t = tf.constant(labels.astype(np.uint8, copy=False))
+        self._lo = tf.constant(lo, tf.float32)
+        self._scale = tf.constant(scale, tf.float32)
+
+    def _read_np(self, n, y, x, side):
+        """Lazy path: read the bounding block once, then reflect in NumPy."""
+        rows = _reflect_index_np(np.arange(y, y + side), self.height)
+        cols = _reflect_index_np(np.arange(x, x + side), self.width)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        image = np.asarray(self._images[int(n), r0:r1, c0:c1])[rows - r0][:, cols - c0]
+        label = np.asarray(self._labels[int(n), r0:r1, c0:c1])[rows - r0][:, cols - c0]
+        return image.astype(np.float32), (label != 0).astype(np.uint8)
+
+    def _read_tf(self, n, y, x, side):
+        rows = reflect_index(y + tf.range(side), self.height)
+        cols = reflect_index(x + tf.range(side), self.width)
+        r0, r1 = tf.reduce_min(rows), tf.reduce_max(rows) + 1
+        c0, c1 = tf.reduce_min(cols), tf.reduce_max(cols) + 1
+        image = self._images_t[n, r0:r1, c0:c1]
+        label = self._labels_t[n, r0:r1, c0:c1]
+        image = tf.gather(tf.gather(image, rows - r0), cols - c0, axis=1)
+        label = tf.gather(tf.gather(label, rows - r0), cols - c0, axis=1)
+        return tf.cast(image, tf.float32), label
+
+    def window(self, n, y, x, side):
+        """Window of slice ``n`` with top-left corner (y, x) (may be negative).
+
+        Args:
+            n, y, x: int32 scalar tensors.
+            side: Python int.
+
+        Returns:
+            float32 (side, side, 2): normalized image, binary label.
+        """
+        if self.in_memory:
+            image, label = self._read_tf(n, y, x, side)
+        else:
+            image, label = tf.numpy_function(
+                self._read_np, [n, y, x, tf.constant(side)], [tf.float32, tf.uint8], stateful=False
+            )
+            image = tf.ensure_shape(image, [side, side])
+            label = tf.ensure_shape(label, [side, side])
+        scale = self._scale[n]
+        image = tf.where(scale > 0, (image - self._lo[n]) / tf.where(scale > 0, scale, 1.0), 0.0)
+        image = tf.clip_by_value(image, 0.0, 1.0)
+        return tf.stack([image, tf.cast(label, tf.float32)], axis=-1)
+
+
+# --------------------------------------------------------------------------- #
+# Tile sampling
+# --------------------------------------------------------------------------- #
+
+
+def _foreground_table(labels):
+    """Summed-area table (N, H + 1, W + 1) of nonzero labels, built slice by slice."""
+    n, height, width = labels.shape
+    dtype = np.int32 if height * width < 2**31 else np.int64
+    table = np.zeros((n, height + 1, width + 1), dtype)
+    for i in range(n):
+        plane = (np.asarray(labels[i]) != 0).astype(dtype)
+        table[i, 1:, 1:] = plane.cumsum(0).cumsum(1)
+    return table
+
+
+class _TileSampler:
+    """Draws (slice, y, x) tile origins; optionally rejects low-foreground tiles.
+
+    Origins are uniform over all positions where the tile fits; for a tile
+    larger than the slice they range over the positions where the slice fits
+    inside the tile (the rest is filled by reflection).
+
+    With ``min_foreground > 0``, ``attempts`` candidates are drawn at once and
+    the first whose foreground (label 1) fraction, measured on the undeformed
+    tile area inside the slice, reaches ``min_foreground`` is used; if none
+    does, the candidate with the largest fraction is used.
+    """
+
+    def __init__(self, labels, tile_size, min_foreground, attempts):
+        self.num_slices, height, width = (int(s) for s in labels.shape)
+        self.height, self.width, self.tile = height, width, tile_size
+        self.y_range = (min(0, height - tile_size), max(0, height - tile_size))
+        self.x_range = (min(0, width - tile_size), max(0, width - tile_size))
+        self.min_foreground = float(min_foreground)
+        self.attempts = attempts if min_foreground > 0 else 1
+        self.table = tf.constant(_foreground_table(labels)) if min_foreground > 0 else None
+
+    def _fraction(self, n, y, x):
+        y0, y1 = tf.clip_by_value(y, 0, self.height), tf.clip_by_value(y + self.tile, 0, self.height)
+        x0, x1 = tf.clip_by_value(x, 0, self.width), tf.clip_by_value(x + self.tile, 0, self.width)
+
+        def at(rows, cols):
+            return tf.cast(tf.gather_nd(self.table, tf.stack([n, rows, cols], axis=-1)), tf.float32)
+
+        total = at(y1, x1) - at(y0, x1) - at(y1, x0) + at(y0, x0)
+        return total / tf.cast((y1 - y0) * (x1 - x0), tf.float32)
+
+    def __call__(self, seed):
+        """Return int32 scalars (n, y, x) drawn with the stateless ``seed``."""
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        k = [self.attempts]
+        n = tf.random.stateless_uniform(k, seeds[0], 0, self.num_slices, dtype=tf.int32)
+        y = tf.random.stateless_uniform(k, seeds[1], self.y_range[0], self.y_range[1] + 1, dtype=tf.int32)
+        x = tf.random.stateless_uniform(k, seeds[2], self.x_range[0], self.x_range[1] + 1, dtype=tf.int32)
+        if self.table is None:
+            return n[0], y[0], x[0]
+        fraction = self._fraction(n, y, x)
+        accepted = fraction >= self.min_foreground
+        pick = tf.where(tf.reduce_any(accepted),
+                        tf.argmax(tf.cast(accepted, tf.int32), output_type=tf.int32),
+                        tf.argmax(fraction, output_type=tf.int32))
+        return n[pick], y[pick], x[pick]
+
+
+# --------------------------------------------------------------------------- #
+# Public datasets
+# --------------------------------------------------------------------------- #
+
+
+def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, normalization,
+                         min_foreground, max_sampling_attempts, augment_fn=None):
+    """Shared body of ``train_dataset``; ``augment_fn(window, seed) -> (image, label)``
+    replaces ``augment_window`` (the benchmark plugs Keras's elastic op in here)."""
+    images, labels = _check_volumes(images, labels)
+    tile_size = _check_int("tile_size", tile_size, 2)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    _check_int("max_sampling_attempts", max_sampling_attempts, 1)
+    if not isinstance(min_foreground, (int, float)) or not 0.0 <= min_foreground <= 1.0:
+        raise ValueError(f"min_foreground must be a number in [0, 1]; received {min_foreground!r}")
+    config = as_augment_config(augment)
+    lo, scale = _normalization_range(images, normalization)
+    source = _VolumeSource(images, labels, lo, scale)
+    sampler = _TileSampler(labels, tile_size, min_foreground, max_sampling_attempts)
+    margin = config.margin
+    base_seed = tf.constant([seed, _SEED_SALT], tf.int64)
+    if augment_fn is None:
+        def augment_fn(window, tile_seed):
+            return augment_window(window, tile_seed, config, tile_size)
+
+    def make_tile(index):
+        key = tf.random.experimental.stateless_fold_in(base_seed, index)
+        seeds = tf.random.experimental.stateless_split(key, 2)
+        n, y, x = sampler(seeds[0])
+        window = source.window(n, y - margin, x - margin, tile_size + 2 * margin)
+        image, label = augment_fn(window, seeds[1])
+        return (tf.ensure_shape(image, [tile_size, tile_size, 1]),
+                tf.ensure_shape(label, [tile_size, tile_size, 1]))
+
+    dataset = tf.data.Dataset.counter()
+    dataset = dataset.map(make_tile, num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def train_dataset(images, labels, tile_size, batch_size, augment=None, seed=0,
+                  normalization="slice", min_foreground=0.0, max_sampling_attempts=16):
+    """Endless, reproducible stream of augmented training tiles.
+
+    Args:
+        images: (N, H, W) or (H, W) image stack, any real dtype (uint8,
+            uint16, float), as a NumPy array (kept in memory) or a lazy
+            array-like from ``open_stack`` (read window by window).
+        labels: same shape, membrane maps with values in {0, 1}
+            (``read_labels`` output; 1 = membrane). Lazy label arrays are
+            binarized as ``label != 0``.
+        tile_size: int, side T of the square tiles. May exceed H or W: the
+            slice is then reflect-padded (e.g. 640 on 512 x 512 slices).
+        batch_size: int >= 1.
+        augment: None or True (default ``AugmentConfig()``), False (no
+            augmentation: exact crops), a dict of ``AugmentConfig`` fields, or
+            an ``AugmentConfig``.
+        seed: int >= 0. The same seed gives the same tiles. Defaults to 0.
+        normalization: ``"slice"`` (default, per-slice min-max),
+            ``"global"``, ``"dtype"``, or None for float images already in [0, 1].
+        min_foreground: float in [0, 1]. Tiles whose membrane fraction is
+            below it are rejected (up to ``max_sampling_attempts`` draws; then
+            the best draw is used). Defaults to 0.0 (off).
+        max_sampling_attempts: int >= 1. Defaults to 16.
+
+    Returns:
+        Infinite ``tf.data.Dataset`` of ``(image, label)`` batches:
+        image (B, T, T, 1) float32 in [0, 1], label (B, T, T, 1) float32 in {0, 1}.
+
+    Raises:
+        ValueError: shape mismatch, non-binary labels, 4-D or empty stacks,
+            bad sizes, seeds or augmentation options.
+
+    Example:
+    >>> x = read_stack("train-volume.tif"); y = read_labels("train-labels.tif")
+    >>> ds = train_dataset(x[:20], y[:20], tile_size=256, batch_size=8, seed=1)
+    >>> model.fit(ds, steps_per_epoch=100, epochs=10)
+    """
+    return _build_train_dataset(images, labels, tile_size, batch_size, augment, seed,
+                                normalization, min_foreground, max_sampling_attempts)
+
+
+def validation_tile_origins(height, width, tile_size):
+    """Top-left corners of the fixed validation tiles of one slice.
+
+    Tiles are spaced evenly so that the first starts at 0 and the last ends
+    at the border (they overlap when the size is not a multiple of the tile).
+    If the slice is smaller than the tile along an axis, one tile is centred
+    on it (negative origin; reflection fills the rest).
+
+    Args:
+        height, width: slice size.
+        tile_size: int T.
+
+    Returns:
+        list of (y, x) int tuples, row-major.
+    """
+    def starts(size):
+        if size <= tile_size:
+            return [-((tile_size - size) // 2)]
+        count = -(-size // tile_size)
+        return sorted({int(round(s)) for s in np.linspace(0, size - tile_size, count)})
+
+    return [(y, x) for y in starts(height) for x in starts(width)]
+
+
+def validation_dataset(images, labels, tile_size, batch_size, normalization="slice"):
+    """Finite, deterministic validation tiles covering every slice, no augmentation.
+
+    Args:
+        images: (N, H, W) or (H, W) stack (array or lazy array-like).
+        labels: same shape, values in {0, 1} (1 = membrane).
+        tile_size: int T (may exceed H, W: reflect padding).
+        batch_size: int >= 1; the last batch may be smaller.
+        normalization: as for ``train_dataset``. Defaults to ``"slice"``.
+
+    Returns:
+        ``tf.data.Dataset`` of (image (B, T, T, 1) float32 in [0, 1],
+        label (B, T, T, 1) float32 in {0, 1}); slice-major order, tiles at
+        ``validation_tile_origins``; known cardinality.
+
+    Raises:
+        ValueError: as ``train_dataset``.
+
+    Example:
+    >>> val = validation_dataset(x[20:], y[20:], tile_size=256, batch_size=8)
+    """
+    images, labels = _check_volumes(images, labels)
+    tile_size = _check_int("tile_size", tile_size, 2)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    lo, scale = _normalization_range(images, normalization)
+    source = _VolumeSource(images, labels, lo, scale)
+    origins = validation_tile_origins(source.height, source.width, tile_size)
+    index = np.array([(n, y, x) for n in range(source.num_slices) for y, x in origins], np.int32)
+
+    def make_tile(n, y, x):
+        window = source.window(n, y, x, tile_size)
+        return window[..., :1], window[..., 1:]
+
+    dataset = tf.data.Dataset.from_tensor_slices((index[:, 0], index[:, 1], index[:, 2]))
+    dataset = dataset.map(make_tile, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,357 @@
+"""Readers that turn EM image files into (N, H, W) stacks.
+
+Supported specs (``str`` or ``pathlib.Path``):
+
+- a multi-page TIFF (``stack.tif``, ``stack.tiff``): one page per slice;
+- a single 2D image (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``): N = 1;
+- a folder of 2D slices, sorted naturally (``z2.png`` before ``z10.png``);
+- an HDF5 dataset, ``file.h5:/key`` (also ``.hdf5``, ``.hdf``); the key may be
+  left out when the file holds exactly one dataset.
+
+``read_stack`` loads the whole stack in its native dtype; ``open_stack`` keeps
+it on disk where possible (HDF5 dataset, uncompressed TIFF via memory map,
+folder read slice by slice) and returns an array-like supporting NumPy slicing.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp") + TIFF_SUFFIXES
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + HDF5_SUFFIXES
+
+_HDF5_SPEC = re.compile(r"^(?P<path>.*?\.(?:h5|hdf5|hdf))(?::(?P<key>.*))?$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- #
+# Spec parsing and validation
+# --------------------------------------------------------------------------- #
+
+
+def split_hdf5_spec(spec):
+    """Split ``"file.h5:/key"`` into ``(Path("file.h5"), "/key")``.
+
+    Args:
+        spec: str or Path.
+
+    Returns:
+        ``(path, key)`` with ``key`` None when no ``:key`` part is given, or
+        ``None`` if ``spec`` does not name an HDF5 file.
+    """
+    match = _HDF5_SPEC.match(str(spec))
+    if match is None:
+        return None
+    key = match.group("key")
+    return Path(match.group("path")), (key if key else None)
+
+
+def natural_key(name):
+    """Sort key that orders ``"z2"`` before ``"z10"`` (numbers compared as ints)."""
+    parts = re.split(r"(\d+)", str(name))
+    return [int(p) if p.isdigit() else p.lower() for p in parts]
+
+
+def check_stack(array, name="stack"):
+    """Validate a stack and return it as (N, H, W).
+
+    A 2D (H, W) array becomes (1, H, W).
+
+    Args:
+        array: NumPy array or array-like with ``shape`` and ``dtype``.
+        name: what to call the array in error messages (e.g. its file name).
+
+    Returns:
+        The array, with a leading slice axis added for 2D input.
+
+    Raises:
+        ValueError: for arrays that are not 2D or 3D, empty arrays and
+            non-numeric (or boolean/complex) dtypes.
+    """
+    shape = tuple(array.shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"{name}: expected a 2D (H, W) image or a 3D (N, H, W) stack; "
+            f"received an array of shape {shape} (multi-channel or 4-D data is not supported)"
+        )
+    if 0 in shape:
+        raise ValueError(f"{name}: the stack is empty (shape {shape})")
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "uif":
+        raise ValueError(f"{name}: unsupported dtype {dtype}; expected an integer or float image")
+    if len(shape) == 2:
+        return array[np.newaxis] if isinstance(array, np.ndarray) else LazyStack.from_2d(array)
+    return array
+
+
+def _check_exists(path):
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+
+
+def _check_suffix(path):
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(
+            f"unknown image file extension {path.suffix!r} for {path}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}, a folder of slices, or file.h5:/key"
+        )
+    return suffix
+
+
+# --------------------------------------------------------------------------- #
+# Single files
+# --------------------------------------------------------------------------- #
+
+
+def _grey(array, name):
+    """Drop a colour axis whose channels are all equal; refuse real colour."""
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise ValueError(
+                f"{name}: colour image of shape {array.shape}; EM images must be greyscale"
+            )
+        return np.ascontiguousarray(rgb[..., 0])
+    return array
+
+
+def _read_tiff(path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError(f"{path}: the TIFF file holds no images")
+        series = tif.series[0]
+        array = series.asarray()
+        axes = series.axes
+    if "S" in axes and axes.endswith("S"):
+        array = _grey(array, path)
+    return array
+
+
+def _read_image(path):
+    """Read a 2D PNG/JPEG/BMP (or single-page TIFF) as a 2D array."""
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        array = _read_tiff(path)
+    else:
+        import imageio.v3 as iio
+
+        try:
+            array = iio.imread(path)
+        except Exception as error:  # corrupt/unreadable file: name it
+            raise ValueError(f"{path}: cannot read image ({error})") from error
+        array = _grey(np.asarray(array), path)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a 2D slice; received shape {array.shape}")
+    return array
+
+
+def _list_slices(folder):
+    files = [p for p in folder.iterdir()
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    if not files:
+        raise ValueError(
+            f"folder {folder} contains no image slices (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _read_folder(folder):
+    files = _list_slices(folder)
+    slices = [_read_image(p) for p in files]
+    first = slices[0]
+    for path, s in zip(files, slices):
+        if s.shape != first.shape or s.dtype != first.dtype:
+            raise ValueError(
+                f"folder {folder}: slice {path.name} has shape {s.shape} and dtype {s.dtype}, "
+                f"but {files[0].name} has shape {first.shape} and dtype {first.dtype}"
+            )
+    return np.stack(slices)
+
+
+def _open_hdf5(path, key):
+    """Return the h5py dataset ``key`` of ``path`` (file left open)."""
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
+    datasets = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    if key is None:
+        if len(datasets) != 1:
+            handle.close()
+            raise ValueError(
+                f"{path}: give the dataset as {path}:/KEY; the file holds "
+                f"{len(datasets)} datasets: {', '.join(datasets) or 'none'}"
+            )
+        key = datasets[0]
+    if key not in handle or not isinstance(handle[key], h5py.Dataset):
+        handle.close()
+        raise ValueError(
+            f"{path}: no dataset with key {key!r}; available datasets: {', '.join(datasets) or 'none'}"
+        )
+    return handle[key]
+
+
+# --------------------------------------------------------------------------- #
+# Lazy stacks
+# --------------------------------------------------------------------------- #
+
+
+class LazyStack:
+    """A read-only (N, H, W) array-like that loads slices on demand.
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``len()``, ``np.asarray`` and NumPy
+    basic indexing (ints and slices, e.g. ``stack[3, 100:200, :50]``).
+
+    Args:
+        shape: (N, H, W).
+        dtype: NumPy dtype of the slices.
+        load_slice: callable ``i -> (H, W) array`` for slice ``i``.
+        name: shown in error messages.
+    """
+
+    def __init__(self, shape, dtype, load_slice, name="stack"):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+        self._load_slice = load_slice
+        self.name = name
+
+    @classmethod
+    def from_2d(cls, array):
+        """Wrap a lazy 2D (H, W) array-like as a (1, H, W) stack."""
+        return cls((1,) + tuple(array.shape), array.dtype, lambda i: np.asarray(array[()]),
+                   name=getattr(array, "name", "stack"))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        first, rest = key[0], key[1:]
+        if isinstance(first, (int, np.integer)):
+            index = int(first)
+            if not -self.shape[0] <= index < self.shape[0]:
+                raise IndexError(f"{self.name}: slice index {index} out of range for {self.shape[0]} slices")
+            return np.asarray(self._load_slice(index % self.shape[0]))[rest]
+        if isinstance(first, slice):
+            indices = range(*first.indices(self.shape[0]))
+            if len(indices) == 0:
+                return np.empty((0,) + self.shape[1:], self.dtype)[(slice(None),) + rest]
+            return np.stack([np.asarray(self._load_slice(i))[rest] for i in indices])
+        raise TypeError(f"{self.name}: LazyStack supports int and slice indexing; received {key!r}")
+
+
+def _lazy_folder(folder):
+    files = _list_slices(folder)
+    first = _read_image(files[0])
+
+    def load_slice(i):
+        array = _read_image(files[i])
+        if array.shape != first.shape or array.dtype != first.dtype:
+            raise ValueError(
+                f"folder {folder}: slice {files[i].name} has shape {array.shape} and dtype "
+                f"{array.dtype}, but {files[0].name} has shape {first.shape} and dtype {first.dtype}"
+            )
+        return array
+
+    return LazyStack((len(files),) + first.shape, first.dtype, load_slice, name=str(folder))
+
+
+def _lazy_tiff(path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        colour = bool(tif.series) and "S" in tif.series[0].axes
+    if colour:
+        return _read_tiff(path)
+    try:
+        return tifffile.memmap(path, mode="r")
+    except Exception:  # compressed or otherwise not memory-mappable: load it
+        return _read_tiff(path)
+
+
+# --------------------------------------------------------------------------- #
+# Public API
+# --------------------------------------------------------------------------- #
+
+
+def read_stack(spec):
+    """Read an EM stack into memory as an (N, H, W) array in its native dtype.
+
+    Args:
+        spec: a ``.tif``/``.tiff`` stack, a single ``.png``/``.jpg``/``.tif``
+            image, a folder of 2D slices (natural order) or ``"file.h5:/key"``.
+            A NumPy array is validated and returned as (N, H, W).
+
+    Returns:
+        np.ndarray of shape (N, H, W), dtype as stored (e.g. uint8, uint16).
+
+    Raises:
+        FileNotFoundError: if the file or folder does not exist.
+        ValueError: unknown extension, missing HDF5 key, colour or 4-D data,
+            empty stack, slices of different shapes.
+
+    Example:
+    >>> stack = read_stack("train-volume.tif")   # (30, 512, 512) uint8
+    >>> stack = read_stack("sample_A.h5:/volumes/raw")
+    """
+    if isinstance(spec, np.ndarray):
+        return check_stack(spec, "array")
+    lazy = open_stack(spec)
+    data = lazy[:]
+    if isinstance(data, np.memmap):
+        data = np.array(data)
+    if hasattr(lazy, "file") and hasattr(lazy.file, "close"):  # h5py: release the file
+        lazy.file.close()
+    return np.asarray(data)
+
+
+def open_stack(spec):
+    """Open an EM stack lazily where the format allows it.
+
+    Args:
+        spec: as for ``read_stack``.
+
+    Returns:
+        An (N, H, W) array-like supporting NumPy slicing: an ``h5py.Dataset``
+        for 3-D HDF5 data, a read-only ``np.memmap`` for uncompressed TIFFs,
+        a ``LazyStack`` for folders (one file read per slice), or an
+        in-memory ``np.ndarray`` otherwise.
+
+    Raises:
+        as ``read_stack``.
+
+    Example:
+    >>> raw = open_stack("sample_A.h5:/volumes/raw")
+    >>> block = raw[0:4, 0:256, 0:256]
+    """
+    if isinstance(spec, np.ndarray):
+        return check_stack(spec, "array")
+    if not isinstance(spec, (str, Path)):
+        raise ValueError(f"stack spec must be a path string, Path or ndarray; received {type(spec).__name__}")
+    hdf5 = split_hdf5_spec(spec)
+    if hdf5 is not None:
+        path, key = hdf5
+        _check_exists(path)
+        return check_stack(_open_hdf5(path, key), f"{path}:{key or ''}")
+    path = Path(spec)
+    _check_exists(path)
+    if path.is_dir():
+        return check_stack(_lazy_folder(path), str(path))
+    suffix = _check_suffix(path)
+    if suffix in TIFF_SUFFIXES:
+        return check_stack(_lazy_tiff(path), str(path))
+    return check_stack(_read_image(path), str(path))

@@ -1,0 +1,46 @@
+"""Export trained models to serving runtimes, and serve them over REST.
+
+Formats (one module each): SavedModel in TF Serving's base layout
+(``saved_model``, with the in-graph whole-image signature from
+``whole_image``), LiteRT/TFLite (``litert``), ONNX (``onnx``) and TensorRT
+(``tensorrt``). Every export writes a JSON model card (``model_card``).
+``server`` is a local TF-Serving-compatible REST server and ``rest_client`` a
+client for any TF Serving REST endpoint.
+
+Heavy modules import lazily, so ``from fusionnet_tf.export import
+ServingClient`` does not load TensorFlow.
+"""
+
+import importlib
+
+_LAZY = {
+    "FusionNetExportModule": "fusionnet_tf.export.saved_model",
+    "export_saved_model": "fusionnet_tf.export.saved_model",
+    "next_version": "fusionnet_tf.export.saved_model",
+    "list_versions": "fusionnet_tf.export.saved_model",
+    "convert_tflite": "fusionnet_tf.export.litert",
+    "export_litert": "fusionnet_tf.export.litert",
+    "LiteRTRunner": "fusionnet_tf.export.litert",
+    "export_onnx": "fusionnet_tf.export.onnx",
+    "OnnxRunner": "fusionnet_tf.export.onnx",
+    "export_tensorrt": "fusionnet_tf.export.tensorrt",
+    "tensorrt_missing_reason": "fusionnet_tf.export.tensorrt",
+    "build_model_card": "fusionnet_tf.export.model_card",
+    "write_model_card": "fusionnet_tf.export.model_card",
+    "ModelServer": "fusionnet_tf.export.server",
+    "ServingClient": "fusionnet_tf.export.rest_client",
+    "ServingError": "fusionnet_tf.export.rest_client",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fusionnet_tf.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,374 @@
+"""Seamless overlap-tile prediction of 2D images and (N, H, W) stacks.
+
+``Predictor.predict`` is built from three public pieces that block-wise volume
+prediction reuses to get identical results:
+
+1. ``tile_origins(height, width)``: the tile grid of a slice (after reflect
+   padding of slices smaller than a tile, at the bottom/right);
+2. ``predict_tiles(tiles)``: the network on a batch of tiles, with test-time
+   augmentation;
+3. ``blend_weights``: the (tile, tile) weight map each tile prediction is
+   multiplied by before it is added into the output buffer.
+
+The output is the weighted sum of tile predictions divided by the summed
+weights, cropped back to the input size.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
+from fusionnet_tf.inference import tiling
+
+# tta -> dihedral transform indices (see fusionnet_tf.dihedral):
+# 4 = identity, rot180, flip W, flip H (the mirrorings); 8 = all rotations and flips.
+TTA_TRANSFORMS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+
+
+def load_model(path):
+    """Load a model for inference from a ``.keras`` file or a SavedModel folder.
+
+    Args:
+        path: str or Path. A ``.keras`` (or legacy ``.h5``) file saved by
+            Keras, or a TensorFlow SavedModel directory (with a
+            ``serving_default`` signature taking (B, H, W, 1) float32).
+
+    Returns:
+        A ``keras.Model`` for Keras files; for a SavedModel, a
+        ``SavedModelFunction``: a callable mapping a (B, H, W, 1) float32
+        NumPy batch to (B, H, W, 1) float32 membrane probabilities.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if ``path`` is neither a Keras file nor a SavedModel.
+
+    Example:
+    >>> model = load_model("runs/fusionnet/best.keras")
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ValueError(f"`model` folder is not a SavedModel (no saved_model.pb): {path}")
+        return SavedModelFunction(path)
+    if path.suffix not in (".keras", ".h5"):
+        raise ValueError(
+            f"`model` must be a .keras file or a SavedModel folder; received {path}"
+        )
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
+class SavedModelFunction:
+    """Callable wrapper around a SavedModel's ``serving_default`` signature.
+
+    Args:
+        path: SavedModel directory.
+
+    Call with a (B, H, W, 1) float32 NumPy array; returns (B, H, W, 1) float32.
+    """
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        self._loaded = tf.saved_model.load(str(path))
+        if "serving_default" not in self._loaded.signatures:
+            raise ValueError(f"SavedModel has no 'serving_default' signature: {path}")
+        self._signature = self._loaded.signatures["serving_default"]
+        self._input_name = next(iter(self._signature.structured_input_signature[1]))
+
+    def __call__(self, batch):
+        import tensorflow as tf
+
+        outputs = self._signature(**{self._input_name: tf.convert_to_tensor(batch, tf.float32)})
+        return next(iter(outputs.values())).numpy()
+
+
+class KerasFunction:
+    """A Keras model compiled for fast inference on one tile size.
+
+    The model is copied with BatchNormalization folded into the convolutions
+    (``fold_batchnorm``) and run through one ``tf.function`` whose input
+    signature fixes the tile size (any batch size), so it is traced once.
+
+    Args:
+        model: ``keras.Model`` taking (B, T, T, 1) float32.
+        tile: int. Tile side T.
+        fold: bool. Fold BatchNormalization. Defaults to True.
+    """
+
+    def __init__(self, model, tile, fold=True):
+        import tensorflow as tf
+
+        from fusionnet_tf.inference.optimize import fold_batchnorm
+
+        self.model = fold_batchnorm(model) if fold else model
+        network = self.model
+        self._function = tf.function(
+            lambda x: network(x, training=False),
+            input_signature=[tf.TensorSpec((None, tile, tile, 1), tf.float32)],
+        )
+
+    def __call__(self, batch):
+        return self._function(batch).numpy()
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}; received {name}={value!r}")
+    return value
+
+
+class Predictor:
+    """Overlap-tile predictor with blending and test-time augmentation.
+
+    Args:
+        model: a ``keras.Model``, a path accepted by ``load_model``, or any
+            callable mapping a (B, T, T, 1) float32 NumPy batch in [0, 1] to
+            (B, T, T, 1) (or (B, T, T)) membrane probabilities, e.g. a REST
+            ``ServingClient``.
+        tile_shape: int. Tile side T in pixels; a multiple of ``2**depth`` of
+            a Keras model. Defaults to 512 (one tile per ISBI slice).
+        overlap: int. Minimum overlap of neighbouring tiles in pixels.
+            Defaults to 64.
+        tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
+            flip W, flip H) or 8 (all dihedral transforms). Defaults to 1.
+        batch_size: int. Network inputs (tiles x TTA variants) per call.
+            Defaults to 4.
+        blending: ``"gaussian"`` (sigma = T / 8), ``"cosine"`` or
+            ``"constant"``. Defaults to ``"gaussian"``.
+        progress: bool. Show a tqdm progress bar over tiles on stderr.
+            Defaults to False.
+        align: int or None. Tile origins (except the last along each axis)
+            are multiples of it. None = ``2**depth`` for a Keras model (tiles
+            see the pooling grid of the whole image), 1 otherwise.
+        fold_batchnorm: bool. Fold BatchNormalization into the convolutions
+            of a Keras model for speed (same result to ~1e-6). Defaults to True.
+
+    Raises:
+        ValueError: for invalid settings, e.g. ``tile_shape`` not a multiple
+            of ``2**depth``.
+
+    Example:
+    >>> predictor = Predictor(build_fusionnet(base_filters=4, depth=2), tile_shape=64, overlap=16)
+    >>> predictor.predict(np.random.rand(100, 90).astype("float32")).shape
+    (100, 90)
+    """
+
+    def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=4,
+                 blending="gaussian", progress=False, align=None, fold_batchnorm=True):
+        if isinstance(model, (str, Path)):
+            model = load_model(model)
+        self.tile_shape = _tile_side(tile_shape)
+        self.overlap = overlap
+        self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
+        self.batch_size = tiling._check_int("batch_size", batch_size, 1)
+        self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
+        self.progress = bool(progress)
+        depth = _keras_depth(model)
+        if depth is not None:
+            self._check_keras_tile(model, depth)
+            self._function = KerasFunction(model, self.tile_shape, fold=fold_batchnorm)
+        elif callable(model):
+            self._function = model
+        else:
+            raise ValueError(
+                "`model` must be a keras.Model, a model path or a callable; received "
+                f"model of type {type(model).__name__}"
+            )
+        self.depth = depth
+        self.align = align if align is not None else (2**depth if depth is not None else 1)
+        tiling.check_tile_args(self.tile_shape, overlap, self.align)
+        self.blend_weights = tiling.blend_weights(self.tile_shape, blending)
+
+    def _check_keras_tile(self, model, depth):
+        factor = 2**depth
+        if self.tile_shape % factor:
+            raise ValueError(
+                f"`tile_shape` must be a multiple of 2**depth = {factor} for this model "
+                f"(depth {depth}); received tile_shape={self.tile_shape}"
+            )
+        fixed = tuple(model.input_shape[1:3])
+        if None not in fixed and fixed != (self.tile_shape, self.tile_shape):
+            raise ValueError(
+                f"the model only accepts {fixed[0]}x{fixed[1]} inputs; received "
+                f"tile_shape={self.tile_shape}"
+            )
+
+    # === Public building blocks ===
+
+    def tile_origins(self, height, width):
+        """Tile grid of one (height x width) slice.
+
+        A slice smaller than the tile along an axis is first reflect-padded at
+        the bottom/right to the tile size (``tiling.pad_to_tile``); the grid
+        refers to that padded slice. Along each axis the first tile starts at
+        0, the last ends at the (padded) border, and neighbours overlap by at
+        least ``overlap``.
+
+        Args:
+            height: int. Slice height before padding.
+            width: int. Slice width before padding.
+
+        Returns:
+            List of ``(y, x)`` top-left corners in raster order.
+        """
+        padded_h, padded_w = tiling.padded_shape(height, width, self.tile_shape)
+        return tiling.tile_origins(padded_h, padded_w, self.tile_shape, self.overlap, self.align)
+
+    def predict_tiles(self, tiles):
+        """Membrane probabilities of a batch of tiles, averaged over TTA.
+
+        Every tile is transformed by each TTA transform, the network runs on
+        all variants in batches of ``batch_size``, each prediction is
+        transformed back, and the variants are averaged.
+
+        Args:
+            tiles: (B, T, T) float32 array, normalized to [0, 1].
+
+        Returns:
+            (B, T, T) float32 membrane probabilities.
+
+        Raises:
+            ValueError: if ``tiles`` is not (B, T, T) with T = ``tile_shape``.
+        """
+        tiles = np.asarray(tiles, np.float32)
+        side = self.tile_shape
+        if tiles.ndim != 3 or tiles.shape[1:] != (side, side):
+            raise ValueError(
+                f"`tiles` must have shape (B, {side}, {side}); received shape {tiles.shape}"
+            )
+        transforms = TTA_TRANSFORMS[self.tta]
+        variants = np.concatenate([dihedral_np(tiles[..., None], k) for k in transforms])
+        outputs = np.concatenate([
+            self._run(variants[start:start + self.batch_size])
+            for start in range(0, len(variants), self.batch_size)
+        ])
+        outputs = outputs.reshape(len(transforms), len(tiles), side, side, 1)
+        total = np.zeros((len(tiles), side, side, 1), np.float32)
+        for k, output in zip(transforms, outputs):
+            total += inverse_dihedral_np(output, k)
+        return total[..., 0] / np.float32(len(transforms))
+
+    def _run(self, batch):
+        output = np.asarray(self._function(np.ascontiguousarray(batch)), np.float32)
+        if output.shape == batch.shape[:3]:
+            output = output[..., None]
+        if output.shape != batch.shape:
+            raise ValueError(
+                f"the model must map (B, T, T, 1) to (B, T, T, 1); received output shape "
+                f"{output.shape} for input shape {batch.shape}"
+            )
+        return output
+
+    # === Whole images and stacks ===
+
+    def predict(self, images):
+        """Predict membrane probability for one image or a stack.
+
+        Args:
+            images: (H, W) or (N, H, W) float array, normalized to [0, 1]
+                (e.g. ``fusionnet_tf.data.normalize``). Any H, W.
+
+        Returns:
+            float32 array of the same shape, membrane probability in [0, 1].
+
+        Raises:
+            ValueError: if ``images`` is not 2D/3D or not finite.
+            RuntimeError: if the model produced non-finite values.
+        """
+        images = np.asarray(images, np.float32)
+        if images.ndim not in (2, 3) or 0 in images.shape:
+            raise ValueError(
+                f"`images` must be (H, W) or (N, H, W) and non-empty; received shape {images.shape}"
+            )
+        if not np.all(np.isfinite(images)):
+            raise ValueError("`images` contains NaN or infinite values; normalize the input first")
+        stack = images[None] if images.ndim == 2 else images
+        result = self._predict_stack(stack)
+        return result[0] if images.ndim == 2 else result
+
+    def tiles_per_batch(self):
+        """Tiles handed to ``predict_tiles`` at once (``batch_size`` inputs / TTA)."""
+        return max(1, self.batch_size // len(TTA_TRANSFORMS[self.tta]))
+
+    def weight_sum(self, height, width):
+        """(padded H, padded W) float32 sum of the blend weights over the grid."""
+        padded = tiling.padded_shape(height, width, self.tile_shape)
+        total = np.zeros(padded, np.float32)
+        side = self.tile_shape
+        for y, x in self.tile_origins(height, width):
+            total[y:y + side, x:x + side] += self.blend_weights
+        return total
+
+    def _predict_stack(self, stack):
+        count, height, width = stack.shape
+        side = self.tile_shape
+        origins = self.tile_origins(height, width)
+        padded = [tiling.pad_to_tile(image, side) for image in stack]
+        accumulator = np.zeros((count,) + padded[0].shape, np.float32)
+        jobs = [(n, y, x) for n in range(count) for (y, x) in origins]
+        chunk = self.tiles_per_batch()
+        with _progress_bar(len(jobs), self.progress) as bar:
+            for start in range(0, len(jobs), chunk):
+                batch_jobs = jobs[start:start + chunk]
+                tiles = np.stack([padded[n][y:y + side, x:x + side] for n, y, x in batch_jobs])
+                for (n, y, x), prob in zip(batch_jobs, self.predict_tiles(tiles)):
+                    accumulator[n, y:y + side, x:x + side] += prob * self.blend_weights
+                bar.update(len(batch_jobs))
+        result = (accumulator / self.weight_sum(height, width))[:, :height, :width]
+        if not np.all(np.isfinite(result)):
+            raise RuntimeError(
+                "the prediction contains NaN or infinite values; check the model (e.g. a "
+                "float16 policy overflowing) and that the input is normalized to [0, 1]"
+            )
+        return result
+
+
+def _tile_side(tile_shape):
+    if isinstance(tile_shape, (tuple, list)):
+        if len(tile_shape) != 2 or tile_shape[0] != tile_shape[1]:
+            raise ValueError(f"`tile_shape` must be square; received tile_shape={tile_shape!r}")
+        tile_shape = tile_shape[0]
+    return tiling._check_int("tile_shape", tile_shape, 1)
+
+
+def _keras_depth(model):
+    """Pooling depth of a Keras model, or None for other callables."""
+    try:
+        import keras
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(model, keras.Model):
+        return None
+    from fusionnet_tf.models import model_depth
+
+    return model_depth(model)
+
+
+class _NullBar:
+    def update(self, _):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress_bar(total, enabled):
+    if not enabled:
+        return _NullBar()
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict")
+
+
+__all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS"]

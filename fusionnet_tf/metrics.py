@@ -1,0 +1,284 @@
+"""Segmentation scores: the ISBI 2012 challenge metrics plus Dice and IoU.
+
+The ISBI 2012 scores follow Arganda-Carreras et al. (2015), "Crowdsourcing the
+creation of image segmentation algorithms for connectomics", Front.
+Neuroanat. 9:142, https://doi.org/10.3389/fnana.2015.00142, and the sweep of
+the official Fiji evaluation script:
+
+1. At each threshold t in 0.0, 0.1, ..., 1.0 the proposal's cell-interior
+   pixels (interior probability = 1 - membrane probability > t) are split into
+   2D 4-connected components, numbered in raster order (``scipy.ndimage.label``).
+2. Border thinning: the remaining boundary pixels are absorbed by repeated
+   3x3 growth; each pass gives every still-unlabelled pixel the largest label
+   in its 3x3 neighbourhood, until no pixel is unlabelled. (With no interior
+   pixel at all, the whole slice is one segment.)
+3. Ground-truth segments are the 4-connected components of ground-truth
+   interior; only ground-truth interior pixels are counted.
+4. The contingency table ``n_ij`` (ground-truth segment i, proposal segment j)
+   is pooled over all slices, with labels made unique per slice.
+5. With ``p_ij = n_ij / N``, ``s_i = sum_j p_ij`` and ``t_j = sum_i p_ij``:
+   ``V_rand = 2 sum p_ij^2 / (sum s_i^2 + sum t_j^2)`` and
+   ``V_info = 2 I(S;T) / (H(S) + H(T))``. Both are in [0, 1], 1 = perfect.
+6. The reported score is the best over t (the lowest such t on ties).
+
+Pixel error is the fraction of pixels whose thresholded interior map
+(interior probability > t) disagrees with the ground-truth interior, at the
+best t of the same sweep.
+
+Everything here is NumPy/SciPy and stateless.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+# === Segmentations ===
+
+def segment_proposal(interior):
+    """Proposal segments of one slice: 4-connected components plus border thinning.
+
+    Args:
+        interior: (H, W) bool array, True = cell interior.
+
+    Returns:
+        (H, W) int32 label image with no zero left (unless ``interior`` is
+        all False, in which case the whole slice is the single segment 0).
+        Labels of the components are those of ``scipy.ndimage.label``;
+        boundary pixels take the largest label in their 3x3 neighbourhood,
+        pass after pass.
+
+    Example:
+    >>> segment_proposal(np.array([[1, 0, 0, 0, 1]], bool))
+    array([[1, 1, 2, 2, 2]], dtype=int32)
+    """
+    labels, count = ndimage.label(interior)
+    labels = labels.astype(np.int32)
+    if count == 0:
+        return labels
+    unlabelled = labels == 0
+    while unlabelled.any():
+        grown = ndimage.maximum_filter(labels, size=3, mode="constant", cval=0)
+        labels = np.where(unlabelled, grown, labels)
+        unlabelled = labels == 0
+    return labels
+
+
+def segment_ground_truth(membrane):
+    """Ground-truth segments of one slice: 4-connected components of interior.
+
+    Args:
+        membrane: (H, W) array in {0, 1}, 1 = membrane.
+
+    Returns:
+        (H, W) int32 labels, 0 on membrane, 1..K on the K interior components.
+    """
+    labels, _ = ndimage.label(np.asarray(membrane) == 0)
+    return labels.astype(np.int32)
+
+
+# === Contingency tables and scores ===
+
+def slice_contingency(gt_segments, proposal_segments):
+    """Contingency counts of one slice, restricted to ground-truth interior.
+
+    Args:
+        gt_segments: (H, W) int labels, 0 = not counted (membrane).
+        proposal_segments: (H, W) int labels (0 is an ordinary segment here).
+
+    Returns:
+        Tuple ``(joint, gt_sizes, proposal_sizes)`` of int64 1D arrays: the
+        nonzero counts ``n_ij``, the row sums and the column sums. Counts of
+        different slices can be concatenated, which pools them with labels
+        unique per slice.
+    """
+    counted = gt_segments > 0
+    gt = gt_segments[counted].astype(np.int64)
+    proposal = proposal_segments[counted].astype(np.int64)
+    if gt.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    codes = gt * (int(proposal.max()) + 1) + proposal
+    joint = np.unique(codes, return_counts=True)[1]
+    gt_sizes = np.bincount(gt)
+    proposal_sizes = np.bincount(proposal)
+    return joint, gt_sizes[gt_sizes > 0], proposal_sizes[proposal_sizes > 0]
+
+
+def _entropy(counts, total):
+    p = counts / total
+    return float(-(p * np.log(p)).sum())
+
+
+def scores_from_counts(joint, gt_sizes, proposal_sizes):
+    """V_rand and V_info from (pooled) contingency counts.
+
+    Args:
+        joint: 1D int array of nonzero ``n_ij``.
+        gt_sizes: 1D int array of row sums (ground-truth segment sizes).
+        proposal_sizes: 1D int array of column sums.
+
+    Returns:
+        ``(v_rand, v_info)`` floats in [0, 1]. V_info is 1 when both
+        partitions are a single segment (both entropies zero).
+
+    Raises:
+        ValueError: if no pixel is counted.
+    """
+    joint = np.asarray(joint, np.float64)
+    gt_sizes = np.asarray(gt_sizes, np.float64)
+    proposal_sizes = np.asarray(proposal_sizes, np.float64)
+    total = joint.sum()
+    if total == 0:
+        raise ValueError("the ground truth has no cell-interior pixel; V_rand/V_info are undefined")
+    v_rand = 2 * (joint**2).sum() / ((gt_sizes**2).sum() + (proposal_sizes**2).sum())
+    h_gt = _entropy(gt_sizes, total)
+    h_proposal = _entropy(proposal_sizes, total)
+    mutual = h_gt + h_proposal - _entropy(joint, total)
+    v_info = 1.0 if h_gt + h_proposal == 0 else 2 * mutual / (h_gt + h_proposal)
+    return float(v_rand), float(min(max(v_info, 0.0), 1.0))
+
+
+def segmentation_scores(gt_segments, proposal_segments):
+    """Pooled V_rand and V_info of two label stacks (no thresholding).
+
+    Args:
+        gt_segments: (N, H, W) or (H, W) int labels, 0 = not counted.
+        proposal_segments: same shape, int labels.
+
+    Returns:
+        ``(v_rand, v_info)``.
+    """
+    gt_segments = np.asarray(gt_segments)
+    proposal_segments = np.asarray(proposal_segments)
+    _check_same_shape(gt_segments, proposal_segments, "gt_segments", "proposal_segments")
+    counts = [slice_contingency(g, p)
+              for g, p in zip(_as_stack(gt_segments), _as_stack(proposal_segments))]
+    return scores_from_counts(*(np.concatenate(parts) for parts in zip(*counts)))
+
+
+# === ISBI 2012 ===
+
+def _as_stack(array):
+    return array[None] if array.ndim == 2 else array
+
+
+def _check_same_shape(a, b, name_a, name_b):
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same (N, H, W) or (H, W) shape; "
+            f"received {name_a}.shape={a.shape} and {name_b}.shape={b.shape}"
+        )
+
+
+def _check_isbi_inputs(membrane_prob, labels):
+    membrane_prob = np.asarray(membrane_prob, np.float64)
+    labels = np.asarray(labels)
+    _check_same_shape(membrane_prob, labels, "membrane_prob", "labels")
+    if not np.all(np.isfinite(membrane_prob)) or membrane_prob.min() < 0 or membrane_prob.max() > 1:
+        raise ValueError(
+            "`membrane_prob` must be finite and in [0, 1]; received values in "
+            f"[{np.nanmin(membrane_prob)}, {np.nanmax(membrane_prob)}]"
+        )
+    values = np.unique(labels)
+    if not set(values.tolist()) <= {0, 1}:
+        raise ValueError(
+            f"`labels` must be binary (1 = membrane, 0 = interior); received values {values[:10]}"
+        )
+    return _as_stack(membrane_prob), _as_stack(labels).astype(np.uint8)
+
+
+def isbi_scores(membrane_prob, labels, thresholds=THRESHOLDS):
+    """ISBI 2012 V_rand, V_info and pixel error, best over a threshold sweep.
+
+    Args:
+        membrane_prob: (N, H, W) or (H, W) float array in [0, 1], 1 = membrane.
+        labels: same shape, values in {0, 1}, 1 = membrane.
+        thresholds: interior-probability thresholds to sweep. Defaults to
+            0.0, 0.1, ..., 1.0 as in the official Fiji script.
+
+    Returns:
+        dict with ``v_rand``, ``v_info``, ``pixel_error`` (floats) and the
+        thresholds that reached them: ``v_rand_threshold``,
+        ``v_info_threshold``, ``pixel_error_threshold``.
+
+    Raises:
+        ValueError: if shapes differ, probabilities leave [0, 1], labels are
+            not binary or the ground truth has no interior pixel.
+
+    Example:
+    >>> labels = np.zeros((1, 9, 9), np.uint8); labels[:, 4, :] = 1
+    >>> isbi_scores(labels.astype("float32"), labels)["v_rand"]  # perfect
+    1.0
+    """
+    membrane_prob, labels = _check_isbi_inputs(membrane_prob, labels)
+    gt_segments = [segment_ground_truth(slice_labels) for slice_labels in labels]
+    gt_interior = labels == 0
+    interior_prob = 1.0 - membrane_prob
+    rows = []
+    for threshold in thresholds:
+        interior = interior_prob > threshold
+        counts = [slice_contingency(g, segment_proposal(i)) for g, i in zip(gt_segments, interior)]
+        v_rand, v_info = scores_from_counts(*(np.concatenate(parts) for parts in zip(*counts)))
+        pixel_error = float(np.mean(interior != gt_interior))
+        rows.append((float(threshold), v_rand, v_info, pixel_error))
+    best_rand = max(rows, key=lambda row: row[1])
+    best_info = max(rows, key=lambda row: row[2])
+    best_pixel = min(rows, key=lambda row: row[3])
+    return {
+        "v_rand": best_rand[1],
+        "v_info": best_info[2],
+        "pixel_error": best_pixel[3],
+        "v_rand_threshold": best_rand[0],
+        "v_info_threshold": best_info[0],
+        "pixel_error_threshold": best_pixel[0],
+    }
+
+
+# === Pixel-wise overlap ===
+
+def _binary_pair(prediction, target, threshold):
+    prediction = np.asarray(prediction)
+    target = np.asarray(target)
+    if prediction.shape != target.shape:
+        raise ValueError(
+            "`prediction` and `target` must have the same shape; received "
+            f"prediction.shape={prediction.shape} and target.shape={target.shape}"
+        )
+    return prediction > threshold, target > 0.5
+
+
+def dice(prediction, target, threshold=0.5):
+    """Dice coefficient of the foreground (e.g. membrane) class.
+
+    Args:
+        prediction: array of probabilities or {0, 1}; foreground where
+            ``prediction > threshold``.
+        target: array of the same shape in {0, 1}.
+        threshold: float. Defaults to 0.5.
+
+    Returns:
+        float in [0, 1]; 1.0 when both are empty.
+
+    Example:
+    >>> dice(np.array([0.9, 0.2]), np.array([1, 1]))
+    0.6666666666666666
+    """
+    pred, true = _binary_pair(prediction, target, threshold)
+    denominator = pred.sum() + true.sum()
+    return 1.0 if denominator == 0 else float(2 * np.logical_and(pred, true).sum() / denominator)
+
+
+def iou(prediction, target, threshold=0.5):
+    """Intersection over union (Jaccard index) of the foreground class.
+
+    Args:
+        prediction, target, threshold: see ``dice``.
+
+    Returns:
+        float in [0, 1]; 1.0 when both are empty.
+    """
+    pred, true = _binary_pair(prediction, target, threshold)
+    union = np.logical_or(pred, true).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, true).sum() / union)

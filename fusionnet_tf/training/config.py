@@ -1,0 +1,573 @@
+"""Training configuration: a nested dataclass loaded from YAML or JSON.
+
+A config file is a mapping whose keys mirror :class:`TrainConfig`; anything
+left out keeps its default. Command-line overrides use dotted keys
+(``--set optimizer.learning_rate=3e-4 --set data.train_slices=0-19``); the
+value is parsed as YAML and checked against the field's type, so a typo or a
+wrong type fails at once with a one-line ``ValueError`` naming the key and the
+value, before any data is read or any model is built.
+
+Relative paths (data files, ``output_dir``) are resolved against the current
+working directory of the process, not the config file's folder: run
+``fusionnet train`` from the repository root to use
+``training/configs/isbi2012.yaml`` as shipped.
+
+Example:
+>>> cfg = load_config("training/configs/isbi2012.yaml",
+...                   overrides=["epochs=2", "optimizer.learning_rate=1e-4"])
+>>> check_config(cfg)   # paths exist, tile sizes fit the model depth
+"""
+
+import dataclasses
+import json
+import re
+import typing
+from pathlib import Path
+
+ARCHITECTURES = ("fusionnet", "unet")
+NORMALIZATIONS = ("batch", "group", "none")
+LABEL_CONVENTIONS = ("isbi", "membrane")
+INTENSITY_MODES = ("slice", "global", "dtype")
+LOSSES = ("bce", "dice", "bce_dice", "weighted_bce")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multiworker")
+MONITORS = ("val_loss", "val_dice", "loss", "dice")
+
+SliceSpec = typing.Union[str, typing.List[int], None]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Arguments of ``fusionnet_tf.models.build_model`` (see its docstring)."""
+
+    architecture: str = "fusionnet"
+    base_filters: int = 16
+    depth: int = 4
+    residual_convs: int = 3
+    dropout: float = 0.0
+    normalization: str = "batch"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the training and validation stacks are and how to read them.
+
+    Stacks are any spec ``fusionnet_tf.data.read_stack`` accepts (multi-page
+    TIFF, folder of slices, ``file.h5:/key``). ``val_images``/``val_labels``
+    default to the training files, so one stack can be split by slices.
+    Slice specs are ``"0-19"``, ``"0,2,5-7"``, a list of ints, or null for all
+    slices. ``val_slices: null`` with no ``val_images`` means no validation.
+    """
+
+    train_images: str = ""
+    train_labels: str = ""
+    val_images: typing.Optional[str] = None
+    val_labels: typing.Optional[str] = None
+    train_slices: SliceSpec = None
+    val_slices: SliceSpec = None
+    label_convention: str = "isbi"
+    label_threshold: typing.Optional[float] = None
+    normalization: str = "slice"
+    tile_size: int = 256
+    val_tile_size: typing.Optional[int] = None
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Loss: ``bce``, soft ``dice``, ``bce_dice`` or class-``weighted_bce``.
+
+    ``membrane_weight`` multiplies the BCE of membrane pixels (label 1) in
+    ``weighted_bce``; ``dice_weight`` scales the Dice term of ``bce_dice``.
+    """
+
+    name: str = "bce_dice"
+    membrane_weight: float = 1.0
+    dice_weight: float = 1.0
+    smooth: float = 1.0
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """Adam/AdamW and the learning-rate schedule.
+
+    ``cosine`` decays from ``learning_rate`` to ``learning_rate * min_lr_ratio``
+    over the whole run (``epochs * steps_per_epoch`` steps) after a linear
+    warm-up of ``warmup_steps``. ``weight_decay`` applies to AdamW only.
+    """
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    clipnorm: typing.Optional[float] = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run needs; written next to its checkpoints.
+
+    ``augment`` is a mapping of ``fusionnet_tf.data.AugmentConfig`` options
+    (missing ones keep their defaults), ``true`` for the defaults or ``false``
+    for none. ``batch_size`` is per replica unless ``batch_size_is_global`` is true (then
+    it is split across replicas and must divide by their number).
+    ``checkpoint_monitor`` picks ``best.keras`` (``val_loss`` lowest or
+    ``val_dice`` highest). ``backup_every_steps`` is how often the resumable
+    training state is written (also at every epoch end). ``isbi_eval_every``
+    computes V_rand/V_info on whole validation slices every N epochs (0: off).
+    ``early_stopping_patience`` 0 disables early stopping. ``intra_op_threads``
+    / ``inter_op_threads`` 0 keep TensorFlow's defaults.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: typing.Union[bool, typing.Dict[str, typing.Any]] = dataclasses.field(
+        default_factory=dict)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    validation_steps: typing.Optional[int] = None
+    batch_size: int = 4
+    batch_size_is_global: bool = False
+    precision: str = "float32"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    strategy: str = "default"
+    seed: int = 0
+    output_dir: str = "runs/fusionnet"
+    checkpoint_monitor: str = "val_loss"
+    backup_every_steps: int = 25
+    early_stopping_patience: int = 0
+    isbi_eval_every: int = 0
+    tensorboard: bool = True
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+# ---------------------------------------------------------------- type checks
+
+
+def _type_name(annotation):
+    if annotation is typing.Any:
+        return "any"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, typing.List):
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if origin in (dict, typing.Dict):
+        return "mapping"
+    if annotation is type(None):
+        return "null"
+    return annotation.__name__
+
+
+def _coerce(key, value, annotation):
+    """Return ``value`` checked (and, for numbers, converted) to ``annotation``.
+
+    Ints are accepted for float fields, and numeric strings such as ``1e-3``
+    (which YAML 1.1 reads as a string) for float and int fields.
+
+    Raises:
+        ValueError: naming ``key``, the expected type and the value received.
+    """
+    if annotation is typing.Any:
+        return value
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(key, value, option)
+            except ValueError:
+                continue
+    elif annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, typing.List):
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    elif origin in (dict, typing.Dict):
+        if isinstance(value, dict):
+            return dict(value)
+    raise ValueError(
+        f"config key '{key}' must be {_type_name(annotation)}; received "
+        f"{value!r} (of type {type(value).__name__})"
+    )
+
+
+def _build(cls, mapping, prefix=""):
+    """Instantiate dataclass ``cls`` from ``mapping``, checking keys and types."""
+    if not isinstance(mapping, dict):
+        where = f"config key '{prefix.rstrip('.')}'" if prefix else "the config"
+        raise ValueError(f"{where} must be a mapping; received {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ValueError(
+                f"unknown config key '{key}' (valid keys here: {', '.join(fields)})"
+            )
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value, prefix=f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, value, annotation)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def config_from_dict(mapping):
+    """Build a :class:`TrainConfig` from a (nested) mapping.
+
+    Args:
+        mapping: dict with :class:`TrainConfig` keys; nested dicts for
+            ``model``, ``data``, ``loss``, ``optimizer``; missing keys keep
+            their defaults.
+
+    Returns:
+        TrainConfig, with value choices checked (see :func:`check_values`).
+
+    Raises:
+        ValueError: unknown key, wrong type or invalid choice, naming the key.
+    """
+    config = _build(TrainConfig, mapping or {})
+    check_values(config)
+    return config
+
+
+def config_to_dict(config):
+    """Plain nested dict of ``config`` (YAML/JSON serialisable)."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text):
+    """Split ``"a.b=value"`` into ``(["a", "b"], parsed value)``.
+
+    The value is parsed as YAML: ``3`` is an int, ``true`` a bool, ``[1, 2]``
+    a list, ``null`` None, anything else a string.
+
+    Raises:
+        ValueError: if ``text`` has no ``=`` or an empty key.
+    """
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set expects KEY=VALUE; received {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set expects KEY=VALUE with a dotted key; received {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(mapping, overrides):
+    """Return a copy of ``mapping`` with dotted ``KEY=VALUE`` overrides applied.
+
+    Args:
+        mapping: nested dict (as read from a config file).
+        overrides: iterable of strings like ``"optimizer.learning_rate=3e-4"``.
+
+    Returns:
+        A new nested dict. Keys are checked later by :func:`config_from_dict`;
+        an override of ``augment.X`` sets one augmentation option.
+
+    Raises:
+        ValueError: malformed override.
+    """
+    result = json.loads(json.dumps(mapping or {}))
+    for text in overrides or ():
+        parts, value = parse_override(text)
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(
+                    f"--set {text!r}: config key '{part}' is not a section "
+                    f"(it holds {child!r})"
+                )
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def read_config_file(path):
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file to a dict.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file cannot be parsed or is not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            mapping = json.loads(text)
+        else:
+            mapping = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot parse config file {path}: {first_line}") from None
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ValueError(f"config file {path} must hold a mapping; received {mapping!r}")
+    return mapping
+
+
+def load_config(path=None, overrides=()):
+    """Load a config file (or the defaults) and apply ``KEY=VALUE`` overrides.
+
+    Args:
+        path: str or Path of a ``.yaml``/``.yml``/``.json`` file, or None for
+            the defaults.
+        overrides: iterable of ``"dotted.key=value"`` strings.
+
+    Returns:
+        TrainConfig.
+
+    Raises:
+        FileNotFoundError: missing config file.
+        ValueError: unparsable file, unknown key, wrong type or bad choice.
+
+    Example:
+    >>> cfg = load_config("training/configs/smoke.yaml", ["epochs=1"])
+    """
+    mapping = read_config_file(path) if path is not None else {}
+    return config_from_dict(apply_overrides(mapping, overrides))
+
+
+def save_config(config, path):
+    """Write ``config`` as YAML to ``path`` atomically."""
+    import yaml
+
+    from fusionnet_tf.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ValueError(f"config key '{key}' must be one of {list(choices)}; received {value!r}")
+
+
+def _check_min(key, value, minimum):
+    if value is not None and value < minimum:
+        raise ValueError(f"config key '{key}' must be >= {minimum}; received {value!r}")
+
+
+def parse_slices(spec, num_slices, key="slices"):
+    """Turn a slice spec into a sorted list of slice indices.
+
+    Args:
+        spec: None (all slices), an int, a list of ints, or a string such as
+            ``"0-19"``, ``"3"`` or ``"0,2,5-7"`` (ranges include both ends).
+        num_slices: int. Number of slices in the stack, for bounds checks.
+        key: str. Config key named in error messages.
+
+    Returns:
+        list of int in ``[0, num_slices)``.
+
+    Raises:
+        ValueError: malformed spec, empty selection or index out of range.
+
+    Example:
+    >>> parse_slices("0-2,5", 10)
+    [0, 1, 2, 5]
+    """
+    if spec is None:
+        return list(range(num_slices))
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        indices = [spec]
+    elif isinstance(spec, (list, tuple)):
+        indices = list(spec)
+    elif isinstance(spec, str):
+        indices = []
+        for part in spec.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not match:
+                raise ValueError(
+                    f"config key '{key}' must look like '0-19' or '0,2,5-7'; received {spec!r}"
+                )
+            start = int(match.group(1))
+            stop = int(match.group(2)) if match.group(2) is not None else start
+            if stop < start:
+                raise ValueError(f"config key '{key}' has a decreasing range; received {spec!r}")
+            indices.extend(range(start, stop + 1))
+    else:
+        raise ValueError(f"config key '{key}' must be a string or a list of ints; received {spec!r}")
+    if not indices:
+        raise ValueError(f"config key '{key}' selects no slices; received {spec!r}")
+    bad = [i for i in indices if not isinstance(i, int) or not 0 <= i < num_slices]
+    if bad:
+        raise ValueError(
+            f"config key '{key}' selects slice(s) {bad} outside the stack's "
+            f"{num_slices} slices; received {spec!r}"
+        )
+    return sorted(set(indices))
+
+
+def check_values(config):
+    """Check choices and ranges of ``config`` (no file system access).
+
+    Raises:
+        ValueError: naming the first bad key and its value.
+    """
+    m, d, lo, op = config.model, config.data, config.loss, config.optimizer
+    _check_choice("model.architecture", m.architecture, ARCHITECTURES)
+    _check_choice("model.normalization", m.normalization, NORMALIZATIONS)
+    _check_min("model.base_filters", m.base_filters, 1)
+    _check_min("model.depth", m.depth, 1)
+    _check_min("model.residual_convs", m.residual_convs, 1)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
+    _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)
+    _check_choice("data.normalization", d.normalization, INTENSITY_MODES)
+    _check_min("data.tile_size", d.tile_size, 1)
+    _check_min("data.val_tile_size", d.val_tile_size, 1)
+    _check_choice("loss.name", lo.name, LOSSES)
+    _check_min("loss.membrane_weight", lo.membrane_weight, 0.0)
+    _check_min("loss.dice_weight", lo.dice_weight, 0.0)
+    _check_min("loss.smooth", lo.smooth, 0.0)
+    _check_choice("optimizer.name", op.name, OPTIMIZERS)
+    _check_choice("optimizer.schedule", op.schedule, SCHEDULES)
+    if not op.learning_rate > 0:
+        raise ValueError(
+            f"config key 'optimizer.learning_rate' must be > 0; received {op.learning_rate!r}"
+        )
+    _check_min("optimizer.weight_decay", op.weight_decay, 0.0)
+    _check_min("optimizer.warmup_steps", op.warmup_steps, 0)
+    if not 0.0 <= op.min_lr_ratio <= 1.0:
+        raise ValueError(
+            f"config key 'optimizer.min_lr_ratio' must be in [0, 1]; received {op.min_lr_ratio!r}"
+        )
+    if op.clipnorm is not None and not op.clipnorm > 0:
+        raise ValueError(f"config key 'optimizer.clipnorm' must be > 0; received {op.clipnorm!r}")
+    _check_choice("precision", config.precision, PRECISIONS)
+    _check_choice("strategy", config.strategy, STRATEGIES)
+    _check_choice("checkpoint_monitor", config.checkpoint_monitor, MONITORS)
+    for key in ("epochs", "steps_per_epoch", "batch_size", "steps_per_execution",
+                "backup_every_steps"):
+        _check_min(key, getattr(config, key), 1)
+    for key in ("validation_steps",):
+        _check_min(key, getattr(config, key), 1)
+    for key in ("early_stopping_patience", "isbi_eval_every", "intra_op_threads",
+                "inter_op_threads"):
+        _check_min(key, getattr(config, key), 0)
+    if not config.output_dir:
+        raise ValueError("config key 'output_dir' must not be empty")
+
+
+def _check_divisible(key, size, depth):
+    if size is not None and size % 2**depth:
+        raise ValueError(
+            f"config key '{key}' must be a multiple of 2**model.depth = {2**depth} "
+            f"(model.depth={depth}); received {size!r}"
+        )
+
+
+def _stack_path(spec):
+    """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``)."""
+    text = str(spec)
+    match = re.match(r"^(.*\.(?:h5|hdf5|hdf)):(/.*)?$", text, flags=re.IGNORECASE)
+    return Path(match.group(1)) if match else Path(text)
+
+
+def check_config(config):
+    """Check everything that can fail before training: values, sizes, paths.
+
+    Run this before reading data or building the model, so a bad config ends
+    the run in under a second with one clear line.
+
+    Raises:
+        ValueError: bad value, tile size not a multiple of ``2**depth``,
+            validation slices given without a stack, missing ``train_images``.
+        FileNotFoundError: a data path that does not exist, naming its key.
+    """
+    check_values(config)
+    check_augment(config.augment)
+    d = config.data
+    _check_divisible("data.tile_size", d.tile_size, config.model.depth)
+    _check_divisible("data.val_tile_size", d.val_tile_size, config.model.depth)
+    for key in ("train_images", "train_labels"):
+        if not getattr(d, key):
+            raise ValueError(f"config key 'data.{key}' is required (a stack path); received ''")
+    for key in ("train_images", "train_labels", "val_images", "val_labels"):
+        spec = getattr(d, key)
+        if spec is not None and not _stack_path(spec).exists():
+            raise FileNotFoundError(f"config key 'data.{key}': no such file or folder: {spec}")
+    if (d.val_images is None) != (d.val_labels is None):
+        raise ValueError(
+            "config keys 'data.val_images' and 'data.val_labels' must be given together; "
+            f"received val_images={d.val_images!r}, val_labels={d.val_labels!r}"
+        )
+    if config.isbi_eval_every and not has_validation(config):
+        raise ValueError(
+            f"config key 'isbi_eval_every'={config.isbi_eval_every} needs validation data "
+            "(set data.val_slices or data.val_images)"
+        )
+    if config.checkpoint_monitor.startswith("val_") and not has_validation(config):
+        raise ValueError(
+            f"config key 'checkpoint_monitor'={config.checkpoint_monitor!r} needs validation "
+            "data (set data.val_slices or data.val_images, or monitor 'loss')"
+        )
+
+
+def check_augment(augment):
+    """Check the ``augment`` section against ``AugmentConfig`` (imports TensorFlow).
+
+    Raises:
+        ValueError: unknown option or bad value, prefixed with the config key.
+    """
+    from fusionnet_tf.data.augment import as_augment_config
+
+    try:
+        return as_augment_config(augment)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config key 'augment': {exc}") from None
+
+
+def has_validation(config):
+    """True if ``config`` defines validation data (other file or slices)."""
+    return config.data.val_images is not None or config.data.val_slices is not None

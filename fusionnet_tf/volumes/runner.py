@@ -1,0 +1,353 @@
+"""``predict_volume``: plan the blocks, run them locally or on Dask, resume, report."""
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fusionnet_tf.volumes import blockwise, storage
+from fusionnet_tf.volumes.geometry import block_grid, check_block_shape
+
+NORMALIZATIONS = ("slice", "global", "dtype")
+
+
+class BlockFailures(RuntimeError):
+    """Some blocks raised; the others are written and marked done.
+
+    Attributes:
+        summary: the run summary dict (see ``predict_volume``).
+        failures: list of ``(block_name, exception)``.
+    """
+
+    def __init__(self, summary, failures):
+        self.summary, self.failures = summary, failures
+        name, exc = failures[0]
+        super().__init__(
+            f"{len(failures)} of {summary['blocks_total']} blocks failed (first: block {name}: "
+            f"{type(exc).__name__}: {exc}); finished blocks are kept: rerun the same command "
+            f"to resume"
+        )
+
+
+# ------------------------------------------------------------------ executors
+
+class LocalExecutor:
+    """Runs tasks one after another in this process (``workers=0``)."""
+
+    name = "local"
+
+    def map_unordered(self, function, items):
+        """Yield ``(item, result, exception)`` for each item, in order."""
+        for item in items:
+            try:
+                yield item, function(*item), None
+            except Exception as exc:  # noqa: BLE001 - recorded, reported at the end
+                yield item, None, exc
+
+
+class DaskExecutor:
+    """Runs tasks on a ``distributed.Client``; results arrive as they finish."""
+
+    def __init__(self, client):
+        self.client = client
+        self.name = f"dask {client.scheduler.address}"
+
+    def map_unordered(self, function, items):
+        """Submit one task per item; yield ``(item, result, exception)`` as they finish."""
+        from distributed import as_completed
+
+        futures = {}
+        for item in items:
+            future = self.client.submit(function, *item, pure=False)
+            futures[future] = item
+        for future in as_completed(futures):
+            item = futures.pop(future)
+            exc = future.exception()
+            yield item, (None if exc else future.result()), exc
+            future.release()
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"Dask execution needs dask[distributed] ({exc}); "
+                          f"{storage.EXTRA_HINT}") from exc
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_executor(workers=1, scheduler=None):
+    """A ``DaskExecutor`` on a new ``LocalCluster`` or a running scheduler.
+
+    Args:
+        workers: int >= 1, worker processes of the local cluster (one thread
+            each). Ignored when ``scheduler`` is given.
+        scheduler: address of a running scheduler (``tcp://host:8786``), or None.
+
+    Yields:
+        ``DaskExecutor``. The local cluster is shut down on exit; a remote
+        cluster is left running.
+    """
+    distributed = _import_distributed()
+    if scheduler:
+        with distributed.Client(scheduler) as client:
+            yield DaskExecutor(client)
+        return
+    import logging
+
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        with distributed.Client(cluster) as client:
+            client.wait_for_workers(workers)
+            yield DaskExecutor(client)
+
+
+# ------------------------------------------------------------------ planning
+
+def _resolve_model(model):
+    """``(PredictorSpec model path or None, live predictor or None, description)``."""
+    if model is None:
+        from fusionnet_tf.pretrained import pretrained_path
+
+        path = pretrained_path()
+        return str(path), None, str(path)
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model not found: {path}")
+        return str(path.resolve()), None, str(path.resolve())
+    return None, model, f"<in-memory {type(model).__name__}>"
+
+
+def _live_predictor(model, options):
+    """Wrap a keras.Model or callable in a Predictor; pass Predictors through."""
+    if hasattr(model, "predict_tiles") and hasattr(model, "tile_origins"):
+        return model
+    from fusionnet_tf.inference import Predictor
+
+    return Predictor(model, progress=False, **options)
+
+
+def _geometry_predictor(options):
+    """A Predictor around a dummy callable: validates the options on the client."""
+    from fusionnet_tf.inference import Predictor
+
+    return Predictor(lambda batch: batch, progress=False, **options)
+
+
+def intensity_ranges(volume, blocks, mode, executor, input_spec):
+    """Per-slice ``(lo, hi)`` float32 arrays (Z,) for ``normalize``, from one pass.
+
+    ``"slice"``: each slice's min and max over the whole slice, combined from
+    per-block minima and maxima (computed by the executor's workers);
+    ``"global"``: the volume's min and max for every slice; ``"dtype"``: the
+    dtype range (no pass over the data).
+    """
+    from fusionnet_tf.data.normalize import intensity_range
+
+    depth = volume.shape[0]
+    if mode == "dtype":
+        return intensity_range(np.zeros((depth, 1, 1), volume.dtype), mode="dtype")
+    lo = np.full(depth, np.inf)
+    hi = np.full(depth, -np.inf)
+    for _, result, exc in executor.map_unordered(blockwise.range_task,
+                                                 [(input_spec, b) for b in blocks]):
+        if exc is not None:
+            raise exc
+        block, block_lo, block_hi = result
+        z = slice(*block.z)
+        lo[z] = np.minimum(lo[z], block_lo)
+        hi[z] = np.maximum(hi[z], block_hi)
+    if mode == "global":
+        lo[:], hi[:] = lo.min(), hi.max()
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def _settings(name, shape, block_shape, model_name, options, normalization):
+    return {"input": name, "shape": list(shape), "block": list(block_shape),
+            "model": model_name, "normalization": normalization,
+            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending")}}
+
+
+def _progress_bar(total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="block", desc="predict-volume", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ entry point
+
+def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
+                   tile_shape=512, overlap=64, tta=1, batch_size=4, blending="gaussian",
+                   normalization="slice", workers=0, scheduler=None, tf_threads=None,
+                   zarr_format=3, overwrite=False, progress=False, block_hook=None):
+    """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
+
+    Every 2D slice gets the result ``Predictor.predict`` gives for the whole
+    slice (same global tile grid, TTA, blending and per-slice normalization),
+    but only one block plus its halo is in memory at a time. Finished blocks
+    carry a done-marker; rerunning the same call skips them, so a crashed or
+    killed run resumes and ends with output identical to an uninterrupted run.
+
+    Args:
+        input_spec: ``volume.zarr``, ``volume.zarr:/key`` or ``volume.h5:/key``
+            (zarr format 2 or 3, or HDF5), any numeric dtype, ``(Z, Y, X)``.
+        output: path of the output zarr store: float32 ``(Z, Y, X)`` membrane
+            probability in [0, 1], one chunk per block.
+        model: path of a ``.keras`` file / SavedModel folder (needed with Dask),
+            None for the shipped pretrained model, or (``workers=0`` only) a
+            live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
+        block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
+            Defaults to ``(1, 1024, 1024)``.
+        tile_shape, overlap, tta, batch_size, blending: ``Predictor`` options;
+            defaults 512, 64, 1, 4, ``"gaussian"``.
+        normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
+            or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
+        workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
+            N single-threaded worker processes. Defaults to 0.
+        scheduler: address of a running Dask scheduler; overrides ``workers``.
+        tf_threads: TensorFlow intra-op threads per worker; defaults to
+            ``cpu_count // workers`` on a local cluster and TensorFlow's own
+            default on a remote one.
+        zarr_format: 2 or 3 for a new output. Defaults to 3.
+        overwrite: discard an existing output instead of resuming it.
+        progress: show a progress bar over blocks on stderr.
+        block_hook: optional ``hook(block)`` run before each block is written
+            (``workers=0`` only; for fault-injection tests).
+
+    Returns:
+        dict: ``blocks_total``, ``blocks_skipped`` (done before), ``blocks_computed``,
+        ``voxels_computed``, ``seconds``, ``voxels_per_s``, ``blocks_per_worker``
+        ({worker: count}), ``model_loads`` ({worker: models loaded by it}),
+        ``halo`` ((y, x): largest reach of a block's input past the block among
+        the blocks computed), ``output``, ``executor``.
+
+    Raises:
+        FileNotFoundError, KeyError, ValueError: bad input, model or options
+            (see ``storage.open_volume`` and ``storage.open_output_for_resume``).
+        FileExistsError: the output exists and is not a zarr array.
+        BlockFailures: some blocks raised (the rest are written and marked).
+
+    Example:
+    >>> summary = predict_volume("em.h5:/raw", "membranes.zarr", "model.keras",
+    ...                          block_shape=(1, 1024, 1024), workers=2)
+    >>> summary["blocks_computed"]
+    12
+    """
+    block_shape = check_block_shape(block_shape)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
+                         f"normalization={normalization!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"`workers` must be an integer >= 0; received workers={workers!r}")
+    model_path, live_model, model_name = _resolve_model(model)
+    distributed_run = bool(scheduler) or workers > 0
+    if distributed_run and model_path is None:
+        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
+                         f"each worker loads it once; received model of type "
+                         f"{type(model).__name__}")
+    if block_hook is not None and distributed_run:
+        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
+                   blending=blending)
+    _geometry_predictor(options)  # validates tile, overlap, tta, blending early
+
+    volume, name = storage.open_volume(input_spec)
+    shape = tuple(int(n) for n in volume.shape)
+    blockwise._close(volume)
+    blocks = block_grid(shape, block_shape)
+    settings = _settings(name, shape, block_shape, model_name, options, normalization)
+    input_spec = str(input_spec)
+
+    if tf_threads is None:
+        tf_threads = 0 if (scheduler or not workers) else max(1, (os.cpu_count() or 1) // workers)
+    spec = blockwise.PredictorSpec(model=model_path, tf_threads=int(tf_threads), **options) \
+        if model_path else None
+    job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
+                              normalization=normalization)
+
+    context = (dask_executor(workers, scheduler) if distributed_run
+               else contextlib.nullcontext(LocalExecutor()))
+    with context as executor:
+        start = time.perf_counter()
+        array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
+        if array is None:
+            volume, _ = storage.open_volume(input_spec)
+            try:
+                lo, hi = intensity_ranges(volume, blocks, normalization, executor, input_spec)
+            finally:
+                blockwise._close(volume)
+            settings.update(intensity_lo=lo.tolist(), intensity_hi=hi.tolist())
+            storage.create_output(output, shape, block_shape, settings, zarr_format)
+        else:
+            stored = array.attrs[storage.ATTRS_KEY]
+            lo = np.asarray(stored["intensity_lo"], np.float32)
+            hi = np.asarray(stored["intensity_hi"], np.float32)
+
+        todo = [b for b in blocks if not storage.is_done(output, b)]
+        predictor = None
+        if not distributed_run:
+            predictor = _live_predictor(live_model if live_model is not None
+                                        else blockwise.worker_predictor(spec), options)
+        task = _block_task(predictor, block_hook)
+        items = [(job, b, lo[slice(*b.z)], hi[slice(*b.z)]) for b in todo]
+        summary, failures = _run_blocks(executor, task, items, progress)
+        seconds = time.perf_counter() - start
+
+    summary.update(
+        blocks_total=len(blocks), blocks_skipped=len(blocks) - len(todo), seconds=seconds,
+        voxels_per_s=summary["voxels_computed"] / seconds if seconds else 0.0,
+        output=str(output), executor=executor.name,
+    )
+    if failures:
+        raise BlockFailures(summary, failures)
+    return summary
+
+
+def _block_task(predictor, hook):
+    """The per-block callable: module-level for Dask, a closure in-process."""
+    if predictor is None and hook is None:
+        return blockwise.process_block
+    return lambda job, block, lo, hi: blockwise.process_block(job, block, lo, hi,
+                                                              predictor=predictor, hook=hook)
+
+
+def _run_blocks(executor, task, items, progress):
+    """Run ``task`` over ``items`` with a progress bar; collect counts and failures."""
+    summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
+               "model_loads": {}, "halo": (0, 0)}
+    failures = []
+    with _progress_bar(len(items), progress) as bar:
+        for (_, block, _, _), info, exc in executor.map_unordered(task, items):
+            bar.update(1)
+            if exc is not None:
+                failures.append((block.name, exc))
+                continue
+            if info["skipped"]:
+                continue
+            worker = info["worker"]
+            summary["blocks_computed"] += 1
+            summary["voxels_computed"] += info["voxels"]
+            summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
+            summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
+                                                 info["loads"])
+            summary["halo"] = tuple(max(a, b) for a, b in zip(summary["halo"], info["halo"]))
+    return summary, failures
+
+
+def format_summary(summary):
+    """One line for the CLI: blocks, voxels/s, workers."""
+    workers = len(summary["blocks_per_worker"])
+    return (f"{summary['blocks_total']} blocks ({summary['blocks_computed']} computed, "
+            f"{summary['blocks_skipped']} already done) on {workers} worker(s): "
+            f"{summary['voxels_computed']:,} voxels in {summary['seconds']:.1f} s = "
+            f"{summary['voxels_per_s']:,.0f} voxels/s -> {summary['output']}")
+
+
+__all__ = ["predict_volume", "BlockFailures", "intensity_ranges", "format_summary",
+           "dask_executor", "NORMALIZATIONS"]

@@ -1,0 +1,320 @@
+"""Lazy volume input (zarr v2/v3, HDF5) and the resumable zarr output store.
+
+Input specs: ``volume.zarr`` (an array at the store root), ``volume.zarr:/raw``
+(an array inside a zarr group), ``volume.h5:/raw`` (an HDF5 dataset; the key
+may be left out when the file holds a single dataset). Arrays must be
+``(Z, Y, X)``.
+
+Output: a zarr array (format 2 or 3) of float32 membrane probabilities at the
+root of the OUTPUT directory, chunked exactly like the blocks, so two blocks
+never write the same chunk. Each finished block gets a done-marker file
+``OUTPUT/.fusionnet-done/<iz>.<iy>.<ix>.json``, written (atomically) only after
+the block's chunk is in the store; the run's settings are kept in the array
+attributes under ``"fusionnet_volume"`` so a resumed run can check it continues
+the same computation.
+
+zarr and h5py are imported inside the functions; zarr belongs to the
+``fusionnet-tf[volumes]`` extra.
+"""
+
+import json
+import os
+from pathlib import Path
+
+DONE_DIR = ".fusionnet-done"
+ATTRS_KEY = "fusionnet_volume"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+EXTRA_HINT = "install the volumes extra: pip install 'fusionnet-tf[volumes]'"
+
+
+def import_zarr():
+    """Import zarr, or raise ImportError naming the ``[volumes]`` extra."""
+    try:
+        import zarr
+    except ImportError as exc:
+        raise ImportError(f"block-wise volume prediction needs zarr ({exc}); {EXTRA_HINT}") from exc
+    return zarr
+
+
+def zarr_major_version():
+    """Major version of the installed zarr-python (2 or 3)."""
+    return int(import_zarr().__version__.split(".")[0])
+
+
+def split_spec(spec):
+    """Split ``"path:/key"`` into ``(Path(path), key or None)``.
+
+    The split happens at the last ``:`` whose left part exists on disk, so
+    paths containing ``:`` still work.
+
+    Raises:
+        FileNotFoundError: if no such file or folder exists.
+    """
+    spec = str(spec)
+    if os.path.exists(spec):
+        return Path(spec), None
+    if ":" in spec:
+        path, key = spec.rsplit(":", 1)
+        if os.path.exists(path):
+            return Path(path), (key.strip("/") or None)
+    raise FileNotFoundError(f"input volume not found: {spec!r} (expected a zarr folder, "
+                            f"'volume.zarr:/key' or 'volume.h5:/key')")
+
+
+def is_hdf5(path):
+    """True for an existing HDF5 file (by signature, falling back to the suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return path.suffix.lower() in HDF5_SUFFIXES
+
+
+def _hdf5_datasets(group):
+    names = []
+    group.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+    return names
+
+
+def _open_hdf5(path, key):
+    import h5py
+
+    handle = h5py.File(path, "r")
+    names = _hdf5_datasets(handle)
+    if key is None:
+        if len(names) != 1:
+            handle.close()
+            raise ValueError(f"HDF5 file {path} holds {len(names)} datasets {names}; name one "
+                             f"as '{path}:/KEY'")
+        key = names[0]
+    if key not in handle or not hasattr(handle[key], "shape"):
+        handle.close()
+        raise KeyError(f"dataset key '/{key}' not found in HDF5 file {path}; "
+                       f"datasets: {['/' + n for n in names]}")
+    return handle[key], key
+
+
+def _zarr_arrays(group):
+    names = []
+    for name, member in group.members(max_depth=None):
+        if hasattr(member, "shape"):
+            names.append(name)
+    return names
+
+
+def _open_zarr(path, key):
+    zarr = import_zarr()
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not a zarr store"
+        raise ValueError(f"cannot open {path} as a zarr store or HDF5 file: {exc}") from exc
+    if hasattr(node, "shape"):
+        if key is not None:
+            raise KeyError(f"{path} is a zarr array, not a group; it has no key '/{key}'")
+        return node, None
+    names = _zarr_arrays(node)
+    if key is None:
+        if len(names) != 1:
+            raise ValueError(f"zarr group {path} holds {len(names)} arrays {names}; name one "
+                             f"as '{path}:/KEY'")
+        key = names[0]
+    if key not in names:
+        raise KeyError(f"array key '/{key}' not found in zarr group {path}; arrays: "
+                       f"{['/' + n for n in names]}")
+    return node[key], key
+
+
+def open_volume(spec):
+    """Open a ``(Z, Y, X)`` volume lazily.
+
+    Args:
+        spec: str or Path: ``volume.zarr``, ``volume.zarr:/key`` or
+            ``volume.h5:/key`` (zarr format 2 or 3; HDF5 key optional when the
+            file holds one dataset).
+
+    Returns:
+        ``(array, description)``: a zarr array or h5py dataset of shape
+        ``(Z, Y, X)`` supporting NumPy slicing (native dtype), and a short text
+        naming the path and key for messages. Keep the array's file open only
+        as long as needed (h5py datasets hold the file open).
+
+    Raises:
+        FileNotFoundError: if the path does not exist.
+        KeyError: if the key is not in the file (the message lists the keys).
+        ValueError: if the file holds several datasets and no key was given,
+            the path is neither zarr nor HDF5, or the array is not 3D or not numeric.
+
+    Example:
+    >>> volume, name = open_volume("em.h5:/raw")
+    >>> volume.shape
+    (3, 300, 500)
+    """
+    path, key = split_spec(spec)
+    if is_hdf5(path):
+        array, key = _open_hdf5(path, key)
+    elif path.is_dir():
+        array, key = _open_zarr(path, key)
+    else:
+        raise ValueError(f"input volume {path} is neither an HDF5 file nor a zarr folder")
+    name = f"{path}:/{key}" if key else str(path)
+    check_volume(array, name)
+    return array, name
+
+
+def check_volume(array, name):
+    """Raise ValueError unless ``array`` is a numeric ``(Z, Y, X)`` array."""
+    import numpy as np
+
+    shape = tuple(array.shape)
+    if len(shape) != 3:
+        hint = " (a single 2D image: add a Z axis of size 1)" if len(shape) == 2 else ""
+        raise ValueError(f"input volume {name} has shape {shape} ({len(shape)}D); expected a "
+                         f"3D (Z, Y, X) volume{hint}")
+    if min(shape) < 1:
+        raise ValueError(f"input volume {name} is empty: shape {shape}")
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+            or dtype == np.bool_):
+        raise ValueError(f"input volume {name} has non-numeric dtype {dtype}")
+
+
+# ---------------------------------------------------------------- output store
+
+def _looks_like_zarr(path):
+    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
+    """Reopen an existing output to continue the same run, if there is one.
+
+    Args:
+        path: output folder (a zarr store whose root is the array).
+        shape: ``(Z, Y, X)`` of the input volume.
+        chunks: ``(block_z, block_y, block_x)``; one chunk per block.
+        settings: JSON-serialisable dict of everything that determines the
+            output values (model, tiling, normalization, ...).
+        overwrite: if True, never resume (an existing zarr output will be
+            replaced by ``create_output``).
+
+    Returns:
+        the zarr array opened for writing, or None if there is nothing to
+        resume (no output yet, an empty folder, or ``overwrite``).
+
+    Raises:
+        FileExistsError: ``path`` exists but is a file or a non-empty folder
+            that is not a zarr store (never replaced, even with ``overwrite``).
+        ValueError: the existing output has another shape, chunking or settings.
+    """
+    zarr = import_zarr()
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_file() or (not _looks_like_zarr(path) and any(path.iterdir())):
+        raise FileExistsError(f"output {path} exists and is not a zarr store; choose another "
+                              f"output path")
+    if overwrite or not _looks_like_zarr(path):
+        return None
+    try:
+        array = zarr.open_array(str(path), mode="r+")
+    except Exception as exc:  # a zarr group, or unreadable metadata
+        raise FileExistsError(f"output {path} exists and is not a zarr array ({exc}); choose "
+                              f"another path or pass --overwrite") from exc
+    check_resumable(array, path, shape, chunks, settings)
+    return array
+
+
+def create_output(path, shape, chunks, settings, zarr_format=3):
+    """Create (or replace) the float32 output array and clear its done-markers.
+
+    Args:
+        path: output folder; its parent must exist.
+        shape: ``(Z, Y, X)``.
+        chunks: ``(block_z, block_y, block_x)``.
+        settings: JSON-serialisable dict stored in the attributes under
+            ``"fusionnet_volume"``.
+        zarr_format: 2 or 3.
+
+    Returns:
+        the new zarr array (fill value 0 until blocks are written).
+
+    Raises:
+        ValueError: bad ``zarr_format``.
+        FileNotFoundError: the parent folder does not exist.
+    """
+    zarr = import_zarr()
+    path = Path(path)
+    if zarr_format not in (2, 3):
+        raise ValueError(f"`zarr_format` must be 2 or 3; received zarr_format={zarr_format!r}")
+    if not path.absolute().parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.absolute().parent} "
+                                f"(for {path})")
+    kwargs = dict(mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="float32",
+                  fill_value=0.0)
+    if zarr_major_version() >= 3:
+        kwargs["zarr_format"] = zarr_format
+    elif zarr_format != 2:
+        raise ValueError(f"zarr-python {zarr.__version__} writes only zarr_format=2; "
+                         f"received zarr_format={zarr_format}")
+    clear_done_markers(path)
+    array = zarr.open_array(str(path), **kwargs)
+    array.attrs[ATTRS_KEY] = settings
+    return array
+
+
+def check_resumable(array, path, shape, chunks, settings):
+    """Raise ValueError if an existing output cannot continue this run."""
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"output {path} exists with shape {tuple(array.shape)}, but the input "
+                         f"volume has shape {tuple(shape)}; choose another output or pass "
+                         f"--overwrite")
+    if tuple(array.chunks) != tuple(chunks):
+        raise ValueError(f"output {path} exists with chunks {tuple(array.chunks)}, but this run "
+                         f"uses blocks {tuple(chunks)}; use the same --block/--block-z or "
+                         f"pass --overwrite")
+    previous = dict(array.attrs.get(ATTRS_KEY) or {})
+    different = sorted(k for k in set(previous) | set(settings)
+                       if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k))
+    if different:
+        detail = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}"
+                           for k in different[:4])
+        raise ValueError(f"output {path} was started with other settings ({detail}); resume "
+                         f"with the same settings or pass --overwrite")
+
+
+# stored with the settings, but taken from the store on resume (not compared)
+IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
+
+
+def done_marker(path, block):
+    """Path of ``block``'s done-marker inside the output store ``path``."""
+    return Path(path) / DONE_DIR / f"{block.name}.json"
+
+
+def is_done(path, block):
+    """True if ``block`` was completely written by an earlier (or this) run."""
+    return done_marker(path, block).is_file()
+
+
+def mark_done(path, block, info):
+    """Write ``block``'s done-marker atomically (call after its data is stored)."""
+    from fusionnet_tf.io_utils import atomic_path
+
+    marker = done_marker(path, block)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    record = {"index": list(block.index), "z": list(block.z), "y": list(block.y),
+              "x": list(block.x), **info}
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(record))
+
+
+def clear_done_markers(path):
+    """Remove all done-markers of the output store ``path``."""
+    folder = Path(path) / DONE_DIR
+    if folder.is_dir():
+        for marker in folder.iterdir():
+            marker.unlink()
+        folder.rmdir()

@@ -1,0 +1,185 @@
+"""``train(config)`` end to end on a tiny synthetic stack: outputs, resume, precision."""
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from fusionnet_tf.training import callbacks as cb
+from fusionnet_tf.training.config import config_from_dict, load_config
+from fusionnet_tf.training.run import build_and_compile, train
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def stack_files(tmp_path_factory):
+    """Synthetic EM-like stack: dark membrane lines on a bright, noisy background.
+
+    Labels use the ISBI convention (0 = membrane, 255 = cell interior).
+    """
+    folder = tmp_path_factory.mktemp("stack")
+    rng = np.random.default_rng(0)
+    membrane = np.zeros((4, 64, 64), bool)
+    for n in range(4):
+        for row in rng.choice(60, 3, replace=False):
+            membrane[n, row:row + 2, :] = True
+        for col in rng.choice(60, 3, replace=False):
+            membrane[n, :, col:col + 2] = True
+    image = np.where(membrane, 60, 190) + rng.normal(0, 12, membrane.shape)
+    tifffile.imwrite(folder / "img.tif", np.clip(image, 0, 255).astype(np.uint8))
+    tifffile.imwrite(folder / "lab.tif", np.where(membrane, 0, 255).astype(np.uint8))
+    return folder / "img.tif", folder / "lab.tif"
+
+
+def tiny_config(stack_files, output_dir, **top):
+    images, labels = stack_files
+    mapping = {
+        "model": {"base_filters": 4, "depth": 2, "residual_convs": 1},
+        "data": {"train_images": str(images), "train_labels": str(labels),
+                 "train_slices": "0-2", "val_slices": "3", "tile_size": 32,
+                 "val_tile_size": 32},
+        "augment": False,
+        "optimizer": {"learning_rate": 0.01},
+        "epochs": 3, "steps_per_epoch": STEPS, "batch_size": 4,
+        "backup_every_steps": 1, "output_dir": str(output_dir), "tensorboard": False,
+    }
+    mapping.update(top)
+    return config_from_dict(mapping)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raise after ``at_step`` training steps (counted across epochs)."""
+
+    def __init__(self, at_step=None, at_epoch_begin=None):
+        super().__init__()
+        self.at_step, self.at_epoch_begin, self.seen = at_step, at_epoch_begin, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch_begin:
+            raise KeyboardInterrupt(f"killed at the start of epoch {epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at_step:
+            raise KeyboardInterrupt(f"killed after step {self.seen}")
+
+
+@pytest.fixture(scope="module")
+def reference_run(stack_files, tmp_path_factory):
+    """One uninterrupted 3-epoch run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("reference")
+    config = tiny_config(stack_files, out / "run")
+    return config, train(config, verbose=0)
+
+
+def test_run_lowers_loss_and_writes_outputs(reference_run):
+    config, result = reference_run
+    history = result.history
+    assert history["epoch"] == [0.0, 1.0, 2.0]
+    assert history["loss"][-1] < history["loss"][0]
+    for key in ("val_loss", "val_dice", "dice", "iou", "accuracy"):
+        assert len(history[key]) == 3
+    out = result.output_dir
+    for name in ("config.yaml", "latest.keras", "best.keras", "best.json", "log.csv",
+                 "curves.png"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "config.yaml").read_text()) == \
+        yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(config)))
+    state = cb.read_backup_state(out / "backup")
+    assert (state["epoch"], state["step"], state["global_step"]) == (3, 0, 3 * STEPS)
+    assert int(result.model.optimizer.iterations.numpy()) == 3 * STEPS
+    # latest.keras is the final model and reloads without custom objects
+    reloaded = keras.models.load_model(out / "latest.keras", compile=False)
+    x = np.random.default_rng(1).random((1, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0),
+                               result.model.predict(x, verbose=0), atol=1e-6)
+    # best.keras is the epoch with the lowest val_loss
+    best = __import__("json").loads((out / "best.json").read_text())
+    assert best["value"] == pytest.approx(min(history["val_loss"]))
+    assert best["epoch"] == int(np.argmin(history["val_loss"])) + 1
+
+
+def assert_same_run(result, reference):
+    assert result.history["epoch"] == reference.history["epoch"]
+    for key in ("loss", "dice", "val_loss"):
+        np.testing.assert_allclose(result.history[key], reference.history[key], rtol=1e-4,
+                                   err_msg=key)
+    assert int(result.model.optimizer.iterations.numpy()) == 3 * STEPS
+    for got, want in zip(result.model.get_weights(), reference.model.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("interrupt", [
+    {"at_step": STEPS + 2},        # mid-epoch: epoch 1, after its 2nd step
+    {"at_epoch_begin": 2},         # between epochs
+], ids=["mid_epoch", "epoch_boundary"])
+def test_kill_and_resume_matches_uninterrupted_run(stack_files, tmp_path, reference_run,
+                                                   interrupt):
+    _, reference = reference_run
+    config = tiny_config(stack_files, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(**interrupt)], verbose=0)
+    state = cb.read_backup_state(tmp_path / "run" / "backup")
+    assert 0 < state["global_step"] < 3 * STEPS
+    keras.backend.clear_session()
+    resumed = train(config, verbose=0)
+    # resumed where the backup stopped: nothing redone, nothing lost
+    assert resumed.initial_epoch * STEPS + resumed.initial_step == state["global_step"]
+    if "at_step" in interrupt:
+        assert (resumed.initial_epoch, resumed.initial_step) == (1, 1)
+    assert_same_run(resumed, reference)
+    # a further call finds the run complete and trains nothing
+    keras.backend.clear_session()
+    again = train(config, verbose=0)
+    assert again.initial_epoch == 3 and again.history["epoch"] == [0.0, 1.0, 2.0]
+
+
+def test_different_config_in_used_folder_is_refused(stack_files, reference_run):
+    config, _ = reference_run
+    changed = tiny_config(stack_files, config.output_dir, batch_size=2)
+    with pytest.raises(FileExistsError, match="differs in: batch_size"):
+        train(changed, verbose=0)
+
+
+def test_resume_with_other_steps_per_epoch_is_refused(stack_files, tmp_path):
+    config = tiny_config(stack_files, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[Interrupt(at_step=2)], verbose=0)
+    backup = cb.ResumableBackup(tmp_path / "run" / "backup", 1, STEPS + 1)
+    with pytest.raises(ValueError, match="steps_per_epoch=4, the config has steps_per_epoch=5"):
+        backup.restore(keras.Model())
+
+
+def test_mixed_bfloat16_trains_with_finite_loss(stack_files, tmp_path):
+    config = tiny_config(stack_files, tmp_path / "run", precision="mixed_bfloat16", epochs=1,
+                         steps_per_epoch=2)
+    result = train(config, verbose=0)
+    assert np.isfinite(result.history["loss"]).all()
+    assert result.model.get_layer("enc1_conv_in").compute_dtype == "bfloat16"
+    assert result.model.output.dtype == "float32"
+
+
+def test_mixed_float16_compiles_a_loss_scaled_optimizer(stack_files, tmp_path):
+    config = tiny_config(stack_files, tmp_path / "run", precision="mixed_float16")
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    model = build_and_compile(config)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.output.dtype == "float32"
+
+
+def test_plot_and_csv_helpers(tmp_path):
+    csv_path = tmp_path / "log.csv"
+    csv_path.write_text("epoch,loss,val_loss\n0,1.0,1.1\n1,0.8,0.9\n2,0.7,0.95\n")
+    cb.truncate_csv_log(csv_path, 2)
+    log = cb.read_csv_log(csv_path)
+    assert log == {"epoch": [0.0, 1.0], "loss": [1.0, 0.8], "val_loss": [1.1, 0.9]}
+    png = cb.plot_training_curves(csv_path, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cb.plot_training_curves(tmp_path / "missing.csv", tmp_path / "x.png") is None
+
+
+def test_shipped_smoke_config_loads():
+    config = load_config("training/configs/smoke.yaml")
+    assert config.model.base_filters == 4

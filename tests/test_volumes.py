@@ -1,0 +1,385 @@
+"""Block-wise volume prediction: geometry, stores, equality with in-memory
+prediction, resume after faults, errors, and Dask execution (2 workers)."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+
+from fusionnet_tf import cli  # noqa: E402
+from fusionnet_tf.volumes import BlockFailures, block_grid, open_volume, predict_volume  # noqa: E402
+from fusionnet_tf.volumes import blockwise, geometry, storage  # noqa: E402
+
+TILE, OVERLAP, BLOCK = 64, 16, (1, 128, 128)
+OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4)
+
+
+# ----------------------------------------------------------------- fixtures
+
+def synthetic_volume(shape=(3, 300, 500), seed=0):
+    """uint8 (Z, Y, X) with blobs and a different intensity range per slice."""
+    rng = np.random.default_rng(seed)
+    z, y, x = shape
+    yy, xx = np.mgrid[0:y, 0:x]
+    slices = []
+    for i in range(z):
+        image = np.sin(yy / (7 + i)) * np.cos(xx / 11) + 0.3 * rng.standard_normal((y, x))
+        image = (image - image.min()) / np.ptp(image)
+        slices.append(20 * i + image * (200 - 40 * i))
+    return np.stack(slices).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return synthetic_volume()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from fusionnet_tf import build_fusionnet
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_fusionnet(base_filters=4, depth=2).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_path):
+    from fusionnet_tf.inference import Predictor, load_model
+
+    return Predictor(load_model(model_path), **OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def reference(volume, predictor):
+    """In-memory prediction of the whole volume, as ``fusionnet predict`` does it."""
+    from fusionnet_tf.data.normalize import normalize
+
+    return predictor.predict(normalize(volume))
+
+
+@pytest.fixture(scope="module")
+def blockwise_run(tmp_path_factory, volume, predictor):
+    """In-process block-wise run of the volume (zarr v2 input): (input spec, output, summary)."""
+    folder = tmp_path_factory.mktemp("blockwise")
+    spec = write_zarr(folder / "vol.zarr", volume, zarr_format=2)
+    out = folder / "out.zarr"
+    summary = predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)
+    return spec, out, summary
+
+
+@pytest.fixture(autouse=True)
+def _only_this_subcommand(monkeypatch):
+    """``main`` builds only ``predict-volume``: these tests do not depend on the others."""
+    monkeypatch.setattr(cli, "COMMANDS", {"predict-volume": "fusionnet_tf.cli.predict_volume"})
+
+
+def main(argv):
+    return cli.main(argv)
+
+
+def write_zarr(path, array, zarr_format=3, chunks=(1, 100, 100)):
+    out = zarr.open_array(str(path), mode="w", shape=array.shape, chunks=chunks,
+                          dtype=array.dtype, zarr_format=zarr_format)
+    out[:] = array
+    return str(path)
+
+
+def write_h5(path, key, array):
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset(key, data=array, chunks=True)
+    return f"{path}:/{key}"
+
+
+def read_output(path):
+    return zarr.open_array(str(path), mode="r")[:]
+
+
+def done_count(path):
+    folder = path / storage.DONE_DIR
+    return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+
+
+# ----------------------------------------------------------------- geometry
+
+def test_block_grid_covers_volume_exactly():
+    shape = (3, 300, 500)
+    coverage = np.zeros(shape, np.int32)
+    blocks = block_grid(shape, (2, 128, 128))
+    for block in blocks:
+        coverage[slice(*block.z), slice(*block.y), slice(*block.x)] += 1
+    assert (coverage == 1).all()
+    assert len(blocks) == 2 * 3 * 4
+    assert blocks[-1].index == (1, 2, 3) and blocks[-1].shape == (1, 44, 116)
+    assert blocks[5].name == "0.1.1"
+
+
+@pytest.mark.parametrize("bad", [(1, 0, 128), (128, 128), (1, 2.5, 3), "abc"])
+def test_bad_block_shape(bad):
+    with pytest.raises(ValueError, match="block_shape"):
+        block_grid((3, 300, 500), bad)
+
+
+def test_tiles_for_block_selects_overlapping_tiles_and_halo():
+    from fusionnet_tf.inference.tiling import tile_origins
+
+    origins = tile_origins(300, 500, TILE, OVERLAP)
+    blocks = block_grid((1, 300, 500), BLOCK)
+    seen = set()
+    for block in blocks:
+        tiles = geometry.tiles_for_block(origins, TILE, block.y, block.x)
+        (ry0, ry1), (rx0, rx1) = geometry.tiles_region(tiles, TILE)
+        assert ry0 <= block.y[0] and ry1 >= block.y[1] and rx0 <= block.x[0] and rx1 >= block.x[1]
+        for oy, ox in origins:  # exactly the tiles touching the block
+            touches = oy < block.y[1] and oy + TILE > block.y[0] \
+                and ox < block.x[1] and ox + TILE > block.x[0]
+            assert ((oy, ox) in tiles) == touches
+        seen.update(tiles)
+    assert seen == set(origins)
+    halo_y, halo_x = geometry.halo(origins, TILE, (1, 300, 500), BLOCK)
+    steps_x = np.diff(sorted({ox for _, ox in origins}))
+    assert halo_x >= TILE - steps_x.max()
+    assert halo_y >= TILE - np.diff(sorted({oy for oy, _ in origins})).max()
+
+
+# ----------------------------------------------------------------- input stores
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_open_zarr_array_and_group(tmp_path, volume, zarr_format):
+    spec = write_zarr(tmp_path / "vol.zarr", volume, zarr_format)
+    array, name = open_volume(spec)
+    np.testing.assert_array_equal(array[1, 10:20, 30:40], volume[1, 10:20, 30:40])
+    assert name == spec
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w", zarr_format=zarr_format)
+    group.create_array("raw", shape=volume.shape, dtype=volume.dtype, chunks=(1, 128, 128))
+    group["raw"][:] = volume
+    array, name = open_volume(f"{tmp_path / 'group.zarr'}:/raw")
+    np.testing.assert_array_equal(array[:], volume)
+    with pytest.raises(KeyError, match="'/labels' not found.*'/raw'"):
+        open_volume(f"{tmp_path / 'group.zarr'}:/labels")
+
+
+def test_open_hdf5_key_errors_and_dimensions(tmp_path, volume):
+    spec = write_h5(tmp_path / "vol.h5", "em/raw", volume)
+    array, name = open_volume(spec)
+    np.testing.assert_array_equal(array[2], volume[2])
+    array.file.close()
+    array, _ = open_volume(tmp_path / "vol.h5")  # one dataset: the key is optional
+    assert array.shape == volume.shape
+    array.file.close()
+    with pytest.raises(KeyError, match=r"'/missing' not found in HDF5 file .*vol.h5.*/em/raw"):
+        open_volume(f"{tmp_path / 'vol.h5'}:/missing")
+    with h5py.File(tmp_path / "dims.h5", "w") as handle:
+        handle["flat"] = volume[0]
+        handle["rgb"] = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"dims.h5:/flat has shape \(300, 500\) \(2D\)"):
+        open_volume(f"{tmp_path / 'dims.h5'}:/flat")
+    with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 3\) \(4D\)"):
+        open_volume(f"{tmp_path / 'dims.h5'}:/rgb")
+    with pytest.raises(ValueError, match="2 datasets"):
+        open_volume(tmp_path / "dims.h5")
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+        open_volume(tmp_path / "nowhere.zarr")
+
+
+# ----------------------------------------------------------------- output store
+
+def test_existing_output_with_other_shape_or_settings(tmp_path):
+    out = tmp_path / "out.zarr"
+    settings = {"tile_shape": 64, "overlap": 16}
+    storage.create_output(out, (3, 300, 500), BLOCK, settings)
+    with pytest.raises(ValueError, match=r"shape \(3, 300, 500\).*shape \(3, 300, 400\)"):
+        storage.open_output_for_resume(out, (3, 300, 400), BLOCK, settings)
+    with pytest.raises(ValueError, match="overlap: 16 -> 32"):
+        storage.open_output_for_resume(out, (3, 300, 500), BLOCK, {**settings, "overlap": 32})
+    assert storage.open_output_for_resume(out, (3, 300, 500), BLOCK, settings) is not None
+    assert storage.open_output_for_resume(out, (3, 300, 400), BLOCK, settings,
+                                          overwrite=True) is None
+    (tmp_path / "notzarr").mkdir()
+    (tmp_path / "notzarr" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="notzarr exists and is not a zarr store"):
+        storage.open_output_for_resume(tmp_path / "notzarr", (3, 300, 500), BLOCK, settings,
+                                       overwrite=True)
+
+
+def test_intensity_ranges_match_whole_slices(volume, monkeypatch):
+    from fusionnet_tf.data.normalize import intensity_range
+    from fusionnet_tf.volumes.runner import LocalExecutor, intensity_ranges
+
+    # per-block range tasks open the input themselves: serve the in-memory array
+    monkeypatch.setattr(storage, "open_volume", lambda spec: (volume, "memory"))
+    blocks = block_grid(volume.shape, (2, 128, 128))
+    for mode in ("slice", "global", "dtype"):
+        lo, hi = intensity_ranges(volume, blocks, mode, LocalExecutor(), "memory")
+        ref_lo, ref_hi = intensity_range(volume, mode)
+        assert lo.dtype == hi.dtype == np.float32
+        np.testing.assert_array_equal(lo, ref_lo)
+        np.testing.assert_array_equal(hi, ref_hi)
+    slice_lo, _ = intensity_ranges(volume, blocks, "slice", LocalExecutor(), "memory")
+    assert len(set(slice_lo.tolist())) == 3  # the slices really differ
+
+
+# ----------------------------------------------------------------- in-process runs
+
+def test_blockwise_equals_in_memory_prediction(volume, predictor, reference, blockwise_run):
+    _, out, summary = blockwise_run
+    result = read_output(out)
+    assert result.dtype == np.float32 and result.shape == volume.shape
+    assert reference.std() > 1e-3  # the model is not constant: the comparison means something
+    np.testing.assert_allclose(result, reference, atol=1e-5, rtol=0)
+    assert summary["blocks_total"] == summary["blocks_computed"] == 36
+    assert summary["halo"] == geometry.halo(predictor.tile_origins(300, 500), TILE,
+                                            volume.shape, BLOCK)
+    assert zarr.open_array(str(out), mode="r").chunks == BLOCK
+    assert done_count(out) == 36
+
+
+def test_hdf5_small_slices_deep_blocks_and_tta(tmp_path, model_path):
+    """Slices smaller than a tile (reflect padding) and blocks of 2 slices, TTA 8."""
+    from fusionnet_tf.data.normalize import normalize
+    from fusionnet_tf.inference import Predictor, load_model
+
+    small = synthetic_volume((3, 40, 90), seed=1).astype(np.uint16) * 50
+    spec = write_h5(tmp_path / "small.h5", "raw", small)
+    tta = Predictor(load_model(model_path), tta=8, **OPTIONS)
+    expected = tta.predict(normalize(small))
+    out = tmp_path / "small.zarr"
+    summary = predict_volume(spec, out, tta, block_shape=(2, 32, 48), tta=8, **OPTIONS)
+    np.testing.assert_allclose(read_output(out), expected, atol=1e-5, rtol=0)
+    assert summary["blocks_computed"] == 2 * 2 * 2
+
+
+class SimulatedKill(BaseException):
+    """Not an Exception: stops the run like a kill would."""
+
+
+def test_fault_and_kill_then_resume(tmp_path, volume, predictor, reference, blockwise_run):
+    spec = write_zarr(tmp_path / "vol.zarr", volume)  # zarr v3 this time
+    _, clean, _ = blockwise_run
+
+    # a fault in one block: the others finish, that block stays unwritten
+    out = tmp_path / "out.zarr"
+
+    def fail_one(block):
+        if block.index == (1, 1, 2):
+            raise RuntimeError("injected fault")
+
+    with pytest.raises(BlockFailures, match="1 of 36 blocks failed.*1.1.2.*injected fault"):
+        predict_volume(spec, out, predictor, block_shape=BLOCK, block_hook=fail_one, **OPTIONS)
+    assert done_count(out) == 35
+    assert (read_output(out)[1, 128:256, 256:384] == 0).all()
+
+    computed = []
+    summary = predict_volume(spec, out, predictor, block_shape=BLOCK,
+                             block_hook=lambda b: computed.append(b.index), **OPTIONS)
+    assert computed == [(1, 1, 2)]
+    assert summary["blocks_computed"] == 1 and summary["blocks_skipped"] == 35
+    np.testing.assert_array_equal(read_output(out), read_output(clean))
+
+    # a kill after 10 blocks: rerun computes only the other 26
+    killed = tmp_path / "killed.zarr"
+    count = {"n": 0}
+
+    def kill_after_ten(block):
+        count["n"] += 1
+        if count["n"] > 10:
+            raise SimulatedKill()
+
+    with pytest.raises(SimulatedKill):
+        predict_volume(spec, killed, predictor, block_shape=BLOCK, block_hook=kill_after_ten,
+                       **OPTIONS)
+    assert done_count(killed) == 10
+    summary = predict_volume(spec, killed, predictor, block_shape=BLOCK, **OPTIONS)
+    assert summary["blocks_computed"] == 26 and summary["blocks_skipped"] == 10
+    np.testing.assert_array_equal(read_output(killed), read_output(clean))
+    np.testing.assert_allclose(read_output(killed), reference, atol=1e-5, rtol=0)
+    marker = json.loads((killed / storage.DONE_DIR / "0.0.0.json").read_text())
+    assert marker["y"] == [0, 128] and marker["x"] == [0, 128]
+
+
+def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, predictor):
+    spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :200])
+    out = tmp_path / "out.zarr"
+    predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)
+    with pytest.raises(ValueError, match="overlap: 16 -> 32.*--overwrite"):
+        predict_volume(spec, out, predictor, block_shape=BLOCK, **{**OPTIONS, "overlap": 32})
+    with pytest.raises(ValueError, match=r"chunks \(1, 128, 128\).*blocks \(1, 64, 64\)"):
+        predict_volume(spec, out, predictor, block_shape=(1, 64, 64), **OPTIONS)
+    summary = predict_volume(spec, out, predictor, block_shape=(1, 64, 64), overwrite=True,
+                             **OPTIONS)
+    assert summary["blocks_computed"] == 2 * 4 and done_count(out) == 8
+
+
+# ----------------------------------------------------------------- CLI
+
+def test_cli_errors_are_one_line(tmp_path, volume, model_path, capsys):
+    h5 = write_h5(tmp_path / "vol.h5", "raw", volume[:1, :64, :64])
+    code = main(["predict-volume", str(tmp_path / "vol.h5") + ":/nope", str(tmp_path / "o.zarr"),
+                 "--model", str(model_path), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "predict-volume: error: dataset key '/nope' not found" in err
+    with h5py.File(tmp_path / "flat.h5", "w") as handle:
+        handle["raw"] = volume[0]
+    code = main(["predict-volume", f"{tmp_path / 'flat.h5'}:/raw", str(tmp_path / "o.zarr"),
+                 "--model", str(model_path), "--workers", "0"])
+    assert code == 2 and "(300, 500) (2D)" in capsys.readouterr().err
+    storage.create_output(tmp_path / "other.zarr", (2, 64, 64), (1, 64, 64), {})
+    code = main(["predict-volume", h5, str(tmp_path / "other.zarr"), "--model", str(model_path),
+                 "--workers", "0", "--block", "64", "--tile", "64", "--overlap", "16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exists with shape (2, 64, 64)" in err and "(1, 64, 64)" in err
+
+
+def test_cli_help_states_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict-volume", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 1024)", "(default: 64)", "(default: 512)", "(default: 1)",
+                    "(default: slice", "(default: 3)"):
+        assert default in text
+
+
+# ----------------------------------------------------------------- Dask
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        yield cluster
+
+
+@pytest.mark.large
+def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path, reference):
+    spec = write_h5(tmp_path / "vol.h5", "raw", volume)
+    out = tmp_path / "out.zarr"
+    summary = predict_volume(spec, out, model_path, block_shape=BLOCK, workers=2, **OPTIONS)
+    np.testing.assert_allclose(read_output(out), reference, atol=1e-5, rtol=0)
+    assert len(summary["blocks_per_worker"]) == 2  # both workers received blocks
+    assert sum(summary["blocks_per_worker"].values()) == 36
+    assert set(summary["model_loads"].values()) == {1}  # each worker loaded the model once
+    assert summary["executor"].startswith("dask tcp://")
+
+
+@pytest.mark.large
+def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, reference,
+                                               cluster, capsys):
+    spec = write_zarr(tmp_path / "vol.zarr", volume)
+    out = tmp_path / "out.zarr"
+    command = ["predict-volume", spec, str(out), "--model", str(model_path),
+               "--scheduler", cluster.scheduler_address, "--tf-threads", "1", "--block", "128",
+               "--tile", str(TILE), "--overlap", str(OVERLAP), "--no-progress"]
+    code = main(command)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "36 blocks (36 computed, 0 already done) on 2 worker(s)" in err
+    np.testing.assert_allclose(read_output(out), reference, atol=1e-5, rtol=0)
+    workers = {json.loads(m.read_text())["worker"] for m in (out / storage.DONE_DIR).iterdir()}
+    assert workers == set(cluster.scheduler_info["workers"])
+    assert main(command) == 0
+    assert "36 blocks (0 computed, 36 already done)" in capsys.readouterr().err
