@@ -176,10 +176,12 @@ def _check_isbi_inputs(membrane_prob, labels):
     membrane_prob = np.asarray(membrane_prob, np.float64)
     labels = np.asarray(labels)
     _check_same_shape(membrane_prob, labels, "membrane_prob", "labels")
-    if not np.all(np.isfinite(membrane_prob)) or membrane_prob.min() < 0 or membrane_prob.max() > 1:
+    if not np.all(np.isfinite(membrane_prob)):
+        raise ValueError("`membrane_prob` must be finite and in [0, 1]; received NaN or inf values")
+    if membrane_prob.min() < 0 or membrane_prob.max() > 1:
         raise ValueError(
             "`membrane_prob` must be finite and in [0, 1]; received values in "
-            f"[{np.nanmin(membrane_prob)}, {np.nanmax(membrane_prob)}]"
+            f"[{membrane_prob.min()}, {membrane_prob.max()}]"
         )
     values = np.unique(labels)
     if not set(values.tolist()) <= {0, 1}:

@@ -176,7 +176,7 @@ def test_folder_with_mismatched_slices(tmp_path):
         read_stack(tmp_path)
 
 
-def test_bool_and_complex_dtypes_rejected():
+def test_complex_dtype_rejected():
     with pytest.raises(ValueError, match="dtype complex64"):
         read_stack(np.zeros((1, 4, 4), np.complex64))
 

@@ -10,8 +10,9 @@ import pytest
 zarr = pytest.importorskip("zarr")
 
 from fusionnet_tf import cli  # noqa: E402
-from fusionnet_tf.volumes import BlockFailures, block_grid, open_volume, predict_volume  # noqa: E402
-from fusionnet_tf.volumes import blockwise, geometry, storage  # noqa: E402
+from fusionnet_tf.volumes import (BlockFailures, block_grid, open_volume,  # noqa: E402
+                                   predict_volume)
+from fusionnet_tf.volumes import geometry, storage  # noqa: E402
 
 TILE, OVERLAP, BLOCK = 64, 16, (1, 128, 128)
 OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4)
@@ -231,6 +232,12 @@ def test_blockwise_equals_in_memory_prediction(volume, predictor, reference, blo
     assert reference.std() > 1e-3  # the model is not constant: the comparison means something
     np.testing.assert_allclose(result, reference, atol=1e-5, rtol=0)
     assert summary["blocks_total"] == summary["blocks_computed"] == 36
+    # tiles straddling block borders are predicted by each block they touch
+    origins = predictor.tile_origins(300, 500)
+    per_slice = sum(len(geometry.tiles_for_block(origins, TILE, b.y, b.x))
+                    for b in block_grid((1, 300, 500), BLOCK))
+    assert summary["tiles_predicted"] == 3 * per_slice
+    assert summary["tile_ratio"] == pytest.approx(per_slice / len(origins))
     assert summary["halo"] == geometry.halo(predictor.tile_origins(300, 500), TILE,
                                             volume.shape, BLOCK)
     assert zarr.open_array(str(out), mode="r").chunks == BLOCK
@@ -303,7 +310,8 @@ def test_fault_and_kill_then_resume(tmp_path, volume, predictor, reference, bloc
 def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, predictor):
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :200])
     out = tmp_path / "out.zarr"
-    predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)
+    predict_volume(spec, out, predictor, block_shape=BLOCK, zarr_format=2, **OPTIONS)
+    assert (out / ".zarray").is_file() and done_count(out) == 2
     with pytest.raises(ValueError, match="overlap: 16 -> 32.*--overwrite"):
         predict_volume(spec, out, predictor, block_shape=BLOCK, **{**OPTIONS, "overlap": 32})
     with pytest.raises(ValueError, match=r"chunks \(1, 128, 128\).*blocks \(1, 64, 64\)"):
@@ -311,6 +319,39 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, 
     summary = predict_volume(spec, out, predictor, block_shape=(1, 64, 64), overwrite=True,
                              **OPTIONS)
     assert summary["blocks_computed"] == 2 * 4 and done_count(out) == 8
+    with pytest.raises(ValueError, match="is the input volume"):
+        predict_volume(spec, spec, predictor, block_shape=BLOCK, overwrite=True, **OPTIONS)
+    assert zarr.open_array(spec, mode="r").shape == (1, 128, 200)  # input untouched
+
+
+@pytest.mark.large
+def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run):
+    """A real kill (SIGKILL) of the CLI after a few blocks; the rerun finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = write_zarr(tmp_path / "vol.zarr", volume)
+    out = tmp_path / "out.zarr"
+    command = [sys.executable, "-m", "fusionnet_tf", "predict-volume", spec, str(out),
+               "--model", str(model_path), "--workers", "0", "--block", "128", "--tile",
+               str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while done_count(out) < 4 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    stderr = process.communicate()[1].decode()
+    before = done_count(out)
+    assert 4 <= before < 36, stderr
+    summary = predict_volume(spec, out, model_path, block_shape=BLOCK, **OPTIONS)
+    assert summary["blocks_skipped"] == before
+    assert summary["blocks_computed"] == 36 - before
+    np.testing.assert_allclose(read_output(out), read_output(blockwise_run[1]), atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------- CLI
@@ -333,12 +374,27 @@ def test_cli_errors_are_one_line(tmp_path, volume, model_path, capsys):
     assert code == 2 and "exists with shape (2, 64, 64)" in err and "(1, 64, 64)" in err
 
 
+def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsys):
+    import sys
+
+    spec = write_h5(tmp_path / "vol.h5", "raw", volume[:1, :64, :64])
+    monkeypatch.setitem(sys.modules, "zarr", None)  # as if zarr were not installed
+    code = main(["predict-volume", spec, str(tmp_path / "o.zarr"), "--model", str(model_path),
+                 "--workers", "0", "--tile", "64", "--overlap", "16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'fusionnet-tf[volumes]'" in err
+    monkeypatch.setitem(sys.modules, "zarr", zarr)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"dask\[distributed\].*fusionnet-tf\[volumes\]"):
+        predict_volume(spec, tmp_path / "o.zarr", model_path, workers=2, tile_shape=64)
+
+
 def test_cli_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["predict-volume", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 1024)", "(default: 64)", "(default: 512)", "(default: 1)",
-                    "(default: slice", "(default: 3)"):
+                    "(default: 8", "(default: slice)", "(default: 3)"):
         assert default in text
 
 
@@ -373,7 +429,7 @@ def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, ref
     out = tmp_path / "out.zarr"
     command = ["predict-volume", spec, str(out), "--model", str(model_path),
                "--scheduler", cluster.scheduler_address, "--tf-threads", "1", "--block", "128",
-               "--tile", str(TILE), "--overlap", str(OVERLAP), "--no-progress"]
+               "--tile", str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
     code = main(command)
     err = capsys.readouterr().err
     assert code == 0, err

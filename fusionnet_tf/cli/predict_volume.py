@@ -14,7 +14,7 @@ an interrupted run resumes. Needs: pip install 'fusionnet-tf[volumes]'.
 
 EPILOG = """\
 examples:
-  fusionnet predict-volume em.zarr membranes.zarr --workers 2
+  fusionnet predict-volume em.zarr membranes.zarr --workers 2 --tta 1
   fusionnet predict-volume em.h5:/raw membranes.zarr --model my.keras --block 2048
   fusionnet predict-volume em.zarr:/raw out.zarr --scheduler tcp://10.0.0.5:8786
 """
@@ -44,16 +44,21 @@ def add_parser(subparsers):
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap of neighbouring tiles in pixels (default: 64). "
                              "The block halo is derived from the resulting tile grid.")
-    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=1,
-                        help="Test-time augmentation: 1 (none), 4 (mirrorings) or 8 (all "
-                             "rotations and flips) averaged (default: 1).")
+    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=8,
+                        help="Test-time augmentation: 1 = none, 4 = mirrorings, 8 = all "
+                             "rotations and flips (default: 8, as 'fusionnet predict').")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="Tiles per network call (default: 4).")
     parser.add_argument("--blending", choices=("gaussian", "cosine", "constant"),
                         default="gaussian", help="Tile blending weights (default: gaussian).")
-    parser.add_argument("--normalize", choices=("slice", "global", "dtype"), default="slice",
-                        help="Intensity normalization (default: slice, per-slice min-max "
-                             "computed over whole slices in a first pass).")
+    parser.add_argument("--normalization", choices=("slice", "global", "dtype"),
+                        default="slice",
+                        help="Intensity normalization to [0, 1]: per-slice min-max (computed "
+                             "over whole slices in a first pass), whole-volume min-max or the "
+                             "dtype range (default: slice).")
+    parser.add_argument("--align", type=int, default=None,
+                        help="Tile origins are multiples of this (default: 2**depth for a "
+                             "Keras model, 1 for a SavedModel).")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1,
                        help="Worker processes of a local Dask cluster, one thread each; "
@@ -70,8 +75,8 @@ def add_parser(subparsers):
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing output instead of resuming it "
                              "(default: resume).")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="Hide the progress bar (default: shown on stderr).")
+    parser.add_argument("--quiet", action="store_true",
+                        help="No progress bar (default: progress bar over blocks on stderr).")
     parser.set_defaults(run=run)
 
 
@@ -87,10 +92,11 @@ def run(args):
             args.input, args.output, args.model,
             block_shape=(args.block_z, args.block, args.block),
             tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
-            batch_size=args.batch_size, blending=args.blending, normalization=args.normalize,
+            batch_size=args.batch_size, blending=args.blending, align=args.align,
+            normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,
-            progress=not args.no_progress,
+            progress=not args.quiet,
         )
     except ImportError as exc:
         raise CommandError(str(exc)) from exc

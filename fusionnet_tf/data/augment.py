@@ -27,6 +27,7 @@ its own field.
 import dataclasses
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from fusionnet_tf.dihedral import dihedral_tf
@@ -162,29 +163,171 @@ def as_augment_config(augment):
 # --------------------------------------------------------------------------- #
 
 
-def elastic_field(seed, size, grid=5, displacement=6.0):
-    """A smooth random displacement field.
+def _cubic_bspline(t):
+    t = np.abs(t)
+    return np.where(t < 1, 2.0 / 3.0 - t**2 + 0.5 * t**3, np.where(t < 2, (2.0 - t) ** 3 / 6.0, 0.0))
+
+
+def spline_basis(size, grid):
+    """Cubic B-spline weights that spread ``grid`` control points over ``size`` pixels.
 
     Args:
-        seed: int32/int64 tensor of shape (2,), a stateless RNG seed.
-        size: int, tile side T.
-        grid: int, control points per side.
-        displacement: float, standard deviation in pixels of each component
-            at the control points.
+        size: int, number of pixels T.
+        grid: int, number of control points g (the first sits on pixel 0, the
+            last on pixel T - 1).
 
     Returns:
-        float32 tensor (T, T, 2): (dy, dx) displacement of each output pixel.
-        dy and dx come from independent normal draws.
+        float32 NumPy array (T, g); rows are non-negative and sum to 1, so an
+        interpolated field never exceeds its largest control value.
+    """
+    position = np.arange(size) * (grid - 1) / max(size - 1, 1)
+    weights = _cubic_bspline(position[:, None] - np.arange(grid)[None, :])
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _spline_gain(grid):
+    """Factor that makes the interpolated field's std at a control point equal the draw's std."""
+    weights = _cubic_bspline(np.arange(grid) - (grid - 1) // 2)
+    weights = weights / weights.sum()
+    return float(1.0 / np.sqrt(np.sum(weights**2)))
+
+
+def coarse_displacements(seed, grid, displacement, limit):
+    """Random (dy, dx) control-point displacements, drawn independently.
+
+    Args:
+        seed: (2,) stateless seed.
+        grid: int g.
+        displacement: float, target standard deviation (pixels) of the smooth field.
+        limit: float, clip each control value to [-limit, limit] (keeps the
+            warp inside the context margin).
+
+    Returns:
+        float32 tensor (2, g, g): [dy, dx].
+    """
+    stddev = displacement * _spline_gain(grid)
+    draws = tf.random.stateless_normal([2, grid, grid], seed=seed, stddev=stddev)
+    return tf.clip_by_value(draws, -limit, limit)
+
+
+def _dihedral_factors(left, middle, right, k):
+    """Re-index ``left @ middle @ right^T`` as ``dihedral_tf`` would transform it.
+
+    With ``F = L M R^T`` (rows of L index output rows, rows of R output
+    columns), a quarter turn counter-clockwise gives ``flip(R) M^T L^T`` and a
+    left-right flip gives ``L M flip(R)^T``; composing them reproduces the 8
+    transforms of ``fusionnet_tf.dihedral`` on tiny matrices instead of on the
+    full-size tile.
+    """
+    k = tf.convert_to_tensor(k, tf.int32)
+    turns = k % 4
+    odd = tf.equal(turns % 2, 1)
+    left, middle, right = (tf.where(odd, right, left), tf.where(odd, tf.transpose(middle), middle),
+                           tf.where(odd, left, right))
+    flip_left = tf.logical_or(tf.equal(turns, 1), tf.equal(turns, 2))
+    flip_right = tf.math.logical_xor(tf.logical_or(tf.equal(turns, 2), tf.equal(turns, 3)), k >= 4)
+    left = tf.where(flip_left, tf.reverse(left, [0]), left)
+    right = tf.where(flip_right, tf.reverse(right, [0]), right)
+    return left, middle, right
+
+
+def sampling_coordinates(coarse, basis, origin_y, origin_x, k=0):
+    """Source coordinates of every tile pixel: origin + pixel + smooth displacement.
+
+    ``Y[i, j] = origin_y + i + dy[i, j]`` and ``X[i, j] = origin_x + j + dx[i, j]``
+    with ``dy = B Gy B^T``, ``dx = B Gx B^T`` (B the spline basis), computed as
+    two small matrix products each, the identity ramp folded in. Transform
+    ``k`` of ``fusionnet_tf.dihedral`` is applied to the coordinate maps, so
+    sampling with them equals ``dihedral_tf(warped_tile, k)``.
+
+    Args:
+        coarse: float32 (2, g, g) control displacements [dy, dx].
+        basis: float32 (T, g) from ``spline_basis``.
+        origin_y, origin_x: float32 scalars, source position of tile pixel (0, 0).
+        k: int or int32 scalar tensor in 0..7.
+
+    Returns:
+        ``(Y, X)``: two float32 (T, T) tensors.
+    """
+    basis = tf.convert_to_tensor(basis)
+    size, grid = basis.shape
+    ramp = tf.range(size, dtype=tf.float32)[:, None]
+    with_ones = tf.concat([basis, tf.ones([size, 1])], axis=1)
+    with_y = tf.concat([basis, ramp + origin_y], axis=1)
+    with_x = tf.concat([basis, ramp + origin_x], axis=1)
+    corner = tf.scatter_nd([[grid, grid]], [1.0], [grid + 1, grid + 1])
+    middle_y = tf.pad(coarse[0], [[0, 1], [0, 1]]) + corner
+    middle_x = tf.pad(coarse[1], [[0, 1], [0, 1]]) + corner
+    coordinates = []
+    for left, middle, right in ((with_y, middle_y, with_ones), (with_ones, middle_x, with_x)):
+        left, middle, right = _dihedral_factors(left, middle, right, k)
+        coordinates.append(tf.matmul(tf.matmul(left, middle), right, transpose_b=True))
+    return tuple(coordinates)
+
+
+def elastic_field(seed, size, grid=5, displacement=6.0):
+    """A smooth random displacement field (for inspection and tests).
+
+    Args:
+        seed: (2,) stateless seed.
+        size: int, tile side T.
+        grid: int, control points per side.
+        displacement: float, standard deviation in pixels of each component.
+
+    Returns:
+        float32 tensor (T, T, 2): (dy, dx) of each pixel; dy and dx come from
+        independent draws. This is the field ``train_dataset`` uses for a tile
+        whose per-tile seed is ``seed``'s elastic sub-seed.
 
     Example:
     >>> field = elastic_field(tf.constant([1, 2]), 256)
     """
-    coarse = tf.random.stateless_normal([1, grid, grid, 2], seed=seed, stddev=displacement)
-    return tf.image.resize(coarse, [size, size], method="bicubic")[0]
+    limit = 4.0 * displacement + 1.0
+    coarse = coarse_displacements(seed, grid, displacement, limit)
+    y, x = sampling_coordinates(coarse, spline_basis(size, grid), 0.0, 0.0)
+    ramp = tf.range(size, dtype=tf.float32)
+    return tf.stack([y - ramp[:, None], x - ramp[None, :]], axis=-1)
+
+
+def bilinear_corners(y, x, stride, offset=0):
+    """Flat index of the top-left neighbour and the bilinear weights.
+
+    Args:
+        y, x: float32 (T, T) source coordinates, >= 0.
+        stride: int, row length of the flattened source.
+        offset: int32 scalar added to every index (e.g. slice start).
+
+    Returns:
+        ``(index, weights)``: int32 (T, T) and float32 (T, T, 1, 4) weights of
+        the (top-left, top-right, bottom-left, bottom-right) neighbours.
+    """
+    y0 = tf.floor(y)
+    x0 = tf.floor(x)
+    wy = y - y0
+    wx = x - x0
+    index = tf.cast(y0, tf.int32) * stride + (tf.cast(x0, tf.int32) + offset)
+    wy1 = 1.0 - wy
+    wx1 = 1.0 - wx
+    weights = tf.stack([wy1 * wx1, wy1 * wx, wy * wx1, wy * wx], axis=-1)
+    return index, weights[:, :, None, :]
+
+
+def interpolate(corners, weights):
+    """Weighted sum of (T, T, C, 4) neighbour values with (T, T, 1, 4) weights -> (T, T, C)."""
+    return tf.reduce_sum(corners * weights, axis=-1)
+
+
+def gather_corners(flat, index, stride):
+    """Neighbour values from a flat (M, C) source: (T, T, C, 4)."""
+    return tf.stack([tf.gather(flat, index), tf.gather(flat, index + 1),
+                     tf.gather(flat, index + stride), tf.gather(flat, index + stride + 1)], axis=-1)
 
 
 def warp_window(window, field, margin):
     """Sample a (S, S, C) window at ``tile pixel + margin + field`` (bilinear).
+
+    Reference implementation of the deformation used by the pipeline (which
+    computes coordinates with ``sampling_coordinates`` instead of a field).
 
     Args:
         window: float32 (S, S, C) with S = T + 2 * margin.
@@ -192,29 +335,16 @@ def warp_window(window, field, margin):
         margin: int, context on each side of the tile inside the window.
 
     Returns:
-        float32 (T, T, C). Sample points beyond the window are clamped to its
-        edge (the window itself is reflect-padded context, and the margin
-        covers 4 standard deviations of the displacement).
+        float32 (T, T, C). Sample points are clamped to the window.
     """
     size = field.shape[0]
     side = window.shape[0]
-    channels = window.shape[-1]
     base = tf.range(size, dtype=tf.float32) + float(margin)
-    y = tf.clip_by_value(base[:, None] + field[..., 0], 0.0, side - 1.0)
-    x = tf.clip_by_value(base[None, :] + field[..., 1], 0.0, side - 1.0)
-    y0 = tf.minimum(tf.floor(y), side - 2.0)
-    x0 = tf.minimum(tf.floor(x), side - 2.0)
-    wy = (y - y0)[..., None]
-    wx = (x - x0)[..., None]
-    index = tf.cast(y0, tf.int32) * side + tf.cast(x0, tf.int32)
-    flat = tf.reshape(window, [side * side, channels])
-    v00 = tf.gather(flat, index)
-    v01 = tf.gather(flat, index + 1)
-    v10 = tf.gather(flat, index + side)
-    v11 = tf.gather(flat, index + side + 1)
-    top = v00 + wx * (v01 - v00)
-    bottom = v10 + wx * (v11 - v10)
-    return top + wy * (bottom - top)
+    y = tf.clip_by_value(base[:, None] + field[..., 0], 0.0, side - 1.001)
+    x = tf.clip_by_value(base[None, :] + field[..., 1], 0.0, side - 1.001)
+    index, weights = bilinear_corners(y, x, side)
+    flat = tf.reshape(window, [side * side, window.shape[-1]])
+    return interpolate(gather_corners(flat, index, side), weights)
 
 
 # --------------------------------------------------------------------------- #
@@ -222,10 +352,9 @@ def warp_window(window, field, margin):
 # --------------------------------------------------------------------------- #
 
 
-def random_dihedral(tile, seed):
-    """Apply one of the 8 dihedral transforms, chosen by ``seed``, to (T, T, C)."""
-    k = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=8, dtype=tf.int32)
-    return dihedral_tf(tile, k)
+def random_dihedral_index(seed):
+    """A transform index in 0..7 drawn with the stateless ``seed`` (int32 scalar)."""
+    return tf.random.stateless_uniform([], seed=seed, minval=0, maxval=8, dtype=tf.int32)
 
 
 def gaussian_blur(image, sigma, radius):
@@ -248,63 +377,62 @@ def gaussian_blur(image, sigma, radius):
     return out[0]
 
 
-def intensity_jitter(image, seed, config):
-    """Gamma, contrast, brightness, noise and optional blur on a (T, T, 1) image.
+def noise_bank(seed, tile_size, extra=255):
+    """A fixed (T + extra, T + extra) float32 bank of N(0, 1) draws.
+
+    Drawing fresh normal noise for every 512 x 512 tile costs more than the
+    whole elastic warp on a CPU; each tile instead takes a random
+    (T, T) crop of this bank (``(extra + 1)**2`` possible offsets), so within
+    a tile the noise is i.i.d. Gaussian.
+
+    Args:
+        seed: int.
+        tile_size: int T.
+        extra: int, extra rows and columns.
+
+    Returns:
+        float32 tensor (T + extra, T + extra).
+    """
+    side = tile_size + extra
+    return tf.constant(np.random.default_rng([seed, 7]).standard_normal((side, side), np.float32))
+
+
+def intensity_jitter(image, seed, config, bank=None):
+    """Gamma, contrast, brightness, optional blur and noise on a (T, T, 1) image.
 
     Args:
         image: float32 (T, T, 1) in [0, 1].
         seed: (2,) stateless seed.
         config: AugmentConfig.
+        bank: optional float32 (B, B) N(0, 1) noise bank (``noise_bank``) to
+            crop the noise from; fresh noise is drawn if None.
 
     Returns:
         float32 (T, T, 1), clipped to [0, 1].
     """
-    seeds = tf.random.experimental.stateless_split(seed, 3)
+    size = image.shape[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
     u = tf.random.stateless_uniform([6], seed=seeds[0])
-    if config.gamma > 0:
-        image = tf.pow(image, tf.exp((2.0 * u[0] - 1.0) * config.gamma))
-    if config.contrast > 0:
-        mean = tf.reduce_mean(image)
-        image = (image - mean) * (1.0 + (2.0 * u[1] - 1.0) * config.contrast) + mean
-    if config.brightness > 0:
-        image = image + (2.0 * u[2] - 1.0) * config.brightness
+    if config.gamma > 0:  # x ** g as exp(g log x): several times faster than pow on CPU
+        image = tf.exp(tf.math.log(image) * tf.exp((2.0 * u[0] - 1.0) * config.gamma))
+    if config.contrast > 0 or config.brightness > 0:
+        factor = 1.0 + (2.0 * u[1] - 1.0) * config.contrast
+        shift = (2.0 * u[2] - 1.0) * config.brightness
+        if config.contrast > 0:
+            shift = shift + (1.0 - factor) * tf.reduce_mean(image)
+        image = image * factor + shift
     if config.blur_probability > 0:
         sigma = 0.3 + u[4] * max(config.blur_sigma - 0.3, 0.0)
         radius = max(1, int(math.ceil(3.0 * config.blur_sigma)))
         image = tf.cond(u[3] < config.blur_probability,
                         lambda: gaussian_blur(image, sigma, radius), lambda: image)
     if config.noise > 0:
-        image = image + tf.random.stateless_normal(tf.shape(image), seed=seeds[1]) * (u[5] * config.noise)
+        amplitude = u[5] * config.noise
+        if bank is None:
+            noise = tf.random.stateless_normal([size, size, 1], seed=seeds[1])
+        else:
+            extra = bank.shape[0] - size
+            offset = tf.random.stateless_uniform([2], seeds[1], 0, extra + 1, dtype=tf.int32)
+            noise = tf.slice(bank, offset, [size, size])[..., None]
+        image = image + noise * amplitude
     return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def augment_window(window, seed, config, tile_size):
-    """Deform, transform and jitter one window cut with ``config.margin`` of context.
-
-    Args:
-        window: float32 (S, S, 2), S = tile_size + 2 * config.margin; channel 0
-            is the image in [0, 1], channel 1 the label in {0, 1}.
-        seed: (2,) stateless seed for this tile.
-        config: AugmentConfig.
-        tile_size: int T.
-
-    Returns:
-        ``(image, label)``: float32 (T, T, 1) in [0, 1] and float32 (T, T, 1)
-        in {0, 1}.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    if config.elastic_active:
-        field = elastic_field(seeds[0], tile_size, config.elastic_grid, config.elastic_displacement)
-        tile = warp_window(window, field, config.margin)
-        label = tf.cast(tile[..., 1:] >= 0.5, tf.float32)
-    else:
-        tile = window
-        label = tile[..., 1:]
-    if config.dihedral:
-        both = random_dihedral(tf.concat([tile[..., :1], label], axis=-1), seeds[1])
-        image, label = both[..., :1], both[..., 1:]
-    else:
-        image = tile[..., :1]
-    if config.intensity_active:
-        image = intensity_jitter(image, seeds[2], config)
-    return image, label

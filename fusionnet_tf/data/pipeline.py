@@ -8,7 +8,8 @@ its own slice, position, deformation field and jitter:
     counter -> seed_i -> [sampler] slice n, origin (y, x)
             -> window: image + label cut from the reflect-padded slice, with a
                margin for the elastic warp, normalized to [0, 1]
-            -> augment_window (elastic, dihedral, intensity) -> batch -> prefetch
+            -> elastic warp + dihedral (one gather per pixel), intensity jitter
+            -> batch -> prefetch
 
 Tiles larger than the image (e.g. 640 on 512 x 512 ISBI slices, as in the
 FusionNet paper) are filled by reflection. Volumes can be NumPy arrays
@@ -22,8 +23,10 @@ covers every validation slice, with no augmentation.
 import numpy as np
 import tensorflow as tf
 
-from fusionnet_tf.data.augment import as_augment_config, augment_window
-from fusionnet_tf.data.normalize import check_mode, intensity_range
+from fusionnet_tf.data import augment as aug
+from fusionnet_tf.data.augment import as_augment_config
+from fusionnet_tf.data.normalize import check_mode, intensity_range, normalize
+from fusionnet_tf.dihedral import dihedral_tf
 from fusionnet_tf.data.readers import check_stack
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -69,7 +72,7 @@ def _check_volumes(images, labels):
 
 
 def _normalization_range(images, normalization):
-    """Per-slice (lo, scale) float32 arrays for the chosen normalization."""
+    """Per-slice (lo, hi) float32 arrays for the chosen normalization."""
     if normalization is None:
         if np.dtype(images.dtype).kind != "f":
             raise ValueError(
@@ -78,12 +81,11 @@ def _normalization_range(images, normalization):
         n = images.shape[0]
         return np.zeros(n, np.float32), np.ones(n, np.float32)
     check_mode(normalization)
-    lo, hi = intensity_range(images, normalization)
-    return lo, hi - lo
+    return intensity_range(images, normalization)
 
 
 # --------------------------------------------------------------------------- #
-# Windows: reflect-padded crops of image + label
+# Sources: normalized image + binary label, reflect-padded, as (.., 2) float32
 # --------------------------------------------------------------------------- #
 
 
@@ -112,68 +114,121 @@ def _reflect_index_np(index, size):
     return np.where(index >= size, period - index, index)
 
 
-class _VolumeSource:
-    """Cuts (side, side, 2) float32 windows [image in [0, 1], label in {0, 1}].
+def _reflect_pad(array, pad_y, pad_x):
+    """Reflect-pad axes 1 and 2 of (N, H, W, ...) by (before, after) amounts, any size."""
+    _, height, width = array.shape[:3]
+    rows = _reflect_index_np(np.arange(-pad_y[0], height + pad_y[1]), height)
+    cols = _reflect_index_np(np.arange(-pad_x[0], width + pad_x[1]), width)
+    return array[:, rows][:, :, cols]
 
-    Args:
-        images: (N, H, W) ndarray (kept in memory as a tensor) or lazy array-like.
-        labels: (N, H, W) ndarray or lazy array-like; nonzero = membrane.
-        lo: (N,) float32 per-slice lower bound.
-        scale: (N,) float32 per-slice ``hi - lo``.
+
+class _InMemorySource:
+    """NumPy stacks held as one padded float32 tensor [image, label] per voxel.
+
+    The stack is normalized and reflect-padded once, by ``margin`` plus the
+    excess of the tile over the slice, so a window is a plain slice. With
+    ``quad=True`` each voxel also stores its right, lower and lower-right
+    neighbours, (N, Hp, Wp, 2, 4) float32 (32 bytes per voxel): the
+    bilinear warp then needs one gather per pixel instead of four.
     """
 
-    def __init__(self, images, labels, lo, scale):
+    def __init__(self, images, labels, lo, hi, tile_size, margin, quad):
         self.num_slices, self.height, self.width = (int(s) for s in images.shape)
-        self.in_memory = isinstance(images, np.ndarray) and isinstance(labels, np.ndarray)
-        self._images, self._labels = images, labels
-        if self.in_memory:
-            self._images_t = tf.constant(images)
-            self._labels_t = tf.constant(labels.astype(np.uint8, copy=False))
-        self._lo = tf.constant(lo, tf.float32)
-        self._scale = tf.constant(scale, tf.float32)
+        self.pad_y = margin + max(0, tile_size - self.height)
+        self.pad_x = margin + max(0, tile_size - self.width)
+        self.quad = quad
+        planes = np.stack([normalize(images, lo=lo, hi=hi), labels.astype(np.float32)], axis=-1)
+        planes = _reflect_pad(planes, (self.pad_y, self.pad_y + 1), (self.pad_x, self.pad_x + 1))
+        if quad:
+            planes = np.stack([planes[:, :-1, :-1], planes[:, :-1, 1:], planes[:, 1:, :-1],
+                               planes[:, 1:, 1:]], axis=-1)
+        else:
+            planes = planes[:, :-1, :-1]
+        self.padded_height, self.padded_width = planes.shape[1:3]
+        if planes.shape[0] * self.padded_height * self.padded_width >= 2**31:
+            raise ValueError(
+                f"stack of shape {(self.num_slices, self.height, self.width)} is too large to hold in "
+                "memory for tiling; pass a lazy array (open_stack) instead"
+            )
+        self._volume = tf.constant(planes)
+        self._flat = tf.reshape(self._volume, [-1, 8 if quad else 2])
 
-    def _read_np(self, n, y, x, side):
-        """Lazy path: read the bounding block once, then reflect in NumPy."""
+    def window(self, n, y, x, side):
+        """(side, side, 2) window of slice n at (y, x) (slice coordinates, may be negative)."""
+        y = y + self.pad_y
+        x = x + self.pad_x
+        if self.quad:
+            return self._volume[n, y:y + side, x:x + side, :, 0]
+        return self._volume[n, y:y + side, x:x + side]
+
+    def flat_source(self, n, y, x, margin, size):
+        """Where the warp samples from for the tile at (y, x) of slice n.
+
+        Returns:
+            ``(flat, offset, stride, quad)``: the flattened padded stack
+            ((M, 8) with ``quad``, else (M, 2)), the flat index of the
+            top-left corner of the tile's window (``margin`` of context), the
+            row stride and the layout flag. No data is copied.
+        """
+        del size
+        top = y + self.pad_y - margin
+        left = x + self.pad_x - margin
+        offset = (n * self.padded_height + top) * self.padded_width + left
+        return self._flat, offset, self.padded_width, self.quad
+
+
+class _LazySource:
+    """Lazy stacks (h5py, memmap, LazyStack): each window is read with NumPy."""
+
+    def __init__(self, images, labels, lo, hi):
+        self.num_slices, self.height, self.width = (int(s) for s in images.shape)
+        self._images, self._labels = images, labels
+        self._lo, self._hi = lo, hi
+
+    def _read(self, n, y, x, side):
+        """Read the bounding block once, reflect in NumPy, normalize like ``normalize``."""
+        n = int(n)
         rows = _reflect_index_np(np.arange(y, y + side), self.height)
         cols = _reflect_index_np(np.arange(x, x + side), self.width)
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        image = np.asarray(self._images[int(n), r0:r1, c0:c1])[rows - r0][:, cols - c0]
-        label = np.asarray(self._labels[int(n), r0:r1, c0:c1])[rows - r0][:, cols - c0]
-        return image.astype(np.float32), (label != 0).astype(np.uint8)
-
-    def _read_tf(self, n, y, x, side):
-        rows = reflect_index(y + tf.range(side), self.height)
-        cols = reflect_index(x + tf.range(side), self.width)
-        r0, r1 = tf.reduce_min(rows), tf.reduce_max(rows) + 1
-        c0, c1 = tf.reduce_min(cols), tf.reduce_max(cols) + 1
-        image = self._images_t[n, r0:r1, c0:c1]
-        label = self._labels_t[n, r0:r1, c0:c1]
-        image = tf.gather(tf.gather(image, rows - r0), cols - c0, axis=1)
-        label = tf.gather(tf.gather(label, rows - r0), cols - c0, axis=1)
-        return tf.cast(image, tf.float32), label
+        image = np.asarray(self._images[n, r0:r1, c0:c1])[rows - r0][:, cols - c0]
+        label = np.asarray(self._labels[n, r0:r1, c0:c1])[rows - r0][:, cols - c0]
+        image = normalize(image, lo=self._lo[n], hi=self._hi[n])
+        return np.stack([image, (label != 0).astype(np.float32)], axis=-1)
 
     def window(self, n, y, x, side):
-        """Window of slice ``n`` with top-left corner (y, x) (may be negative).
+        """(side, side, 2) window of slice n at (y, x) (slice coordinates, may be negative)."""
+        window = tf.numpy_function(self._read, [n, y, x, tf.constant(side)], tf.float32, stateful=False)
+        return tf.ensure_shape(window, [side, side, 2])
 
-        Args:
-            n, y, x: int32 scalar tensors.
-            side: Python int.
+    def flat_source(self, n, y, x, margin, size):
+        """As ``_InMemorySource.flat_source``: reads the window (with context) first."""
+        side = size + 2 * margin
+        flat = tf.reshape(self.window(n, y - margin, x - margin, side), [side * side, 2])
+        return flat, tf.constant(0), side, False
 
-        Returns:
-            float32 (side, side, 2): normalized image, binary label.
-        """
-        if self.in_memory:
-            image, label = self._read_tf(n, y, x, side)
-        else:
-            image, label = tf.numpy_function(
-                self._read_np, [n, y, x, tf.constant(side)], [tf.float32, tf.uint8], stateful=False
-            )
-            image = tf.ensure_shape(image, [side, side])
-            label = tf.ensure_shape(label, [side, side])
-        scale = self._scale[n]
-        image = tf.where(scale > 0, (image - self._lo[n]) / tf.where(scale > 0, scale, 1.0), 0.0)
-        image = tf.clip_by_value(image, 0.0, 1.0)
-        return tf.stack([image, tf.cast(label, tf.float32)], axis=-1)
+
+def _warp(flat, offset, stride, quad, coarse, basis, k, margin):
+    """Deformed (T, T, 2) tile sampled bilinearly from a flat source.
+
+    Coordinates are computed in the frame of the tile's window (``margin`` of
+    context), identically for in-memory and lazy sources, and the window's
+    flat position ``offset`` is added to the index.
+    """
+    size = basis.shape[0]
+    ys, xs = aug.sampling_coordinates(coarse, basis, float(margin), float(margin), k)
+    index, weights = aug.bilinear_corners(ys, xs, stride, offset)
+    if quad:
+        corners = tf.reshape(tf.gather(flat, index), [size, size, 2, 4])
+    else:
+        corners = aug.gather_corners(flat, index, stride)
+    return aug.interpolate(corners, weights)
+
+
+def _make_source(images, labels, lo, hi, tile_size, margin, quad):
+    if isinstance(images, np.ndarray) and isinstance(labels, np.ndarray):
+        return _InMemorySource(images, labels, lo, hi, tile_size, margin, quad)
+    return _LazySource(images, labels, lo, hi)
 
 
 # --------------------------------------------------------------------------- #
@@ -246,35 +301,94 @@ class _TileSampler:
 # --------------------------------------------------------------------------- #
 
 
+QUAD_MEMORY_LIMIT = 2**31  # bytes; larger in-memory stacks use the 4-gather layout
+
+
+class _TileMaker:
+    """Maps a (2,) per-tile seed to one (image, label) training tile.
+
+    Args:
+        source: _InMemorySource or _LazySource.
+        sampler: _TileSampler.
+        config: AugmentConfig.
+        tile_size: int T.
+        seed: int, for the noise bank.
+        deform_fn: optional ``(window (S, S, 2), seed) -> (T, T, 2)`` replacing
+            the elastic step (the benchmark plugs Keras's op in here).
+    """
+
+    def __init__(self, source, sampler, config, tile_size, seed, deform_fn=None):
+        self.source, self.sampler, self.config = source, sampler, config
+        self.tile_size = tile_size
+        self.margin = config.margin
+        self.deform_fn = deform_fn
+        if config.elastic_active:
+            self.basis = tf.constant(aug.spline_basis(tile_size, config.elastic_grid))
+        self.bank = aug.noise_bank(seed, tile_size) if config.noise > 0 else None
+        # XLA fuses the per-pixel arithmetic (coordinates, weights, gather,
+        # interpolation, jitter) into a few loops: about 3x faster on CPU.
+        self._jit_elastic = tf.function(self._elastic_tile, jit_compile=True)
+        self._jit_plain = tf.function(self._plain_tile, jit_compile=True)
+
+    def _finish(self, image, label, seeds):
+        if self.config.intensity_active:
+            image = aug.intensity_jitter(image, seeds[3], self.config, self.bank)
+        size = self.tile_size
+        return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(label, [size, size, 1])
+
+    def _elastic_tile(self, flat, offset, seeds, stride, quad):
+        """Elastic warp with the dihedral folded into the coordinates, then intensity."""
+        config = self.config
+        k = aug.random_dihedral_index(seeds[1]) if config.dihedral else 0
+        coarse = aug.coarse_displacements(seeds[2], config.elastic_grid, config.elastic_displacement,
+                                          self.margin - 1.5)
+        tile = _warp(flat, offset, stride, quad, coarse, self.basis, k, self.margin)
+        return self._finish(tile[..., :1], tf.cast(tile[..., 1:] >= 0.5, tf.float32), seeds)
+
+    def _plain_tile(self, tile, seeds):
+        """dihedral_tf on an undeformed (or ``deform_fn``-deformed) tile, then intensity."""
+        if self.config.dihedral:
+            tile = dihedral_tf(tile, aug.random_dihedral_index(seeds[1]))
+        tile = tf.ensure_shape(tile, [self.tile_size, self.tile_size, 2])
+        return self._finish(tile[..., :1], tile[..., 1:], seeds)
+
+    def __call__(self, tile_seed):
+        seeds = tf.random.experimental.stateless_split(tile_seed, 4)
+        n, y, x = self.sampler(seeds[0])
+        if self.deform_fn is not None:
+            side = self.tile_size + 2 * self.margin
+            window = self.source.window(n, y - self.margin, x - self.margin, side)
+            return self._plain_tile(self.deform_fn(window, seeds[2]), seeds)
+        if self.config.elastic_active:
+            flat, offset, stride, quad = self.source.flat_source(n, y, x, self.margin, self.tile_size)
+            return self._jit_elastic(flat, offset, seeds, stride, quad)
+        return self._jit_plain(self.source.window(n, y, x, self.tile_size), seeds)
+
+
 def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, normalization,
-                         min_foreground, max_sampling_attempts, augment_fn=None):
-    """Shared body of ``train_dataset``; ``augment_fn(window, seed) -> (image, label)``
-    replaces ``augment_window`` (the benchmark plugs Keras's elastic op in here)."""
+                         min_foreground, max_sampling_attempts, deform_fn=None):
+    """Shared body of ``train_dataset``; ``deform_fn`` as in ``_TileMaker``."""
     images, labels = _check_volumes(images, labels)
     tile_size = _check_int("tile_size", tile_size, 2)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
     _check_int("max_sampling_attempts", max_sampling_attempts, 1)
-    if not isinstance(min_foreground, (int, float)) or not 0.0 <= min_foreground <= 1.0:
+    if isinstance(min_foreground, bool) or not isinstance(min_foreground, (int, float)) \
+            or not 0.0 <= min_foreground <= 1.0:
         raise ValueError(f"min_foreground must be a number in [0, 1]; received {min_foreground!r}")
     config = as_augment_config(augment)
-    lo, scale = _normalization_range(images, normalization)
-    source = _VolumeSource(images, labels, lo, scale)
+    lo, hi = _normalization_range(images, normalization)
+    n, height, width = images.shape
+    padded = (n * (height + 2 * config.margin + max(0, tile_size - height))
+              * (width + 2 * config.margin + max(0, tile_size - width)))
+    quad = config.elastic_active and padded * 32 <= QUAD_MEMORY_LIMIT
+    source = _make_source(images, labels, lo, hi, tile_size, config.margin, quad)
     sampler = _TileSampler(labels, tile_size, min_foreground, max_sampling_attempts)
-    margin = config.margin
+    maker = _TileMaker(source, sampler, config, tile_size, seed, deform_fn)
     base_seed = tf.constant([seed, _SEED_SALT], tf.int64)
-    if augment_fn is None:
-        def augment_fn(window, tile_seed):
-            return augment_window(window, tile_seed, config, tile_size)
 
     def make_tile(index):
-        key = tf.random.experimental.stateless_fold_in(base_seed, index)
-        seeds = tf.random.experimental.stateless_split(key, 2)
-        n, y, x = sampler(seeds[0])
-        window = source.window(n, y - margin, x - margin, tile_size + 2 * margin)
-        image, label = augment_fn(window, seeds[1])
-        return (tf.ensure_shape(image, [tile_size, tile_size, 1]),
-                tf.ensure_shape(label, [tile_size, tile_size, 1]))
+        return maker(tf.random.experimental.stateless_fold_in(base_seed, index))
 
     dataset = tf.data.Dataset.counter()
     dataset = dataset.map(make_tile, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -372,8 +486,8 @@ def validation_dataset(images, labels, tile_size, batch_size, normalization="sli
     images, labels = _check_volumes(images, labels)
     tile_size = _check_int("tile_size", tile_size, 2)
     batch_size = _check_int("batch_size", batch_size, 1)
-    lo, scale = _normalization_range(images, normalization)
-    source = _VolumeSource(images, labels, lo, scale)
+    lo, hi = _normalization_range(images, normalization)
+    source = _make_source(images, labels, lo, hi, tile_size, margin=0, quad=False)
     origins = validation_tile_origins(source.height, source.width, tile_size)
     index = np.array([(n, y, x) for n in range(source.num_slices) for y, x in origins], np.int32)
 

@@ -359,11 +359,20 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError("a Content-Length header is required", HTTPStatus.LENGTH_REQUIRED)
         length = int(length)
         if length > self.server.max_request_bytes:
-            self.close_connection = True
+            self._discard(length)
             raise RequestError(f"request body of {length} bytes exceeds the limit of "
                                f"{self.server.max_request_bytes} bytes (--max-request-mb)",
                                HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return self.rfile.read(length)
+
+    def _discard(self, length, chunk=1 << 20):
+        """Read and drop a too-large body in chunks, so the client gets the 413."""
+        self.close_connection = True
+        while length > 0:
+            data = self.rfile.read(min(chunk, length))
+            if not data:
+                break
+            length -= len(data)
 
     def _post(self):
         body = self._read_body()

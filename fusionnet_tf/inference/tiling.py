@@ -155,6 +155,7 @@ def pad_to_tile(image, tile):
 
 
 def _clamp_zeros(weights):
+    weights = np.asarray(weights, np.float32)  # clamp after the cast: float32 underflows
     positive = weights[weights > 0]
     weights = np.where(weights > 0, weights, positive.min()).astype(np.float32)
     weights.setflags(write=False)

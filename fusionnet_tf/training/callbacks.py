@@ -124,16 +124,26 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        if self._pending_metrics is not None:
-            variables = self.model.metrics_variables
-            if len(variables) == len(self._pending_metrics):
-                for variable, value in zip(variables, self._pending_metrics):
-                    variable.assign(np.asarray(value, dtype=variable.dtype))
-            self._pending_metrics = None
+
+    def _add_pending_metrics(self):
+        """Add the interrupted epoch's metric sums to the fresh ones.
+
+        Keras metrics are sums (total/count, TP/FP/FN), so adding the saved
+        values after the first resumed step gives the same epoch averages as
+        an uninterrupted epoch. (Compiled metrics only exist after the first
+        step, which is why this cannot happen at epoch begin.)
+        """
+        variables = self.model.metrics_variables
+        if len(variables) == len(self._pending_metrics):
+            for variable, value in zip(variables, self._pending_metrics):
+                variable.assign_add(np.asarray(value, dtype=variable.dtype))
+        self._pending_metrics = None
 
     # --- saving
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._pending_metrics is not None:
+            self._add_pending_metrics()
         if self._should_save_on_batch(batch) and _finite(logs):
             self.save_state(self._epoch, self.step_offset + batch + 1)
 

@@ -27,7 +27,7 @@ class PredictorSpec:
 
     Attributes:
         model: str path of a ``.keras`` file or SavedModel folder.
-        tile_shape, overlap, tta, batch_size, blending: ``Predictor`` options.
+        tile_shape, overlap, tta, batch_size, blending, align: ``Predictor`` options.
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
     """
@@ -38,6 +38,7 @@ class PredictorSpec:
     tta: int = 1
     batch_size: int = 4
     blending: str = "gaussian"
+    align: int = None
     tf_threads: int = 0
 
 
@@ -94,7 +95,8 @@ def worker_predictor(spec):
         model = load_model(spec.model)
         _PREDICTORS[spec] = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
                                       tta=spec.tta, batch_size=spec.batch_size,
-                                      blending=spec.blending, progress=False)
+                                      blending=spec.blending, align=spec.align,
+                                      progress=False)
         _LOADS["count"] += 1
     return _PREDICTORS[spec]
 
@@ -183,16 +185,19 @@ def predict_block(volume, block, predictor, lo, hi):
         lo, hi: per-slice intensity ranges for the block's slices, (depth,) float.
 
     Returns:
-        ``(prediction, halo)``: float32 array of ``block.shape``, and
-        ``(halo_y, halo_x)``, how far the input region read reached past the
-        block (in padded coordinates).
+        ``(prediction, stats)``: float32 array of ``block.shape``, and a dict
+        with ``halo`` ((y, x): how far the input region read reached past the
+        block, padded coordinates), ``tiles`` (tile predictions made) and
+        ``tiles_share`` (the block's area share of whole-slice prediction's
+        tiles; ``tiles / tiles_share`` > 1 measures tiles recomputed because
+        they straddle block borders).
     """
     _, height, width = volume.shape
     tile = tile_size(predictor)
     pads = pad_widths(height, width, tile)
     before = (pads[0][0], pads[1][0])
-    tiles = tiles_for_block(predictor.tile_origins(height, width), tile, block.y, block.x,
-                            before)
+    origins = predictor.tile_origins(height, width)
+    tiles = tiles_for_block(origins, tile, block.y, block.x, before)
     (ry0, ry1), (rx0, rx1) = tiles_region(tiles, tile)
     region = normalize_region(read_region(volume, block.z, (ry0, ry1), (rx0, rx1), pads), lo, hi)
 
@@ -214,8 +219,12 @@ def predict_block(volume, block, predictor, lo, hi):
         for i, z in enumerate(zs):
             for j, (dst, src) in enumerate(placements):
                 total[z][dst] += weights[src] * predictions[i * len(tiles) + j][src]
-    reach = (max(y0 - ry0, ry1 - y0 - block_h), max(x0 - rx0, rx1 - x0 - block_w))
-    return total / weight_sum, reach
+    stats = {
+        "halo": (max(y0 - ry0, ry1 - y0 - block_h), max(x0 - rx0, rx1 - x0 - block_w)),
+        "tiles": len(tiles) * depth,
+        "tiles_share": len(origins) * depth * block_h * block_w / (height * width),
+    }
+    return total / weight_sum, stats
 
 
 def _placement(oy, ox, tile, y0, x0, block_h, block_w):
@@ -274,26 +283,26 @@ def process_block(job, block, lo, hi, predictor=None, hook=None):
     Returns:
         dict with ``index``, ``worker``, ``pid``, ``seconds``, ``voxels``,
         ``skipped`` (True if a done-marker already existed), ``loads`` (models
-        loaded by this process so far) and ``halo`` (see ``predict_block``).
+        loaded by this process so far) and the ``predict_block`` stats (``halo``,
+        ``tiles``, ``tiles_share``).
     """
     start = time.perf_counter()
     info = {"index": block.index, "worker": worker_name(), "pid": os.getpid(),
             "voxels": block.size, "skipped": False}
     if storage.is_done(job.output_path, block):
-        return {**info, "skipped": True, "seconds": 0.0, "loads": predictor_loads(),
-                "halo": (0, 0)}
+        return {**info, "skipped": True, "seconds": 0.0, "loads": predictor_loads()}
     if predictor is None:
         predictor = worker_predictor(job.predictor)
     volume, _ = storage.open_volume(job.input_spec)
     try:
-        result, reach = predict_block(volume, block, predictor, lo, hi)
+        result, stats = predict_block(volume, block, predictor, lo, hi)
     finally:
         _close(volume)
     if hook is not None:
         hook(block)
     output = storage.import_zarr().open_array(job.output_path, mode="r+")
     output[slice(*block.z), slice(*block.y), slice(*block.x)] = result
-    info.update(seconds=time.perf_counter() - start, loads=predictor_loads(), halo=reach)
+    info.update(seconds=time.perf_counter() - start, loads=predictor_loads(), **stats)
     storage.mark_done(job.output_path, block, {"worker": info["worker"],
                                                 "seconds": round(info["seconds"], 3)})
     return info

@@ -170,7 +170,7 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec):
 def _settings(name, shape, block_shape, model_name, options, normalization):
     return {"input": name, "shape": list(shape), "block": list(block_shape),
             "model": model_name, "normalization": normalization,
-            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending")}}
+            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align")}}
 
 
 def _progress_bar(total, enabled):
@@ -184,7 +184,7 @@ def _progress_bar(total, enabled):
 
 def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
                    tile_shape=512, overlap=64, tta=1, batch_size=4, blending="gaussian",
-                   normalization="slice", workers=0, scheduler=None, tf_threads=None,
+                   align=None, normalization="slice", workers=0, scheduler=None, tf_threads=None,
                    zarr_format=3, overwrite=False, progress=False, block_hook=None):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
 
@@ -204,8 +204,8 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        tile_shape, overlap, tta, batch_size, blending: ``Predictor`` options;
-            defaults 512, 64, 1, 4, ``"gaussian"``.
+        tile_shape, overlap, tta, batch_size, blending, align: ``Predictor``
+            options; defaults 512, 64, 1, 4, ``"gaussian"``, None (2**depth).
         normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
             or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
@@ -225,7 +225,10 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
         ``voxels_computed``, ``seconds``, ``voxels_per_s``, ``blocks_per_worker``
         ({worker: count}), ``model_loads`` ({worker: models loaded by it}),
         ``halo`` ((y, x): largest reach of a block's input past the block among
-        the blocks computed), ``output``, ``executor``.
+        the blocks computed), ``tiles_predicted``, ``tile_ratio`` (tile
+        predictions relative to whole-slice prediction of the same voxels: 1.0
+        when blocks span whole slices; blocks that split slices recompute the
+        tiles straddling their borders), ``output``, ``executor``.
 
     Raises:
         FileNotFoundError, KeyError, ValueError: bad input, model or options
@@ -254,10 +257,11 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     if block_hook is not None and distributed_run:
         raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                   blending=blending)
+                   blending=blending, align=align)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
 
     volume, name = storage.open_volume(input_spec)
+    _check_not_input(output, input_spec)
     shape = tuple(int(n) for n in volume.shape)
     blockwise._close(volume)
     blocks = block_grid(shape, block_shape)
@@ -273,9 +277,14 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
 
     context = (dask_executor(workers, scheduler) if distributed_run
                else contextlib.nullcontext(LocalExecutor()))
+    predictor = None
+    if not distributed_run:  # load (or wrap) the model before touching the output
+        predictor = _live_predictor(live_model if live_model is not None
+                                    else blockwise.worker_predictor(spec), options)
+    # an output of another run fails here, before a cluster starts
+    array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
     with context as executor:
         start = time.perf_counter()
-        array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
         if array is None:
             volume, _ = storage.open_volume(input_spec)
             try:
@@ -290,23 +299,30 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             hi = np.asarray(stored["intensity_hi"], np.float32)
 
         todo = [b for b in blocks if not storage.is_done(output, b)]
-        predictor = None
-        if not distributed_run:
-            predictor = _live_predictor(live_model if live_model is not None
-                                        else blockwise.worker_predictor(spec), options)
         task = _block_task(predictor, block_hook)
         items = [(job, b, lo[slice(*b.z)], hi[slice(*b.z)]) for b in todo]
         summary, failures = _run_blocks(executor, task, items, progress)
         seconds = time.perf_counter() - start
 
+    share = summary.pop("tiles_share")
     summary.update(
         blocks_total=len(blocks), blocks_skipped=len(blocks) - len(todo), seconds=seconds,
         voxels_per_s=summary["voxels_computed"] / seconds if seconds else 0.0,
+        tile_ratio=summary["tiles_predicted"] / share if share else 1.0,
         output=str(output), executor=executor.name,
     )
     if failures:
         raise BlockFailures(summary, failures)
     return summary
+
+
+def _check_not_input(output, input_spec):
+    """Refuse an output that is, or contains, the input (--overwrite would delete it)."""
+    source = storage.split_spec(input_spec)[0].resolve()
+    target = Path(output).resolve()
+    if source == target or target in source.parents:
+        raise ValueError(f"output {output} is the input volume or contains it "
+                         f"({input_spec}); choose another output path")
 
 
 def _block_task(predictor, hook):
@@ -320,7 +336,7 @@ def _block_task(predictor, hook):
 def _run_blocks(executor, task, items, progress):
     """Run ``task`` over ``items`` with a progress bar; collect counts and failures."""
     summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
-               "model_loads": {}, "halo": (0, 0)}
+               "model_loads": {}, "halo": (0, 0), "tiles_predicted": 0, "tiles_share": 0.0}
     failures = []
     with _progress_bar(len(items), progress) as bar:
         for (_, block, _, _), info, exc in executor.map_unordered(task, items):
@@ -337,6 +353,8 @@ def _run_blocks(executor, task, items, progress):
             summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
                                                  info["loads"])
             summary["halo"] = tuple(max(a, b) for a, b in zip(summary["halo"], info["halo"]))
+            summary["tiles_predicted"] += info["tiles"]
+            summary["tiles_share"] += info["tiles_share"]
     return summary, failures
 
 
@@ -346,7 +364,8 @@ def format_summary(summary):
     return (f"{summary['blocks_total']} blocks ({summary['blocks_computed']} computed, "
             f"{summary['blocks_skipped']} already done) on {workers} worker(s): "
             f"{summary['voxels_computed']:,} voxels in {summary['seconds']:.1f} s = "
-            f"{summary['voxels_per_s']:,.0f} voxels/s -> {summary['output']}")
+            f"{summary['voxels_per_s']:,.0f} voxels/s, {summary['tile_ratio']:.2f}x the tiles "
+            f"of whole-slice prediction -> {summary['output']}")
 
 
 __all__ = ["predict_volume", "BlockFailures", "intensity_ranges", "format_summary",

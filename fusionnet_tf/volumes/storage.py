@@ -99,10 +99,11 @@ def _open_hdf5(path, key):
 
 
 def _zarr_arrays(group):
+    """Paths of all arrays below a zarr group (zarr-python 3, or 2 as a fallback)."""
+    if hasattr(group, "members"):
+        return [name for name, member in group.members(max_depth=None) if hasattr(member, "shape")]
     names = []
-    for name, member in group.members(max_depth=None):
-        if hasattr(member, "shape"):
-            names.append(name)
+    group.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
     return names
 
 

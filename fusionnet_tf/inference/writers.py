@@ -1,0 +1,309 @@
+"""Write (and read back) prediction maps; every write is atomic.
+
+Output formats, chosen by the path:
+
+- ``pred.tif`` / ``pred.tiff``: multi-page TIFF, float32 (default) or uint8
+  (probability x 255, rounded);
+- ``pred.h5`` / ``pred.h5:/key`` (also ``.hdf5``, ``.hdf``): HDF5 dataset
+  (default key ``prediction``), gzip-compressed, chunked per slice;
+- a folder (a path without a suffix): one 8-bit PNG per slice,
+  ``slice_0000.png``, ...;
+- ``pred.png``: one 8-bit PNG (single-slice predictions only).
+
+Files are written to a temporary file in the same folder and renamed when
+complete (``fusionnet_tf.io_utils.atomic_path``); a PNG folder is written to a
+temporary folder and renamed. Metadata (a JSON-able dict) goes into the TIFF
+description, the HDF5 dataset attributes or ``prediction.json`` in a PNG
+folder.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fusionnet_tf.io_utils import atomic_path
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+DTYPES = ("float32", "uint8")
+DEFAULT_HDF5_KEY = "prediction"
+
+
+def to_isbi(membrane_prob):
+    """ISBI submission convention: 1 - membrane probability (high = cell interior)."""
+    return (1.0 - np.asarray(membrane_prob, np.float32)).astype(np.float32)
+
+
+def to_uint8(prob):
+    """Probability in [0, 1] -> uint8 0..255 (rounded, clipped)."""
+    return np.round(np.clip(np.asarray(prob, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _umask_mode(path, directory=False):
+    """Give a finished temporary file/folder the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+def _check_prob(prob):
+    prob = np.asarray(prob)
+    if prob.ndim == 2:
+        prob = prob[None]
+    if prob.ndim != 3 or 0 in prob.shape:
+        raise ValueError(
+            f"prediction must be (N, H, W) or (H, W) and non-empty; received shape {prob.shape}"
+        )
+    return prob
+
+
+def split_output_spec(path):
+    """Split an output spec into ``(Path, hdf5_key_or_None)``.
+
+    ``"out.h5:/group/key"`` -> ``(Path("out.h5"), "/group/key")``; other paths
+    -> ``(Path(path), None)``.
+    """
+    text = str(path)
+    for suffix in HDF5_SUFFIXES:
+        marker = suffix + ":"
+        index = text.lower().find(marker)
+        if index >= 0:
+            return Path(text[:index + len(suffix)]), text[index + len(marker):] or None
+    return Path(text), None
+
+
+def output_kind(path):
+    """``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"`` for an output spec.
+
+    Raises:
+        ValueError: for an unknown suffix.
+    """
+    file_path, _ = split_output_spec(path)
+    suffix = file_path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    if suffix == ".png":
+        return "png"
+    if suffix == "" or file_path.is_dir():
+        return "png_folder"
+    raise ValueError(
+        f"output must be a .tif/.tiff, .h5[:/key], .png file or a folder; received {path}"
+    )
+
+
+def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=None):
+    """Write a probability map atomically; the format follows ``path``.
+
+    Args:
+        path: output spec (see module docstring).
+        membrane_prob: (N, H, W) or (H, W) float array in [0, 1], 1 = membrane.
+        dtype: ``"float32"`` or ``"uint8"`` (x 255) for TIFF and HDF5; PNG is
+            always uint8. Defaults to ``"float32"``.
+        isbi: bool. Write 1 - membrane probability (high = cell interior), the
+            ISBI 2012 submission convention. Defaults to False.
+        metadata: optional JSON-able dict stored with the data.
+
+    Returns:
+        Path of the written file or folder.
+
+    Raises:
+        ValueError: unknown dtype or format, or a multi-slice ``.png``.
+        FileNotFoundError / PermissionError: missing or read-only folder.
+        FileExistsError: a PNG output folder that exists and is not empty.
+
+    Example:
+    >>> write_prediction("pred.tif", predictor.predict(images))
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {DTYPES}; received dtype={dtype!r}")
+    prob = _check_prob(membrane_prob).astype(np.float32)
+    if isbi:
+        prob = to_isbi(prob)
+    data = to_uint8(prob) if dtype == "uint8" else prob
+    metadata = dict(metadata or {}, convention="isbi" if isbi else "membrane", dtype=dtype)
+    kind = output_kind(path)
+    if kind == "tiff":
+        return _write_tiff(Path(path), data, metadata)
+    if kind == "hdf5":
+        file_path, key = split_output_spec(path)
+        return _write_hdf5(file_path, key or DEFAULT_HDF5_KEY, data, metadata)
+    if kind == "png":
+        if len(prob) != 1:
+            raise ValueError(
+                f"a .png output holds one slice; received {len(prob)} slices. Give a folder "
+                f"or a .tif instead of {path}"
+            )
+        return _write_png(Path(path), to_uint8(prob[0]))
+    return write_png_folder(Path(path), to_uint8(prob), metadata)
+
+
+def _write_tiff(path, data, metadata):
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, description=json.dumps(metadata), metadata=None)
+        _umask_mode(tmp)
+    return path
+
+
+def _write_hdf5(path, key, data, metadata):
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            dataset = handle.create_dataset(key, data=data, compression="gzip",
+                                            chunks=(1,) + data.shape[1:])
+            for name, value in metadata.items():
+                plain = isinstance(value, (str, int, float, bool))
+                dataset.attrs[name] = value if plain else json.dumps(value)
+        _umask_mode(tmp)
+    return path
+
+
+def _png_bytes_writer(path, image):
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def _write_png(path, image):
+    with atomic_path(path) as tmp:
+        _png_bytes_writer(tmp, image)
+        _umask_mode(tmp)
+    return path
+
+
+def write_png_folder(folder, slices, metadata=None):
+    """Write uint8 slices as ``slice_0000.png``... into a new folder, atomically.
+
+    Args:
+        folder: Path of a folder that does not exist or is empty.
+        slices: (N, H, W) uint8 (or (N, H, W, 3) RGB) array.
+        metadata: optional dict written to ``prediction.json``.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        FileExistsError: if ``folder`` exists and is not empty.
+        FileNotFoundError / PermissionError: if its parent is missing or read-only.
+    """
+    folder = Path(folder)
+    parent = folder.parent if str(folder.parent) else Path(".")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"output folder exists and is not empty: {folder}")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {parent} (for {folder})")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder is not writable: {parent} (for {folder})")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        for index, image in enumerate(slices):
+            _png_bytes_writer(tmp / f"slice_{index:04d}.png", np.asarray(image))
+        if metadata is not None:
+            (tmp / "prediction.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        _umask_mode(tmp, directory=True)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def overlay(image, membrane_prob, threshold=0.5, color=(255, 0, 0), alpha=0.6):
+    """RGB overlay of predicted membranes on a greyscale image.
+
+    Args:
+        image: (H, W) float array in [0, 1] (normalized EM image).
+        membrane_prob: (H, W) float array in [0, 1].
+        threshold: float. Pixels with probability > threshold are tinted.
+        color: RGB tint of membranes. Defaults to red.
+        alpha: float. Opacity of the tint. Defaults to 0.6.
+
+    Returns:
+        (H, W, 3) uint8 array.
+    """
+    image = np.asarray(image, np.float32)
+    membrane_prob = np.asarray(membrane_prob, np.float32)
+    if image.shape != membrane_prob.shape or image.ndim != 2:
+        raise ValueError(
+            "`image` and `membrane_prob` must be 2D arrays of the same shape; received "
+            f"{image.shape} and {membrane_prob.shape}"
+        )
+    grey = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
+    tint = np.asarray(color, np.float32) / 255.0
+    mask = (membrane_prob > threshold)[..., None]
+    rgb = np.where(mask, (1 - alpha) * grey + alpha * tint, grey)
+    return to_uint8(rgb)
+
+
+def write_overlays(path, images, membrane_prob, threshold=0.5):
+    """Write image + predicted membrane overlays as PNG (a file or a folder).
+
+    Args:
+        path: ``.png`` file (single slice) or a folder (one PNG per slice).
+        images: (N, H, W) or (H, W) float array in [0, 1].
+        membrane_prob: same shape, membrane probability.
+        threshold: float. Membrane where probability > threshold.
+
+    Returns:
+        Path of the written file or folder.
+    """
+    images = _check_prob(images)
+    membrane_prob = _check_prob(membrane_prob)
+    rgb = np.stack([overlay(i, p, threshold) for i, p in zip(images, membrane_prob)])
+    if Path(path).suffix.lower() == ".png":
+        if len(rgb) != 1:
+            raise ValueError(
+                f"a .png overlay holds one slice; received {len(rgb)} slices; give a folder"
+            )
+        return _write_png(Path(path), rgb[0])
+    return write_png_folder(Path(path), rgb)
+
+
+def read_probability_map(spec, convention="membrane"):
+    """Read a saved probability map as float32 membrane probability.
+
+    Args:
+        spec: anything ``fusionnet_tf.data.read_stack`` accepts (TIFF, PNG,
+            folder, ``file.h5:/key``).
+        convention: ``"membrane"`` (high = membrane) or ``"isbi"``
+            (high = cell interior; converted with 1 - p).
+
+    Returns:
+        (N, H, W) float32 in [0, 1], 1 = membrane. uint8 maps are divided by
+        255; float maps must already be in [0, 1].
+
+    Raises:
+        ValueError: for an unknown convention, another integer dtype, or
+            float values outside [0, 1].
+    """
+    from fusionnet_tf.data import read_stack
+
+    if convention not in ("membrane", "isbi"):
+        raise ValueError(
+            f"prediction convention must be 'membrane' or 'isbi'; received {convention!r}"
+        )
+    data = np.asarray(read_stack(spec))
+    if data.dtype == np.uint8:
+        prob = data.astype(np.float32) / 255.0
+    elif data.dtype == bool:
+        prob = data.astype(np.float32)
+    elif np.issubdtype(data.dtype, np.floating):
+        prob = data.astype(np.float32)
+        if not np.all(np.isfinite(prob)) or prob.min() < 0 or prob.max() > 1:
+            raise ValueError(
+                f"prediction {spec}: float values must be in [0, 1]; received range "
+                f"[{np.nanmin(prob)}, {np.nanmax(prob)}]"
+            )
+    else:
+        raise ValueError(
+            f"prediction {spec}: expected float in [0, 1] or uint8 0-255; received dtype {data.dtype}"
+        )
+    return 1.0 - prob if convention == "isbi" else prob

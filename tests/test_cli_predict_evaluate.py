@@ -1,0 +1,199 @@
+"""``fusionnet predict`` / ``fusionnet evaluate`` round trips and error paths."""
+
+import json
+import types
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from fusionnet_tf.cli import main
+from fusionnet_tf.data import normalize, read_stack
+from fusionnet_tf.inference import Predictor
+from fusionnet_tf.inference import writers
+from fusionnet_tf.models import build_fusionnet
+
+SMALL = ["--tile", "32", "--overlap", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny saved FusionNet, a 2 x 40 x 50 uint8 stack and ISBI-convention labels."""
+    root = tmp_path_factory.mktemp("cli")
+    model = build_fusionnet(base_filters=4, depth=2)
+    model.save(root / "model.keras")
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(root / "image.tif", rng.integers(0, 256, (2, 40, 50), dtype=np.uint8))
+    labels = np.full((2, 40, 50), 255, np.uint8)  # ISBI: 0 = membrane
+    labels[:, 20, :] = 0
+    labels[:, :, 25] = 0
+    tifffile.imwrite(root / "labels.tif", labels)
+    return types.SimpleNamespace(root=root, model=str(root / "model.keras"),
+                                 image=str(root / "image.tif"), labels=str(root / "labels.tif"),
+                                 membrane=(labels == 0).astype(np.float32))
+
+
+def expected_prediction(files, tta):
+    images = normalize(read_stack(files.image), mode="slice")
+    return Predictor(files.model, tile_shape=32, overlap=8, tta=tta).predict(images)
+
+
+def test_predict_tiff_round_trip(files, tmp_path):
+    out = tmp_path / "pred.tif"
+    assert main(["predict", files.image, "-o", str(out), "--model", files.model, "--tta", "4"]
+                + SMALL) == 0
+    written = tifffile.imread(out)
+    assert written.shape == (2, 40, 50) and written.dtype == np.float32
+    np.testing.assert_allclose(written, expected_prediction(files, tta=4), atol=1e-6)
+    assert json.loads(tifffile.TiffFile(out).pages[0].description)["tta"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.tif"]  # no temporary file left
+
+
+def test_predict_isbi_uint8_hdf5_png_and_overlay(files, tmp_path):
+    expected = expected_prediction(files, tta=1)
+    common = ["--model", files.model, "--tta", "1"] + SMALL
+    assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--isbi",
+                 "--dtype", "uint8"] + common) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p.tif"),
+                                  np.round((1 - expected) * 255).astype(np.uint8))
+    assert main(["predict", files.image, "-o", f"{tmp_path / 'p.h5'}:/maps/membrane",
+                 "--overlay", str(tmp_path / "overlays")] + common) == 0
+    with h5py.File(tmp_path / "p.h5", "r") as handle:
+        np.testing.assert_allclose(handle["maps/membrane"][...], expected, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [
+        "slice_0000.png", "slice_0001.png"]
+    from PIL import Image
+
+    overlay = np.asarray(Image.open(tmp_path / "overlays" / "slice_0000.png"))
+    assert overlay.shape == (40, 50, 3) and overlay.dtype == np.uint8
+    tinted = expected[0] > 0.5  # membrane pixels are tinted red, the rest stays grey
+    assert np.all(overlay[tinted, 0] >= overlay[tinted, 1])
+    assert np.array_equal(overlay[~tinted, 0], overlay[~tinted, 1])
+    assert main(["predict", files.image, "-o", str(tmp_path / "pngs")] + common) == 0
+    pngs = read_stack(tmp_path / "pngs")
+    np.testing.assert_array_equal(pngs, np.round(expected * 255).astype(np.uint8))
+
+
+def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
+    import keras
+
+    import fusionnet_tf.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "load_pretrained",
+                        lambda: keras.saving.load_model(files.model, compile=False))
+    assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--tta", "1"] + SMALL) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"),
+                               expected_prediction(files, tta=1), atol=1e-6)
+
+
+def test_predict_through_serving_url(files, tmp_path, monkeypatch):
+    import fusionnet_tf.export.rest_client as rest_client
+
+    calls = []
+
+    class FakeClient:
+        def __init__(self, url):
+            self.url = url
+
+        def __call__(self, batch):
+            calls.append((self.url, batch.shape))
+            return np.full(batch.shape, 0.25, np.float32)
+
+    monkeypatch.setattr(rest_client, "ServingClient", FakeClient)
+    assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--serving-url",
+                 "http://localhost:8501/v1/models/fusionnet", "--tta", "8", "--batch-size", "8"]
+                + SMALL) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"), 0.25, atol=1e-6)
+    assert calls[0] == ("http://localhost:8501/v1/models/fusionnet", (8, 32, 32, 1))
+
+
+def test_evaluate_table_and_json(files, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "perfect.tif", files.membrane)
+    assert main(["evaluate", "--labels", files.labels, "--pred", str(tmp_path / "perfect.tif"),
+                 "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["v_rand"] == 1.0 and scores["v_info"] == 1.0 and scores["pixel_error"] == 0.0
+    assert {"v_rand_threshold", "v_info_threshold", "pixel_error_threshold"} <= set(scores)
+
+    # ISBI-convention uint8 prediction of "all interior" against membrane-convention labels
+    tifffile.imwrite(tmp_path / "interior.tif", np.full((2, 40, 50), 255, np.uint8))
+    tifffile.imwrite(tmp_path / "membrane_labels.tif", (files.membrane * 7).astype(np.uint8))
+    assert main(["evaluate", "--labels", str(tmp_path / "membrane_labels.tif"),
+                 "--label-convention", "membrane", "--pred", str(tmp_path / "interior.tif"),
+                 "--pred-convention", "isbi"]) == 0
+    table = capsys.readouterr().out
+    assert "V_rand" in table and "V_info" in table and "pixel error" in table
+    # one proposal segment per slice over 4 GT segments (20x25, 20x24, 19x25, 19x24 px)
+    sizes = np.array([500, 480, 475, 456])
+    expected = 2 * 2 * (sizes**2).sum() / (2 * (sizes**2).sum() + 2 * sizes.sum() ** 2)
+    assert f"{expected:.4f}" in table
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_unreadable_input(files, tmp_path, capsys):
+    code, err = run_cli(["predict", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "p.tif"),
+                         "--model", files.model] + SMALL, capsys)
+    assert code == 2 and "nope.tif" in err and "fusionnet predict: error:" in err
+    (tmp_path / "garbage.tif").write_bytes(b"not a tiff at all")
+    code, err = run_cli(["predict", str(tmp_path / "garbage.tif"), "-o", str(tmp_path / "p.tif"),
+                         "--model", files.model] + SMALL, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert not (tmp_path / "p.tif").exists()
+
+
+def test_shape_mismatch_between_labels_and_prediction(files, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "short.tif", np.zeros((1, 40, 50), np.float32))
+    code, err = run_cli(["evaluate", "--labels", files.labels, "--pred",
+                         str(tmp_path / "short.tif")], capsys)
+    assert code == 2 and "(2, 40, 50)" in err and "(1, 40, 50)" in err
+
+
+def test_tile_not_divisible_by_two_to_the_depth(files, tmp_path, capsys):
+    code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--model",
+                         files.model, "--tile", "30", "--overlap", "8", "--quiet"], capsys)
+    assert code == 2 and "2**depth = 4" in err and "30" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_that_cannot_be_written(files, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    for output, message in ((tmp_path / "missing" / "p.tif", "missing"),
+                            (blocker / "p.tif", "file.txt"), (tmp_path / "p.zarr", "p.zarr")):
+        code, err = run_cli(["predict", files.image, "-o", str(output), "--model", files.model]
+                            + SMALL, capsys)
+        assert code == 2 and message in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.png").write_bytes(b"")
+    code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "full"), "--model",
+                         files.model] + SMALL, capsys)
+    assert code == 2 and "not empty" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"]
+
+
+@pytest.mark.parametrize("output", ["p.tif", "p.h5", "pngs"])
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, output):
+    """A writer that fails half-way leaves no partial file and keeps an old one intact."""
+    import PIL.Image
+
+    def broken(*args, **kwargs):
+        path = args[0] if args else kwargs.get("fp")
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    monkeypatch.setattr(h5py, "File", broken)
+    monkeypatch.setattr(PIL.Image.Image, "save", lambda self, path, **kw: broken(path))
+    (tmp_path / "old.tif").write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        writers.write_prediction(tmp_path / output, np.zeros((2, 8, 8), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.tif"]
+    with pytest.raises(OSError, match="disk full"):
+        writers.write_prediction(tmp_path / "old.tif", np.zeros((2, 8, 8), np.float32))
+    assert (tmp_path / "old.tif").read_bytes() == b"old"

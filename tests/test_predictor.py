@@ -1,0 +1,233 @@
+"""Predictor: seamless tiling, TTA, batching, model loading, BN folding."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from fusionnet_tf.inference import Predictor, load_model
+from fusionnet_tf.inference.optimize import fold_batchnorm
+from fusionnet_tf.inference.predictor import SavedModelFunction
+from fusionnet_tf.models import build_fusionnet
+
+
+def conv_model(seed=0, convs=3):
+    """Fully convolutional, no pooling: translation equivariant up to 'same' borders."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 1))
+    x = inputs
+    for i in range(convs):
+        x = layers.Conv2D(4 if i < convs - 1 else 1, 3, padding="same",
+                          activation="relu" if i < convs - 1 else "sigmoid")(x)
+    return keras.Model(inputs, x)
+
+
+def random_images(shape, seed=0):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def dihedral_reference(x, k):
+    """Transform k of an (H, W) array written out by hand: rotate k % 4 quarter turns, then flip W."""
+    y = np.rot90(x, k % 4)
+    return y[:, ::-1] if k >= 4 else y
+
+
+def inverse_reference(y, k):
+    if k >= 4:
+        y = y[:, ::-1]
+    return np.rot90(y, -(k % 4))
+
+
+# === Tiling and blending ===
+
+def test_identity_reproduces_the_input():
+    images = random_images((2, 70, 45))
+    predictor = Predictor(lambda batch: batch, tile_shape=32, overlap=8, tta=8, batch_size=5)
+    np.testing.assert_allclose(predictor.predict(images), images, rtol=0, atol=1e-6)
+    single = Predictor(lambda batch: batch, tile_shape=32, overlap=8, blending="constant")
+    np.testing.assert_array_equal(single.predict(images[0, :32, :32]), images[0, :32, :32])
+
+
+def test_tiled_equals_whole_image_away_from_the_border():
+    model = conv_model()
+    image = random_images((96, 112), seed=1)
+    whole = model(image[None, ..., None]).numpy()[0, ..., 0]
+    tiled = Predictor(model, tile_shape=48, overlap=24).predict(image)
+    assert len(Predictor(model, tile_shape=48, overlap=24).tile_origins(96, 112)) > 4
+    margin = 3  # receptive-field radius of three 3x3 convolutions
+    inner = (slice(margin, -margin),) * 2
+    np.testing.assert_allclose(tiled[inner], whole[inner], rtol=0, atol=1e-4)
+    # without overlap the tile seams show
+    seams = Predictor(model, tile_shape=48, overlap=0, blending="constant").predict(image)
+    assert np.abs(seams[inner] - whole[inner]).max() > 1e-3
+
+
+def test_predict_is_built_from_the_public_pieces():
+    """Reassembling tiles by hand (as block-wise volume prediction does) is bit-identical."""
+    model = conv_model(seed=2)
+    image = random_images((50, 70), seed=2)
+    predictor = Predictor(model, tile_shape=32, overlap=8, batch_size=64, tta=4)
+    side = predictor.tile_shape
+    origins = predictor.tile_origins(*image.shape)
+    tiles = np.stack([image[y:y + side, x:x + side] for y, x in origins])
+    probs = predictor.predict_tiles(tiles)
+    total = np.zeros_like(image)
+    weights = np.zeros_like(image)
+    for (y, x), prob in zip(origins, probs):
+        total[y:y + side, x:x + side] += prob * predictor.blend_weights
+        weights[y:y + side, x:x + side] += predictor.blend_weights
+    np.testing.assert_array_equal(predictor.predict(image), total / weights)
+
+
+def test_small_images_are_reflect_padded_and_cropped():
+    seen = []
+
+    def record(batch):
+        seen.append(batch.copy())
+        return batch
+
+    predictor = Predictor(record, tile_shape=32, overlap=8)
+    image = random_images((10, 40))
+    assert predictor.tile_origins(10, 40) == [(0, 0), (0, 8)]
+    out = predictor.predict(image)
+    assert out.shape == (10, 40)
+    np.testing.assert_allclose(out, image, atol=1e-6)
+    tile = seen[0][0, ..., 0]
+    np.testing.assert_array_equal(tile[10], image[8, :32])  # row 10 mirrors row 8
+
+
+def test_stack_equals_slice_by_slice_and_batches_are_bounded():
+    sizes = []
+    model = conv_model(seed=3)
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return model(batch).numpy()
+
+    stack = random_images((3, 40, 40), seed=3)
+    predictor = Predictor(recording, tile_shape=32, overlap=8, tta=8, batch_size=6)
+    result = predictor.predict(stack)
+    assert max(sizes) <= 6 and sum(sizes) == 3 * 4 * 8  # 3 slices x 4 tiles x 8 variants
+    for image, expected in zip(stack, result):
+        np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-6)
+
+
+# === Test-time augmentation ===
+
+def test_tta_with_an_equivariant_model_equals_plain_prediction():
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    image = random_images((40, 56), seed=4)
+    plain = Predictor(model, tile_shape=32, overlap=8, tta=1).predict(image)
+    for tta in (4, 8):
+        np.testing.assert_allclose(Predictor(model, tile_shape=32, overlap=8, tta=tta).predict(image),
+                                   plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta,transforms", [(8, range(8)), (4, (0, 2, 4, 6))])
+def test_tta_undoes_each_transform(tta, transforms):
+    ramp = np.linspace(0.0, 1.0, 32, dtype=np.float32)
+
+    def not_equivariant(batch):  # depends on absolute position and direction
+        return np.cumsum(batch, axis=2) * ramp[None, None, :, None] + ramp[None, :, None, None]
+
+    image = random_images((32, 32), seed=5)
+    reference = np.mean([
+        inverse_reference(not_equivariant(dihedral_reference(image, k)[None, ..., None])[0, ..., 0], k)
+        for k in transforms], axis=0)
+    predictor = Predictor(not_equivariant, tile_shape=32, overlap=8, tta=tta, batch_size=3)
+    np.testing.assert_allclose(predictor.predict(image), reference, rtol=1e-5, atol=1e-5)
+    plain = Predictor(not_equivariant, tile_shape=32, overlap=8, tta=1).predict(image)
+    assert np.abs(plain - reference).max() > 0.1  # the transforms do matter for this model
+
+
+# === Keras models: loading, folding, validation ===
+
+def randomize_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.8, 1.2, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                               rng.normal(0, 0.1, mean.shape), rng.uniform(0.8, 1.2, variance.shape)])
+
+
+def test_batchnorm_folding_matches_within_1e5():
+    model = build_fusionnet(base_filters=4, depth=2)
+    randomize_batchnorm(model)
+    folded = fold_batchnorm(model)
+    batchnorms = [l for l in model.layers if isinstance(l, layers.BatchNormalization)]
+    assert batchnorms and not any(isinstance(l, layers.BatchNormalization) for l in folded.layers)
+    assert {l.name for l in folded.layers} == {l.name for l in model.layers} - {l.name for l in batchnorms}
+    x = random_images((2, 32, 32, 1), seed=6)
+    np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), atol=1e-5)
+    fast = Predictor(model, tile_shape=32, overlap=8).predict(x[0, ..., 0])
+    slow = Predictor(model, tile_shape=32, overlap=8, fold_batchnorm=False).predict(x[0, ..., 0])
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_tile_must_divide_by_two_to_the_depth():
+    model = build_fusionnet(base_filters=4, depth=2)
+    with pytest.raises(ValueError, match=r"2\*\*depth = 4.*tile_shape=30"):
+        Predictor(model, tile_shape=30, overlap=8)
+    assert Predictor(model, tile_shape=32, overlap=8).align == 4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(tta=2), "tta=2"), (dict(batch_size=0), "batch_size=0"),
+    (dict(blending="box"), "blending='box'"), (dict(overlap=32), "overlap=32"),
+    (dict(tile_shape=(32, 48)), "square"),
+])
+def test_bad_settings(kwargs, match):
+    settings = dict(tile_shape=32, overlap=8)
+    settings.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        Predictor(lambda b: b, **settings)
+
+
+def test_bad_inputs_and_outputs():
+    predictor = Predictor(lambda b: b, tile_shape=32, overlap=8)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 5\)"):
+        predictor.predict(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        predictor.predict(np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match=r"\(B, 32, 32\).*\(2, 16, 16\)"):
+        predictor.predict_tiles(np.zeros((2, 16, 16)))
+    with pytest.raises(ValueError, match="output shape"):
+        Predictor(lambda b: b[:, :8], tile_shape=32, overlap=8).predict(np.zeros((32, 32)))
+    with pytest.raises(RuntimeError, match="non-finite|NaN"):
+        Predictor(lambda b: b * np.nan, tile_shape=32, overlap=8).predict(np.zeros((32, 32)))
+    with pytest.raises(ValueError, match="model of type int"):
+        Predictor(3, tile_shape=32, overlap=8)
+
+
+def test_load_keras_file_and_savedmodel(tmp_path):
+    model = build_fusionnet(base_filters=4, depth=2)
+    randomize_batchnorm(model, seed=1)
+    image = random_images((40, 40), seed=7)
+    expected = Predictor(model, tile_shape=32, overlap=8).predict(image)
+    model.save(tmp_path / "m.keras")
+    from_path = Predictor(str(tmp_path / "m.keras"), tile_shape=32, overlap=8)
+    np.testing.assert_allclose(from_path.predict(image), expected, atol=1e-6)
+
+    model.export(tmp_path / "saved", format="tf_saved_model", verbose=False)
+    loaded = load_model(tmp_path / "saved")
+    assert isinstance(loaded, SavedModelFunction)
+    savedmodel = Predictor(loaded, tile_shape=32, overlap=8, align=4)
+    np.testing.assert_allclose(savedmodel.predict(image), expected, atol=1e-5)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load_model(tmp_path / "missing.keras")
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(ValueError, match="weights.txt"):
+        load_model(tmp_path / "weights.txt")
+    with pytest.raises(ValueError, match="saved_model.pb"):
+        load_model(tmp_path)
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    Predictor(lambda b: b, tile_shape=32, overlap=8, progress=True).predict(np.zeros((2, 40, 40)))
+    captured = capsys.readouterr()
+    assert "8/8" in captured.err and captured.out == ""
