@@ -231,3 +231,17 @@ def test_progress_bar_goes_to_stderr(capsys):
     Predictor(lambda b: b, tile_shape=32, overlap=8, progress=True).predict(np.zeros((2, 40, 40)))
     captured = capsys.readouterr()
     assert "8/8" in captured.err and captured.out == ""
+
+
+def test_conv_flops_hand_computed():
+    from fusionnet_tf.inference.optimize import conv_flops
+
+    model = build_fusionnet(base_filters=4, depth=1)
+    # 8x8 input: enc1 conv_in 1->4 and 4 convs 4->4 at 8x8; bridge conv_in 4->8 and 4 convs
+    # 8->8 at 4x4; ConvTranspose 2x2 8->4 on 4x4; dec1 5 convs 4->4 at 8x8; 1x1 output 4->1
+    expected = (2 * 9 * 1 * 4 * 64 + 4 * 2 * 9 * 16 * 64 + 2 * 9 * 4 * 8 * 16 + 4 * 2 * 9 * 64 * 16
+                + 2 * 4 * 8 * 4 * 16 + 5 * 2 * 9 * 16 * 64 + 2 * 4 * 64)
+    assert expected == 258048
+    assert conv_flops(model, 8, 8) == expected
+    assert conv_flops(model, 16, 8, batch=3) == 6 * expected
+    assert len(fold_batchnorm(model).layers) < len(model.layers)  # graph left intact

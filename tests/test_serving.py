@@ -253,7 +253,7 @@ def test_cli_serve_subprocess(model_dir):
         with urllib.request.urlopen(url, timeout=30) as response:
             assert json.loads(response.read())["model_version_status"][0]["state"] == "AVAILABLE"
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
         process.stderr.close()
     assert code == 0

@@ -146,6 +146,26 @@ def test_tiles_for_block_selects_overlapping_tiles_and_halo():
     assert halo_y >= TILE - np.diff(sorted({oy for oy, _ in origins})).max()
 
 
+@pytest.mark.parametrize("batch_size, tta, count, expected", [
+    (4, 1, 5, 8), (4, 1, 8, 8), (4, 8, 3, 3), (8, 4, 3, 4), (3, 1, 1, 3)])
+def test_tiles_padded_to_full_network_batches(batch_size, tta, count, expected):
+    from fusionnet_tf.volumes.blockwise import predict_full_batches
+
+    class Recorder:
+        def __init__(self):
+            self.batch_size, self.tta, self.calls = batch_size, tta, []
+
+        def predict_tiles(self, tiles):
+            self.calls.append(len(tiles))
+            return tiles * 2
+
+    recorder = Recorder()
+    tiles = np.random.default_rng(0).random((count, 4, 4)).astype(np.float32)
+    out = predict_full_batches(recorder, tiles)
+    assert recorder.calls == [expected]
+    np.testing.assert_array_equal(out, tiles * 2)
+
+
 # ----------------------------------------------------------------- input stores
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -386,7 +406,7 @@ def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "zarr", zarr)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"dask\[distributed\].*fusionnet-tf\[volumes\]"):
-        predict_volume(spec, tmp_path / "o.zarr", model_path, workers=2, tile_shape=64)
+        predict_volume(spec, tmp_path / "o.zarr", model_path, workers=2, **OPTIONS)
 
 
 def test_cli_help_states_defaults(capsys):

@@ -28,6 +28,16 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
+def _stop_on_sigterm():
+    """Treat SIGTERM (docker stop, kill) like Ctrl-C: shut down cleanly, exit 0."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args):
     from fusionnet_tf.export.server import ModelServer
 
@@ -38,6 +48,7 @@ def run(args):
     versions = ", ".join(str(v) for v in server.repository.versions)
     print(f"fusionnet serve: {server.url} (versions {versions}; serving "
           f"{server.repository.latest} by default). Ctrl-C stops.", file=sys.stderr, flush=True)
+    _stop_on_sigterm()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
