@@ -34,7 +34,8 @@ def parse_args(argv=None):
                              "with --base-filters/--depth).")
     parser.add_argument("--base-filters", type=int, default=16,
                         help="Base filters of the built model (default: 16).")
-    parser.add_argument("--depth", type=int, default=4, help="Depth of the built model (default: 4).")
+    parser.add_argument("--depth", type=int, default=4,
+                        help="Depth of the built model (default: 4).")
     parser.add_argument("--tile", type=int, default=512, help="Tile side (default: 512).")
     parser.add_argument("--repeats", type=int, default=5,
                         help="Timed runs per runtime after one warm-up (default: 5).")
@@ -54,7 +55,8 @@ def load_or_build(args):
         return keras.saving.load_model(args.model, compile=False), args.model
     keras.utils.set_random_seed(0)
     model = build_fusionnet(base_filters=args.base_filters, depth=args.depth)
-    return model, f"build_fusionnet(base_filters={args.base_filters}, depth={args.depth}), random init"
+    return model, (f"build_fusionnet(base_filters={args.base_filters}, depth={args.depth}), "
+                   "random init")
 
 
 def input_tiles(args):
@@ -109,7 +111,8 @@ def main(argv=None):
         results["ms_saved_model"], outputs["saved_model"] = time_ms(
             lambda x: serving(image=tf.constant(x))["membrane_probability"].numpy(), tile,
             args.repeats)
-        for key, quant in (("litert_fp32", "none"), ("litert_fp16", "fp16"), ("litert_int8", "int8")):
+        litert = (("litert_fp32", "none"), ("litert_fp16", "fp16"), ("litert_int8", "int8"))
+        for key, quant in litert:
             log(f"{key}: converting")
             runner = LiteRTRunner(convert_tflite(saved, quant, calibration), num_threads=threads)
             log(key)
@@ -122,7 +125,8 @@ def main(argv=None):
     membrane = reference > 0.5
     int8 = outputs["litert_int8"] > 0.5
     denominator = membrane.sum() + int8.sum()
-    parity["dice_litert_int8"] = float(2 * (membrane & int8).sum() / denominator) if denominator else 1.0
+    parity["dice_litert_int8"] = (float(2 * (membrane & int8).sum() / denominator)
+                                  if denominator else 1.0)
     summary = {k: round(v, 1) for k, v in results.items()}
     summary.update(parity)
     summary.update({"tile": args.tile, "model": source, "parameters": int(model.count_params()),

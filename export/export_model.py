@@ -32,7 +32,8 @@ def parse_args(argv=None):
 def commands(args):
     """The ``fusionnet`` argument lists to run, in order."""
     common = ["--model", args.model, "--name", args.name]
-    runs = [["export", "--format", "saved_model", "--output", f"{args.output}/saved_model"] + common,
+    runs = [["export", "--format", "saved_model", "--output", f"{args.output}/saved_model"]
+            + common,
             ["export", "--format", "onnx", "--output", f"{args.output}/onnx"] + common]
     quantizations = ["none", "fp16", "dynamic-int8"]
     if args.calibration_data:

@@ -57,12 +57,36 @@ def segment_proposal(interior):
     labels = labels.astype(np.int32)
     if count == 0:
         return labels
-    unlabelled = labels == 0
-    while unlabelled.any():
-        grown = ndimage.maximum_filter(labels, size=3, mode="constant", cval=0)
-        labels = np.where(unlabelled, grown, labels)
-        unlabelled = labels == 0
-    return labels
+    return absorb_boundaries(labels)
+
+
+def absorb_boundaries(labels):
+    """Give every 0 pixel the largest label of its 3x3 neighbourhood, pass after pass.
+
+    Equivalent to repeating ``labels = where(labels == 0,
+    maximum_filter(labels, 3, mode="constant"), labels)`` until no 0 is left,
+    but each pass only visits the pixels that are still unlabelled.
+
+    Args:
+        labels: (H, W) int label image with at least one nonzero pixel.
+
+    Returns:
+        (H, W) int32 label image without zeros.
+    """
+    height, width = labels.shape
+    padded = np.zeros((height + 2, width + 2), np.int32)  # zero border = mode="constant"
+    padded[1:-1, 1:-1] = labels
+    flat = padded.ravel()
+    ys, xs = np.nonzero(labels == 0)
+    todo = (ys + 1) * (width + 2) + (xs + 1)
+    offsets = np.array([dy * (width + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    while todo.size:
+        grown = flat[todo[:, None] + offsets].max(axis=1)  # from the previous pass only
+        if not grown.any():
+            break  # nothing labelled to grow from (cannot happen with a nonzero label)
+        flat[todo] = grown
+        todo = todo[grown == 0]
+    return padded[1:-1, 1:-1].copy()
 
 
 def segment_ground_truth(membrane):

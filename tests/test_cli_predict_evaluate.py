@@ -173,6 +173,9 @@ def test_output_that_cannot_be_written(files, tmp_path, capsys):
     code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "full"), "--model",
                          files.model] + SMALL, capsys)
     assert code == 2 and "not empty" in err
+    code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "two.png"), "--model",
+                         files.model] + SMALL, capsys)
+    assert code == 2 and "one slice" in err and "2" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"]
 
 
@@ -197,3 +200,13 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, output):
     with pytest.raises(OSError, match="disk full"):
         writers.write_prediction(tmp_path / "old.tif", np.zeros((2, 8, 8), np.float32))
     assert (tmp_path / "old.tif").read_bytes() == b"old"
+
+
+def test_cli_modules_import_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, fusionnet_tf.cli.predict, fusionnet_tf.cli.evaluate; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,8 +8,9 @@ import tifffile
 
 from fusionnet_tf.data import (AugmentConfig, isbi2012_datasets, normalize, open_stack,
                                train_dataset, validation_dataset, validation_tile_origins)
-from fusionnet_tf.data.augment import elastic_field, warp_window
-from fusionnet_tf.data.pipeline import reflect_index
+from fusionnet_tf.data.augment import coarse_displacements, elastic_field, spline_basis, warp_window
+from fusionnet_tf.data.pipeline import _warp, reflect_index
+from fusionnet_tf.dihedral import dihedral_tf
 
 NO_AUG = AugmentConfig.none()
 ELASTIC_ONLY = AugmentConfig(elastic=True, elastic_grid=4, elastic_displacement=3.0,
@@ -184,6 +185,27 @@ def test_warp_shift_by_half_pixel_is_bilinear():
     out = warp_window(window, field, margin=1).numpy()[..., 0]
     expected = window.numpy()[1:5, 1:5, 0] + 0.5
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_spline_basis_is_a_partition_of_unity():
+    basis = spline_basis(50, 5)
+    assert basis.shape == (50, 5) and (basis >= 0).all()
+    np.testing.assert_allclose(basis.sum(axis=1), 1.0, rtol=1e-6)
+    assert basis[0].argmax() == 0 and basis[-1].argmax() == 4 and basis[25].argmax() == 2
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_folded_dihedral_equals_dihedral_tf(k):
+    """The warp folds transform k into its coordinates; it must equal dihedral_tf afterwards."""
+    margin, size = 4, 16
+    side = size + 2 * margin
+    window = tf.random.stateless_uniform([side, side, 2], seed=[k, 1])
+    flat = tf.reshape(window, [side * side, 2])
+    coarse = coarse_displacements(tf.constant([k, 2]), 4, 2.0, margin - 1.5)
+    basis = tf.constant(spline_basis(size, 4))
+    reference = _warp(flat, 0, side, False, coarse, basis, 0, margin)
+    folded = _warp(flat, 0, side, False, coarse, basis, k, margin)
+    np.testing.assert_allclose(folded.numpy(), dihedral_tf(reference, k).numpy(), atol=1e-5)
 
 
 def test_image_and_label_share_the_field():

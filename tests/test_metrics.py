@@ -158,3 +158,19 @@ def test_dice_and_iou_hand_computed():
     assert metrics.dice(prediction, target, threshold=0.75) == pytest.approx(2 * 2 / 5)
     with pytest.raises(ValueError, match="target.shape"):
         metrics.dice(np.zeros(3), np.zeros(4))
+
+
+def test_fast_growth_equals_repeated_maximum_filter():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    for density in (0.02, 0.3, 0.7):
+        interior = ndimage.binary_opening(rng.random((60, 70)) < density) | (rng.random((60, 70)) < 0.005)
+        labels, count = ndimage.label(interior)
+        if count == 0:
+            continue
+        reference = labels.copy()
+        while (reference == 0).any():
+            reference = np.where(reference == 0, ndimage.maximum_filter(reference, 3, mode="constant"),
+                                 reference)
+        np.testing.assert_array_equal(metrics.segment_proposal(interior), reference)

@@ -21,7 +21,7 @@ import tensorflow as tf
 from fusionnet_tf import build_fusionnet
 from fusionnet_tf.cli import build_parser
 from fusionnet_tf.export.rest_client import ServingClient, ServingError
-from fusionnet_tf.export.saved_model import export_saved_model
+from fusionnet_tf.export.saved_model import export_plain_saved_model, export_saved_model
 from fusionnet_tf.export.server import ModelServer
 from fusionnet_tf.inference import Predictor
 
@@ -108,7 +108,8 @@ def test_row_format_round_trip(server, model):
 def test_columnar_format_round_trip(server, model):
     x = _batch(1, (1, 32, 64, 1))
     status, payload = _request(server, "POST", "/v1/models/membranes:predict",
-                               {"signature_name": "serving_default", "inputs": {"image": x.tolist()}})
+                               {"signature_name": "serving_default",
+                                "inputs": {"image": x.tolist()}})
     assert status == 200
     np.testing.assert_allclose(np.array(payload["outputs"], np.float32),
                                model(x, training=False).numpy(), atol=1e-5)
@@ -163,7 +164,8 @@ GOOD = [[[[0.5]] * 32] * 32]
 MALFORMED = [
     ("POST", "/v1/models/membranes:predict", "{not json", 400, "malformed JSON"),
     ("POST", "/v1/models/membranes:predict", [1, 2], 400, "JSON object"),
-    ("POST", "/v1/models/membranes:predict", {"instances": GOOD, "inputs": GOOD}, 400, "exactly one"),
+    ("POST", "/v1/models/membranes:predict", {"instances": GOOD, "inputs": GOOD}, 400,
+     "exactly one"),
     ("POST", "/v1/models/membranes:predict", {"instances": []}, 400, "non-empty"),
     ("POST", "/v1/models/membranes:predict", {"inputs": [[0.5] * 32] * 32}, 400, "shape"),
     ("POST", "/v1/models/membranes:predict", {"inputs": [[[[0.5]] * 32] * 30]}, 400,
@@ -179,7 +181,8 @@ MALFORMED = [
     ("POST", "/v1/models/membranes:predict", {"signature_name": "nope", "inputs": GOOD}, 400,
      "signature name"),
     ("POST", "/v1/models/other:predict", {"inputs": GOOD}, 404, "Servable not found"),
-    ("POST", "/v1/models/membranes/versions/7:predict", {"inputs": GOOD}, 404, "Servable not found"),
+    ("POST", "/v1/models/membranes/versions/7:predict", {"inputs": GOOD}, 404,
+     "Servable not found"),
     ("GET", "/v1/models/membranes/versions/7", None, 404, "Servable not found"),
     ("GET", "/v2/whatever", None, 404, "unknown path"),
     ("POST", "/v1/models/membranes:predict", {"inputs": [[[[0.5]] * 800] * 800]}, 413, "exceeds"),
@@ -197,14 +200,18 @@ def test_malformed_requests_get_4xx_and_server_keeps_serving(server, method, pat
 
 
 def test_versions_are_served_explicitly_and_latest_by_default(model, model_dir):
-    export_saved_model(model, model_dir.parent, "membranes", tile_size=TILE, overlap=OVERLAP)
+    other = build_fusionnet(base_filters=4, depth=2)  # different random weights
+    export_plain_saved_model(other, model_dir / "2")  # only serving_default: tells them apart
     srv = ModelServer(model_dir, model_name="m2", port=0).start()
     try:
         status, payload = _request(srv, "GET", "/v1/models/m2")
         assert [v["version"] for v in payload["model_version_status"]] == ["2", "1"]
         status, payload = _request(srv, "GET", "/v1/models/m2/metadata")
         assert payload["model_spec"]["version"] == "2"
+        assert set(payload["metadata"]["signature_def"]["signature_def"]) == {"serving_default"}
         x = _batch(5, (1, 32, 32, 1))
+        latest = ServingClient(srv.url)(x)
+        np.testing.assert_allclose(latest, other(x, training=False).numpy(), atol=1e-5)
         old = ServingClient(srv.url + "/versions/1")(x)
         np.testing.assert_allclose(old, model(x, training=False).numpy(), atol=1e-5)
     finally:

@@ -119,6 +119,10 @@ def run(args):
     if args.overlay:
         check_output(args.overlay)
     images = normalize(read_stack(args.input), mode=args.normalization)
+    for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
+        if spec and str(spec).lower().endswith(".png") and len(images) > 1:
+            raise ValueError(f"{option} {spec}: a .png holds one slice but INPUT has "
+                             f"{len(images)}; give a folder or a .tif")
     predictor = Predictor(
         resolve_model(args), tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
         batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,

@@ -36,7 +36,9 @@ def add_parser(subparsers):
                         help="Model file (.keras) or SavedModel folder "
                              "(default: the shipped pretrained FusionNet).")
     parser.add_argument("--block", type=int, default=1024,
-                        help="Block height and width in voxels = output chunk (default: 1024).")
+                        help="Block height and width in voxels = output chunk (default: 1024). "
+                             "Blocks that split a slice re-predict the tiles straddling their "
+                             "borders; blocks several tiles wide (or whole slices) waste less.")
     parser.add_argument("--block-z", type=int, default=1,
                         help="Slices per block (default: 1).")
     parser.add_argument("--tile", type=int, default=512,

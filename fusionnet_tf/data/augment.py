@@ -210,25 +210,32 @@ def coarse_displacements(seed, grid, displacement, limit):
     return tf.clip_by_value(draws, -limit, limit)
 
 
-def _dihedral_factors(left, middle, right, k):
-    """Re-index ``left @ middle @ right^T`` as ``dihedral_tf`` would transform it.
+def _dihedral_flips(left, right, k):
+    """Row flips of the factors of ``F = L M R^T`` for transform ``k``, and whether to transpose.
 
-    With ``F = L M R^T`` (rows of L index output rows, rows of R output
-    columns), a quarter turn counter-clockwise gives ``flip(R) M^T L^T`` and a
-    left-right flip gives ``L M flip(R)^T``; composing them reproduces the 8
-    transforms of ``fusionnet_tf.dihedral`` on tiny matrices instead of on the
-    full-size tile.
+    Transform ``k`` of ``fusionnet_tf.dihedral`` maps output pixel (i, j) to
+    source pixel ``(a(i), b(j))`` or, for an odd number of quarter turns,
+    ``(a(j), b(i))``, with ``a``, ``b`` each the identity or a reversal. The
+    reversals are applied to the rows of the small factors L (T, g + 1) and
+    R; the transpose is left to the caller, on the sampled tile: folding it
+    into the coordinates too would make the gather walk the source column by
+    column, which is much slower than a (T, T, 2) transpose.
+
+    Returns:
+        ``(left, right, transpose)`` with ``transpose`` a bool scalar tensor.
     """
     k = tf.convert_to_tensor(k, tf.int32)
     turns = k % 4
     odd = tf.equal(turns % 2, 1)
-    left, middle, right = (tf.where(odd, right, left), tf.where(odd, tf.transpose(middle), middle),
-                           tf.where(odd, left, right))
-    flip_left = tf.logical_or(tf.equal(turns, 1), tf.equal(turns, 2))
-    flip_right = tf.math.logical_xor(tf.logical_or(tf.equal(turns, 2), tf.equal(turns, 3)), k >= 4)
+    # flips of the output rows / columns after the turns and the final W flip
+    flip_rows = tf.logical_or(tf.equal(turns, 1), tf.equal(turns, 2))
+    flip_cols = tf.math.logical_xor(tf.logical_or(tf.equal(turns, 2), tf.equal(turns, 3)), k >= 4)
+    # for a transposed result, output rows come from R's rows and vice versa
+    flip_left = tf.where(odd, flip_cols, flip_rows)
+    flip_right = tf.where(odd, flip_rows, flip_cols)
     left = tf.where(flip_left, tf.reverse(left, [0]), left)
     right = tf.where(flip_right, tf.reverse(right, [0]), right)
-    return left, middle, right
+    return left, right, odd
 
 
 def sampling_coordinates(coarse, basis, origin_y, origin_x, k=0):
@@ -237,8 +244,10 @@ def sampling_coordinates(coarse, basis, origin_y, origin_x, k=0):
     ``Y[i, j] = origin_y + i + dy[i, j]`` and ``X[i, j] = origin_x + j + dx[i, j]``
     with ``dy = B Gy B^T``, ``dx = B Gx B^T`` (B the spline basis), computed as
     two small matrix products each, the identity ramp folded in. Transform
-    ``k`` of ``fusionnet_tf.dihedral`` is applied to the coordinate maps, so
-    sampling with them equals ``dihedral_tf(warped_tile, k)``.
+    ``k`` of ``fusionnet_tf.dihedral`` is folded in as row reversals of the
+    factors, plus a transpose flag: sampling with ``(Y, X)`` and then
+    transposing H and W when ``transpose`` is true equals
+    ``dihedral_tf(warped_tile, k)``.
 
     Args:
         coarse: float32 (2, g, g) control displacements [dy, dx].
@@ -247,7 +256,7 @@ def sampling_coordinates(coarse, basis, origin_y, origin_x, k=0):
         k: int or int32 scalar tensor in 0..7.
 
     Returns:
-        ``(Y, X)``: two float32 (T, T) tensors.
+        ``(Y, X, transpose)``: two float32 (T, T) tensors and a bool scalar tensor.
     """
     basis = tf.convert_to_tensor(basis)
     size, grid = basis.shape
@@ -258,11 +267,12 @@ def sampling_coordinates(coarse, basis, origin_y, origin_x, k=0):
     corner = tf.scatter_nd([[grid, grid]], [1.0], [grid + 1, grid + 1])
     middle_y = tf.pad(coarse[0], [[0, 1], [0, 1]]) + corner
     middle_x = tf.pad(coarse[1], [[0, 1], [0, 1]]) + corner
-    coordinates = []
-    for left, middle, right in ((with_y, middle_y, with_ones), (with_ones, middle_x, with_x)):
-        left, middle, right = _dihedral_factors(left, middle, right, k)
-        coordinates.append(tf.matmul(tf.matmul(left, middle), right, transpose_b=True))
-    return tuple(coordinates)
+    # rows of the left factor index tile rows, rows of the right factor tile columns
+    left_y, right_y, transpose = _dihedral_flips(with_y, with_ones, k)
+    left_x, right_x, _ = _dihedral_flips(with_ones, with_x, k)
+    ys = tf.matmul(tf.matmul(left_y, middle_y), right_y, transpose_b=True)
+    xs = tf.matmul(tf.matmul(left_x, middle_x), right_x, transpose_b=True)
+    return ys, xs, transpose
 
 
 def elastic_field(seed, size, grid=5, displacement=6.0):
@@ -284,7 +294,7 @@ def elastic_field(seed, size, grid=5, displacement=6.0):
     """
     limit = 4.0 * displacement + 1.0
     coarse = coarse_displacements(seed, grid, displacement, limit)
-    y, x = sampling_coordinates(coarse, spline_basis(size, grid), 0.0, 0.0)
+    y, x, _ = sampling_coordinates(coarse, spline_basis(size, grid), 0.0, 0.0)
     ramp = tf.range(size, dtype=tf.float32)
     return tf.stack([y - ramp[:, None], x - ramp[None, :]], axis=-1)
 

@@ -216,13 +216,14 @@ def _warp(flat, offset, stride, quad, coarse, basis, k, margin):
     flat position ``offset`` is added to the index.
     """
     size = basis.shape[0]
-    ys, xs = aug.sampling_coordinates(coarse, basis, float(margin), float(margin), k)
+    ys, xs, transpose = aug.sampling_coordinates(coarse, basis, float(margin), float(margin), k)
     index, weights = aug.bilinear_corners(ys, xs, stride, offset)
     if quad:
         corners = tf.reshape(tf.gather(flat, index), [size, size, 2, 4])
     else:
         corners = aug.gather_corners(flat, index, stride)
-    return aug.interpolate(corners, weights)
+    tile = aug.interpolate(corners, weights)
+    return tf.cond(transpose, lambda: tf.transpose(tile, [1, 0, 2]), lambda: tile)
 
 
 def _make_source(images, labels, lo, hi, tile_size, margin, quad):
@@ -317,7 +318,7 @@ class _TileMaker:
             the elastic step (the benchmark plugs Keras's op in here).
     """
 
-    def __init__(self, source, sampler, config, tile_size, seed, deform_fn=None):
+    def __init__(self, source, sampler, config, tile_size, seed, deform_fn=None, jit_compile=False):
         self.source, self.sampler, self.config = source, sampler, config
         self.tile_size = tile_size
         self.margin = config.margin
@@ -327,8 +328,11 @@ class _TileMaker:
         self.bank = aug.noise_bank(seed, tile_size) if config.noise > 0 else None
         # XLA fuses the per-pixel arithmetic (coordinates, weights, gather,
         # interpolation, jitter) into a few loops: about 3x faster on CPU.
-        self._jit_elastic = tf.function(self._elastic_tile, jit_compile=True)
-        self._jit_plain = tf.function(self._plain_tile, jit_compile=True)
+        if jit_compile:
+            self._jit_elastic = tf.function(self._elastic_tile, jit_compile=True)
+            self._jit_plain = tf.function(self._plain_tile, jit_compile=True)
+        else:
+            self._jit_elastic, self._jit_plain = self._elastic_tile, self._plain_tile
 
     def _finish(self, image, label, seeds):
         if self.config.intensity_active:

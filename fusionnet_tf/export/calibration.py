@@ -85,7 +85,8 @@ def synthetic_membranes(count, size, cells=12, width=1.5, seed=0):
     labels = np.empty((count, size, size), np.uint8)
     for i in range(count):
         points = rng.uniform(0, size, (cells, 2)).astype(np.float32)
-        distance = np.sqrt((yy[..., None] - points[:, 0]) ** 2 + (xx[..., None] - points[:, 1]) ** 2)
+        distance = np.sqrt((yy[..., None] - points[:, 0]) ** 2
+                           + (xx[..., None] - points[:, 1]) ** 2)
         nearest = np.sort(distance, axis=-1)[..., :2]
         membrane = (nearest[..., 1] - nearest[..., 0]) < 2 * width
         brightness = rng.uniform(0.55, 0.9, cells)[np.argmin(distance, axis=-1)]

@@ -15,7 +15,8 @@ from fusionnet_tf.io_utils import atomic_path
 
 NORMALIZATION = ("per-slice min-max to float32 [0, 1]: (x - min) / (max - min), constant "
                  "slices -> 0; fusionnet_tf.data.normalize(stack, mode='slice')")
-OUTPUT_CONVENTION = "float32 sigmoid membrane probability in [0, 1]; 1 = membrane, 0 = cell interior"
+OUTPUT_CONVENTION = ("float32 sigmoid membrane probability in [0, 1]; 1 = membrane, "
+                     "0 = cell interior")
 # File names looked for next to a .keras model when no training config is given.
 TRAINING_CONFIG_NAMES = ("config.yaml", "resolved_config.yaml", "train_config.yaml",
                          "config.json")

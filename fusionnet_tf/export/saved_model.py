@@ -70,7 +70,8 @@ class FusionNetExportModule:
         self.align = 2**self.depth
         self.tile_size, self.overlap, _ = tiling.check_tile_args(tile_size, overlap, self.align)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1; received batch_size={batch_size!r}")
+            raise ValueError("`batch_size` must be an integer >= 1; received "
+                             f"batch_size={batch_size!r}")
         self.batch_size = batch_size
         self.blending = blending
         self.weights = np.array(tiling.blend_weights(self.tile_size, blending))

@@ -121,7 +121,11 @@ def fold_batchnorm(model):
             return args[0]
         return layer(*args, **kwargs)
 
-    folded = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
+    try:
+        folded = keras.models.clone_model(model, clone_function=clone_layer,
+                                          call_function=call_layer)
+    except (ValueError, TypeError):  # e.g. Sequential models take no call_function
+        return model
     for layer in folded.layers:
         original = model.get_layer(layer.name)
         if layer.name in pairs:
@@ -162,11 +166,11 @@ def conv_flops(model, height, width, batch=1):
             kh, kw = layer.kernel_size
             cin = args[0].shape[-1]
             if kind == "Conv2D":
-                _, out_h, out_w, cout = spec.shape
-                total += 2 * kh * kw * (cin // layer.groups) * cout * out_h * out_w
+                images, out_h, out_w, cout = spec.shape
+                total += 2 * kh * kw * (cin // layer.groups) * cout * out_h * out_w * images
             else:
-                _, in_h, in_w, _ = args[0].shape
-                total += 2 * kh * kw * cin * spec.shape[-1] * in_h * in_w
+                images, in_h, in_w, _ = args[0].shape
+                total += 2 * kh * kw * cin * spec.shape[-1] * in_h * in_w * images
         return spec
 
     inputs = keras.KerasTensor((batch, height, width, model.input_shape[-1]), dtype="float32")

@@ -11,7 +11,10 @@ prediction reuses to get identical results:
    multiplied by before it is added into the output buffer.
 
 The output is the weighted sum of tile predictions divided by the summed
-weights, cropped back to the input size.
+weights, cropped back to the input size. Tile predictions and weights are
+accumulated in float32 in the raster order of ``tile_origins``; doing the same
+gives bit-identical results (the network itself may round differently for
+different batch compositions, at the 1e-7 level).
 """
 
 from pathlib import Path
@@ -108,13 +111,13 @@ class KerasFunction:
 
         self.model = fold_batchnorm(model) if fold else model
         network = self.model
-        self._function = tf.function(
+        self.network = tf.function(
             lambda x: network(x, training=False),
             input_signature=[tf.TensorSpec((None, tile, tile, 1), tf.float32)],
         )
 
     def __call__(self, batch):
-        return self._function(batch).numpy()
+        return self.network(batch).numpy()
 
 
 def _check_choice(name, value, choices):
@@ -149,6 +152,12 @@ class Predictor:
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
 
+    Attributes:
+        network: the callable run on each (B, T, T, 1) float32 batch (a
+            ``KerasFunction`` for Keras models, else ``model`` itself).
+        blend_weights: (T, T) float32 blend weights, strictly positive.
+        align: int. Alignment of the tile origins.
+
     Raises:
         ValueError: for invalid settings, e.g. ``tile_shape`` not a multiple
             of ``2**depth``.
@@ -172,9 +181,9 @@ class Predictor:
         depth = _keras_depth(model)
         if depth is not None:
             self._check_keras_tile(model, depth)
-            self._function = KerasFunction(model, self.tile_shape, fold=fold_batchnorm)
+            self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm)
         elif callable(model):
-            self._function = model
+            self.network = model
         else:
             raise ValueError(
                 "`model` must be a keras.Model, a model path or a callable; received "
@@ -255,7 +264,7 @@ class Predictor:
         return total[..., 0] / np.float32(len(transforms))
 
     def _run(self, batch):
-        output = np.asarray(self._function(np.ascontiguousarray(batch)), np.float32)
+        output = np.asarray(self.network(np.ascontiguousarray(batch)), np.float32)
         if output.shape == batch.shape[:3]:
             output = output[..., None]
         if output.shape != batch.shape:

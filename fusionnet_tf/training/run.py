@@ -198,7 +198,13 @@ def make_optimizer(opt, total_steps):
 
 
 def build_and_compile(config):
-    """Build the model from ``config.model`` and compile it (call under a strategy scope)."""
+    """Build the model from ``config.model`` and compile it (call under a strategy scope).
+
+    Under ``mirrored``/``multiworker`` the gradients are all-reduced every
+    step, so the trainable weights stay identical on all replicas; the
+    BatchNormalization moving statistics are Keras's per-replica estimates
+    (from each replica's share of the batch) and the chief's are saved.
+    """
     from fusionnet_tf.models import build_model
     from fusionnet_tf.training.fit_metrics import fit_metrics
     from fusionnet_tf.training.losses import get_loss
@@ -272,6 +278,41 @@ def _backup_dir(out, strategy):
 
 
 # ---------------------------------------------------------------- train
+
+
+def work_around_multiworker_build(model, dataset):
+    """Let Keras 3 ``fit`` run under ``MultiWorkerMirroredStrategy``.
+
+    Two Keras 3 problems are worked around (keras-team/keras#20585). Keras
+    3's TF trainer builds the model state from a first batch that it
+    averages across replicas with ``strategy.reduce``, which fails under
+    MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)",
+    keras-team/keras#20585). The build only needs shapes, so this feeds it a
+    zero batch shaped like ``dataset.element_spec`` instead. It also averages
+    the scalar step logs with ``strategy.reduce("MEAN", axis=0)``, which fails
+    on scalars: see ``strategy.patch_keras_multiworker_reduce``.
+
+    Args:
+        model: compiled ``keras.Model`` (built under the strategy scope).
+        dataset: the (non-distributed) training ``tf.data.Dataset``.
+    """
+    import numpy as np
+
+    from fusionnet_tf.training import strategy as strategy_lib
+
+    def zeros(spec):
+        shape = [1 if size is None else size for size in spec.shape]
+        return np.zeros(shape, spec.dtype.as_numpy_dtype)
+
+    batch = tuple(zeros(spec) for spec in dataset.element_spec)
+    original = model._maybe_symbolic_build
+
+    def symbolic_build_from_zeros(iterator=None, data_batch=None):
+        return original(data_batch=batch if data_batch is None else data_batch)
+
+    model._maybe_symbolic_build = symbolic_build_from_zeros
+    strategy_lib.patch_keras_multiworker_reduce()
+
 
 
 def fit_from(model, train_ds, val_ds, callbacks, config, epoch, step, verbose):
@@ -348,6 +389,8 @@ def train(config, callbacks=(), verbose="auto"):
         model = build_and_compile(config)
     backup = cb.ResumableBackup(_backup_dir(out, strategy), config.backup_every_steps,
                                 config.steps_per_epoch)
+    if config.strategy == "multiworker":
+        work_around_multiworker_build(model, train_ds)
     epoch, step = backup.restore(model)
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:

@@ -139,13 +139,13 @@ def _geometry_predictor(options):
     return Predictor(lambda batch: batch, progress=False, **options)
 
 
-def intensity_ranges(volume, blocks, mode, executor, input_spec):
+def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False):
     """Per-slice ``(lo, hi)`` float32 arrays (Z,) for ``normalize``, from one pass.
 
     ``"slice"``: each slice's min and max over the whole slice, combined from
     per-block minima and maxima (computed by the executor's workers);
     ``"global"``: the volume's min and max for every slice; ``"dtype"``: the
-    dtype range (no pass over the data).
+    dtype range (no pass over the data). ``progress`` shows a bar over blocks.
     """
     from fusionnet_tf.data.normalize import intensity_range
 
@@ -154,14 +154,16 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec):
         return intensity_range(np.zeros((depth, 1, 1), volume.dtype), mode="dtype")
     lo = np.full(depth, np.inf)
     hi = np.full(depth, -np.inf)
-    for _, result, exc in executor.map_unordered(blockwise.range_task,
-                                                 [(input_spec, b) for b in blocks]):
-        if exc is not None:
-            raise exc
-        block, block_lo, block_hi = result
-        z = slice(*block.z)
-        lo[z] = np.minimum(lo[z], block_lo)
-        hi[z] = np.maximum(hi[z], block_hi)
+    tasks = [(input_spec, b) for b in blocks]
+    with _progress_bar(len(tasks), progress, "intensity ranges") as bar:
+        for _, result, exc in executor.map_unordered(blockwise.range_task, tasks):
+            if exc is not None:
+                raise exc
+            block, block_lo, block_hi = result
+            z = slice(*block.z)
+            lo[z] = np.minimum(lo[z], block_lo)
+            hi[z] = np.maximum(hi[z], block_hi)
+            bar.update(1)
     if mode == "global":
         lo[:], hi[:] = lo.min(), hi.max()
     return lo.astype(np.float32), hi.astype(np.float32)
@@ -173,10 +175,10 @@ def _settings(name, shape, block_shape, model_name, options, normalization):
             **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align")}}
 
 
-def _progress_bar(total, enabled):
+def _progress_bar(total, enabled, desc="predict-volume"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="block", desc="predict-volume", file=sys.stderr,
+    return tqdm(total=total, unit="block", desc=desc, file=sys.stderr,
                 disable=not enabled, dynamic_ncols=True)
 
 
@@ -288,7 +290,8 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
         if array is None:
             volume, _ = storage.open_volume(input_spec)
             try:
-                lo, hi = intensity_ranges(volume, blocks, normalization, executor, input_spec)
+                lo, hi = intensity_ranges(volume, blocks, normalization, executor, input_spec,
+                                          progress)
             finally:
                 blockwise._close(volume)
             settings.update(intensity_lo=lo.tolist(), intensity_hi=hi.tolist())

@@ -138,9 +138,9 @@ def open_volume(spec):
             file holds one dataset).
 
     Returns:
-        ``(array, description)``: a zarr array or h5py dataset of shape
-        ``(Z, Y, X)`` supporting NumPy slicing (native dtype), and a short text
-        naming the path and key for messages. Keep the array's file open only
+        ``(array, name)``: a zarr array or h5py dataset of shape ``(Z, Y, X)``
+        supporting NumPy slicing (native dtype), and ``"ABSOLUTE_PATH[:/key]"``
+        naming it in messages and in the output's settings. Keep the array's file open only
         as long as needed (h5py datasets hold the file open).
 
     Raises:
@@ -161,6 +161,7 @@ def open_volume(spec):
         array, key = _open_zarr(path, key)
     else:
         raise ValueError(f"input volume {path} is neither an HDF5 file nor a zarr folder")
+    path = path.absolute()  # the name is recorded in the output: same from any folder
     name = f"{path}:/{key}" if key else str(path)
     check_volume(array, name)
     return array, name
