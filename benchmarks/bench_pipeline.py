@@ -56,26 +56,27 @@ def time_dataset(dataset, batches, warmup, batch_size):
     return tiles / wall, cpu / tiles
 
 
-def keras_augment_fn(tile_size):
-    """Deformation by keras.ops.image.elastic_transform, then our dihedral + intensity."""
+def keras_deform_fn(tile_size):
+    """Deformation by keras.ops.image.elastic_transform on the (S, S, 2) window.
+
+    The pipeline then applies the same dihedral (dihedral_tf) and intensity
+    jitter as ours. Keras needs a Python int or SeedGenerator seed; an int
+    gives every tile the same field (its behaviour in a tf.data map).
+    """
     import keras
     import tensorflow as tf
 
-    from fusionnet_tf.data.augment import AugmentConfig, augment_window
+    from fusionnet_tf.data.augment import AugmentConfig
 
-    default = AugmentConfig()
-    rest = AugmentConfig(**{**default.to_dict(), "elastic": False})
-    margin = default.margin
+    margin = AugmentConfig().margin
 
-    def augment(window, seed):
-        # Keras needs a Python int or SeedGenerator seed; an int gives every tile
-        # the same field, which is its documented behaviour in a tf.data map.
+    def deform(window, seed):
+        del seed
         warped = keras.ops.image.elastic_transform(window, seed=1, fill_mode="reflect")
         tile = warped[margin:margin + tile_size, margin:margin + tile_size]
-        tile = tf.concat([tile[..., :1], tf.cast(tile[..., 1:] >= 0.5, tf.float32)], axis=-1)
-        return augment_window(tile, seed, rest, tile_size)
+        return tf.concat([tile[..., :1], tf.cast(tile[..., 1:] >= 0.5, tf.float32)], axis=-1)
 
-    return augment
+    return deform
 
 
 def main():
@@ -96,7 +97,7 @@ def main():
     result = {"tiles_per_s": round(rate, 1), "cpu_ms_per_tile": round(cpu * 1000, 1)}
 
     if not args.skip_keras:
-        keras_ds = _build_train_dataset(augment=AugmentConfig(), augment_fn=keras_augment_fn(args.tile_size),
+        keras_ds = _build_train_dataset(augment=AugmentConfig(), deform_fn=keras_deform_fn(args.tile_size),
                                         **common)
         k_rate, k_cpu = time_dataset(keras_ds, args.keras_batches, 1, args.batch_size)
         print(f"keras elastic     : {k_rate:7.1f} tiles/s  {k_cpu * 1000:7.1f} CPU ms/tile")

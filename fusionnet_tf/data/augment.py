@@ -9,13 +9,17 @@ Per tile, in this order (each one can be switched off in ``AugmentConfig``):
 1. elastic deformation: a random displacement vector on a coarse
    ``elastic_grid`` x ``elastic_grid`` lattice of control points spanning the
    tile (x and y drawn independently, standard deviation
-   ``elastic_displacement`` pixels), upsampled to full resolution with bicubic
-   interpolation (that upsampling is what makes the field smooth: no
-   full-resolution Gaussian blur is needed). The tile is cut from the
-   reflect-padded slice with a margin, so the warp samples real context, and
-   sampled with bilinear interpolation; the label goes through the same field
-   (bilinear, then thresholded at 0.5, so it stays binary);
-2. one of the 8 dihedral transforms (``fusionnet_tf.dihedral``);
+   ``elastic_displacement`` pixels), interpolated to full resolution with a
+   cubic B-spline (two small matrix products per component: that is what
+   makes the field smooth, no full-resolution Gaussian blur is needed). The
+   warp samples the reflect-padded slice around the tile (a margin of 4
+   standard deviations of real context) with bilinear interpolation; the
+   label goes through the same field (bilinear, then thresholded at 0.5, so
+   it stays binary);
+2. one of the 8 dihedral transforms of ``fusionnet_tf.dihedral``; with the
+   elastic warp on, it is folded into the sampling coordinates (row flips of
+   the small spline factors plus a final transpose), which gives exactly
+   ``dihedral_tf(warped, k)`` without another pass over the tile;
 3. image-only intensity jitter: gamma, contrast, brightness, Gaussian noise
    and (optional, off by default) Gaussian blur; the image is clipped to [0, 1].
 
@@ -42,7 +46,8 @@ class AugmentConfig:
         elastic_grid: int >= 2. Control points per side of the coarse
             displacement grid. Defaults to 5.
         elastic_displacement: float >= 0. Standard deviation, in pixels, of
-            each displacement component at each control point. Defaults to 6.0.
+            each displacement component at the control points (the draws are
+            clipped at about 4 standard deviations). Defaults to 6.0.
         dihedral: bool. Random flip / 90-degree rotation (8 transforms).
             Defaults to True.
         gamma: float >= 0. Gamma is ``exp(u)``, ``u ~ U(-gamma, gamma)``.
@@ -51,7 +56,8 @@ class AugmentConfig:
             the tile mean. Defaults to 0.2.
         brightness: float >= 0. Additive shift ``U(-b, b)``. Defaults to 0.1.
         noise: float >= 0. Gaussian noise with standard deviation
-            ``U(0, noise)`` per tile. Defaults to 0.03.
+            ``U(0, noise)`` per tile, cut at a random offset from a fixed
+            bank of N(0, 1) draws (see ``noise_bank``). Defaults to 0.03.
         blur_probability: float in [0, 1]. Chance of a Gaussian blur per tile.
             Defaults to 0.0 (off).
         blur_sigma: float > 0. Largest blur sigma in pixels; the sigma is

@@ -13,7 +13,9 @@ its own slice, position, deformation field and jitter:
 
 Tiles larger than the image (e.g. 640 on 512 x 512 ISBI slices, as in the
 FusionNet paper) are filled by reflection. Volumes can be NumPy arrays
-(held in memory as TF tensors in their native dtype) or lazy array-likes
+(normalized and reflect-padded once and held in memory as one float32
+tensor: 8 bytes per voxel, 32 with the elastic warp's neighbour layout up to
+``QUAD_MEMORY_LIMIT``) or lazy array-likes
 (``h5py.Dataset``, ``np.memmap``, ``LazyStack``), read window by window.
 
 Validation (``validation_dataset``): a finite, deterministic set of tiles that
@@ -318,7 +320,7 @@ class _TileMaker:
             the elastic step (the benchmark plugs Keras's op in here).
     """
 
-    def __init__(self, source, sampler, config, tile_size, seed, deform_fn=None, jit_compile=False):
+    def __init__(self, source, sampler, config, tile_size, seed, deform_fn=None):
         self.source, self.sampler, self.config = source, sampler, config
         self.tile_size = tile_size
         self.margin = config.margin
@@ -326,13 +328,6 @@ class _TileMaker:
         if config.elastic_active:
             self.basis = tf.constant(aug.spline_basis(tile_size, config.elastic_grid))
         self.bank = aug.noise_bank(seed, tile_size) if config.noise > 0 else None
-        # XLA fuses the per-pixel arithmetic (coordinates, weights, gather,
-        # interpolation, jitter) into a few loops: about 3x faster on CPU.
-        if jit_compile:
-            self._jit_elastic = tf.function(self._elastic_tile, jit_compile=True)
-            self._jit_plain = tf.function(self._plain_tile, jit_compile=True)
-        else:
-            self._jit_elastic, self._jit_plain = self._elastic_tile, self._plain_tile
 
     def _finish(self, image, label, seeds):
         if self.config.intensity_active:
@@ -365,8 +360,8 @@ class _TileMaker:
             return self._plain_tile(self.deform_fn(window, seeds[2]), seeds)
         if self.config.elastic_active:
             flat, offset, stride, quad = self.source.flat_source(n, y, x, self.margin, self.tile_size)
-            return self._jit_elastic(flat, offset, seeds, stride, quad)
-        return self._jit_plain(self.source.window(n, y, x, self.tile_size), seeds)
+            return self._elastic_tile(flat, offset, seeds, stride, quad)
+        return self._plain_tile(self.source.window(n, y, x, self.tile_size), seeds)
 
 
 def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, normalization,
@@ -406,8 +401,12 @@ def train_dataset(images, labels, tile_size, batch_size, augment=None, seed=0,
 
     Args:
         images: (N, H, W) or (H, W) image stack, any real dtype (uint8,
-            uint16, float), as a NumPy array (kept in memory) or a lazy
-            array-like from ``open_stack`` (read window by window).
+            uint16, float), as a NumPy array or a lazy array-like from
+            ``open_stack`` (read window by window). NumPy stacks are
+            normalized and reflect-padded once and kept in memory as float32
+            image + label: 32 bytes per voxel with the elastic warp (up to
+            ``QUAD_MEMORY_LIMIT`` = 2 GiB, then 8 bytes and a slower warp),
+            e.g. 200 MB for 20 ISBI slices; use a lazy array for bigger stacks.
         labels: same shape, membrane maps with values in {0, 1}
             (``read_labels`` output; 1 = membrane). Lazy label arrays are
             binarized as ``label != 0``.

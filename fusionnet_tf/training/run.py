@@ -16,6 +16,8 @@ longer). Starting a *different* config in a used folder is refused.
 
 import dataclasses
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 from fusionnet_tf.training import config as config_lib
@@ -246,7 +248,10 @@ def make_callbacks(config, out, chief, backup, val_arrays=None, extra=()):
         if config.tensorboard and _tensorboard_available():
             items.append(keras.callbacks.TensorBoard(str(out / "tensorboard"),
                                                      write_graph=False))
-    items.append(cb.Checkpoints(out, monitor=config.checkpoint_monitor, enabled=chief))
+    # Every worker saves (reading mirrored variables may need all workers);
+    # the non-chief ones into a scratch folder that train() deletes.
+    checkpoint_dir = out if chief else Path(tempfile.mkdtemp(prefix="fusionnet_worker_"))
+    items.append(cb.Checkpoints(checkpoint_dir, monitor=config.checkpoint_monitor))
     if config.early_stopping_patience:
         items.append(keras.callbacks.EarlyStopping(monitor=config.checkpoint_monitor,
                                                    patience=config.early_stopping_patience,
@@ -401,10 +406,15 @@ def train(config, callbacks=(), verbose="auto"):
 
         val_arrays = (normalize(arrays[2], mode=config.data.normalization), arrays[3])
     callback_list = make_callbacks(config, out, chief, backup, val_arrays, callbacks)
-    if state.get("stopped"):
-        print(f"Run in {out} stopped early at epoch {epoch}; nothing to do", flush=True)
-    else:
-        fit_from(model, train_ds, val_ds, callback_list, config, epoch, step, verbose)
+    try:
+        if state.get("stopped"):
+            print(f"Run in {out} stopped early at epoch {epoch}; nothing to do", flush=True)
+        else:
+            fit_from(model, train_ds, val_ds, callback_list, config, epoch, step, verbose)
+    finally:
+        for item in callback_list:
+            if isinstance(item, cb.Checkpoints) and item.directory != out:
+                shutil.rmtree(item.directory, ignore_errors=True)
     return TrainResult(
         history=_history(out / CSV_FILE),
         output_dir=out,
