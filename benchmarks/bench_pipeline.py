@@ -72,6 +72,8 @@ def keras_deform_fn(tile_size):
 
     def deform(window, seed):
         del seed
+        side = tile_size + 2 * margin
+        window = tf.ensure_shape(window, [side, side, 2])
         warped = keras.ops.image.elastic_transform(window, seed=1, fill_mode="reflect")
         tile = warped[margin:margin + tile_size, margin:margin + tile_size]
         return tf.concat([tile[..., :1], tf.cast(tile[..., 1:] >= 0.5, tf.float32)], axis=-1)

@@ -10,7 +10,8 @@ from fusionnet_tf.training import callbacks as cb
 from fusionnet_tf.training.config import config_from_dict, load_config
 from fusionnet_tf.training.run import build_and_compile, train
 
-STEPS = 4
+STEPS = 3
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def tiny_config(stack_files, output_dir, **top):
                  "val_tile_size": 32},
         "augment": False,
         "optimizer": {"learning_rate": 0.01},
-        "epochs": 3, "steps_per_epoch": STEPS, "batch_size": 4,
+        "epochs": EPOCHS, "steps_per_epoch": STEPS, "batch_size": 4,
         "backup_every_steps": 1, "output_dir": str(output_dir), "tensorboard": False,
     }
     mapping.update(top)
@@ -68,7 +69,7 @@ class Interrupt(keras.callbacks.Callback):
 
 @pytest.fixture(scope="module")
 def reference_run(stack_files, tmp_path_factory):
-    """One uninterrupted 3-epoch run, shared by the tests below."""
+    """One uninterrupted run, shared by the tests below."""
     out = tmp_path_factory.mktemp("reference")
     config = tiny_config(stack_files, out / "run")
     return config, train(config, verbose=0)
@@ -77,10 +78,10 @@ def reference_run(stack_files, tmp_path_factory):
 def test_run_lowers_loss_and_writes_outputs(reference_run):
     config, result = reference_run
     history = result.history
-    assert history["epoch"] == [0.0, 1.0, 2.0]
+    assert history["epoch"] == [0.0, 1.0]
     assert history["loss"][-1] < history["loss"][0]
     for key in ("val_loss", "val_dice", "dice", "iou", "accuracy"):
-        assert len(history[key]) == 3
+        assert len(history[key]) == EPOCHS
     out = result.output_dir
     for name in ("config.yaml", "latest.keras", "best.keras", "best.json", "log.csv",
                  "curves.png"):
@@ -88,8 +89,8 @@ def test_run_lowers_loss_and_writes_outputs(reference_run):
     assert yaml.safe_load((out / "config.yaml").read_text()) == \
         yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(config)))
     state = cb.read_backup_state(out / "backup")
-    assert (state["epoch"], state["step"], state["global_step"]) == (3, 0, 3 * STEPS)
-    assert int(result.model.optimizer.iterations.numpy()) == 3 * STEPS
+    assert (state["epoch"], state["step"], state["global_step"]) == (EPOCHS, 0, EPOCHS * STEPS)
+    assert int(result.model.optimizer.iterations.numpy()) == EPOCHS * STEPS
     # latest.keras is the final model and reloads without custom objects
     reloaded = keras.models.load_model(out / "latest.keras", compile=False)
     x = np.random.default_rng(1).random((1, 32, 32, 1)).astype("float32")
@@ -106,14 +107,14 @@ def assert_same_run(result, reference):
     for key in ("loss", "dice", "val_loss"):
         np.testing.assert_allclose(result.history[key], reference.history[key], rtol=1e-4,
                                    err_msg=key)
-    assert int(result.model.optimizer.iterations.numpy()) == 3 * STEPS
+    assert int(result.model.optimizer.iterations.numpy()) == EPOCHS * STEPS
     for got, want in zip(result.model.get_weights(), reference.model.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("interrupt", [
     {"at_step": STEPS + 2},        # mid-epoch: epoch 1, after its 2nd step
-    {"at_epoch_begin": 2},         # between epochs
+    {"at_epoch_begin": 1},         # between epochs
 ], ids=["mid_epoch", "epoch_boundary"])
 def test_kill_and_resume_matches_uninterrupted_run(stack_files, tmp_path, reference_run,
                                                    interrupt):
@@ -122,7 +123,7 @@ def test_kill_and_resume_matches_uninterrupted_run(stack_files, tmp_path, refere
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[Interrupt(**interrupt)], verbose=0)
     state = cb.read_backup_state(tmp_path / "run" / "backup")
-    assert 0 < state["global_step"] < 3 * STEPS
+    assert 0 < state["global_step"] < EPOCHS * STEPS
     keras.backend.clear_session()
     resumed = train(config, verbose=0)
     # resumed where the backup stopped: nothing redone, nothing lost
@@ -130,10 +131,11 @@ def test_kill_and_resume_matches_uninterrupted_run(stack_files, tmp_path, refere
     if "at_step" in interrupt:
         assert (resumed.initial_epoch, resumed.initial_step) == (1, 1)
     assert_same_run(resumed, reference)
-    # a further call finds the run complete and trains nothing
-    keras.backend.clear_session()
-    again = train(config, verbose=0)
-    assert again.initial_epoch == 3 and again.history["epoch"] == [0.0, 1.0, 2.0]
+    if "at_step" in interrupt:
+        # a further call finds the run complete and trains nothing
+        keras.backend.clear_session()
+        again = train(config, verbose=0)
+        assert again.initial_epoch == EPOCHS and again.history["epoch"] == [0.0, 1.0]
 
 
 def test_different_config_in_used_folder_is_refused(stack_files, reference_run):
@@ -148,7 +150,7 @@ def test_resume_with_other_steps_per_epoch_is_refused(stack_files, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[Interrupt(at_step=2)], verbose=0)
     backup = cb.ResumableBackup(tmp_path / "run" / "backup", 1, STEPS + 1)
-    with pytest.raises(ValueError, match="steps_per_epoch=4, the config has steps_per_epoch=5"):
+    with pytest.raises(ValueError, match="steps_per_epoch=3, the config has steps_per_epoch=4"):
         backup.restore(keras.Model())
 
 
@@ -183,3 +185,20 @@ def test_plot_and_csv_helpers(tmp_path):
 def test_shipped_smoke_config_loads():
     config = load_config("training/configs/smoke.yaml")
     assert config.model.base_filters == 4
+
+
+def test_isbi_callback_adds_scores_every_n_epochs():
+    from fusionnet_tf.models import build_fusionnet
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((1, 64, 64), np.uint8)
+    labels[:, 30:33, :] = 1
+    images = np.where(labels, 0.1, 0.9).astype("float32") + rng.normal(0, 0.01, labels.shape)
+    callback = cb.IsbiEvaluation(np.clip(images, 0, 1).astype("float32"), labels, every=2,
+                                 tile_shape=32)
+    callback.set_model(build_fusionnet(base_filters=2, depth=1, residual_convs=1))
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert np.isnan(logs["val_v_rand"]) and np.isnan(logs["val_v_info"])
+    callback.on_epoch_end(1, logs)
+    assert 0.0 <= logs["val_v_rand"] <= 1.0 and 0.0 <= logs["val_v_info"] <= 1.0
