@@ -40,7 +40,19 @@ def atomic_path(path):
     tmp = Path(tmp)
     try:
         yield tmp
+        default_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def default_permissions(path, directory=False):
+    """Give a finished temporary file or folder the mode a plain ``open()`` gives.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries; outputs should
+    follow the user's umask like any other file.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)

@@ -146,24 +146,22 @@ def test_tiles_for_block_selects_overlapping_tiles_and_halo():
     assert halo_y >= TILE - np.diff(sorted({oy for oy, _ in origins})).max()
 
 
-@pytest.mark.parametrize("batch_size, tta, count, expected", [
-    (4, 1, 5, 8), (4, 1, 8, 8), (4, 8, 3, 3), (8, 4, 3, 4), (3, 1, 1, 3)])
-def test_tiles_padded_to_full_network_batches(batch_size, tta, count, expected):
-    from fusionnet_tf.volumes.blockwise import predict_full_batches
+@pytest.mark.parametrize("batch_size, tta, count", [(4, 1, 5), (4, 1, 8), (4, 8, 3), (8, 4, 3), (3, 1, 1)])
+def test_every_network_call_is_a_full_batch(batch_size, tta, count):
+    """Tile results must not depend on how many tiles a call carries (oneDNN)."""
+    from fusionnet_tf.inference import Predictor
 
-    class Recorder:
-        def __init__(self):
-            self.batch_size, self.tta, self.calls = batch_size, tta, []
+    calls = []
 
-        def predict_tiles(self, tiles):
-            self.calls.append(len(tiles))
-            return tiles * 2
+    def network(batch):
+        calls.append(len(batch))
+        return batch * 0.5
 
-    recorder = Recorder()
+    predictor = Predictor(network, tile_shape=4, overlap=0, tta=tta, batch_size=batch_size)
     tiles = np.random.default_rng(0).random((count, 4, 4)).astype(np.float32)
-    out = predict_full_batches(recorder, tiles)
-    assert recorder.calls == [expected]
-    np.testing.assert_array_equal(out, tiles * 2)
+    out = predictor.predict_tiles(tiles)
+    assert set(calls) == {batch_size}
+    np.testing.assert_allclose(out, tiles * 0.5, rtol=1e-6)
 
 
 # ----------------------------------------------------------------- input stores

@@ -254,7 +254,7 @@ class Predictor:
         transforms = TTA_TRANSFORMS[self.tta]
         variants = np.concatenate([dihedral_np(tiles[..., None], k) for k in transforms])
         outputs = np.concatenate([
-            self._run(variants[start:start + self.batch_size])
+            self._run_full_batch(variants[start:start + self.batch_size])
             for start in range(0, len(variants), self.batch_size)
         ])
         outputs = outputs.reshape(len(transforms), len(tiles), side, side, 1)
@@ -262,6 +262,20 @@ class Predictor:
         for k, output in zip(transforms, outputs):
             total += inverse_dihedral_np(output, k)
         return total[..., 0] / np.float32(len(transforms))
+
+    def _run_full_batch(self, batch):
+        """``_run`` on ``batch`` zero-padded to ``batch_size``; extras dropped.
+
+        oneDNN picks kernels by batch size, so the same tile can differ by
+        ~2e-5 between a batch of 4 and a batch of 1. Padding every call to
+        ``batch_size`` makes a tile's result independent of how many tiles
+        came with it (block-wise volume prediction relies on this).
+        """
+        count = len(batch)
+        if count < self.batch_size:
+            padding = np.zeros((self.batch_size - count,) + batch.shape[1:], batch.dtype)
+            batch = np.concatenate([batch, padding])
+        return self._run(batch)[:count]
 
     def _run(self, batch):
         output = np.asarray(self.network(np.ascontiguousarray(batch)), np.float32)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io_utils import atomic_path, default_permissions
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -41,13 +41,6 @@ def to_isbi(membrane_prob):
 def to_uint8(prob):
     """Probability in [0, 1] -> uint8 0..255 (rounded, clipped)."""
     return np.round(np.clip(np.asarray(prob, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def _umask_mode(path, directory=False):
-    """Give a finished temporary file/folder the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def _check_prob(prob):
@@ -148,7 +141,6 @@ def _write_tiff(path, data, metadata):
 
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, description=json.dumps(metadata), metadata=None)
-        _umask_mode(tmp)
     return path
 
 
@@ -162,7 +154,6 @@ def _write_hdf5(path, key, data, metadata):
             for name, value in metadata.items():
                 plain = isinstance(value, (str, int, float, bool))
                 dataset.attrs[name] = value if plain else json.dumps(value)
-        _umask_mode(tmp)
     return path
 
 
@@ -175,7 +166,6 @@ def _png_bytes_writer(path, image):
 def _write_png(path, image):
     with atomic_path(path) as tmp:
         _png_bytes_writer(tmp, image)
-        _umask_mode(tmp)
     return path
 
 
@@ -208,7 +198,7 @@ def write_png_folder(folder, slices, metadata=None):
             _png_bytes_writer(tmp / f"slice_{index:04d}.png", np.asarray(image))
         if metadata is not None:
             (tmp / "prediction.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        _umask_mode(tmp, directory=True)
+        default_permissions(tmp, directory=True)
         os.replace(tmp, folder)
     finally:
         if tmp.exists():

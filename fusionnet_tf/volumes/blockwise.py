@@ -9,7 +9,6 @@ them with ``Predictor.blend_weights`` inside the block only, writes the block
 """
 
 import dataclasses
-import math
 import os
 import time
 
@@ -216,7 +215,7 @@ def predict_block(volume, block, predictor, lo, hi):
         zs = range(z_start, min(depth, z_start + per_call))
         batch = np.stack([region[z, oy - ry0:oy - ry0 + tile, ox - rx0:ox - rx0 + tile]
                           for z in zs for oy, ox in tiles]).astype(np.float32, copy=False)
-        predictions = predict_full_batches(predictor, batch)
+        predictions = predictor.predict_tiles(batch)
         for i, z in enumerate(zs):
             for j, (dst, src) in enumerate(placements):
                 total[z][dst] += weights[src] * predictions[i * len(tiles) + j][src]
@@ -226,38 +225,6 @@ def predict_block(volume, block, predictor, lo, hi):
         "tiles_share": len(origins) * depth * block_h * block_w / (height * width),
     }
     return total / weight_sum, stats
-
-
-def predict_full_batches(predictor, tiles):
-    """``predictor.predict_tiles(tiles)``, padded so every network call is a full batch.
-
-    oneDNN convolutions give a tile slightly different results (measured up to
-    2e-5 in probability on a saturated network) depending on the size of the
-    batch it runs in, though not on its position or its batch-mates. Blocks
-    group tiles differently from whole-slice prediction, so the tiles are
-    padded with zero tiles until ``tiles x TTA variants`` fills whole batches
-    of ``batch_size``; the extra predictions are dropped.
-
-    Args:
-        predictor: ``fusionnet_tf.inference.Predictor`` (objects without
-            ``batch_size``/``tta`` are called unpadded).
-        tiles: (B, T, T) float32.
-
-    Returns:
-        (B, T, T) float32 predictions.
-    """
-    count = len(tiles)
-    batch_size = getattr(predictor, "batch_size", None)
-    tta = getattr(predictor, "tta", None)
-    if batch_size and tta:
-        from fusionnet_tf.inference.predictor import TTA_TRANSFORMS
-
-        variants = len(TTA_TRANSFORMS.get(tta, (0,)))
-        step = batch_size // math.gcd(batch_size, variants)
-        missing = -count % step
-        if missing:
-            tiles = np.concatenate([tiles, np.zeros((missing,) + tiles.shape[1:], tiles.dtype)])
-    return np.asarray(predictor.predict_tiles(tiles), np.float32)[:count]
 
 
 def _placement(oy, ox, tile, y0, x0, block_h, block_w):
