@@ -7,6 +7,7 @@ only) and ``run(args)`` (imports TensorFlow when it needs it), so
 
 import argparse
 import importlib
+import os
 import sys
 
 from fusionnet_tf import __version__
@@ -60,6 +61,9 @@ def error_message(exc):
 
 def main(argv=None):
     """Entry point of the ``fusionnet`` console script. Returns the exit code."""
+    # TensorFlow's C++ INFO/WARNING lines (oneDNN, CUDA probing) are noise on a
+    # command line; users can still set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

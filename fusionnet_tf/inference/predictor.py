@@ -17,6 +17,7 @@ gives bit-identical results (the network itself may round differently for
 different batch compositions, at the 1e-7 level).
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -316,8 +317,14 @@ class Predictor:
         return result[0] if images.ndim == 2 else result
 
     def tiles_per_batch(self):
-        """Tiles handed to ``predict_tiles`` at once (``batch_size`` inputs / TTA)."""
-        return max(1, self.batch_size // len(TTA_TRANSFORMS[self.tta]))
+        """Tiles handed to ``predict_tiles`` at once.
+
+        The smallest count whose TTA variants fill whole network batches
+        (``lcm(batch_size, variants) / variants``), so no call is padded except
+        at the end of a slice.
+        """
+        variants = len(TTA_TRANSFORMS[self.tta])
+        return math.lcm(self.batch_size, variants) // variants
 
     def weight_sum(self, height, width):
         """(padded H, padded W) float32 sum of the blend weights over the grid."""
