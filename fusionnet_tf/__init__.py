@@ -6,7 +6,7 @@ Heavy submodules are imported lazily, so ``import fusionnet_tf`` stays cheap
 and ``fusionnet --help`` answers quickly.
 """
 
-import importlib
+from fusionnet_tf.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -19,17 +19,11 @@ _LAZY = {
     "Predictor": "fusionnet_tf.inference",
     "load_model": "fusionnet_tf.inference",
     "load_pretrained": "fusionnet_tf.pretrained",
+    "predict_volume": "fusionnet_tf.volumes",
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fusionnet_tf' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY) + ["__version__"]

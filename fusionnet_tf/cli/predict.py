@@ -29,6 +29,28 @@ def add_parser(subparsers):
     source.add_argument("--serving-url", metavar="URL", default=None,
                         help="Predict through a TF Serving REST endpoint, "
                              "http://HOST:PORT/v1/models/NAME (default: not used).")
+    add_tiling_arguments(parser)
+    parser.add_argument("--isbi", action="store_true",
+                        help="Write 1 - membrane probability (high = cell interior), the ISBI "
+                             "2012 submission convention (default: membrane probability).")
+    parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
+                        help="Output dtype for TIFF/HDF5; uint8 is probability x 255 "
+                             "(default: float32; PNG is always uint8).")
+    parser.add_argument("--overlay", metavar="PATH", default=None,
+                        help="Also write image + predicted membrane overlays: a .png (one "
+                             "slice) or a new folder of PNGs (default: none).")
+    parser.add_argument("--quiet", action="store_true",
+                        help="No progress bar (default: progress bar on stderr).")
+    parser.set_defaults(run=run)
+
+
+def add_tiling_arguments(parser):
+    """The Predictor options shared by ``predict`` and ``predict-volume``.
+
+    Adds ``--tile``, ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
+    ``--normalization`` and ``--align`` with the Predictor's defaults, so both
+    commands tile, blend and normalize the same way.
+    """
     parser.add_argument("--tile", type=int, default=512,
                         help="Tile side in pixels, a multiple of 2**depth (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
@@ -46,18 +68,6 @@ def add_parser(subparsers):
     parser.add_argument("--align", type=int, default=None,
                         help="Tile origins are multiples of this (default: 2**depth for a Keras "
                              "model, 1 for a SavedModel or serving endpoint).")
-    parser.add_argument("--isbi", action="store_true",
-                        help="Write 1 - membrane probability (high = cell interior), the ISBI "
-                             "2012 submission convention (default: membrane probability).")
-    parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
-                        help="Output dtype for TIFF/HDF5; uint8 is probability x 255 "
-                             "(default: float32; PNG is always uint8).")
-    parser.add_argument("--overlay", metavar="PATH", default=None,
-                        help="Also write image + predicted membrane overlays: a .png (one "
-                             "slice) or a new folder of PNGs (default: none).")
-    parser.add_argument("--quiet", action="store_true",
-                        help="No progress bar (default: progress bar on stderr).")
-    parser.set_defaults(run=run)
 
 
 def check_output(spec):

@@ -23,6 +23,8 @@ examples:
 def add_parser(subparsers):
     import argparse
 
+    from fusionnet_tf.cli.predict import add_tiling_arguments
+
     parser = subparsers.add_parser("predict-volume", help=HELP, description=DESCRIPTION,
                                    epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,26 +43,7 @@ def add_parser(subparsers):
                              "borders; blocks several tiles wide (or whole slices) waste less.")
     parser.add_argument("--block-z", type=int, default=1,
                         help="Slices per block (default: 1).")
-    parser.add_argument("--tile", type=int, default=512,
-                        help="Tile side fed to the network (default: 512).")
-    parser.add_argument("--overlap", type=int, default=64,
-                        help="Minimum overlap of neighbouring tiles in pixels (default: 64). "
-                             "The block halo is derived from the resulting tile grid.")
-    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=8,
-                        help="Test-time augmentation: 1 = none, 4 = mirrorings, 8 = all "
-                             "rotations and flips (default: 8, as 'fusionnet predict').")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="Tiles per network call (default: 4).")
-    parser.add_argument("--blending", choices=("gaussian", "cosine", "constant"),
-                        default="gaussian", help="Tile blending weights (default: gaussian).")
-    parser.add_argument("--normalization", choices=("slice", "global", "dtype"),
-                        default="slice",
-                        help="Intensity normalization to [0, 1]: per-slice min-max (computed "
-                             "over whole slices in a first pass), whole-volume min-max or the "
-                             "dtype range (default: slice).")
-    parser.add_argument("--align", type=int, default=None,
-                        help="Tile origins are multiples of this (default: 2**depth for a "
-                             "Keras model, 1 for a SavedModel).")
+    add_tiling_arguments(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1,
                        help="Worker processes of a local Dask cluster, one thread each; "

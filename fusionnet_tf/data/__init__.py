@@ -5,7 +5,7 @@ the TensorFlow parts (``AugmentConfig``, ``train_dataset``,
 ``validation_dataset``, ``isbi2012_datasets``) load on first use.
 """
 
-import importlib
+from fusionnet_tf.lazy import lazy_attributes
 
 from fusionnet_tf.data.isbi2012 import get_isbi2012_paths, isbi2012_datasets, load_isbi2012
 from fusionnet_tf.data.labels import read_labels, to_membrane
@@ -20,14 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fusionnet_tf.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted([

@@ -11,7 +11,7 @@ Heavy modules import lazily, so ``from fusionnet_tf.export import
 ServingClient`` does not load TensorFlow.
 """
 
-import importlib
+from fusionnet_tf.lazy import lazy_attributes
 
 _LAZY = {
     "FusionNetExportModule": "fusionnet_tf.export.saved_model",
@@ -33,14 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fusionnet_tf.export' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -10,7 +10,7 @@ Example:
 >>> result = train(load_config("training/configs/isbi2012.yaml", ["epochs=1"]))
 """
 
-import importlib
+from fusionnet_tf.lazy import lazy_attributes
 
 from fusionnet_tf.training.config import (  # noqa: F401  (argparse-level, no TF)
     TrainConfig,
@@ -32,10 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fusionnet_tf.training' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY) + ["TrainConfig", "check_config", "config_from_dict",
