@@ -8,7 +8,8 @@ import tifffile
 
 from fusionnet_tf.data import (AugmentConfig, isbi2012_datasets, normalize, open_stack,
                                train_dataset, validation_dataset, validation_tile_origins)
-from fusionnet_tf.data.augment import coarse_displacements, elastic_field, spline_basis, warp_window
+from fusionnet_tf.data.augment import (coarse_displacements, elastic_field, sampling_coordinates,
+                                       spline_basis, warp_window)
 from fusionnet_tf.data.pipeline import _warp, reflect_index
 from fusionnet_tf.dihedral import dihedral_tf
 
@@ -203,9 +204,32 @@ def test_folded_dihedral_equals_dihedral_tf(k):
     flat = tf.reshape(window, [side * side, 2])
     coarse = coarse_displacements(tf.constant([k, 2]), 4, 2.0, margin - 1.5)
     basis = tf.constant(spline_basis(size, 4))
-    reference = _warp(flat, 0, side, False, coarse, basis, 0, margin)
-    folded = _warp(flat, 0, side, False, coarse, basis, k, margin)
+    reference = tf.transpose(_warp(flat, 0, side, False, coarse, basis, 0, margin), [1, 2, 0])
+    folded = tf.transpose(_warp(flat, 0, side, False, coarse, basis, k, margin), [1, 2, 0])
     np.testing.assert_allclose(folded.numpy(), dihedral_tf(reference, k).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_quad_layout_warp_equals_four_gathers(k):
+    """The in-memory (M, 8) neighbour layout samples exactly what four plain gathers do."""
+    margin, size = 4, 16
+    side = size + 2 * margin
+    window = tf.random.stateless_uniform([side + 1, side + 1, 2], seed=[k, 3])
+    plain = tf.reshape(window[:-1, :-1], [side * side, 2])
+    quad = tf.stack([window[:-1, :-1], window[:-1, 1:], window[1:, :-1], window[1:, 1:]], axis=-2)
+    quad = tf.reshape(quad, [side * side, 8])
+    coarse = coarse_displacements(tf.constant([k, 4]), 4, 2.0, margin - 1.5)
+    basis = tf.constant(spline_basis(size, 4))
+    expected = _warp(plain, 0, side, False, coarse, basis, k, margin)
+    np.testing.assert_allclose(_warp(quad, 0, side, True, coarse, basis, k, margin).numpy(),
+                               expected.numpy(), atol=1e-6)
+    # and it matches the field-based reference warp for k = 0
+    if k == 0:
+        ys, xs, _ = sampling_coordinates(coarse, basis, 0.0, 0.0)
+        ramp = tf.range(size, dtype=tf.float32)
+        field = tf.stack([ys - ramp[:, None], xs - ramp[None, :]], axis=-1)
+        np.testing.assert_allclose(warp_window(window[:-1, :-1], field, margin).numpy(),
+                                   tf.transpose(expected, [1, 2, 0]).numpy(), atol=1e-5)
 
 
 def test_image_and_label_share_the_field():

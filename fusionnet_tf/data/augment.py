@@ -306,7 +306,7 @@ def elastic_field(seed, size, grid=5, displacement=6.0):
 
 
 def bilinear_corners(y, x, stride, offset=0):
-    """Flat index of the top-left neighbour and the bilinear weights.
+    """Flat index of the top-left neighbour and the fractional offsets.
 
     Args:
         y, x: float32 (T, T) source coordinates, >= 0.
@@ -314,29 +314,40 @@ def bilinear_corners(y, x, stride, offset=0):
         offset: int32 scalar added to every index (e.g. slice start).
 
     Returns:
-        ``(index, weights)``: int32 (T, T) and float32 (T, T, 1, 4) weights of
-        the (top-left, top-right, bottom-left, bottom-right) neighbours.
+        ``(index, wy, wx)``: int32 (T, T) flat index of the top-left
+        neighbour, float32 (T, T) fractional row and column offsets in [0, 1).
     """
     y0 = tf.floor(y)
     x0 = tf.floor(x)
-    wy = y - y0
-    wx = x - x0
     index = tf.cast(y0, tf.int32) * stride + (tf.cast(x0, tf.int32) + offset)
-    wy1 = 1.0 - wy
-    wx1 = 1.0 - wx
-    weights = tf.stack([wy1 * wx1, wy1 * wx, wy * wx1, wy * wx], axis=-1)
-    return index, weights[:, :, None, :]
+    return index, y - y0, x - x0
 
 
-def interpolate(corners, weights):
-    """Weighted sum of (T, T, C, 4) neighbour values with (T, T, 1, 4) weights -> (T, T, C)."""
-    return tf.reduce_sum(corners * weights, axis=-1)
+def bilinear_blend(top_left, top_right, bottom_left, bottom_right, wy, wx):
+    """Bilinear interpolation between four neighbour values (three lerps).
+
+    All arguments broadcast together, e.g. (C, P) corner planes with (P,)
+    offsets. Lerps on separate planes are several times faster on a CPU than
+    stacking the four weights and reducing over a size-4 last axis.
+    """
+    top = top_left + wx * (top_right - top_left)
+    bottom = bottom_left + wx * (bottom_right - bottom_left)
+    return top + wy * (bottom - top)
 
 
 def gather_corners(flat, index, stride):
-    """Neighbour values from a flat (M, C) source: (T, T, C, 4)."""
-    return tf.stack([tf.gather(flat, index), tf.gather(flat, index + 1),
-                     tf.gather(flat, index + stride), tf.gather(flat, index + stride + 1)], axis=-1)
+    """The four neighbours of every index in a flat (M, C) source, as (C, P) planes.
+
+    Args:
+        flat: float32 (M, C), a row-major image of row length ``stride``.
+        index: int32 (P,) flat index of each top-left neighbour.
+        stride: int, row length.
+
+    Returns:
+        list of four float32 (C, P): top-left, top-right, bottom-left,
+        bottom-right.
+    """
+    return [tf.transpose(tf.gather(flat, index + step)) for step in (0, 1, stride, stride + 1)]
 
 
 def warp_window(window, field, margin):
@@ -355,12 +366,15 @@ def warp_window(window, field, margin):
     """
     size = field.shape[0]
     side = window.shape[0]
+    channels = window.shape[-1]
     base = tf.range(size, dtype=tf.float32) + float(margin)
     y = tf.clip_by_value(base[:, None] + field[..., 0], 0.0, side - 1.001)
     x = tf.clip_by_value(base[None, :] + field[..., 1], 0.0, side - 1.001)
-    index, weights = bilinear_corners(y, x, side)
-    flat = tf.reshape(window, [side * side, window.shape[-1]])
-    return interpolate(gather_corners(flat, index, side), weights)
+    index, wy, wx = bilinear_corners(y, x, side)
+    flat = tf.reshape(window, [side * side, channels])
+    corners = gather_corners(flat, tf.reshape(index, [-1]), side)
+    planes = bilinear_blend(*corners, tf.reshape(wy, [-1]), tf.reshape(wx, [-1]))
+    return tf.transpose(tf.reshape(planes, [channels, size, size]), [1, 2, 0])
 
 
 # --------------------------------------------------------------------------- #

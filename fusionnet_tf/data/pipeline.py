@@ -130,8 +130,8 @@ class _InMemorySource:
     The stack is normalized and reflect-padded once, by ``margin`` plus the
     excess of the tile over the slice, so a window is a plain slice. With
     ``quad=True`` each voxel also stores its right, lower and lower-right
-    neighbours, (N, Hp, Wp, 2, 4) float32 (32 bytes per voxel): the
-    bilinear warp then needs one gather per pixel instead of four.
+    neighbours, (N, Hp, Wp, 4, 2) float32 (32 bytes per voxel, corner-major):
+    the bilinear warp then needs one gather per pixel instead of four.
     """
 
     def __init__(self, images, labels, lo, hi, tile_size, margin, quad):
@@ -143,7 +143,7 @@ class _InMemorySource:
         planes = _reflect_pad(planes, (self.pad_y, self.pad_y + 1), (self.pad_x, self.pad_x + 1))
         if quad:
             planes = np.stack([planes[:, :-1, :-1], planes[:, :-1, 1:], planes[:, 1:, :-1],
-                               planes[:, 1:, 1:]], axis=-1)
+                               planes[:, 1:, 1:]], axis=-2)
         else:
             planes = planes[:, :-1, :-1]
         self.padded_height, self.padded_width = planes.shape[1:3]
@@ -160,7 +160,7 @@ class _InMemorySource:
         y = y + self.pad_y
         x = x + self.pad_x
         if self.quad:
-            return self._volume[n, y:y + side, x:x + side, :, 0]
+            return self._volume[n, y:y + side, x:x + side, 0]
         return self._volume[n, y:y + side, x:x + side]
 
     def flat_source(self, n, y, x, margin, size):
@@ -211,21 +211,28 @@ class _LazySource:
 
 
 def _warp(flat, offset, stride, quad, coarse, basis, k, margin):
-    """Deformed (T, T, 2) tile sampled bilinearly from a flat source.
+    """Deformed [image, label] planes, (2, T, T) float32, sampled bilinearly from a flat source.
 
     Coordinates are computed in the frame of the tile's window (``margin`` of
     context), identically for in-memory and lazy sources, and the window's
-    flat position ``offset`` is added to the index.
+    flat position ``offset`` is added to the index. The work is done on
+    (2, T * T) planes: one gather of (T * T, 8) neighbour rows (``quad``) or
+    four of (T * T, 2), a transpose to planes, then three lerps. Interleaved
+    (.., 2, 4) layouts cost several times more on a CPU (stacking weights,
+    broadcasting and reducing over a size-4 axis are slow paths in TF).
     """
     size = basis.shape[0]
     ys, xs, transpose = aug.sampling_coordinates(coarse, basis, float(margin), float(margin), k)
-    index, weights = aug.bilinear_corners(ys, xs, stride, offset)
+    index, wy, wx = aug.bilinear_corners(ys, xs, stride, offset)
+    index = tf.reshape(index, [-1])
     if quad:
-        corners = tf.reshape(tf.gather(flat, index), [size, size, 2, 4])
+        rows = tf.transpose(tf.gather(flat, index))  # (8, T * T), rows = corner-major channels
+        corners = [rows[2 * c:2 * c + 2] for c in range(4)]
     else:
         corners = aug.gather_corners(flat, index, stride)
-    tile = aug.interpolate(corners, weights)
-    return tf.cond(transpose, lambda: tf.transpose(tile, [1, 0, 2]), lambda: tile)
+    planes = aug.bilinear_blend(*corners, tf.reshape(wy, [-1]), tf.reshape(wx, [-1]))
+    planes = tf.reshape(planes, [2, size, size])
+    return tf.cond(transpose, lambda: tf.transpose(planes, [0, 2, 1]), lambda: planes)
 
 
 def _make_source(images, labels, lo, hi, tile_size, margin, quad):
@@ -341,8 +348,10 @@ class _TileMaker:
         k = aug.random_dihedral_index(seeds[1]) if config.dihedral else 0
         coarse = aug.coarse_displacements(seeds[2], config.elastic_grid, config.elastic_displacement,
                                           self.margin - 1.5)
-        tile = _warp(flat, offset, stride, quad, coarse, self.basis, k, self.margin)
-        return self._finish(tile[..., :1], tf.cast(tile[..., 1:] >= 0.5, tf.float32), seeds)
+        planes = _warp(flat, offset, stride, quad, coarse, self.basis, k, self.margin)
+        image = planes[0][..., None]
+        label = tf.cast(planes[1] >= 0.5, tf.float32)[..., None]
+        return self._finish(image, label, seeds)
 
     def _plain_tile(self, tile, seeds):
         """dihedral_tf on an undeformed (or ``deform_fn``-deformed) tile, then intensity."""
