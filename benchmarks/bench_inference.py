@@ -1,7 +1,8 @@
 """
 Title: Whole-slice inference throughput of FusionNet on this machine
 Description: Times 512x512 whole-slice prediction (``fusionnet_tf.inference.Predictor``,
-one tile per slice) for FusionNet at base 16 and 64, the machine's sustained
+one tile per slice) for FusionNet at base 16 and 64 (base 64 also compiled with
+XLA, ``jit_compile=True``), the machine's sustained
 3x3 convolution rate measured side by side (``tf.nn.conv2d``, 64 -> 64
 channels, 512x512), and the cost of 8-way test-time augmentation.
 
@@ -103,16 +104,20 @@ def main():
     model64, predictor64 = slice_predictor(64)
     flops64 = conv_flops(model64, SIDE, SIDE)
     conv, probe_flops = make_conv_probe(calls=round(flops64 / (2 * 9 * 64 * 64 * SIDE * SIDE)))
+    xla64 = Predictor(model64, tile_shape=SIDE, overlap=64, batch_size=1, jit_compile=True)
     predictor64.predict(image)
-    runs64, conv_runs = [], []
-    for _ in range(args.repeats):  # interleaved, equally long: both see the same machine load
+    xla64.predict(image)  # compile
+    runs64, conv_runs, xla_runs = [], [], []
+    for _ in range(args.repeats):  # interleaved, equally long: all see the same machine load
         conv_runs.append(best_time(conv, 1))
         runs64.append(best_time(lambda: predictor64.predict(image), 1))
+        xla_runs.append(best_time(lambda: xla64.predict(image), 1))
     seconds64 = min(runs64)
+    seconds_xla = min(xla_runs)
     peak = probe_flops / min(conv_runs) / 1e9
     achieved = flops64 / seconds64 / 1e9
     print(f"base 64: {seconds64:.3f} s/slice, {flops64 / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s; "
-          f"conv probe {peak:.1f} GFLOP/s", flush=True)
+          f"conv probe {peak:.1f} GFLOP/s; XLA {seconds_xla:.3f} s/slice", flush=True)
 
     # same compiled network as the one-pass runs (no second trace), 8 variants per tile;
     # compared with the one-pass runs just before and just after it
@@ -131,6 +136,8 @@ def main():
         "peak_fraction": round(achieved / peak, 4),
         "tta8_cost": round(tta_cost, 3),
         "seconds_per_slice_base64": round(seconds64, 3),
+        "slices_per_s_base64_xla": round(1 / seconds_xla, 4),
+        "seconds_per_slice_base64_xla": round(seconds_xla, 3),
         "gflop_per_slice_base64": round(flops64 / 1e9, 2),
         "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),

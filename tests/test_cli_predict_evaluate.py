@@ -85,6 +85,11 @@ def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
     assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--tta", "1"] + SMALL) == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"),
                                expected_prediction(files, tta=1), atol=1e-6)
+    # --xla compiles the same network with XLA: same maps to float tolerance
+    assert main(["predict", files.image, "-o", str(tmp_path / "x.tif"), "--tta", "1", "--xla"]
+                + SMALL) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "x.tif"),
+                               expected_prediction(files, tta=1), atol=1e-5)
 
 
 def test_predict_through_serving_url(files, tmp_path, monkeypatch):

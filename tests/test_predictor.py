@@ -170,6 +170,17 @@ def test_batchnorm_folding_matches_within_1e5():
     np.testing.assert_allclose(fast, slow, atol=1e-5)
 
 
+def test_xla_compiled_network_matches_within_1e5():
+    keras.utils.set_random_seed(0)
+    model = build_fusionnet(base_filters=4, depth=2)
+    randomize_batchnorm(model)
+    image = random_images((1, 48, 40, 1), seed=7)[0, ..., 0]
+    xla = Predictor(model, tile_shape=32, overlap=8, tta=4, jit_compile=True)
+    assert xla.network.network._jit_compile is True  # the tf.function is compiled by XLA
+    plain = Predictor(model, tile_shape=32, overlap=8, tta=4).predict(image)
+    np.testing.assert_allclose(xla.predict(image), plain, atol=1e-5)
+
+
 def test_tile_must_divide_by_two_to_the_depth():
     model = build_fusionnet(base_filters=4, depth=2)
     with pytest.raises(ValueError, match=r"2\*\*depth = 4.*tile_shape=30"):

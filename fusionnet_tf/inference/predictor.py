@@ -103,9 +103,13 @@ class KerasFunction:
         model: ``keras.Model`` taking (B, T, T, 1) float32.
         tile: int. Tile side T.
         fold: bool. Fold BatchNormalization. Defaults to True.
+        jit_compile: bool. Compile with XLA. On a CPU this pays off for wide
+            models (base 64: about 15% faster than oneDNN) and costs at
+            narrow ones (base 16: about 40% slower); see BENCHMARKS.md.
+            Defaults to False.
     """
 
-    def __init__(self, model, tile, fold=True):
+    def __init__(self, model, tile, fold=True, jit_compile=False):
         import tensorflow as tf
 
         from fusionnet_tf.inference.optimize import fold_batchnorm
@@ -115,6 +119,7 @@ class KerasFunction:
         self.network = tf.function(
             lambda x: network(x, training=False),
             input_signature=[tf.TensorSpec((None, tile, tile, 1), tf.float32)],
+            jit_compile=bool(jit_compile),
         )
 
     def __call__(self, batch):
@@ -152,6 +157,8 @@ class Predictor:
             see the pooling grid of the whole image), 1 otherwise.
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
+        jit_compile: bool. Run a Keras model through XLA (see
+            ``KerasFunction``); ignored for other callables. Defaults to False.
 
     Attributes:
         network: the callable run on each (B, T, T, 1) float32 batch (a
@@ -170,7 +177,8 @@ class Predictor:
     """
 
     def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=4,
-                 blending="gaussian", progress=False, align=None, fold_batchnorm=True):
+                 blending="gaussian", progress=False, align=None, fold_batchnorm=True,
+                 jit_compile=False):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         self.tile_shape = _tile_side(tile_shape)
@@ -182,7 +190,8 @@ class Predictor:
         depth = _keras_depth(model)
         if depth is not None:
             self._check_keras_tile(model, depth)
-            self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm)
+            self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm,
+                                         jit_compile=jit_compile)
         elif callable(model):
             self.network = model
         else:

@@ -27,7 +27,8 @@ class PredictorSpec:
 
     Attributes:
         model: str path of a ``.keras`` file or SavedModel folder.
-        tile_shape, overlap, tta, batch_size, blending, align: ``Predictor`` options.
+        tile_shape, overlap, tta, batch_size, blending, align, jit_compile:
+            ``Predictor`` options.
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
     """
@@ -39,6 +40,7 @@ class PredictorSpec:
     batch_size: int = 4
     blending: str = "gaussian"
     align: int = None
+    jit_compile: bool = False
     tf_threads: int = 0
 
 
@@ -96,6 +98,7 @@ def worker_predictor(spec):
         _PREDICTORS[spec] = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
                                       tta=spec.tta, batch_size=spec.batch_size,
                                       blending=spec.blending, align=spec.align,
+                                      jit_compile=spec.jit_compile,
                                       progress=False)
         _LOADS["count"] += 1
     return _PREDICTORS[spec]

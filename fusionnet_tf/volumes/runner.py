@@ -186,7 +186,8 @@ def _progress_bar(total, enabled, desc="predict-volume"):
 
 def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
                    tile_shape=512, overlap=64, tta=1, batch_size=4, blending="gaussian",
-                   align=None, normalization="slice", workers=0, scheduler=None, tf_threads=None,
+                   align=None, jit_compile=False, normalization="slice", workers=0, scheduler=None,
+                   tf_threads=None,
                    zarr_format=3, overwrite=False, progress=False, block_hook=None):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
 
@@ -206,8 +207,9 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        tile_shape, overlap, tta, batch_size, blending, align: ``Predictor``
-            options; defaults 512, 64, 1, 4, ``"gaussian"``, None (2**depth).
+        tile_shape, overlap, tta, batch_size, blending, align, jit_compile:
+            ``Predictor`` options; defaults 512, 64, 1, 4, ``"gaussian"``, None
+            (2**depth), False.
         normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
             or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
@@ -259,7 +261,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     if block_hook is not None and distributed_run:
         raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                   blending=blending, align=align)
+                   blending=blending, align=align, jit_compile=jit_compile)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
 
     volume, name = storage.open_volume(input_spec)
