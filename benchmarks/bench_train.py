@@ -3,21 +3,27 @@
 Times ``train_on_batch`` (or ``fit`` with ``--fit``) after warm-up on random
 512x512 tiles and prints, as its LAST line, one JSON object:
 
-    {"train_tiles_per_s": ..., "train_gflops": ..., "forward_gflop_per_tile": ...,
-     "step_ms_median": ..., ...settings...}
+    {"train_tiles_per_s": ..., "train_gflops": ..., "conv_peak_gflops": ...,
+     "peak_fraction": ..., "keras_bn_tiles_per_s": ..., "speedup_vs_keras_bn": ...,
+     ...settings...}
 
 ``train_gflops`` counts a training step as 3x the forward FLOPs (forward +
 2x for the backward pass), with the forward FLOPs summed analytically over
 the convolutions (2 * multiply-adds; BN, ReLU, pooling and adds ignored).
+``conv_peak_gflops`` is the machine's forward 3x3 convolution rate
+(``tf.nn.conv2d``, 64 -> 64 channels, 512 x 512), measured in bursts between
+the training steps, so that ``peak_fraction`` compares like with like on a
+shared machine.
 
-Variants (``--variant``) measure model-level changes without touching the
-builders in ``fusionnet_tf/models``:
+Variants (``--variant``, and ``--compare`` for the ones timed side by side
+with steps interleaved):
 
-- ``default``: ``build_fusionnet`` as shipped;
-- ``fused_bn``: every BatchNormalization replaced by one computing with
-  TensorFlow's fused kernel (``tf.compat.v1.nn.fused_batch_norm``), same
-  weights and maths;
-- ``no_bn``: normalization "none" (an upper bound: what BN costs).
+- ``fused_bn``: ``build_fusionnet`` with every BatchNormalization computing
+  with TensorFlow's fused kernel
+  (``fusionnet_tf.training.fused_batchnorm.use_fused_batchnorm``): what
+  ``fusionnet train`` runs (config ``fused_batchnorm: true``);
+- ``keras_bn``: Keras's own BatchNormalization computation;
+- ``no_bn``: normalization "none" (an upper bound: what BN costs at all).
 
 Example:
     TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/bench_train.py --base-filters 16 --tile 512
@@ -28,6 +34,9 @@ import json
 import os
 import statistics
 import time
+
+
+VARIANTS = ("fused_bn", "keras_bn", "no_bn")
 
 
 def parse_args():
@@ -44,8 +53,12 @@ def parse_args():
                         choices=("float32", "mixed_bfloat16", "mixed_float16"),
                         help="Default: float32.")
     parser.add_argument("--jit", action="store_true", help="jit_compile=True (default: off).")
-    parser.add_argument("--variant", default="default", choices=("default", "fused_bn", "no_bn"),
-                        help="Model-level variant, see the module docstring (default: default).")
+    parser.add_argument("--variant", default="fused_bn", choices=VARIANTS,
+                        help="Model-level variant, see the module docstring (default: fused_bn, "
+                             "what fusionnet train runs).")
+    parser.add_argument("--compare", default="keras_bn",
+                        help="Comma-separated variants timed side by side, steps interleaved "
+                             "(train_on_batch only), or 'none' (default: keras_bn).")
     parser.add_argument("--fit", action="store_true",
                         help="Time model.fit on a tf.data pipeline instead of train_on_batch.")
     parser.add_argument("--steps-per-execution", type=int, default=1,
@@ -76,56 +89,96 @@ def forward_flops(model):
     return total
 
 
-def fused_bn_layer_class():
-    """A BatchNormalization computing with TF's fused kernel (NHWC, axis -1)."""
-    import keras
-    import tensorflow as tf
-
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        def call(self, inputs, training=None, mask=None):
-            if inputs.dtype != tf.float32 or self.axis != [3] and self.axis != 3 \
-                    and self.axis != -1 and self.axis != [-1]:
-                return super().call(inputs, training=training, mask=mask)
-            gamma = self.gamma if self.scale else tf.ones_like(self.moving_mean)
-            beta = self.beta if self.center else tf.zeros_like(self.moving_mean)
-            if training:
-                y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                    inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
-                # fused returns the Bessel-corrected variance; Keras keeps the biased one
-                n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
-                var = var * (n - 1.0) / n
-                m = self.momentum
-                self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
-                self.moving_variance.assign(self.moving_variance * m + var * (1.0 - m))
-                return y
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance,
-                epsilon=self.epsilon, is_training=False)
-            return y
-
-    return FusedBatchNormalization
-
-
-def build(args):
-    import keras
-
+def build(args, variant):
     from fusionnet_tf.models import build_model
 
     kwargs = dict(base_filters=args.base_filters, depth=args.depth,
                   input_shape=(args.tile, args.tile, 1))
-    if args.variant == "no_bn":
+    if variant == "no_bn":
         kwargs["normalization"] = "none"
     model = build_model(args.architecture, **kwargs)
-    if args.variant == "fused_bn":
-        fused = fused_bn_layer_class()
+    if variant == "fused_bn":
+        from fusionnet_tf.training.fused_batchnorm import use_fused_batchnorm
 
-        def swap(layer):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                return fused.from_config(layer.get_config())
-            return layer.__class__.from_config(layer.get_config())
-
-        model = keras.models.clone_model(model, clone_function=swap)
+        use_fused_batchnorm(model)
     return model
+
+
+def conv_probe(calls=8, channels=64, side=512):
+    """A forward 3x3 conv burst (``tf.nn.conv2d``, 64 -> 64 on 512 x 512).
+
+    Returns:
+        ``(run, flops)``: a function running ``calls`` convs and their FLOPs.
+    """
+    import tensorflow as tf
+
+    x = tf.random.uniform((1, side, side, channels))
+    kernel = tf.random.uniform((3, 3, channels, channels))
+    conv = tf.function(lambda t: tf.nn.conv2d(t, kernel, 1, "SAME"))
+    conv(x).numpy()
+
+    def run():
+        for _ in range(calls):
+            conv(x).numpy()
+
+    return run, calls * 2 * 9 * channels * channels * side * side
+
+
+def compiled_model(args, variant):
+    import keras
+
+    from fusionnet_tf.training.losses import get_loss
+
+    keras.utils.set_random_seed(0)
+    model = build(args, variant)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(args.loss),
+                  jit_compile=args.jit, steps_per_execution=args.steps_per_execution)
+    return model
+
+
+def time_fit(model, x, y, args):
+    """Per-step seconds of ``model.fit`` on a repeated in-memory batch."""
+    import keras
+    import tensorflow as tf
+
+    durations = []
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            durations.append((time.perf_counter() - self.start) / args.steps_per_execution)
+
+    total = args.warmup + args.steps
+    model.fit(dataset, steps_per_epoch=total // args.steps_per_execution, epochs=1,
+              callbacks=[Timer()], verbose=0)
+    return durations[args.warmup // args.steps_per_execution:]
+
+
+def time_interleaved(models, x, y, args, probe):
+    """Per-step seconds of ``train_on_batch`` for each model, steps interleaved.
+
+    One round runs one step of every model and one conv-probe burst, so
+    machine load affects all of them alike.
+
+    Returns:
+        ``({name: [seconds, ...]}, [probe seconds, ...])``.
+    """
+    durations = {name: [] for name in models}
+    probe_times = []
+    for step in range(args.warmup + args.steps):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            if step >= args.warmup:
+                durations[name].append(time.perf_counter() - start)
+        if step >= args.warmup:
+            start = time.perf_counter()
+            probe()
+            probe_times.append(time.perf_counter() - start)
+    return durations, probe_times
 
 
 def main():
@@ -134,60 +187,67 @@ def main():
     import tensorflow as tf
     import keras
 
-    from fusionnet_tf.training.losses import get_loss
     from fusionnet_tf.training.strategy import configure_threads, set_precision
 
     configure_threads(args.intra, args.inter)
     set_precision(args.precision)
-    keras.utils.set_random_seed(0)
-    model = build(args)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(args.loss),
-                  jit_compile=args.jit, steps_per_execution=args.steps_per_execution)
+    compare = [] if args.compare == "none" else [v for v in args.compare.split(",") if v]
+    unknown = sorted(set(compare) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--compare: unknown variant(s) {unknown}; choose from {VARIANTS}")
+    names = [args.variant] + [v for v in compare if v != args.variant]
+    models = {name: compiled_model(args, name) for name in names}
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, args.tile, args.tile, 1), dtype=np.float32)
     y = (rng.random((args.batch, args.tile, args.tile, 1)) < 0.22).astype(np.float32)
 
-    durations = []
+    probe, probe_flops = conv_probe()
     if args.fit:
-        dataset = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                self.start = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                durations.append((time.perf_counter() - self.start) / args.steps_per_execution)
-
-        total = args.warmup + args.steps
-        model.fit(dataset, steps_per_epoch=total // args.steps_per_execution, epochs=1,
-                  callbacks=[Timer()], verbose=0)
-        durations = durations[args.warmup // args.steps_per_execution:]
+        durations = {args.variant: time_fit(models[args.variant], x, y, args)}
+        probe_times = [min(timed(probe) for _ in range(3))]
     else:
-        for step in range(args.warmup + args.steps):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            if step >= args.warmup:
-                durations.append(time.perf_counter() - start)
+        durations, probe_times = time_interleaved(models, x, y, args, probe)
 
-    step_s = statistics.median(durations)
-    mean_s = statistics.fmean(durations)
-    flops = forward_flops(model)
-    tiles_per_s = args.batch / step_s
+    flops = forward_flops(models[args.variant])
+    conv_peak = probe_flops / min(probe_times) / 1e9
+
+    def summary(name):
+        step_s = statistics.median(durations[name])
+        return args.batch / step_s, step_s, statistics.fmean(durations[name])
+
+    tiles_per_s, step_s, mean_s = summary(args.variant)
     result = {
         "train_tiles_per_s": round(tiles_per_s, 3),
         "train_gflops": round(3 * flops * tiles_per_s / 1e9, 2),
+        "conv_peak_gflops": round(conv_peak, 2),
+        "peak_fraction": round(3 * flops * tiles_per_s / 1e9 / conv_peak, 3),
         "forward_gflop_per_tile": round(flops / 1e9, 2),
         "step_ms_median": round(1000 * step_s, 1),
         "step_ms_mean": round(1000 * mean_s, 1),
+    }
+    for name in durations:
+        if name != args.variant:
+            other = summary(name)[0]
+            result[f"{name}_tiles_per_s"] = round(other, 3)
+            result[f"speedup_vs_{name}"] = round(tiles_per_s / other, 3)
+    result.update({
         "architecture": args.architecture, "base_filters": args.base_filters,
         "depth": args.depth, "tile": args.tile, "batch": args.batch,
         "precision": args.precision, "jit_compile": args.jit, "variant": args.variant,
         "fit": args.fit, "steps_per_execution": args.steps_per_execution,
         "intra_op_threads": args.intra, "inter_op_threads": args.inter,
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-        "timed_steps": len(durations), "tensorflow": tf.__version__, "keras": keras.__version__,
-    }
+        "timed_steps": len(durations[args.variant]), "load_average_1min": round(os.getloadavg()[0], 2),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+    })
     print(json.dumps(result))
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ class TrainConfig:
     ``val_dice`` highest). ``backup_every_steps`` is how often the resumable
     training state is written (also at every epoch end). ``isbi_eval_every``
     computes V_rand/V_info on whole validation slices every N epochs (0: off).
-    ``early_stopping_patience`` 0 disables early stopping. ``intra_op_threads``
+    ``early_stopping_patience`` 0 disables early stopping. ``fused_batchnorm``
+    computes BatchNormalization with TensorFlow's fused kernel (same layers,
+    weights and maths; about 1.5x faster CPU training steps, see
+    ``fusionnet_tf.training.fused_batchnorm``). ``intra_op_threads``
     / ``inter_op_threads`` 0 keep TensorFlow's defaults.
     """
 
@@ -135,6 +138,7 @@ class TrainConfig:
     batch_size_is_global: bool = False
     precision: str = "float32"
     jit_compile: bool = False
+    fused_batchnorm: bool = True
     steps_per_execution: int = 1
     strategy: str = "default"
     seed: int = 0

@@ -225,6 +225,10 @@ def build_and_compile(config):
         steps_per_execution=config.steps_per_execution,
     )
     model.optimizer.build(model.trainable_variables)
+    if config.fused_batchnorm:
+        from fusionnet_tf.training.fused_batchnorm import use_fused_batchnorm
+
+        use_fused_batchnorm(model)
     return model
 
 
