@@ -56,9 +56,9 @@ def test_one_layer_matches_keras_forward_gradients_and_moving_statistics(center,
     mean, var = xs.mean((0, 1, 2)), xs.var((0, 1, 2))
     np.testing.assert_allclose(bn.moving_mean.numpy(), mean * (1 - 0.9**2), rtol=1e-4)
     np.testing.assert_allclose(bn.moving_variance.numpy(), 0.9**2 + var * (1 - 0.9**2), rtol=1e-4)
-    # inference uses the moving statistics
+    # inference runs Keras's own code on the (equal) moving statistics
     np.testing.assert_allclose(fused(x, training=False).numpy(), plain(x, training=False).numpy(),
-                               atol=1e-5)
+                               atol=1e-6)
 
 
 def test_network_forward_and_training_steps_match_keras():

@@ -15,12 +15,13 @@ BatchNormalization layer of a model, in place. The layers stay
 saved ``.keras`` file is identical in form and loads anywhere without this
 package. Only plain cases are switched: float32 inputs (inside the layer),
 channels-last 4-D tensors normalized over the last axis, no mask, no
-``renorm``, not ``synchronized``; anything else runs Keras's own code.
+``renorm``, not ``synchronized``, training mode; anything else (inference
+included, so predictions equal those of the reloaded model) runs Keras's own
+code.
 
 The maths are Keras's: normalization by the biased batch variance during
 training, moving statistics updated with the biased variance
-(``moving = moving * momentum + batch * (1 - momentum)``), moving statistics
-in inference.
+(``moving = moving * momentum + batch * (1 - momentum)``).
 """
 
 import types
@@ -39,7 +40,7 @@ def _is_eligible(layer, inputs, mask):
 
 
 def _fused_call(layer, inputs, training=None, mask=None):
-    """``BatchNormalization.call`` with the fused kernel (float32 NHWC inputs).
+    """``BatchNormalization.call`` with the fused kernel in training (float32 NHWC inputs).
 
     Args:
         layer: the ``keras.layers.BatchNormalization``.
@@ -51,27 +52,22 @@ def _fused_call(layer, inputs, training=None, mask=None):
         (B, H, W, C) tensor in the layer's compute dtype.
     """
     inputs = tf.convert_to_tensor(inputs)
-    if not _is_eligible(layer, inputs, mask):
+    if not (training and layer.trainable) or not _is_eligible(layer, inputs, mask):
+        # inference stays on Keras's code: a trained model then predicts
+        # exactly like the same model reloaded from its .keras file
         return type(layer).call(layer, inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
     gamma = layer.gamma if layer.scale else tf.ones([channels], tf.float32)
     beta = layer.beta if layer.center else tf.zeros([channels], tf.float32)
     gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
-    if training and layer.trainable:
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, gamma, beta, epsilon=layer.epsilon, is_training=True)
-        # the kernel returns the Bessel-corrected variance; Keras keeps the biased one
-        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
-        momentum = layer.momentum
-        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
-        layer.moving_variance.assign(
-            layer.moving_variance * momentum + variance * (1.0 - momentum))
-    else:
-        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, gamma, beta, mean=tf.convert_to_tensor(layer.moving_mean),
-            variance=tf.convert_to_tensor(layer.moving_variance), epsilon=layer.epsilon,
-            is_training=False)
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs, gamma, beta, epsilon=layer.epsilon, is_training=True)
+    # the kernel returns the Bessel-corrected variance; Keras keeps the biased one
+    count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+    variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+    momentum = layer.momentum
+    layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
+    layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
     return tf.cast(outputs, layer.compute_dtype)
 
 
