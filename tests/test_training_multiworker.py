@@ -38,9 +38,6 @@ def free_ports(count):
 
 
 @pytest.mark.large
-@pytest.mark.skipif(os.environ.get("FUSIONNET_TEST_MULTIWORKER") != "1",
-                    reason="flaky hang at an epoch-end save under MultiWorkerMirroredStrategy "
-                           "on a loaded 2-core machine; set FUSIONNET_TEST_MULTIWORKER=1 to run")
 def test_two_workers_end_with_identical_weights(tmp_path):
     rng = np.random.default_rng(0)
     membrane = rng.random((3, 32, 32)) < 0.25
@@ -66,7 +63,7 @@ def test_two_workers_end_with_identical_weights(tmp_path):
         processes.append(subprocess.Popen(
             [sys.executable, "-c", WORKER, json.dumps(mapping), str(tmp_path / f"w{index}.npz")],
             env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 400  # a hung collective fails the test instead of CI
     try:
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in processes):
@@ -83,7 +80,8 @@ def test_two_workers_end_with_identical_weights(tmp_path):
         outputs.append(log.read())
         log.close()
     for index, process in enumerate(processes):
-        assert process.returncode == 0, f"worker {index}:\n" + outputs[index][-4000:]
+        assert process.returncode == 0, (f"worker {index} exited with {process.returncode} "
+                                         "(-9: killed at the deadline):\n" + outputs[index][-4000:])
 
     first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert int(first["iterations"]) == int(second["iterations"]) == 6
