@@ -122,6 +122,17 @@ def test_same_seed_same_tiles_different_seed_different_tiles(volume):
     assert len({tile.tobytes() for tile in first[0]}) == len(first[0])
 
 
+def test_start_batch_equals_skipping_batches(volume):
+    images, labels = volume
+    skipped = train_dataset(images, labels, 24, 4, seed=7).skip(5)
+    started = train_dataset(images, labels, 24, 4, seed=7, start_batch=5)
+    for (a_image, a_label), (b_image, b_label) in zip(skipped.take(2), started.take(2)):
+        np.testing.assert_array_equal(a_image.numpy(), b_image.numpy())
+        np.testing.assert_array_equal(a_label.numpy(), b_label.numpy())
+    with pytest.raises(ValueError, match="start_batch must be an int >= 0; received -1"):
+        train_dataset(images, labels, 24, 4, start_batch=-1)
+
+
 # --------------------------------------------------------------------------- #
 # The deformation field
 # --------------------------------------------------------------------------- #

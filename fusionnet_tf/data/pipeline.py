@@ -374,12 +374,13 @@ class _TileMaker:
 
 
 def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, normalization,
-                         min_foreground, max_sampling_attempts, deform_fn=None):
+                         min_foreground, max_sampling_attempts, deform_fn=None, start_batch=0):
     """Shared body of ``train_dataset``; ``deform_fn`` as in ``_TileMaker``."""
     images, labels = _check_volumes(images, labels)
     tile_size = _check_int("tile_size", tile_size, 2)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
+    start_batch = _check_int("start_batch", start_batch, 0)
     _check_int("max_sampling_attempts", max_sampling_attempts, 1)
     if isinstance(min_foreground, bool) or not isinstance(min_foreground, (int, float)) \
             or not 0.0 <= min_foreground <= 1.0:
@@ -398,14 +399,15 @@ def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, n
     def make_tile(index):
         return maker(tf.random.experimental.stateless_fold_in(base_seed, index))
 
-    dataset = tf.data.Dataset.counter()
+    dataset = tf.data.Dataset.counter(start=start_batch * batch_size)
     dataset = dataset.map(make_tile, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(AUTOTUNE)
 
 
 def train_dataset(images, labels, tile_size, batch_size, augment=None, seed=0,
-                  normalization="slice", min_foreground=0.0, max_sampling_attempts=16):
+                  normalization="slice", min_foreground=0.0, max_sampling_attempts=16,
+                  start_batch=0):
     """Endless, reproducible stream of augmented training tiles.
 
     Args:
@@ -432,6 +434,10 @@ def train_dataset(images, labels, tile_size, batch_size, augment=None, seed=0,
             below it are rejected (up to ``max_sampling_attempts`` draws; then
             the best draw is used). Defaults to 0.0 (off).
         max_sampling_attempts: int >= 1. Defaults to 16.
+        start_batch: int >= 0. Index of the first batch: the stream equals
+            ``train_dataset(...).skip(start_batch)`` without computing the
+            skipped tiles (tile i depends only on the seed and i), so a
+            resumed run continues in O(1). Defaults to 0.
 
     Returns:
         Infinite ``tf.data.Dataset`` of ``(image, label)`` batches:
@@ -447,7 +453,8 @@ def train_dataset(images, labels, tile_size, batch_size, augment=None, seed=0,
     >>> model.fit(ds, steps_per_epoch=100, epochs=10)
     """
     return _build_train_dataset(images, labels, tile_size, batch_size, augment, seed,
-                                normalization, min_foreground, max_sampling_attempts)
+                                normalization, min_foreground, max_sampling_attempts,
+                                start_batch=start_batch)
 
 
 def validation_tile_origins(height, width, tile_size):

@@ -136,30 +136,39 @@ def load_data(config):
     return (*train, *val)
 
 
-def make_datasets(config, arrays, batch_size):
+def make_datasets(config, arrays, batch_size, start_batch=0):
     """Build the training (infinite) and validation (finite) ``tf.data`` pipelines.
 
     Args:
         config: TrainConfig.
         arrays: output of :func:`load_data`.
         batch_size: int. Global batch size.
+        start_batch: int. First batch of the training stream (for resuming:
+            the same batches as skipping that many, without computing them).
 
     Returns:
         (train_ds, val_ds or None), batches of ((B, T, T, 1), (B, T, T, 1)) float32.
     """
-    from fusionnet_tf.data import train_dataset, validation_dataset
+    from fusionnet_tf.data import validation_dataset
 
-    train_images, train_labels, val_images, val_labels = arrays
-    augment = config_lib.check_augment(config.augment)
-    train_ds = train_dataset(train_images, train_labels, config.data.tile_size, batch_size,
-                             augment=augment, seed=config.seed,
-                             normalization=config.data.normalization)
+    _, _, val_images, val_labels = arrays
+    train_ds = make_train_stream(config, arrays, batch_size, start_batch)
     val_ds = None
     if val_images is not None:
         val_ds = validation_dataset(val_images, val_labels,
                                     config.data.val_tile_size or config.data.tile_size,
                                     batch_size, normalization=config.data.normalization)
     return train_ds, val_ds
+
+
+def make_train_stream(config, arrays, batch_size, start_batch=0):
+    """The endless training ``tf.data.Dataset``, starting at batch ``start_batch``."""
+    from fusionnet_tf.data import train_dataset
+
+    train_images, train_labels = arrays[:2]
+    return train_dataset(train_images, train_labels, config.data.tile_size, batch_size,
+                         augment=config_lib.check_augment(config.augment), seed=config.seed,
+                         normalization=config.data.normalization, start_batch=start_batch)
 
 
 # ---------------------------------------------------------------- model
@@ -289,7 +298,7 @@ def _backup_dir(out, strategy):
 # ---------------------------------------------------------------- train
 
 
-def work_around_multiworker_build(model, dataset):
+def work_around_multiworker_build(model, element_spec):
     """Let Keras 3 ``fit`` run under ``MultiWorkerMirroredStrategy``.
 
     Two Keras 3 problems are worked around (keras-team/keras#20585). Keras
@@ -297,13 +306,13 @@ def work_around_multiworker_build(model, dataset):
     averages across replicas with ``strategy.reduce``, which fails under
     MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)",
     keras-team/keras#20585). The build only needs shapes, so this feeds it a
-    zero batch shaped like ``dataset.element_spec`` instead. It also averages
+    zero batch shaped like ``element_spec`` instead. It also averages
     the scalar step logs with ``strategy.reduce("MEAN", axis=0)``, which fails
     on scalars: see ``strategy.patch_keras_multiworker_reduce``.
 
     Args:
         model: compiled ``keras.Model`` (built under the strategy scope).
-        dataset: the (non-distributed) training ``tf.data.Dataset``.
+        element_spec: ``element_spec`` of the (non-distributed) training dataset.
     """
     import numpy as np
 
@@ -313,7 +322,7 @@ def work_around_multiworker_build(model, dataset):
         shape = [1 if size is None else size for size in spec.shape]
         return np.zeros(shape, spec.dtype.as_numpy_dtype)
 
-    batch = tuple(zeros(spec) for spec in dataset.element_spec)
+    batch = tuple(zeros(spec) for spec in element_spec)
     original = model._maybe_symbolic_build
 
     def symbolic_build_from_zeros(iterator=None, data_batch=None):
@@ -324,19 +333,20 @@ def work_around_multiworker_build(model, dataset):
 
 
 
-def fit_from(model, train_ds, val_ds, callbacks, config, epoch, step, verbose):
+def fit_from(model, train_stream, val_ds, callbacks, config, epoch, step, verbose):
     """Run ``fit`` from (epoch, step) to ``config.epochs``, consuming the data in order.
 
-    The training stream is advanced past the ``epoch * steps_per_epoch +
-    step`` batches already used. A partly done epoch is finished first by a
-    ``fit`` of the remaining steps, then the whole epochs follow.
+    ``train_stream(start_batch)`` returns the training dataset starting at
+    that batch; it starts after the ``epoch * steps_per_epoch + step``
+    batches already used. A partly done epoch is finished first by a ``fit``
+    of the remaining steps, then the whole epochs follow.
     """
     steps = config.steps_per_epoch
     backup = callbacks[-1]
     if step:
         print(f"Resuming epoch {epoch + 1}/{config.epochs} at step {step}/{steps}", flush=True)
         backup.step_offset = step
-        model.fit(train_ds.skip(epoch * steps + step), validation_data=val_ds,
+        model.fit(train_stream(epoch * steps + step), validation_data=val_ds,
                   initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps - step,
                   validation_steps=config.validation_steps, callbacks=callbacks,
                   shuffle=False, verbose=verbose)
@@ -346,7 +356,7 @@ def fit_from(model, train_ds, val_ds, callbacks, config, epoch, step, verbose):
     elif 0 < epoch < config.epochs:
         print(f"Resuming at epoch {epoch + 1}/{config.epochs}", flush=True)
     if epoch < config.epochs:
-        model.fit(train_ds.skip(epoch * steps), validation_data=val_ds,
+        model.fit(train_stream(epoch * steps), validation_data=val_ds,
                   initial_epoch=epoch, epochs=config.epochs, steps_per_epoch=steps,
                   validation_steps=config.validation_steps, callbacks=callbacks,
                   shuffle=False, verbose=verbose)
@@ -391,6 +401,8 @@ def train(config, callbacks=(), verbose="auto"):
     arrays = load_data(config)
     keras.utils.set_random_seed(config.seed)
     train_ds, val_ds = make_datasets(config, arrays, batch_size)
+    element_spec = train_ds.element_spec
+    del train_ds  # fit builds its own stream at the resume point
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -399,7 +411,7 @@ def train(config, callbacks=(), verbose="auto"):
     backup = cb.ResumableBackup(_backup_dir(out, strategy), config.backup_every_steps,
                                 config.steps_per_epoch)
     if config.strategy == "multiworker":
-        work_around_multiworker_build(model, train_ds)
+        work_around_multiworker_build(model, element_spec)
     epoch, step = backup.restore(model)
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
@@ -414,7 +426,8 @@ def train(config, callbacks=(), verbose="auto"):
         if state.get("stopped"):
             print(f"Run in {out} stopped early at epoch {epoch}; nothing to do", flush=True)
         else:
-            fit_from(model, train_ds, val_ds, callback_list, config, epoch, step, verbose)
+            fit_from(model, lambda start: make_train_stream(config, arrays, batch_size, start),
+                     val_ds, callback_list, config, epoch, step, verbose)
     finally:
         for item in callback_list:
             if isinstance(item, cb.Checkpoints) and item.directory != out:
