@@ -407,6 +407,17 @@ def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsy
         predict_volume(spec, tmp_path / "o.zarr", model_path, workers=2, **OPTIONS)
 
 
+def test_cli_xla_run_matches_in_memory_prediction(tmp_path, volume, model_path, reference):
+    spec = write_h5(tmp_path / "vol.h5", "raw", volume)
+    out = tmp_path / "xla.zarr"
+    code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
+                 "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+                 "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
+                 "--batch-size", str(OPTIONS["batch_size"]), "--xla", "--quiet"])
+    assert code == 0
+    np.testing.assert_allclose(read_output(out), reference, atol=1e-4, rtol=0)
+
+
 def test_cli_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["predict-volume", "--help"])
