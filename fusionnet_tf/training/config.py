@@ -120,7 +120,8 @@ class TrainConfig:
     computes V_rand/V_info on whole validation slices every N epochs (0: off).
     ``early_stopping_patience`` 0 disables early stopping. ``fused_batchnorm``
     computes BatchNormalization with TensorFlow's fused kernel (same layers,
-    weights and maths; about 1.5x faster CPU training steps, see
+    weights and maths; about 1.5x faster float32 CPU training steps, no
+    effect under mixed precision; see
     ``fusionnet_tf.training.fused_batchnorm``). ``intra_op_threads``
     / ``inter_op_threads`` 0 keep TensorFlow's defaults.
     """

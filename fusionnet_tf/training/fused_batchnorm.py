@@ -13,7 +13,9 @@ see BENCHMARKS.md).
 BatchNormalization layer of a model, in place. The layers stay
 ``keras.layers.BatchNormalization``: same class, config and weights, so a
 saved ``.keras`` file is identical in form and loads anywhere without this
-package. Only plain cases are switched: float32 inputs (inside the layer),
+package. Only plain cases are switched: float32 inputs (so not under the
+``mixed_float16`` / ``mixed_bfloat16`` policies, whose BN inputs arrive in half
+precision: those keep Keras's code and gain nothing),
 channels-last 4-D tensors normalized over the last axis, no mask, no
 ``renorm``, not ``synchronized``, training mode; anything else (inference
 included, so predictions equal those of the reloaded model) runs Keras's own
@@ -36,7 +38,8 @@ def _is_eligible(layer, inputs, mask):
     axis = layer.axis if isinstance(layer.axis, int) else (
         layer.axis[0] if len(layer.axis) == 1 else None)
     return (mask is None and not layer.renorm and not layer.synchronized
-            and inputs.shape.rank == 4 and axis in (3, -1) and inputs.dtype == tf.float32)
+            and inputs.shape.rank == 4 and axis in (3, -1) and inputs.shape[-1] is not None
+            and inputs.dtype == tf.float32)
 
 
 def _fused_call(layer, inputs, training=None, mask=None):

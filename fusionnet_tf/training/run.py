@@ -149,16 +149,30 @@ def make_datasets(config, arrays, batch_size, start_batch=0):
     Returns:
         (train_ds, val_ds or None), batches of ((B, T, T, 1), (B, T, T, 1)) float32.
     """
+    return (make_train_stream(config, arrays, batch_size, start_batch),
+            make_validation_dataset(config, arrays, batch_size))
+
+
+def make_validation_dataset(config, arrays, batch_size):
+    """The fixed validation tiles as a finite ``tf.data.Dataset``, or None without validation slices."""
     from fusionnet_tf.data import validation_dataset
 
     _, _, val_images, val_labels = arrays
-    train_ds = make_train_stream(config, arrays, batch_size, start_batch)
     val_ds = None
     if val_images is not None:
         val_ds = validation_dataset(val_images, val_labels,
                                     config.data.val_tile_size or config.data.tile_size,
                                     batch_size, normalization=config.data.normalization)
-    return train_ds, val_ds
+    return val_ds
+
+
+def train_element_spec(config, batch_size):
+    """``element_spec`` of the training stream, without building it: (image, label) specs."""
+    import tensorflow as tf
+
+    side = config.data.tile_size
+    spec = tf.TensorSpec((batch_size, side, side, 1), tf.float32)
+    return (spec, spec)
 
 
 def make_train_stream(config, arrays, batch_size, start_batch=0):
@@ -400,9 +414,7 @@ def train(config, callbacks=(), verbose="auto"):
 
     arrays = load_data(config)
     keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds = make_datasets(config, arrays, batch_size)
-    element_spec = train_ds.element_spec
-    del train_ds  # fit builds its own stream at the resume point
+    val_ds = make_validation_dataset(config, arrays, batch_size)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -411,7 +423,7 @@ def train(config, callbacks=(), verbose="auto"):
     backup = cb.ResumableBackup(_backup_dir(out, strategy), config.backup_every_steps,
                                 config.steps_per_epoch)
     if config.strategy == "multiworker":
-        work_around_multiworker_build(model, element_spec)
+        work_around_multiworker_build(model, train_element_spec(config, batch_size))
     epoch, step = backup.restore(model)
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
