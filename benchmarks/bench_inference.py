@@ -35,6 +35,7 @@ from fusionnet_tf.data import normalize, read_stack  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
 from fusionnet_tf.inference.optimize import conv_flops  # noqa: E402
 from fusionnet_tf.models import build_fusionnet  # noqa: E402
+from probes import make_conv_probe  # noqa: E402  (benchmarks/probes.py)
 
 SIDE = 512
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "fusionnet_tf", "examples",
@@ -51,26 +52,6 @@ def best_time(function, repeats):
         function()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def make_conv_probe(calls, channels=64, side=SIDE):
-    """``calls`` back-to-back traced 3x3 'SAME' convs, (1, side, side, channels) -> channels.
-
-    Run for about as long as one model pass, so that both see the same load.
-
-    Returns:
-        ``(run, flops)``: a function running the convs and their total FLOPs.
-    """
-    x = tf.random.uniform((1, side, side, channels))
-    kernel = tf.random.uniform((3, 3, channels, channels))
-    conv = tf.function(lambda t: tf.nn.conv2d(t, kernel, 1, "SAME"))
-    conv(x).numpy()
-
-    def run():
-        for _ in range(calls):
-            conv(x).numpy()
-
-    return run, calls * 2 * 9 * channels * channels * side * side
 
 
 def test_slice():

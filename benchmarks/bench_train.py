@@ -104,26 +104,6 @@ def build(args, variant):
     return model
 
 
-def conv_probe(calls=8, channels=64, side=512):
-    """A forward 3x3 conv burst (``tf.nn.conv2d``, 64 -> 64 on 512 x 512).
-
-    Returns:
-        ``(run, flops)``: a function running ``calls`` convs and their FLOPs.
-    """
-    import tensorflow as tf
-
-    x = tf.random.uniform((1, side, side, channels))
-    kernel = tf.random.uniform((3, 3, channels, channels))
-    conv = tf.function(lambda t: tf.nn.conv2d(t, kernel, 1, "SAME"))
-    conv(x).numpy()
-
-    def run():
-        for _ in range(calls):
-            conv(x).numpy()
-
-    return run, calls * 2 * 9 * channels * channels * side * side
-
-
 def compiled_model(args, variant):
     import keras
 
@@ -188,6 +168,7 @@ def main():
     import keras
 
     from fusionnet_tf.training.strategy import configure_threads, set_precision
+    from probes import make_conv_probe  # benchmarks/probes.py
 
     configure_threads(args.intra, args.inter)
     set_precision(args.precision)
@@ -201,7 +182,7 @@ def main():
     x = rng.random((args.batch, args.tile, args.tile, 1), dtype=np.float32)
     y = (rng.random((args.batch, args.tile, args.tile, 1)) < 0.22).astype(np.float32)
 
-    probe, probe_flops = conv_probe()
+    probe, probe_flops = make_conv_probe(calls=8)
     if args.fit:
         durations = {args.variant: time_fit(models[args.variant], x, y, args)}
         probe_times = [min(timed(probe) for _ in range(3))]
