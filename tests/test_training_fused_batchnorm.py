@@ -79,6 +79,17 @@ def test_network_forward_and_training_steps_match_keras():
     assert losses[1][-1] < losses[1][0]
 
 
+def test_nested_models_are_switched():
+    inner = keras.Sequential([keras.layers.Conv2D(3, 3, padding="same"),
+                              keras.layers.BatchNormalization()])
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.BatchNormalization()(inner(inputs))
+    model = keras.Model(inputs, outputs)
+    assert use_fused_batchnorm(model) == 2
+    x = tf.random.stateless_uniform((2, 8, 8, 1), seed=[2, 3])
+    assert model(x, training=True).shape == (2, 8, 8, 3)
+
+
 def test_saved_model_keeps_the_plain_keras_layer(tmp_path):
     _, fused = twin_models(lambda: build_fusionnet(base_filters=4, depth=2,
                                                    input_shape=(32, 32, 1)))

@@ -92,7 +92,7 @@ def use_fused_batchnorm(model):
     if keras.backend.backend() != "tensorflow":
         return 0
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _all_layers(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         if not getattr(layer, _FUSED_ATTRIBUTE, False):
@@ -100,3 +100,16 @@ def use_fused_batchnorm(model):
             object.__setattr__(layer, _FUSED_ATTRIBUTE, True)
         count += 1
     return count
+
+
+def _all_layers(model):
+    """Every layer of ``model``, nested models included (each once, depth first)."""
+    seen = set()
+    stack = list(reversed(model.layers))
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(reversed(getattr(layer, "layers", [])))
