@@ -271,3 +271,57 @@ def test_sequential_models_are_predicted_unfolded():
     expected = model(image[None, ..., None], training=False).numpy()[0, ..., 0]
     predicted = Predictor(model, tile_shape=32, overlap=8).predict(image)
     np.testing.assert_allclose(predicted, expected, atol=1e-6)
+
+
+# === Compute precision ===
+
+
+def _compute_dtypes(model):
+    return {layer.name: layer.dtype_policy.compute_dtype for layer in model.layers}
+
+
+@pytest.mark.parametrize("precision,half,atol", [("mixed_bfloat16", "bfloat16", 3e-2),
+                                                 ("mixed_float16", "float16", 3e-3)])
+def test_half_precision_computes_in_half_and_stays_close(precision, half, atol):
+    keras.utils.set_random_seed(0)
+    model = build_fusionnet(base_filters=4, depth=2)
+    randomize_batchnorm(model)
+    image = random_images((1, 48, 40, 1), seed=9)[0, ..., 0]
+    plain = Predictor(model, tile_shape=32, overlap=8)
+    fast = Predictor(model, tile_shape=32, overlap=8, precision=precision)
+    dtypes = _compute_dtypes(fast.network.model)
+    assert dtypes["enc1_conv_in"] == half and dtypes["dec1_skip_add"] == half
+    assert dtypes["output"] == "float32"  # the sigmoid (and so the output) stays float32
+    assert set(_compute_dtypes(plain.network.model).values()) == {"float32"}
+    assert not any(isinstance(l, layers.BatchNormalization) for l in fast.network.model.layers)
+    expected = plain.predict(image)
+    predicted = fast.predict(image)
+    assert predicted.dtype == np.float32 and predicted.shape == image.shape
+    difference = np.abs(predicted - expected)
+    assert 0 < difference.max() < atol  # rounded differently, but close
+    assert model.dtype_policy.name == "float32"  # the caller's model is untouched
+
+
+def test_precision_errors():
+    model = build_fusionnet(base_filters=4, depth=2)
+    with pytest.raises(ValueError, match="precision='bfloat16'"):
+        Predictor(model, tile_shape=32, overlap=8, precision="bfloat16")
+    with pytest.raises(ValueError, match="Keras models only.*mixed_bfloat16"):
+        Predictor(lambda b: b, tile_shape=32, overlap=8, precision="mixed_bfloat16")
+
+
+def test_batchnorm_after_an_activation_is_not_folded():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 1))
+    x = layers.Conv2D(3, 3, padding="same", activation="relu", name="conv_relu")(inputs)
+    x = layers.BatchNormalization(name="bn_after_relu")(x)
+    x = layers.Conv2D(3, 3, padding="same", name="conv_linear")(x)
+    x = layers.BatchNormalization(name="bn_after_linear")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    randomize_batchnorm(model)
+    folded = fold_batchnorm(model)
+    names = {l.name for l in folded.layers}
+    assert "bn_after_relu" in names and "bn_after_linear" not in names
+    x = random_images((1, 16, 16, 1), seed=10)
+    np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), atol=1e-5)

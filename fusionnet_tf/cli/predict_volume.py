@@ -78,7 +78,7 @@ def run(args):
             block_shape=(args.block_z, args.block, args.block),
             tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, blending=args.blending, align=args.align,
-            jit_compile=args.xla,
+            jit_compile=args.xla, precision=args.precision,
             normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,

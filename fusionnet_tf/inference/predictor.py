@@ -24,6 +24,7 @@ import numpy as np
 
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 from fusionnet_tf.inference import tiling
+from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
 
 # tta -> dihedral transform indices (see fusionnet_tf.dihedral):
 # 4 = identity, rot180, flip W, flip H (the mirrorings); 8 = all rotations and flips.
@@ -96,8 +97,9 @@ class KerasFunction:
     """A Keras model compiled for fast inference on one tile size.
 
     The model is copied with BatchNormalization folded into the convolutions
-    (``fold_batchnorm``) and run through one ``tf.function`` whose input
-    signature fixes the tile size (any batch size), so it is traced once.
+    and the chosen compute precision (``inference_copy``) and run through one
+    ``tf.function`` whose input signature fixes the tile size (any batch
+    size), so it is traced once.
 
     Args:
         model: ``keras.Model`` taking (B, T, T, 1) float32.
@@ -107,17 +109,21 @@ class KerasFunction:
             models (base 64: about 15% faster than oneDNN) and costs at
             narrow ones (base 16: about 40% slower); see BENCHMARKS.md.
             Defaults to False.
+        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``
+            (see ``inference_copy``). Defaults to ``"float32"``.
+
+    Call with a (B, T, T, 1) float32 NumPy batch; returns (B, T, T, C) float32.
     """
 
-    def __init__(self, model, tile, fold=True, jit_compile=False):
+    def __init__(self, model, tile, fold=True, jit_compile=False, precision="float32"):
         import tensorflow as tf
 
-        from fusionnet_tf.inference.optimize import fold_batchnorm
+        from fusionnet_tf.inference.optimize import inference_copy
 
-        self.model = fold_batchnorm(model) if fold else model
+        self.model = inference_copy(model, fold=fold, precision=precision)
         network = self.model
         self.network = tf.function(
-            lambda x: network(x, training=False),
+            lambda x: tf.cast(network(x, training=False), tf.float32),
             input_signature=[tf.TensorSpec((None, tile, tile, 1), tf.float32)],
             jit_compile=bool(jit_compile),
         )
@@ -159,6 +165,12 @@ class Predictor:
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
         jit_compile: bool. Run a Keras model through XLA (see
             ``KerasFunction``); ignored for other callables. Defaults to False.
+        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``:
+            compute precision of a Keras model (see ``inference_copy``).
+            ``mixed_bfloat16`` is several times faster on CPUs with bfloat16
+            units (AMX / AVX512-BF16) and on GPUs, and changes membrane
+            probabilities by about 1e-2 (BENCHMARKS.md). Only for Keras
+            models. Defaults to ``"float32"``.
 
     Attributes:
         network: the callable run on each (B, T, T, 1) float32 batch (a
@@ -178,7 +190,7 @@ class Predictor:
 
     def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=4,
                  blending="gaussian", progress=False, align=None, fold_batchnorm=True,
-                 jit_compile=False):
+                 jit_compile=False, precision="float32"):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         self.tile_shape = _tile_side(tile_shape)
@@ -187,11 +199,18 @@ class Predictor:
         self.batch_size = tiling._check_int("batch_size", batch_size, 1)
         self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
         self.progress = bool(progress)
+        _check_choice("precision", precision, INFERENCE_PRECISIONS)
         depth = _keras_depth(model)
         if depth is not None:
             self._check_keras_tile(model, depth)
             self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm,
-                                         jit_compile=jit_compile)
+                                         jit_compile=jit_compile, precision=precision)
+        elif precision != "float32":
+            raise ValueError(
+                f"`precision` applies to Keras models only; received precision={precision!r} "
+                f"for a model of type {type(model).__name__} (a SavedModel or endpoint runs "
+                "in the precision it was exported with)"
+            )
         elif callable(model):
             self.network = model
         else:

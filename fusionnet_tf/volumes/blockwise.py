@@ -27,8 +27,8 @@ class PredictorSpec:
 
     Attributes:
         model: str path of a ``.keras`` file or SavedModel folder.
-        tile_shape, overlap, tta, batch_size, blending, align, jit_compile:
-            ``Predictor`` options.
+        tile_shape, overlap, tta, batch_size, blending, align, jit_compile,
+            precision: ``Predictor`` options.
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
     """
@@ -41,6 +41,7 @@ class PredictorSpec:
     blending: str = "gaussian"
     align: int = None
     jit_compile: bool = False
+    precision: str = "float32"
     tf_threads: int = 0
 
 
@@ -98,7 +99,7 @@ def worker_predictor(spec):
         _PREDICTORS[spec] = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
                                       tta=spec.tta, batch_size=spec.batch_size,
                                       blending=spec.blending, align=spec.align,
-                                      jit_compile=spec.jit_compile,
+                                      jit_compile=spec.jit_compile, precision=spec.precision,
                                       progress=False)
         _LOADS["count"] += 1
     return _PREDICTORS[spec]

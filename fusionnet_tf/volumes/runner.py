@@ -136,7 +136,13 @@ def _geometry_predictor(options):
     """A Predictor around a dummy callable: validates the options on the client."""
     from fusionnet_tf.inference import Predictor
 
-    return Predictor(lambda batch: batch, progress=False, **options)
+    from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
+
+    if options["precision"] not in INFERENCE_PRECISIONS:
+        raise ValueError(f"`precision` must be one of {INFERENCE_PRECISIONS}; received "
+                         f"precision={options['precision']!r}")
+    geometry = {k: v for k, v in options.items() if k != "precision"}  # a callable runs as is
+    return Predictor(lambda batch: batch, progress=False, **geometry)
 
 
 def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False):
@@ -172,7 +178,8 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False)
 def _settings(name, shape, block_shape, model_name, options, normalization):
     return {"input": name, "shape": list(shape), "block": list(block_shape),
             "model": model_name, "normalization": normalization,
-            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align")}}
+            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align",
+                                       "precision")}}
 
 
 def _progress_bar(total, enabled, desc="predict-volume"):
@@ -186,7 +193,8 @@ def _progress_bar(total, enabled, desc="predict-volume"):
 
 def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
                    tile_shape=512, overlap=64, tta=1, batch_size=4, blending="gaussian",
-                   align=None, jit_compile=False, normalization="slice", workers=0, scheduler=None,
+                   align=None, jit_compile=False, precision="float32", normalization="slice",
+                   workers=0, scheduler=None,
                    tf_threads=None,
                    zarr_format=3, overwrite=False, progress=False, block_hook=None):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
@@ -207,9 +215,10 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        tile_shape, overlap, tta, batch_size, blending, align, jit_compile:
+        tile_shape, overlap, tta, batch_size, blending, align, jit_compile, precision:
             ``Predictor`` options; defaults 512, 64, 1, 4, ``"gaussian"``, None
-            (2**depth), False.
+            (2**depth), False, ``"float32"``. The precision is recorded in the
+            output, so a resumed run cannot mix precisions.
         normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
             or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
@@ -261,7 +270,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     if block_hook is not None and distributed_run:
         raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                   blending=blending, align=align, jit_compile=jit_compile)
+                   blending=blending, align=align, jit_compile=jit_compile, precision=precision)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
 
     volume, name = storage.open_volume(input_spec)
