@@ -418,6 +418,38 @@ def test_cli_xla_run_matches_in_memory_prediction(tmp_path, volume, model_path, 
     np.testing.assert_allclose(read_output(out), reference, atol=1e-4, rtol=0)
 
 
+def test_cli_bfloat16_run_is_close_and_cannot_be_resumed_in_float32(tmp_path, volume, model_path,
+                                                                     reference, capsys):
+    spec = write_h5(tmp_path / "vol.h5", "raw", volume)
+    out = tmp_path / "bf16.zarr"
+    args = ["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
+            "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+            "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
+            "--batch-size", str(OPTIONS["batch_size"]), "--quiet"]
+    assert main(args + ["--precision", "mixed_bfloat16"]) == 0
+    difference = np.abs(read_output(out) - reference)
+    assert 0 < difference.max() < 5e-2  # bfloat16 rounding, not another model
+    capsys.readouterr()
+    assert main(args + ["--precision", "float32"]) == 2  # a resume must not mix precisions
+    assert "precision: 'mixed_bfloat16' -> 'float32'" in capsys.readouterr().err
+
+
+def test_outputs_of_earlier_versions_resume_as_float32(tmp_path, volume, predictor):
+    from fusionnet_tf.volumes import storage
+
+    spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :200])
+    out = tmp_path / "out.zarr"
+    predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)
+    array = zarr.open_array(out, mode="r+")
+    settings = dict(array.attrs[storage.ATTRS_KEY])
+    del settings["precision"]  # as written before the setting was recorded
+    array.attrs[storage.ATTRS_KEY] = settings
+    assert predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)["blocks_skipped"] == 2
+    with pytest.raises(ValueError, match="precision: 'float32' -> 'mixed_bfloat16'"):
+        predict_volume(spec, out, predictor, block_shape=BLOCK,
+                       **{**OPTIONS, "precision": "mixed_bfloat16"})
+
+
 def test_cli_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["predict-volume", "--help"])

@@ -277,7 +277,7 @@ def check_resumable(array, path, shape, chunks, settings):
         raise ValueError(f"output {path} exists with chunks {tuple(array.chunks)}, but this run "
                          f"uses blocks {tuple(chunks)}; use the same --block/--block-z or "
                          f"pass --overwrite")
-    previous = dict(array.attrs.get(ATTRS_KEY) or {})
+    previous = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **(array.attrs.get(ATTRS_KEY) or {})}
     different = sorted(k for k in set(previous) | set(settings)
                        if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k))
     if different:
@@ -289,6 +289,8 @@ def check_resumable(array, path, shape, chunks, settings):
 
 # stored with the settings, but taken from the store on resume (not compared)
 IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
+# settings that outputs of earlier versions do not record, and the value they ran with
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32"}
 
 
 def done_marker(path, block):
