@@ -72,3 +72,13 @@ def test_bfloat16_prediction_matches_float32_on_real_em(prediction, tmp_path):
     difference = np.abs(fast - prediction)
     assert 0 < difference.mean() < 5e-3  # measured 9e-4 on these slices
     assert ((fast > 0.5) == (prediction > 0.5)).mean() > 0.995  # measured 0.9991
+
+
+def test_predict_cli_shows_a_progress_bar_over_tiles(tmp_path, capsys):
+    out = tmp_path / "one.tif"
+    assert main(["predict", str(example_path()), "-o", str(out), "--tta", "1", "--tile", "256",
+                 "--overlap", "32"]) == 0
+    err = capsys.readouterr().err
+    # 3 slices x a 3 x 3 grid of 256-px tiles (overlap >= 32 on 512 px)
+    assert "predict" in err and "27/27" in err and "tile" in err
+    assert tifffile.imread(out).shape == (3, 512, 512)
