@@ -159,8 +159,10 @@ class Predictor:
         progress: bool. Show a tqdm progress bar over tiles on stderr.
             Defaults to False.
         align: int or None. Tile origins (except the last along each axis)
-            are multiples of it. None = ``2**depth`` for a Keras model (tiles
-            see the pooling grid of the whole image), 1 otherwise.
+            are multiples of it. None = ``2**depth`` for a Keras model (those
+            tiles see the pooling grid of the whole image; the last tile
+            along an axis ends at the border instead, and sees it only when
+            the image size is a multiple of ``2**depth``), 1 otherwise.
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
         jit_compile: bool. Run a Keras model through XLA (see

@@ -5,7 +5,9 @@ spaced evenly from 0 to ``size - tile``, so the first tile starts at the image
 border and the last one ends exactly at the other border, and neighbouring
 tiles overlap by at least ``overlap`` pixels. Interior origins can be snapped
 to multiples of ``align`` (``2**depth`` for a network with ``depth`` pooling
-levels), so every tile sees the pooling grid the whole image would see.
+levels), so those tiles see the pooling grid the whole image would see; the
+last tile along an axis ends exactly at the border, so it shares that grid
+only when the image size is a multiple of ``align``.
 
 Overlapping tiles are blended with a smooth weight map that is largest at the
 tile centre (Gaussian or cosine window). Zero weights are clamped to the
