@@ -1,12 +1,14 @@
 """tf.data training / validation pipelines and the elastic deformation."""
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
 
-from fusionnet_tf.data import (AugmentConfig, isbi2012_datasets, normalize, open_stack,
+from fusionnet_tf.data import (AugmentConfig, LazyStack, isbi2012_datasets, normalize, open_stack,
                                train_dataset, validation_dataset, validation_tile_origins)
 from fusionnet_tf.data.augment import (coarse_displacements, elastic_field, sampling_coordinates,
                                        spline_basis, warp_window)
@@ -185,6 +187,55 @@ def test_field_is_smooth():
         assert step.max() < 1.0 and step.mean() < 0.3
 
 
+def control_point_fields(grid, displacement, seeds, size=49):
+    """Fields of ``seeds`` seeds, (seeds, T, T, 2), and the control-point pixel indices.
+
+    With ``size - 1`` a multiple of ``grid - 1`` every control point sits
+    exactly on a pixel.
+    """
+    fields = np.stack([elastic_field(tf.constant([s, 11]), size, grid, displacement).numpy()
+                       for s in range(seeds)])
+    return fields, np.arange(grid) * (size - 1) // (grid - 1)
+
+
+@pytest.mark.parametrize("displacement", [2.0, 5.0])
+def test_field_std_follows_elastic_displacement(displacement):
+    """The std at the interior control points, and over the tile, is elastic_displacement."""
+    fields, points = control_point_fields(5, displacement, seeds=200)
+    inner = points[1:-1]
+    at_controls = fields[:, inner][:, :, inner]  # 200 seeds x 3 x 3 points x 2 components
+    assert abs(at_controls.std() / displacement - 1.0) < 0.1
+    assert abs(fields.std() / displacement - 1.0) < 0.1
+    # and the pipeline deforms with that field (recovered from warped ramps)
+    config = dataclasses.replace(ELASTIC_ONLY, elastic_grid=5, elastic_displacement=displacement)
+    dy, dx = fields_from_ramps(seed=0, tiles=64, size=65, config=config)
+    assert abs(np.concatenate([dy, dx]).std() / displacement - 1.0) < 0.15
+
+
+def test_larger_elastic_grid_gives_a_less_smooth_field():
+    coarse, _ = control_point_fields(4, 3.0, seeds=30)
+    fine, _ = control_point_fields(13, 3.0, seeds=30)
+    roughness = [np.abs(np.diff(f, axis=axis)).mean() for f in (coarse, fine) for axis in (1, 2)]
+    assert min(roughness[2:]) > 2.0 * max(roughness[:2])  # about (13 - 1) / (4 - 1) = 4 times
+    assert abs(fine.std() / coarse.std() - 1.0) < 0.15  # at a similar magnitude
+
+
+@pytest.mark.parametrize("displacement", [1.0, 6.0])
+def test_clipped_warp_stays_inside_the_context_margin(displacement):
+    """Even with every control value at the clip bound, all bilinear samples are in the window."""
+    config = dataclasses.replace(ELASTIC_ONLY, elastic_displacement=displacement)
+    limit, margin, size = config.elastic_limit, config.margin, 32
+    assert limit >= 6.0 * displacement * 0.999  # 3 std of the draws (std 2 * displacement)
+    draws = coarse_displacements(tf.constant([1, 2]), config.elastic_grid, 100.0, limit).numpy()
+    assert np.abs(draws).max() <= limit
+    basis = tf.constant(spline_basis(size, config.elastic_grid))
+    for sign in (-1.0, 1.0):
+        coarse = tf.fill([2, config.elastic_grid, config.elastic_grid], sign * limit)
+        ys, xs, _ = sampling_coordinates(coarse, basis, float(margin), float(margin))
+        for coords in (ys.numpy(), xs.numpy()):
+            assert coords.min() >= 0.0 and coords.max() < size + 2 * margin - 1
+
+
 def test_warp_with_zero_field_is_identity():
     window = tf.random.uniform([20, 20, 2], seed=1)
     out = warp_window(window, tf.zeros([16, 16, 2]), margin=2)
@@ -314,6 +365,39 @@ def test_lazy_hdf5_matches_in_memory(tmp_path, volume):
     np.testing.assert_array_equal(val_lazy[0], val_eager[0])
 
 
+def lazy_labels(kind, labels, tmp_path):
+    """``labels`` as a lazy array-like: an h5py dataset, an np.memmap or a LazyStack."""
+    if kind == "h5py":
+        with h5py.File(tmp_path / "labels.h5", "w") as f:
+            f["labels"] = labels
+        return open_stack(f"{tmp_path / 'labels.h5'}:/labels")
+    if kind == "memmap":
+        mapped = np.memmap(tmp_path / "labels.raw", labels.dtype, "w+", shape=labels.shape)
+        mapped[:] = labels
+        return mapped
+    return LazyStack(labels.shape, labels.dtype, lambda i: labels[i])
+
+
+@pytest.mark.parametrize("kind", ["h5py", "memmap", "LazyStack"])
+def test_lazy_non_binary_labels_raise(tmp_path, volume, kind):
+    """ISBI-convention labels (255 = interior) passed lazily must not be silently binarized."""
+    images, labels = volume
+    isbi = lazy_labels(kind, np.where(labels == 1, 0, 255).astype(np.uint8), tmp_path)
+    with pytest.raises(ValueError, match=r"found values \[0, 255\].*read_labels"):
+        train_dataset(images, isbi, 16, 2)
+    with pytest.raises(ValueError, match=r"found values \[0, 255\]"):
+        validation_dataset(images, isbi, 16, 2)
+
+
+@pytest.mark.parametrize("kind", ["h5py", "LazyStack"])
+def test_lazy_binary_labels_are_accepted(tmp_path, volume, kind):
+    images, labels = volume
+    lazy = lazy_labels(kind, labels, tmp_path)
+    _, tile_labels = take(train_dataset(images, lazy, 16, 4, augment=False, seed=2), 1)
+    _, eager_labels = take(train_dataset(images, labels, 16, 4, augment=False, seed=2), 1)
+    np.testing.assert_array_equal(tile_labels, eager_labels)
+
+
 def test_min_foreground_rejects_empty_tiles():
     images = np.random.default_rng(1).integers(0, 255, (2, 64, 64)).astype(np.uint8)
     labels = np.zeros((2, 64, 64), np.uint8)
@@ -385,6 +469,60 @@ def test_blur_and_intensity_change_only_the_image(volume):
     np.testing.assert_array_equal(tile_labels, plain_labels)  # same crops, labels untouched
     assert np.abs(tiles - plain).mean() > 0.01
     assert tiles.min() >= 0.0 and tiles.max() <= 1.0
+
+
+ONE_INTENSITY_SWITCH = {
+    "gamma": {"gamma": 0.3},
+    "contrast": {"contrast": 0.3},
+    "brightness": {"brightness": 0.1},
+    "noise": {"noise": 0.05},
+    "blur": {"blur_probability": 1.0, "blur_sigma": 1.5},
+}
+SWITCHED_OFF = {
+    "gamma": {"gamma": 0.0},
+    "contrast": {"contrast": 0.0},
+    "brightness": {"brightness": 0.0},
+    "noise": {"noise": 0.0},
+    "blur": {"blur_probability": 0.0, "blur_sigma": 1.5},
+}
+
+
+@pytest.mark.parametrize("switch", sorted(ONE_INTENSITY_SWITCH))
+def test_each_intensity_switch_alone_changes_only_the_image(volume, switch):
+    images, labels = volume
+    config = dataclasses.replace(NO_AUG, **ONE_INTENSITY_SWITCH[switch])  # no elastic, no dihedral
+    tiles, tile_labels = take(train_dataset(images, labels, 16, 8, augment=config, seed=9), 1)
+    again, _ = take(train_dataset(images, labels, 16, 8, augment=config, seed=9), 1)
+    plain, plain_labels = take(train_dataset(images, labels, 16, 8, augment=False, seed=9), 1)
+    np.testing.assert_array_equal(tile_labels, plain_labels)  # same crops, labels untouched
+    np.testing.assert_array_equal(tiles, again)  # deterministic for a seed
+    assert all(not np.array_equal(t, p) for t, p in zip(tiles, plain))  # every tile changed
+    assert np.abs(tiles - plain).mean() > 1e-3
+    assert tiles.min() >= 0.0 and tiles.max() <= 1.0
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHED_OFF))
+def test_each_intensity_switch_at_zero_gives_the_exact_crop(volume, switch):
+    images, labels = volume
+    config = dataclasses.replace(NO_AUG, **SWITCHED_OFF[switch])
+    assert not config.intensity_active
+    tiles, tile_labels = take(train_dataset(images, labels, 16, 8, augment=config, seed=9), 1)
+    plain, plain_labels = take(train_dataset(images, labels, 16, 8, augment=False, seed=9), 1)
+    np.testing.assert_array_equal(tiles, plain)
+    np.testing.assert_array_equal(tile_labels, plain_labels)
+
+
+def test_blur_kernel_must_fit_the_tile(volume):
+    """Radius ceil(3 * blur_sigma) >= tile_size used to fail inside the tf.data graph."""
+    images, labels = volume
+    blur = dataclasses.replace(NO_AUG, blur_probability=1.0, blur_sigma=1.0)  # radius 3
+    with pytest.raises(ValueError, match=r"blur_sigma=1.0 needs tile_size > 3 .*received tile_size=3"):
+        train_dataset(images, labels, 3, 2, augment=blur)
+    with pytest.raises(ValueError, match="blur_sigma=2.5 needs tile_size > 8"):
+        train_dataset(images, labels, 8, 2, augment=dataclasses.replace(blur, blur_sigma=2.5))
+    tiles, _ = take(train_dataset(images, labels, 4, 2, augment=blur, seed=1), 1)  # smallest fit
+    assert tiles.shape == (2, 4, 4, 1) and np.isfinite(tiles).all()
+    take(train_dataset(images, labels, 3, 2, augment=dataclasses.replace(blur, blur_probability=0.0)), 1)
 
 
 # --------------------------------------------------------------------------- #

@@ -12,10 +12,12 @@ Per tile, in this order (each one can be switched off in ``AugmentConfig``):
    ``elastic_displacement`` pixels), interpolated to full resolution with a
    cubic B-spline (two small matrix products per component: that is what
    makes the field smooth, no full-resolution Gaussian blur is needed). The
-   warp samples the reflect-padded slice around the tile (a margin of 4
-   standard deviations of real context) with bilinear interpolation; the
-   label goes through the same field (bilinear, then thresholded at 0.5, so
-   it stays binary);
+   control draws are clipped at ``ELASTIC_CLIP`` = 3 of their own standard
+   deviations (``elastic_limit``; 0.3% of the draws, -0.3% on the std), and
+   the warp samples the reflect-padded slice around the tile with a margin
+   of real context just wider than that clip, so every sample point lies
+   inside it; sampling is bilinear, and the label goes through the same
+   field (bilinear, then thresholded at 0.5, so it stays binary);
 2. one of the 8 dihedral transforms of ``fusionnet_tf.dihedral``; with the
    elastic warp on, it is folded into the sampling coordinates (row flips of
    the small spline factors plus a final transpose), which gives exactly
@@ -46,8 +48,15 @@ class AugmentConfig:
         elastic_grid: int >= 2. Control points per side of the coarse
             displacement grid. Defaults to 5.
         elastic_displacement: float >= 0. Standard deviation, in pixels, of
-            each displacement component at the control points (the draws are
-            clipped at about 4 standard deviations). Defaults to 6.0.
+            each displacement component of the smooth field at the interior
+            control points; over a whole tile the std is within a few percent
+            of it (lower between control points, higher at the tile border,
+            where fewer control points share the weight: up to 1.36x at the
+            corners). The control draws are clipped at ``ELASTIC_CLIP``
+            standard deviations (see ``elastic_limit``), which lowers the std
+            by 0.3%. The context margin grows with it (``margin`` =
+            ``ceil(6 * elastic_displacement) + 2`` for ``elastic_grid >= 3``:
+            38 px at 6.0). Defaults to 6.0.
         dihedral: bool. Random flip / 90-degree rotation (8 transforms).
             Defaults to True.
         gamma: float >= 0. Gamma is ``exp(u)``, ``u ~ U(-gamma, gamma)``.
@@ -61,7 +70,10 @@ class AugmentConfig:
         blur_probability: float in [0, 1]. Chance of a Gaussian blur per tile.
             Defaults to 0.0 (off).
         blur_sigma: float > 0. Largest blur sigma in pixels; the sigma is
-            ``U(0.3, blur_sigma)``. Defaults to 1.0.
+            ``U(0.3, blur_sigma)``. The kernel radius is
+            ``ceil(3 * blur_sigma)`` (``blur_radius``) and, with the blur on,
+            the tile size must exceed it (checked by the dataset builders).
+            Defaults to 1.0.
 
     Example:
     >>> AugmentConfig(elastic_displacement=4.0, noise=0.0)
@@ -116,11 +128,23 @@ class AugmentConfig:
         return bool(self.elastic) and self.elastic_displacement > 0
 
     @property
+    def elastic_limit(self):
+        """Clip bound in pixels of the control displacements (0.0 without elastic)."""
+        if not self.elastic_active:
+            return 0.0
+        return elastic_limit(self.elastic_grid, self.elastic_displacement)
+
+    @property
     def margin(self):
-        """Context in pixels cut around each tile for the warp (0 without elastic)."""
+        """Context in pixels cut around each tile for the warp (0 without elastic).
+
+        ``ceil(elastic_limit) + 2``: the field never exceeds the clip bound
+        (it is a convex combination of the control values), so every
+        bilinear sample, neighbours included, stays inside the window.
+        """
         if not self.elastic_active:
             return 0
-        return int(math.ceil(4.0 * self.elastic_displacement)) + 2
+        return int(math.ceil(self.elastic_limit)) + 2
 
     @property
     def intensity_active(self):
@@ -191,11 +215,45 @@ def spline_basis(size, grid):
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+ELASTIC_CLIP = 3.0  # control draws are clipped at this many of their standard deviations
+
+
 def _spline_gain(grid):
-    """Factor that makes the interpolated field's std at a control point equal the draw's std."""
+    """Std of the control draws per pixel of field std at an interior control point.
+
+    The field is a tensor product, ``dy = B G B^T``: at control point (a, b)
+    it is ``sum_ij w_i w_j G_ij`` with ``w`` the 1-D spline weights at a
+    knot (1/6, 2/3, 1/6), so its std is ``stddev * sum_i w_i**2`` (0.5) and
+    the gain is ``1 / sum_i w_i**2`` (2.0; ``1 / sqrt(sum w**2)`` would only
+    hold for a 1-D interpolation and gives a field 29% too weak).
+
+    Args:
+        grid: int g >= 2 (for g = 2 both control points are tile corners).
+
+    Returns:
+        float.
+    """
     weights = _cubic_bspline(np.arange(grid) - (grid - 1) // 2)
     weights = weights / weights.sum()
-    return float(1.0 / np.sqrt(np.sum(weights**2)))
+    return float(1.0 / np.sum(weights**2))
+
+
+def elastic_limit(grid, displacement):
+    """Clip bound, in pixels, of the control displacements: ``ELASTIC_CLIP`` draw stds.
+
+    With a field std ``displacement`` the draws have std ``2 * displacement``
+    (``_spline_gain``), so the bound is ``6 * displacement``: 0.27% of the
+    draws are clipped and the field's std drops by 0.3%. The field never
+    exceeds the bound, so ``AugmentConfig.margin`` is derived from it.
+
+    Args:
+        grid: int g >= 2.
+        displacement: float >= 0, field std in pixels.
+
+    Returns:
+        float >= 0.
+    """
+    return ELASTIC_CLIP * displacement * _spline_gain(grid)
 
 
 def coarse_displacements(seed, grid, displacement, limit):
@@ -204,9 +262,12 @@ def coarse_displacements(seed, grid, displacement, limit):
     Args:
         seed: (2,) stateless seed.
         grid: int g.
-        displacement: float, target standard deviation (pixels) of the smooth field.
+        displacement: float, target standard deviation (pixels) of the smooth
+            field at the interior control points; the draws have
+            ``_spline_gain(grid)`` times that std.
         limit: float, clip each control value to [-limit, limit] (keeps the
-            warp inside the context margin).
+            warp inside the context margin); the pipeline uses
+            ``elastic_limit(grid, displacement)``.
 
     Returns:
         float32 tensor (2, g, g): [dy, dx].
@@ -288,18 +349,19 @@ def elastic_field(seed, size, grid=5, displacement=6.0):
         seed: (2,) stateless seed.
         size: int, tile side T.
         grid: int, control points per side.
-        displacement: float, standard deviation in pixels of each component.
+        displacement: float, standard deviation in pixels of each component
+            at the interior control points (see ``AugmentConfig``).
 
     Returns:
         float32 tensor (T, T, 2): (dy, dx) of each pixel; dy and dx come from
-        independent draws. This is the field ``train_dataset`` uses for a tile
-        whose per-tile seed is ``seed``'s elastic sub-seed.
+        independent draws, clipped at ``elastic_limit(grid, displacement)``.
+        This is the field ``train_dataset`` uses for a tile whose per-tile
+        seed is ``seed``'s elastic sub-seed.
 
     Example:
     >>> field = elastic_field(tf.constant([1, 2]), 256)
     """
-    limit = 4.0 * displacement + 1.0
-    coarse = coarse_displacements(seed, grid, displacement, limit)
+    coarse = coarse_displacements(seed, grid, displacement, elastic_limit(grid, displacement))
     y, x, _ = sampling_coordinates(coarse, spline_basis(size, grid), 0.0, 0.0)
     ramp = tf.range(size, dtype=tf.float32)
     return tf.stack([y - ramp[:, None], x - ramp[None, :]], axis=-1)
@@ -387,13 +449,42 @@ def random_dihedral_index(seed):
     return tf.random.stateless_uniform([], seed=seed, minval=0, maxval=8, dtype=tf.int32)
 
 
+def blur_radius(blur_sigma):
+    """Half-width (int >= 1) of the blur kernel for the largest sigma ``blur_sigma``."""
+    return max(1, int(math.ceil(3.0 * blur_sigma)))
+
+
+def check_blur_fits(config, tile_size):
+    """Raise if the blur is on and its reflect padding does not fit the tile.
+
+    ``gaussian_blur`` reflect-pads by the radius, which needs ``radius <
+    tile_size``; otherwise TF fails deep inside the ``tf.data`` graph.
+
+    Args:
+        config: AugmentConfig.
+        tile_size: int T.
+
+    Raises:
+        ValueError: naming ``blur_sigma``, the radius and ``tile_size``.
+    """
+    if config.blur_probability <= 0:
+        return
+    radius = blur_radius(config.blur_sigma)
+    if tile_size <= radius:
+        raise ValueError(
+            f"blur_sigma={config.blur_sigma!r} needs tile_size > {radius} (blur kernel radius "
+            f"ceil(3 * blur_sigma)); received tile_size={tile_size!r}: lower blur_sigma, enlarge "
+            "the tiles or set blur_probability=0"
+        )
+
+
 def gaussian_blur(image, sigma, radius):
     """Separable Gaussian blur of a (T, T, 1) image with reflect borders.
 
     Args:
         image: float32 (T, T, 1).
         sigma: scalar float tensor > 0, in pixels.
-        radius: int, kernel half-width (kernel size 2 * radius + 1).
+        radius: int, kernel half-width (kernel size 2 * radius + 1), < T.
 
     Returns:
         float32 (T, T, 1).
@@ -439,8 +530,12 @@ def intensity_jitter(image, seed, config, bank=None):
 
     Returns:
         float32 (T, T, 1), clipped to [0, 1].
+
+    Raises:
+        ValueError: blur on with ``T <= blur_radius(config.blur_sigma)``.
     """
     size = image.shape[0]
+    check_blur_fits(config, size)
     seeds = tf.random.experimental.stateless_split(seed, 2)
     u = tf.random.stateless_uniform([6], seed=seeds[0])
     if config.gamma > 0:  # x ** g as exp(g log x): several times faster than pow on CPU
@@ -453,7 +548,7 @@ def intensity_jitter(image, seed, config, bank=None):
         image = image * factor + shift
     if config.blur_probability > 0:
         sigma = 0.3 + u[4] * max(config.blur_sigma - 0.3, 0.0)
-        radius = max(1, int(math.ceil(3.0 * config.blur_sigma)))
+        radius = blur_radius(config.blur_sigma)
         image = tf.cond(u[3] < config.blur_probability,
                         lambda: gaussian_blur(image, sigma, radius), lambda: image)
     if config.noise > 0:
