@@ -2,12 +2,13 @@
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, copy_existing=False, fsync=False):
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     Use it for every output file: if the writer raises, the temporary file is
@@ -15,6 +16,14 @@ def atomic_path(path):
 
     Args:
         path: str or Path of the final file. Its parent folder must exist.
+        copy_existing: bool. If ``path`` exists, the temporary file starts as
+            a copy of it and keeps its permissions, so a writer can update a
+            container (e.g. add a dataset to an HDF5 file) without anyone ever
+            seeing a half-updated file. Changes others make to ``path`` while
+            the writer runs are lost. Defaults to False (start empty).
+        fsync: bool. Flush the temporary file and the folder to disk around
+            the rename, so a crash leaves either the old or the new file.
+            Defaults to False.
 
     Yields:
         Path of a temporary file in the same folder, with the same suffix (so
@@ -38,13 +47,35 @@ def atomic_path(path):
                                dir=parent)
     os.close(fd)
     tmp = Path(tmp)
+    existing = copy_existing and path.is_file()
     try:
+        if existing:
+            shutil.copyfile(path, tmp)
         yield tmp
-        default_permissions(tmp)
+        if existing:
+            shutil.copymode(path, tmp)
+        else:
+            default_permissions(tmp)
+        if fsync:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if fsync:
+            _fsync(parent, directory=True)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path, directory=False):
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot fsync a folder; a file must
+            raise
+    finally:
+        os.close(fd)
 
 
 def default_permissions(path, directory=False):

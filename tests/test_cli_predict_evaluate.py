@@ -75,6 +75,119 @@ def test_predict_isbi_uint8_hdf5_png_and_overlay(files, tmp_path):
     np.testing.assert_array_equal(pngs, np.round(expected * 255).astype(np.uint8))
 
 
+def test_hdf5_output_keeps_other_datasets(tmp_path):
+    path = tmp_path / "existing.h5"
+    raw = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
+    with h5py.File(path, "w") as handle:
+        handle["raw"] = raw
+        handle["raw"].attrs["resolution"] = 4.0
+        handle["labels/membrane"] = raw > 50
+        handle.attrs["sample"] = "A"
+    first, second = np.full((2, 8, 8), 0.25, np.float32), np.full((2, 8, 8), 0.75, np.float32)
+    writers.write_prediction(f"{path}:/pred", first, metadata={"tta": 8})
+    writers.write_prediction(f"{path}:/pred", second)  # an existing key is replaced
+    with h5py.File(path, "r") as handle:
+        np.testing.assert_array_equal(handle["raw"][...], raw)
+        assert handle["raw"].attrs["resolution"] == 4.0 and handle.attrs["sample"] == "A"
+        np.testing.assert_array_equal(handle["labels/membrane"][...], raw > 50)
+        np.testing.assert_array_equal(handle["pred"][...], second)
+        assert "tta" not in handle["pred"].attrs  # the old dataset's attributes went with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.h5"]
+    with pytest.raises(ValueError, match=r"existing.h5:/labels is a group"):
+        writers.write_prediction(f"{path}:/labels", first)
+    with pytest.raises(ValueError, match=r"existing.h5:/raw/pred.*'raw' is a dataset"):
+        writers.write_prediction(f"{path}:/raw/pred", first)
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match=r"text.h5 exists and is not an HDF5 file"):
+        writers.write_prediction(tmp_path / "text.h5", first)
+    assert (tmp_path / "text.h5").read_text() == "not hdf5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.h5", "text.h5"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_tiff_prediction_of_three_or_four_slices_stays_a_stack(tmp_path, dtype):
+    """tifffile stores (3|4, H, W) as planar RGB(A) by default; the writer must not."""
+    for count in (3, 4):
+        prob = np.full((count, 8, 8), 0.5, np.float32)  # equal slices: would read as one RGB image
+        writers.write_prediction(tmp_path / f"p{count}.tif", prob, dtype=dtype)
+        assert read_stack(tmp_path / f"p{count}.tif").shape == (count, 8, 8)
+        np.testing.assert_allclose(writers.read_probability_map(tmp_path / f"p{count}.tif"), prob,
+                                   atol=1 / 255)
+
+
+def test_failed_hdf5_write_keeps_the_existing_file(tmp_path, monkeypatch):
+    path = tmp_path / "existing.h5"
+    with h5py.File(path, "w") as handle:
+        handle["raw"] = np.ones((1, 4, 4), np.uint8)
+    before = path.read_bytes()
+    real_file = h5py.File
+
+    class FailingFile(real_file):
+        def create_dataset(self, *args, **kwargs):
+            super().create_dataset(*args, **kwargs)
+            raise OSError("disk full")
+
+    monkeypatch.setattr(h5py, "File", FailingFile)
+    with pytest.raises(OSError, match="disk full"):
+        writers.write_prediction(f"{path}:/raw", np.zeros((1, 4, 4), np.float32))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.h5"]
+
+
+def test_predict_into_the_input_hdf5_file(files, tmp_path):
+    path = tmp_path / "vol.h5"
+    raw = tifffile.imread(files.image)
+    with h5py.File(path, "w") as handle:
+        handle["raw"] = raw
+    assert main(["predict", f"{path}:/raw", "-o", f"{path}:/pred", "--model", files.model,
+                 "--tta", "1"] + SMALL) == 0
+    with h5py.File(path, "r") as handle:
+        np.testing.assert_array_equal(handle["raw"][...], raw)
+        np.testing.assert_allclose(handle["pred"][...], expected_prediction(files, tta=1),
+                                   atol=1e-6)
+
+
+def test_predict_refuses_to_overwrite_its_input(files, tmp_path, capsys, monkeypatch):
+    import fusionnet_tf.cli.predict as predict_cli
+
+    def no_model(args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(predict_cli, "resolve_model", no_model)
+    path = tmp_path / "vol.h5"
+    with h5py.File(path, "w") as handle:
+        handle["raw"] = tifffile.imread(files.image)
+    before = path.read_bytes()
+    for input_spec, output in ((f"{path}:/raw", f"{path}:/raw"), (f"{path}:raw", f"{path}:/raw"),
+                               (str(path), f"{path}://raw"), (f"{path}:/raw", f"{path}:raw/"),
+                               (files.image, files.image)):
+        code, err = run_cli(["predict", input_spec, "-o", output] + SMALL, capsys)
+        assert code == 2 and "--output" in err and "INPUT" in err, (input_spec, output)
+    assert path.read_bytes() == before
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
+    code, err = run_cli(["predict", str(tmp_path / "in.png"), "-o", str(tmp_path / "p.tif"),
+                         "--overlay", str(tmp_path / "in.png")] + SMALL, capsys)
+    assert code == 2 and "--overlay" in err and "INPUT" in err
+    code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "pngs"), "--overlay",
+                         str(tmp_path / "pngs")] + SMALL, capsys)
+    assert code == 2 and "--overlay" in err and "--output" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "vol.h5"]
+
+
+def test_overlay_must_be_png_or_folder(files, tmp_path, capsys):
+    for overlay in ("out.tif", "out.h5:/overlay", "out.jpg"):
+        code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--model",
+                             files.model, "--overlay", str(tmp_path / overlay)] + SMALL, capsys)
+        assert code == 2 and "--overlay" in err and overlay.split(":")[0] in err, overlay
+        assert ".png" in err and "folder" in err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"out.tif.*\.png.*folder"):
+        writers.write_overlays(tmp_path / "out.tif", np.zeros((8, 8)), np.zeros((8, 8)))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
     import keras
 

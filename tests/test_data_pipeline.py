@@ -375,6 +375,10 @@ def lazy_labels(kind, labels, tmp_path):
         mapped = np.memmap(tmp_path / "labels.raw", labels.dtype, "w+", shape=labels.shape)
         mapped[:] = labels
         return mapped
+    if kind == "h5py_bool":
+        with h5py.File(tmp_path / "labels.h5", "w") as f:
+            f["labels"] = labels.astype(bool)
+        return open_stack(f"{tmp_path / 'labels.h5'}:/labels", allow_bool=True)
     return LazyStack(labels.shape, labels.dtype, lambda i: labels[i])
 
 
@@ -389,7 +393,7 @@ def test_lazy_non_binary_labels_raise(tmp_path, volume, kind):
         validation_dataset(images, isbi, 16, 2)
 
 
-@pytest.mark.parametrize("kind", ["h5py", "LazyStack"])
+@pytest.mark.parametrize("kind", ["h5py", "h5py_bool", "LazyStack"])
 def test_lazy_binary_labels_are_accepted(tmp_path, volume, kind):
     images, labels = volume
     lazy = lazy_labels(kind, labels, tmp_path)

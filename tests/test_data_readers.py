@@ -102,6 +102,65 @@ def test_hdf5_2d_dataset_is_lazy_single_slice(tmp_path, stack_u8):
     np.testing.assert_array_equal(lazy[0], stack_u8[0])
 
 
+def test_planar_and_interleaved_rgb_tiff_are_one_grey_slice(tmp_path, stack_u8):
+    grey = stack_u8[0]
+    rgb = np.stack([grey] * 3)  # (3, H, W), all channels equal
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "interleaved.tif", np.moveaxis(rgb, 0, -1), photometric="rgb")
+    with tifffile.TiffFile(tmp_path / "planar.tif") as tif:
+        assert tif.series[0].axes == "SYX"
+    for name in ("planar.tif", "interleaved.tif"):
+        out = read_stack(tmp_path / name)
+        assert out.shape == (1, 16, 20), name
+        np.testing.assert_array_equal(out[0], grey)
+        np.testing.assert_array_equal(open_stack(tmp_path / name), out)
+    # a stack of planar RGB pages: one grey slice per page
+    tifffile.imwrite(tmp_path / "planar_stack.tif", np.stack([rgb, rgb[:, ::-1]]),
+                     photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_stack(tmp_path / "planar_stack.tif"),
+                                  np.stack([grey, grey[::-1]]))
+    # different planes: the bytes of a 3-slice stack saved with tifffile's old default
+    tifffile.imwrite(tmp_path / "three.tif", stack_u8, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_stack(tmp_path / "three.tif"), stack_u8)
+    colour = np.moveaxis(stack_u8, 0, -1)
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    with pytest.raises(ValueError, match="colour.tif: colour image"):
+        read_stack(tmp_path / "colour.tif")
+
+
+def test_hdf5_file_closed_after_failed_open(tmp_path):
+    path = tmp_path / "bad.h5"
+
+    def write_bad():  # mode "w" fails while another handle keeps the file open
+        with h5py.File(path, "w") as f:
+            f["rgb"] = np.zeros((2, 2, 4, 4), np.uint8)
+            f["empty"] = np.zeros((0, 4, 4), np.uint8)
+            f["complex"] = np.zeros((1, 4, 4), np.complex64)
+
+    write_bad()
+    for key, message in (("rgb", r"\(2, 2, 4, 4\)"), ("empty", "empty"), ("complex", "complex64"),
+                         ("missing", "'missing'")):
+        with pytest.raises(ValueError, match=message) as info:
+            open_stack(f"{path}:{key}")
+        write_bad()  # even while the traceback (and its frames) is still alive
+        del info
+
+
+def test_hdf5_2d_dataset_is_closed_by_read_and_close(tmp_path, stack_u8):
+    path = tmp_path / "plane.h5"
+    with h5py.File(path, "w") as f:
+        f["plane"] = stack_u8[0]
+    np.testing.assert_array_equal(read_stack(f"{path}:/plane"), stack_u8[:1])
+    with h5py.File(path, "a"):  # read_stack released its handle
+        pass
+    lazy = open_stack(f"{path}:/plane")
+    assert isinstance(lazy, LazyStack) and lazy.file.id.valid
+    lazy.close()
+    assert not lazy.file.id.valid
+    with h5py.File(path, "w"):
+        pass
+
+
 def test_ndarray_passes_through(stack_u8):
     np.testing.assert_array_equal(read_stack(stack_u8[0]), stack_u8[:1])
 
@@ -195,6 +254,23 @@ def test_isbi_and_membrane_conventions(tmp_path):
     np.testing.assert_array_equal(read_labels(raw, convention="membrane"), [[[0, 1], [1, 0]]])
     np.testing.assert_array_equal(read_labels(raw == 255, convention="membrane"), [[[0, 1], [1, 0]]])
     np.testing.assert_array_equal(to_membrane(np.array([[0, 1]]), "membrane"), [[0, 1]])
+
+
+def test_bool_hdf5_labels(tmp_path):
+    mask = np.array([[[True, False], [False, True]]])
+    path = tmp_path / "labels.h5"
+    with h5py.File(path, "w") as f:
+        f["membrane"] = mask
+        f["plane"] = mask[0]
+    with h5py.File(path, "r") as f:
+        assert f["membrane"].dtype == bool
+    out = read_labels(f"{path}:/membrane", convention="membrane")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, mask.astype(np.uint8))
+    np.testing.assert_array_equal(read_labels(f"{path}:/membrane"), (~mask).astype(np.uint8))
+    np.testing.assert_array_equal(read_labels(f"{path}:/plane", "membrane", threshold=0), mask)
+    with pytest.raises(ValueError, match="unsupported dtype bool"):  # images stay non-bool
+        read_stack(f"{path}:/membrane")
 
 
 def test_single_valued_labels_are_fine():

@@ -3,8 +3,10 @@
 Reads INPUT (TIFF stack, image, folder of slices or ``file.h5:/key``),
 normalizes each slice, predicts with overlap tiles and test-time augmentation
 and writes OUTPUT atomically (``.tif``, ``.h5[:/key]``, ``.png`` or a folder
-of PNGs). The model is ``--model PATH``, a TF Serving endpoint
-(``--serving-url``) or, by default, the shipped pretrained FusionNet.
+of PNGs). An OUTPUT inside the HDF5 file that holds INPUT is added to it; the
+input dataset itself is never overwritten. The model is ``--model PATH``, a TF
+Serving endpoint (``--serving-url``) or, by default, the shipped pretrained
+FusionNet.
 """
 
 HELP = "Predict membrane probability maps (seamless tiles, 8-way TTA)."
@@ -21,7 +23,9 @@ def add_parser(subparsers):
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="Output .tif/.tiff, .h5[:/key] (key default: prediction), "
                              ".png (one slice) or a folder of PNGs (must be new or empty). "
-                             "Files are replaced atomically.")
+                             "Files are replaced atomically; in an existing HDF5 file only "
+                             "the dataset KEY is replaced, other datasets are kept (but "
+                             "never the INPUT dataset).")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH", default=None,
                         help="A .keras file or SavedModel folder (default: the shipped "
@@ -83,11 +87,20 @@ def add_tiling_arguments(parser):
                              "(default: float32).")
 
 
-def check_output(spec):
+def check_output(spec, option="--output"):
     """Fail early, before any prediction, if ``spec`` cannot be written.
 
+    Args:
+        spec: the output spec.
+        option: ``"--output"`` (any prediction format) or ``"--overlay"``
+            (a ``.png`` or a folder only); named in the error messages.
+
+    Returns:
+        The output kind: ``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"``.
+
     Raises:
-        ValueError: unknown output format.
+        ValueError: unknown output format, an overlay that is not a ``.png``
+            or folder, or an HDF5 target that cannot take the dataset.
         FileNotFoundError / PermissionError: missing or read-only parent folder.
         FileExistsError: a PNG folder output that exists and is not empty.
         IsADirectoryError: a file output that names an existing folder.
@@ -95,20 +108,71 @@ def check_output(spec):
     import os
     from pathlib import Path
 
-    from fusionnet_tf.inference.writers import output_kind, split_output_spec
+    from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, check_hdf5_target,
+                                                output_kind, overlay_kind, split_output_spec)
 
-    kind = output_kind(spec)
-    path, _ = split_output_spec(spec)
+    kind = overlay_kind(spec, option) if option == "--overlay" else output_kind(spec)
+    path, key = split_output_spec(spec)
     if kind != "png_folder" and path.is_dir():
-        raise IsADirectoryError(f"output is an existing folder, expected a file: {path}")
+        raise IsADirectoryError(f"{option} {spec}: is an existing folder, expected a file")
     if kind == "png_folder" and path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"output folder exists and is not empty: {path}")
+        raise FileExistsError(f"{option} {spec}: output folder exists and is not empty: {path}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent} (for {spec})")
+        raise FileNotFoundError(f"{option} {spec}: output folder does not exist: {parent}")
     if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder is not writable: {parent} (for {spec})")
+        raise PermissionError(f"{option} {spec}: output folder is not writable: {parent}")
+    if kind == "hdf5":
+        check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
     return kind
+
+
+def _same_path(first, second):
+    """True if two paths name the same file or folder (existing or not)."""
+    import os
+
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def check_not_input(input_spec, output, overlay=None):
+    """Refuse outputs that would overwrite INPUT (or each other), before predicting.
+
+    Writing into the HDF5 file that holds the INPUT dataset is allowed (the
+    file's other datasets are kept); writing to the INPUT dataset itself, or
+    any other output over the INPUT file, is refused.
+
+    Raises:
+        ValueError: naming the option, the output and INPUT.
+    """
+    from pathlib import Path
+
+    from fusionnet_tf.data.readers import resolve_hdf5_key, split_hdf5_spec
+    from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, hdf5_key, output_kind,
+                                                split_output_spec)
+
+    hdf5_input = split_hdf5_spec(input_spec)
+    input_path = hdf5_input[0] if hdf5_input else Path(input_spec)
+    output_path, output_key = split_output_spec(output)
+    if _same_path(input_path, output_path):
+        if hdf5_input is None or output_kind(output) != "hdf5":
+            raise ValueError(f"--output {output} would overwrite INPUT {input_spec}; "
+                             f"choose another output path")
+        output_key = hdf5_key(output_key or DEFAULT_HDF5_KEY)
+        if input_path.exists() and hdf5_key(resolve_hdf5_key(input_path, hdf5_input[1])) \
+                == output_key:
+            raise ValueError(f"--output {output} is the INPUT dataset ({input_spec}); write the "
+                             f"prediction to another key, e.g. {output_path}:/{output_key}_pred")
+    if overlay is None:
+        return
+    overlay_path = Path(overlay)
+    if _same_path(input_path, overlay_path):
+        raise ValueError(f"--overlay {overlay} would overwrite INPUT {input_spec}; "
+                         f"choose another path")
+    if _same_path(output_path, overlay_path):
+        raise ValueError(f"--overlay {overlay} is the same path as --output {output}; "
+                         f"choose another path")
 
 
 def resolve_model(args):
@@ -140,7 +204,8 @@ def run(args):
 
     check_output(args.output)
     if args.overlay:
-        check_output(args.overlay)
+        check_output(args.overlay, "--overlay")
+    check_not_input(args.input, args.output, args.overlay)
     images = normalize(read_stack(args.input), mode=args.normalization)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:

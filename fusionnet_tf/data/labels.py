@@ -16,7 +16,7 @@ that lists the values found, unless you pass ``threshold``: then a pixel is
 
 import numpy as np
 
-from fusionnet_tf.data.readers import check_stack, read_stack
+from fusionnet_tf.data.readers import read_stack
 
 LABEL_CONVENTIONS = ("isbi", "membrane")
 
@@ -75,7 +75,8 @@ def read_labels(spec, convention="isbi", threshold=None):
 
     Args:
         spec: any spec ``read_stack`` accepts (TIFF stack, image, folder,
-            ``file.h5:/key``) or an array.
+            ``file.h5:/key``) or an array. Boolean data (e.g. an HDF5 bool
+            mask) counts as 0/1.
         convention: ``"isbi"`` (default; 0 = membrane, 255 = interior) or
             ``"membrane"`` (nonzero = membrane).
         threshold: optional; binarize as ``label > threshold`` instead of
@@ -95,7 +96,7 @@ def read_labels(spec, convention="isbi", threshold=None):
     """
     check_convention(convention)
     name = "array" if isinstance(spec, np.ndarray) else str(spec)
-    if isinstance(spec, np.ndarray) and spec.dtype == bool:
-        spec = spec.astype(np.uint8)
-    labels = check_stack(read_stack(spec), name)
+    labels = read_stack(spec, allow_bool=True)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
     return to_membrane(labels, convention, threshold, name)

@@ -96,7 +96,7 @@ def _check_volumes(images, labels):
         raise ValueError("labels must be given; received None")
     if isinstance(labels, np.ndarray) and labels.dtype == bool:
         labels = labels.astype(np.uint8)
-    labels = check_stack(labels, "labels")
+    labels = check_stack(labels, "labels", allow_bool=True)
     if tuple(images.shape) != tuple(labels.shape):
         raise ValueError(
             f"image/label shape mismatch: images have shape {tuple(images.shape)}, "

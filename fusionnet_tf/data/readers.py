@@ -11,6 +11,16 @@ Supported specs (``str`` or ``pathlib.Path``):
 ``read_stack`` loads the whole stack in its native dtype; ``open_stack`` keeps
 it on disk where possible (HDF5 dataset, uncompressed TIFF via memory map,
 folder read slice by slice) and returns an array-like supporting NumPy slicing.
+An opened HDF5 stack keeps its file open until ``stack.file.close()`` (an
+``h5py.Dataset`` or ``LazyStack``; ``LazyStack.close()`` does the same).
+
+Colour: an RGB(A) image whose colour channels are all equal is read as one grey
+slice, whether it is a PNG, an interleaved TIFF (axes ``YXS``) or a planar TIFF
+(``SYX``); other colour PNGs and interleaved TIFFs are refused. A planar TIFF
+whose planes differ is read as one slice per plane: its bytes are those of a
+(3 or 4, H, W) grey stack saved by ``tifffile.imwrite`` without
+``photometric="minisblack"`` (tifffile's default until now), which is far more
+common in EM work than real planar colour.
 """
 
 import re
@@ -54,7 +64,7 @@ def natural_key(name):
     return [int(p) if p.isdigit() else p.lower() for p in parts]
 
 
-def check_stack(array, name="stack"):
+def check_stack(array, name="stack", allow_bool=False):
     """Validate a stack and return it as (N, H, W).
 
     A 2D (H, W) array becomes (1, H, W).
@@ -62,13 +72,15 @@ def check_stack(array, name="stack"):
     Args:
         array: NumPy array or array-like with ``shape`` and ``dtype``.
         name: what to call the array in error messages (e.g. its file name).
+        allow_bool: bool. Accept a boolean dtype (label masks). Defaults to
+            False: images must be integer or float.
 
     Returns:
         The array, with a leading slice axis added for 2D input.
 
     Raises:
         ValueError: for arrays that are not 2D or 3D, empty arrays and
-            non-numeric (or boolean/complex) dtypes.
+            non-numeric or complex dtypes (and boolean unless ``allow_bool``).
     """
     shape = tuple(array.shape)
     if len(shape) not in (2, 3):
@@ -79,7 +91,7 @@ def check_stack(array, name="stack"):
     if 0 in shape:
         raise ValueError(f"{name}: the stack is empty (shape {shape})")
     dtype = np.dtype(array.dtype)
-    if dtype.kind not in "uif":
+    if dtype.kind not in ("uifb" if allow_bool else "uif"):
         raise ValueError(f"{name}: unsupported dtype {dtype}; expected an integer or float image")
     if len(shape) == 2:
         return array[np.newaxis] if isinstance(array, np.ndarray) else LazyStack.from_2d(array)
@@ -106,15 +118,20 @@ def _check_suffix(path):
 # --------------------------------------------------------------------------- #
 
 
+def _is_grey(array):
+    """True if the RGB channels (last axis, alpha ignored) are all equal."""
+    return (np.array_equal(array[..., 0], array[..., 1])
+            and np.array_equal(array[..., 0], array[..., 2]))
+
+
 def _grey(array, name):
-    """Drop a colour axis whose channels are all equal; refuse real colour."""
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        rgb = array[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+    """Drop a last colour axis whose channels are all equal; refuse real colour."""
+    if array.ndim >= 3 and array.shape[-1] in (3, 4):
+        if not _is_grey(array):
             raise ValueError(
                 f"{name}: colour image of shape {array.shape}; EM images must be greyscale"
             )
-        return np.ascontiguousarray(rgb[..., 0])
+        return np.ascontiguousarray(array[..., 0])
     return array
 
 
@@ -127,9 +144,21 @@ def _read_tiff(path):
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
-    if "S" in axes and axes.endswith("S"):
-        array = _grey(array, path)
-    return array
+    if "S" not in axes:
+        return array
+    axis = axes.index("S")  # samples per pixel: interleaved (...YXS) or planar (...SYX)
+    samples = array.shape[axis]
+    channels_last = np.moveaxis(array, axis, -1)
+    if axis != array.ndim - 1:  # planar: equal planes are one grey image, else slices
+        return _grey(channels_last, path) if samples in (3, 4) and _is_grey(channels_last) else array
+    if samples == 1:
+        return array[..., 0]
+    if samples in (3, 4):
+        return _grey(array, path)
+    raise ValueError(
+        f"{path}: {samples} samples per pixel (TIFF axes {axes}, shape {array.shape}); "
+        f"EM images must be greyscale"
+    )
 
 
 def _read_image(path):
@@ -173,30 +202,69 @@ def _read_folder(folder):
     return np.stack(slices)
 
 
-def _open_hdf5(path, key):
-    """Return the h5py dataset ``key`` of ``path`` (file left open)."""
+def _open_hdf5_file(path):
     import h5py
 
     try:
-        handle = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as error:
         raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
+
+
+def _find_dataset(handle, path, key):
+    """Full name (``"/volumes/raw"``) of dataset ``key`` in the open file ``handle``."""
+    import h5py
+
     datasets = []
     handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
     if key is None:
         if len(datasets) != 1:
-            handle.close()
             raise ValueError(
                 f"{path}: give the dataset as {path}:/KEY; the file holds "
                 f"{len(datasets)} datasets: {', '.join(datasets) or 'none'}"
             )
         key = datasets[0]
-    if key not in handle or not isinstance(handle[key], h5py.Dataset):
-        handle.close()
+    dataset = handle.get(key)
+    if not isinstance(dataset, h5py.Dataset):
         raise ValueError(
             f"{path}: no dataset with key {key!r}; available datasets: {', '.join(datasets) or 'none'}"
         )
-    return handle[key]
+    return dataset.name
+
+
+def _open_hdf5(path, key):
+    """Return the h5py dataset ``key`` of ``path`` (file left open; closed on error)."""
+    handle = _open_hdf5_file(path)
+    try:
+        return handle[_find_dataset(handle, path, key)]
+    except BaseException:
+        handle.close()
+        raise
+
+
+def resolve_hdf5_key(path, key=None):
+    """Name of the dataset that ``path:key`` reads, e.g. ``"/volumes/raw"``.
+
+    Args:
+        path: str or Path of an HDF5 file.
+        key: dataset key, or None when the file holds exactly one dataset.
+
+    Returns:
+        str, the absolute dataset name. The file is closed again.
+
+    Raises:
+        ValueError: unreadable file, missing key, or no key for a file with
+            several datasets.
+    """
+    with _open_hdf5_file(path) as handle:
+        return _find_dataset(handle, path, key)
+
+
+def _close(stack):
+    """Close the file behind an opened stack (h5py dataset, LazyStack), if any."""
+    handle = getattr(stack, "file", None)
+    if handle is not None and hasattr(handle, "close"):
+        handle.close()
 
 
 # --------------------------------------------------------------------------- #
@@ -215,20 +283,27 @@ class LazyStack:
         dtype: NumPy dtype of the slices.
         load_slice: callable ``i -> (H, W) array`` for slice ``i``.
         name: shown in error messages.
+        file: the open file the slices come from (e.g. an ``h5py.File``), or
+            None. ``close()`` closes it. Defaults to None.
     """
 
-    def __init__(self, shape, dtype, load_slice, name="stack"):
+    def __init__(self, shape, dtype, load_slice, name="stack", file=None):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.ndim = 3
         self._load_slice = load_slice
         self.name = name
+        self.file = file
 
     @classmethod
     def from_2d(cls, array):
-        """Wrap a lazy 2D (H, W) array-like as a (1, H, W) stack."""
+        """Wrap a lazy 2D (H, W) array-like (e.g. an ``h5py.Dataset``) as a (1, H, W) stack."""
         return cls((1,) + tuple(array.shape), array.dtype, lambda i: np.asarray(array[()]),
-                   name=getattr(array, "name", "stack"))
+                   name=getattr(array, "name", "stack"), file=getattr(array, "file", None))
+
+    def close(self):
+        """Close the file behind the stack, if any (as ``dataset.file.close()`` for h5py)."""
+        _close(self)
 
     def __len__(self):
         return self.shape[0]
@@ -288,13 +363,14 @@ def _lazy_tiff(path):
 # --------------------------------------------------------------------------- #
 
 
-def read_stack(spec):
+def read_stack(spec, allow_bool=False):
     """Read an EM stack into memory as an (N, H, W) array in its native dtype.
 
     Args:
         spec: a ``.tif``/``.tiff`` stack, a single ``.png``/``.jpg``/``.tif``
             image, a folder of 2D slices (natural order) or ``"file.h5:/key"``.
             A NumPy array is validated and returned as (N, H, W).
+        allow_bool: bool. Accept boolean data (label masks). Defaults to False.
 
     Returns:
         np.ndarray of shape (N, H, W), dtype as stored (e.g. uint8, uint16).
@@ -309,27 +385,30 @@ def read_stack(spec):
     >>> stack = read_stack("sample_A.h5:/volumes/raw")
     """
     if isinstance(spec, np.ndarray):
-        return check_stack(spec, "array")
-    lazy = open_stack(spec)
-    data = lazy[:]
-    if isinstance(data, np.memmap):
-        data = np.array(data)
-    if hasattr(lazy, "file") and hasattr(lazy.file, "close"):  # h5py: release the file
-        lazy.file.close()
+        return check_stack(spec, "array", allow_bool)
+    lazy = open_stack(spec, allow_bool)
+    try:
+        data = lazy[:]
+        if isinstance(data, np.memmap):
+            data = np.array(data)
+    finally:
+        _close(lazy)  # h5py: release the file
     return np.asarray(data)
 
 
-def open_stack(spec):
+def open_stack(spec, allow_bool=False):
     """Open an EM stack lazily where the format allows it.
 
     Args:
         spec: as for ``read_stack``.
+        allow_bool: as for ``read_stack``.
 
     Returns:
         An (N, H, W) array-like supporting NumPy slicing: an ``h5py.Dataset``
-        for 3-D HDF5 data, a read-only ``np.memmap`` for uncompressed TIFFs,
-        a ``LazyStack`` for folders (one file read per slice), or an
-        in-memory ``np.ndarray`` otherwise.
+        for 3-D HDF5 data, a ``LazyStack`` for 2-D HDF5 data and folders
+        (one file read per slice), a read-only ``np.memmap`` for uncompressed
+        TIFFs, or an in-memory ``np.ndarray`` otherwise. HDF5 stacks keep the
+        file open: close it with ``stack.file.close()`` when done.
 
     Raises:
         as ``read_stack``.
@@ -339,19 +418,24 @@ def open_stack(spec):
     >>> block = raw[0:4, 0:256, 0:256]
     """
     if isinstance(spec, np.ndarray):
-        return check_stack(spec, "array")
+        return check_stack(spec, "array", allow_bool)
     if not isinstance(spec, (str, Path)):
         raise ValueError(f"stack spec must be a path string, Path or ndarray; received {type(spec).__name__}")
     hdf5 = split_hdf5_spec(spec)
     if hdf5 is not None:
         path, key = hdf5
         _check_exists(path)
-        return check_stack(_open_hdf5(path, key), f"{path}:{key or ''}")
+        dataset = _open_hdf5(path, key)
+        try:
+            return check_stack(dataset, f"{path}:{key or ''}", allow_bool)
+        except BaseException:
+            dataset.file.close()
+            raise
     path = Path(spec)
     _check_exists(path)
     if path.is_dir():
-        return check_stack(_lazy_folder(path), str(path))
+        return check_stack(_lazy_folder(path), str(path), allow_bool)
     suffix = _check_suffix(path)
     if suffix in TIFF_SUFFIXES:
-        return check_stack(_lazy_tiff(path), str(path))
-    return check_stack(_read_image(path), str(path))
+        return check_stack(_lazy_tiff(path), str(path), allow_bool)
+    return check_stack(_read_image(path), str(path), allow_bool)

@@ -5,14 +5,20 @@ Output formats, chosen by the path:
 - ``pred.tif`` / ``pred.tiff``: multi-page TIFF, float32 (default) or uint8
   (probability x 255, rounded);
 - ``pred.h5`` / ``pred.h5:/key`` (also ``.hdf5``, ``.hdf``): HDF5 dataset
-  (default key ``prediction``), gzip-compressed, chunked per slice;
+  (default key ``prediction``), gzip-compressed, chunked per slice. Writing
+  into an existing HDF5 file keeps everything else in it (e.g. the raw data
+  the prediction was made from); a dataset already stored under ``key`` is
+  replaced (with its attributes);
 - a folder (a path without a suffix): one 8-bit PNG per slice,
   ``slice_0000.png``, ...;
 - ``pred.png``: one 8-bit PNG (single-slice predictions only).
 
-Files are written to a temporary file in the same folder and renamed when
-complete (``fusionnet_tf.io_utils.atomic_path``); a PNG folder is written to a
-temporary folder and renamed. Metadata (a JSON-able dict) goes into the TIFF
+Files are written to a temporary file in the same folder, flushed to disk and
+renamed when complete (``fusionnet_tf.io_utils.atomic_path``); an existing
+HDF5 file is first copied to that temporary file, so readers see the old file
+or the new one, never a half-written dataset (this costs one copy of the file,
+and changes others make to it meanwhile are lost). A PNG folder is written to
+a temporary folder and renamed. Metadata (a JSON-able dict) goes into the TIFF
 description, the HDF5 dataset attributes or ``prediction.json`` in a PNG
 folder.
 """
@@ -69,6 +75,11 @@ def split_output_spec(path):
     return Path(text), None
 
 
+def hdf5_key(key):
+    """Canonical form of an HDF5 key: ``"/a//b/"`` and ``"a/b"`` -> ``"a/b"``."""
+    return "/".join(part for part in str(key).split("/") if part)
+
+
 def output_kind(path):
     """``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"`` for an output spec.
 
@@ -90,6 +101,83 @@ def output_kind(path):
     )
 
 
+def overlay_kind(path, name="overlay"):
+    """``"png"`` or ``"png_folder"`` for an overlay spec.
+
+    Args:
+        path: output spec: a ``.png`` file (one slice) or a folder.
+        name: what to call ``path`` in the error message (e.g. ``"--overlay"``).
+
+    Raises:
+        ValueError: for anything else (``.tif``, ``.h5``, ``.jpg``, ...):
+            overlays are RGB PNGs.
+    """
+    file_path, key = split_output_spec(path)
+    suffix = file_path.suffix.lower()
+    if key is None and suffix == ".png":
+        return "png"
+    if key is None and suffix not in TIFF_SUFFIXES + HDF5_SUFFIXES and (
+            suffix == "" or file_path.is_dir()):
+        return "png_folder"
+    raise ValueError(
+        f"{name} {path}: overlays are written as RGB PNGs; give a .png file (one slice) or a "
+        f"folder (one PNG per slice)"
+    )
+
+
+def check_hdf5_target(path, key):
+    """Fail early if dataset ``key`` cannot be written into the HDF5 file ``path``.
+
+    A missing file is fine (it will be created), and so is an existing dataset
+    ``key`` (it will be replaced). Only reads ``path``.
+
+    Raises:
+        ValueError: ``path`` exists but is not an HDF5 file; ``key`` is empty,
+            names a group, or lies below a dataset.
+    """
+    path = Path(path)
+    if not hdf5_key(key):
+        raise ValueError(f"{path}:{key}: empty HDF5 dataset key; give one, e.g. "
+                         f"{path}:/prediction")
+    if not path.is_file():
+        return
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} exists and is not an HDF5 file; remove it or choose another "
+                         f"output")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot open the existing HDF5 file ({error})") from error
+    with handle:
+        _check_hdf5_key(handle, path, key)
+
+
+def _check_hdf5_key(handle, path, key):
+    """Raise ValueError unless a dataset can be stored as ``key`` in the open file."""
+    import h5py
+
+    name = hdf5_key(key)
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        parent = handle.get("/".join(parts[:depth]))
+        if parent is None:
+            break
+        if not isinstance(parent, h5py.Group):
+            raise ValueError(
+                f"{path}:/{name}: '{'/'.join(parts[:depth])}' is a dataset, not a group; "
+                f"choose another key"
+            )
+    existing = handle.get(name)
+    if existing is not None and not isinstance(existing, h5py.Dataset):
+        raise ValueError(
+            f"{path}:/{name} is a group in the existing file (holding "
+            f"{', '.join(existing) or 'nothing'}); give a dataset key, e.g. "
+            f"{path}:/{name}/prediction"
+        )
+
+
 def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=None):
     """Write a probability map atomically; the format follows ``path``.
 
@@ -106,7 +194,8 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
         Path of the written file or folder.
 
     Raises:
-        ValueError: unknown dtype or format, or a multi-slice ``.png``.
+        ValueError: unknown dtype or format, a multi-slice ``.png``, or an
+            HDF5 target that ``check_hdf5_target`` refuses.
         FileNotFoundError / PermissionError: missing or read-only folder.
         FileExistsError: a PNG output folder that exists and is not empty.
 
@@ -139,21 +228,30 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
 def _write_tiff(path, data, metadata):
     import tifffile
 
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, data, description=json.dumps(metadata), metadata=None)
+    with atomic_path(path, fsync=True) as tmp:
+        # minisblack: without it tifffile stores 3- and 4-slice stacks as planar RGB(A)
+        tifffile.imwrite(tmp, data, photometric="minisblack", description=json.dumps(metadata),
+                         metadata=None)
     return path
 
 
 def _write_hdf5(path, key, data, metadata):
+    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects."""
     import h5py
 
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            dataset = handle.create_dataset(key, data=data, compression="gzip",
+    check_hdf5_target(path, key)
+    name = hdf5_key(key)
+    existing = path.is_file()
+    with atomic_path(path, copy_existing=True, fsync=True) as tmp:
+        with h5py.File(tmp, "r+" if existing else "w") as handle:
+            _check_hdf5_key(handle, path, name)  # the file may have changed since the check
+            if name in handle:
+                del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
+            dataset = handle.create_dataset(name, data=data, compression="gzip",
                                             chunks=(1,) + data.shape[1:])
-            for name, value in metadata.items():
+            for attr, value in metadata.items():
                 plain = isinstance(value, (str, int, float, bool))
-                dataset.attrs[name] = value if plain else json.dumps(value)
+                dataset.attrs[attr] = value if plain else json.dumps(value)
     return path
 
 
@@ -164,7 +262,7 @@ def _png_bytes_writer(path, image):
 
 
 def _write_png(path, image):
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=True) as tmp:
         _png_bytes_writer(tmp, image)
     return path
 
@@ -244,11 +342,17 @@ def write_overlays(path, images, membrane_prob, threshold=0.5):
 
     Returns:
         Path of the written file or folder.
+
+    Raises:
+        ValueError: ``path`` is neither a ``.png`` nor a folder (see
+            ``overlay_kind``), or a ``.png`` for several slices.
+        FileExistsError: a folder that exists and is not empty.
     """
+    kind = overlay_kind(path)
     images = _check_prob(images)
     membrane_prob = _check_prob(membrane_prob)
     rgb = np.stack([overlay(i, p, threshold) for i, p in zip(images, membrane_prob)])
-    if Path(path).suffix.lower() == ".png":
+    if kind == "png":
         if len(rgb) != 1:
             raise ValueError(
                 f"a .png overlay holds one slice; received {len(rgb)} slices; give a folder"
@@ -268,7 +372,7 @@ def read_probability_map(spec, convention="membrane"):
 
     Returns:
         (N, H, W) float32 in [0, 1], 1 = membrane. uint8 maps are divided by
-        255; float maps must already be in [0, 1].
+        255; bool maps count as 0/1; float maps must already be in [0, 1].
 
     Raises:
         ValueError: for an unknown convention, another integer dtype, or
@@ -280,7 +384,7 @@ def read_probability_map(spec, convention="membrane"):
         raise ValueError(
             f"prediction convention must be 'membrane' or 'isbi'; received {convention!r}"
         )
-    data = np.asarray(read_stack(spec))
+    data = np.asarray(read_stack(spec, allow_bool=True))
     if data.dtype == np.uint8:
         prob = data.astype(np.float32) / 255.0
     elif data.dtype == bool:

@@ -278,6 +278,7 @@ def check_resumable(array, path, shape, chunks, settings):
                          f"uses blocks {tuple(chunks)}; use the same --block/--block-z or "
                          f"pass --overwrite")
     previous = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **(array.attrs.get(ATTRS_KEY) or {})}
+    settings = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **settings}
     different = sorted(k for k in set(previous) | set(settings)
                        if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k))
     if different:
