@@ -19,8 +19,10 @@ def atomic_path(path, copy_existing=False, fsync=False):
         copy_existing: bool. If ``path`` exists, the temporary file starts as
             a copy of it and keeps its permissions, so a writer can update a
             container (e.g. add a dataset to an HDF5 file) without anyone ever
-            seeing a half-updated file. Changes others make to ``path`` while
-            the writer runs are lost. Defaults to False (start empty).
+            seeing a half-updated file. A symbolic link is followed (its
+            target is updated) and a read-only file is refused. Changes others
+            make to ``path`` while the writer runs are lost. Defaults to False
+            (start empty).
         fsync: bool. Flush the temporary file and the folder to disk around
             the rename, so a crash leaves either the old or the new file.
             Defaults to False.
@@ -31,13 +33,16 @@ def atomic_path(path, copy_existing=False, fsync=False):
 
     Raises:
         FileNotFoundError: if the parent folder does not exist.
-        PermissionError: if the folder cannot be written.
+        PermissionError: if the folder (or, with ``copy_existing``, the
+            existing file) cannot be written.
 
     Example:
     >>> with atomic_path("out.tif") as tmp:
     ...     tifffile.imwrite(tmp, array)
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if copy_existing else Path(path)
+    if copy_existing and path.is_file() and not os.access(path, os.W_OK):
+        raise PermissionError(f"output file is not writable: {path}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {parent} (for {path})")

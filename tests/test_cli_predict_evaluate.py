@@ -164,6 +164,17 @@ def test_predict_refuses_to_overwrite_its_input(files, tmp_path, capsys, monkeyp
         code, err = run_cli(["predict", input_spec, "-o", output] + SMALL, capsys)
         assert code == 2 and "--output" in err and "INPUT" in err, (input_spec, output)
     assert path.read_bytes() == before
+    with h5py.File(path, "a") as handle:  # an alias of /raw is still /raw
+        handle["alias"] = h5py.SoftLink("/raw")
+    before = path.read_bytes()
+    for input_spec, output in ((f"{path}:/alias", f"{path}:/raw"), (f"{path}:/raw", f"{path}:/alias")):
+        code, err = run_cli(["predict", input_spec, "-o", output] + SMALL, capsys)
+        assert code == 2 and "is the INPUT dataset" in err, (input_spec, output)
+    assert path.read_bytes() == before
+    code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "q.tif"), "--serving-url",
+                         "http://127.0.0.1:9/v1/models/x", "--precision", "mixed_bfloat16"], capsys)
+    assert code == 2 and "--precision mixed_bfloat16 applies to .keras models only" in err
+    assert not (tmp_path / "q.tif").exists()
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "in.png")
@@ -328,3 +339,19 @@ def test_cli_modules_import_without_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_hdf5_output_through_a_symlink_updates_the_target(tmp_path):
+    target = tmp_path / "data" / "vol.h5"
+    target.parent.mkdir()
+    with h5py.File(target, "w") as handle:
+        handle["raw"] = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    link = tmp_path / "link.h5"
+    link.symlink_to(target)
+    prob = np.full((1, 3, 4), 0.25, np.float32)
+    writers.write_prediction(f"{link}:/pred", prob)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    with h5py.File(target, "r") as handle:
+        assert sorted(handle) == ["pred", "raw"]
+        np.testing.assert_array_equal(handle["pred"][...], prob)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["vol.h5"]  # no temporary left

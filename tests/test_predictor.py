@@ -263,14 +263,43 @@ def test_conv_flops_hand_computed():
     assert len(fold_batchnorm(model).layers) < len(model.layers)  # graph left intact
 
 
-def test_sequential_models_are_predicted_unfolded():
+def test_sequential_models_are_folded_and_recast():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((None, None, 1)), layers.Conv2D(2, 3, padding="same"),
                               layers.BatchNormalization(), layers.Conv2D(1, 1, activation="sigmoid")])
+    randomize_batchnorm(model)
     image = random_images((32, 32), seed=8)
     expected = model(image[None, ..., None], training=False).numpy()[0, ..., 0]
-    predicted = Predictor(model, tile_shape=32, overlap=8).predict(image)
-    np.testing.assert_allclose(predicted, expected, atol=1e-6)
+    predictor = Predictor(model, tile_shape=32, overlap=8)
+    assert not any(isinstance(l, layers.BatchNormalization) for l in predictor.network.model.layers)
+    np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-5)
+    half = Predictor(model, tile_shape=32, overlap=8, precision="mixed_bfloat16")
+    convs = [l for l in half.network.model.layers if isinstance(l, layers.Conv2D)]
+    assert [l.dtype_policy.compute_dtype for l in convs] == ["bfloat16", "float32"]  # output kept
+    np.testing.assert_allclose(half.predict(image), expected, atol=3e-2)
+
+
+def test_nested_models_refuse_a_precision_change():
+    inner_input = keras.Input((None, None, 1))
+    inner = keras.Model(inner_input, layers.Conv2D(1, 3, padding="same")(inner_input), name="inner")
+    inputs = keras.Input((None, None, 1))
+    outer = keras.Model(inputs, layers.Activation("sigmoid")(inner(inputs)), name="outer")
+    with pytest.raises(ValueError, match="nested models.*'inner'"):
+        Predictor(outer, tile_shape=32, overlap=8, precision="mixed_bfloat16")
+    Predictor(outer, tile_shape=32, overlap=8)  # float32 is fine
+
+
+def test_a_conv_that_is_also_an_output_is_not_folded():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 1))
+    conv = layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    normed = layers.BatchNormalization(name="bn")(conv)
+    model = keras.Model(inputs, [conv, normed])
+    randomize_batchnorm(model)
+    folded = fold_batchnorm(model)
+    x = random_images((1, 16, 16, 1), seed=11)
+    for got, want in zip(folded(x), model(x, training=False)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 # === Compute precision ===

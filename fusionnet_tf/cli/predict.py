@@ -160,8 +160,9 @@ def check_not_input(input_spec, output, overlay=None):
             raise ValueError(f"--output {output} would overwrite INPUT {input_spec}; "
                              f"choose another output path")
         output_key = hdf5_key(output_key or DEFAULT_HDF5_KEY)
-        if input_path.exists() and hdf5_key(resolve_hdf5_key(input_path, hdf5_input[1])) \
-                == output_key:
+        input_key = resolve_hdf5_key(input_path, hdf5_input[1]) if input_path.exists() else None
+        if input_key is not None and (hdf5_key(input_key) == output_key
+                                      or _same_hdf5_object(input_path, input_key, output_key)):
             raise ValueError(f"--output {output} is the INPUT dataset ({input_spec}); write the "
                              f"prediction to another key, e.g. {output_path}:/{output_key}_pred")
     if overlay is None:
@@ -173,6 +174,27 @@ def check_not_input(input_spec, output, overlay=None):
     if _same_path(output_path, overlay_path):
         raise ValueError(f"--overlay {overlay} is the same path as --output {output}; "
                          f"choose another path")
+
+
+def _same_hdf5_object(path, key, other):
+    """True if ``key`` and ``other`` of HDF5 file ``path`` are one object (e.g. via a link)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        first, second = handle.get(key), handle.get(other)
+        return first is not None and second is not None and first == second
+
+
+def check_precision_applies(args):
+    """Fail before reading INPUT if --precision cannot apply to the chosen model."""
+    from pathlib import Path
+
+    if args.precision == "float32":
+        return
+    if args.serving_url or (args.model and Path(args.model).is_dir()):
+        what = "a serving endpoint" if args.serving_url else f"the SavedModel {args.model}"
+        raise ValueError(f"--precision {args.precision} applies to .keras models only; "
+                         f"{what} runs in the precision it was exported with")
 
 
 def resolve_model(args):
@@ -206,6 +228,7 @@ def run(args):
     if args.overlay:
         check_output(args.overlay, "--overlay")
     check_not_input(args.input, args.output, args.overlay)
+    check_precision_applies(args)
     images = normalize(read_stack(args.input), mode=args.normalization)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:

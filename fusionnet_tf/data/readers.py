@@ -16,8 +16,9 @@ An opened HDF5 stack keeps its file open until ``stack.file.close()`` (an
 
 Colour: an RGB(A) image whose colour channels are all equal is read as one grey
 slice, whether it is a PNG, an interleaved TIFF (axes ``YXS``) or a planar TIFF
-(``SYX``); other colour PNGs and interleaved TIFFs are refused. A planar TIFF
-whose planes differ is read as one slice per plane: its bytes are those of a
+(``SYX``; there all planes, alpha included, must be equal); other colour PNGs
+and interleaved TIFFs are refused. A planar TIFF whose planes differ is read
+as one slice per plane: its bytes are those of a
 (3 or 4, H, W) grey stack saved by ``tifffile.imwrite`` without
 ``photometric="minisblack"`` (tifffile's default until now), which is far more
 common in EM work than real planar colour.
@@ -149,8 +150,10 @@ def _read_tiff(path):
     axis = axes.index("S")  # samples per pixel: interleaved (...YXS) or planar (...SYX)
     samples = array.shape[axis]
     channels_last = np.moveaxis(array, axis, -1)
-    if axis != array.ndim - 1:  # planar: equal planes are one grey image, else slices
-        return _grey(channels_last, path) if samples in (3, 4) and _is_grey(channels_last) else array
+    if axis != array.ndim - 1:  # planar: all planes equal are one grey image, else slices
+        planes_equal = all(np.array_equal(channels_last[..., 0], channels_last[..., i])
+                           for i in range(1, samples))
+        return np.ascontiguousarray(channels_last[..., 0]) if planes_equal else array
     if samples == 1:
         return array[..., 0]
     if samples in (3, 4):

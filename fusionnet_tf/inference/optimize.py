@@ -46,7 +46,8 @@ def foldable_pairs(model):
 
     A pair qualifies when the BatchNormalization normalizes the last axis, is
     called once, and its input is the only output use of a Conv2D or
-    Conv2DTranspose layer (channels_last, linear activation, called once).
+    Conv2DTranspose layer (channels_last, linear activation, called once,
+    not itself a model output).
 
     Args:
         model: a functional ``keras.Model``.
@@ -57,6 +58,7 @@ def foldable_pairs(model):
     from keras import layers
 
     pairs = {}
+    outputs = _output_layer_names(model)
     for layer in getattr(model, "layers", []):
         if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
             continue
@@ -69,6 +71,7 @@ def foldable_pairs(model):
             and _is_linear(conv)
             and len(conv._inbound_nodes) == 1
             and len(conv._outbound_nodes) == 1
+            and conv.name not in outputs  # a model output must keep its un-normalized value
         ):
             pairs[conv.name] = layer
     return pairs
@@ -114,6 +117,31 @@ def fold_batchnorm(model):
     return inference_copy(model)
 
 
+def _as_functional(model):
+    """A built ``keras.Sequential`` as a functional model over the same layers; others as is."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        try:
+            return keras.Model(model.inputs, model.outputs, name=model.name)
+        except (AttributeError, ValueError):  # not built: no inputs yet
+            return model
+    return model
+
+
+def _check_flat(model, precision):
+    """Refuse nested models for a precision change: their layers would keep float32 silently."""
+    import keras
+
+    nested = [layer.name for layer in getattr(model, "layers", []) if isinstance(layer, keras.Model)]
+    if nested:
+        raise ValueError(
+            f"precision={precision!r} needs a model without nested models; {model.name!r} "
+            f"contains {', '.join(repr(n) for n in nested)} (build the network as one functional "
+            "model, as build_fusionnet does)"
+        )
+
+
 def _output_layer_names(model):
     return {_producer(tensor).name for tensor in model.outputs if _producer(tensor) is not None}
 
@@ -152,12 +180,15 @@ def inference_copy(model, fold=True, precision="float32"):
         raise ValueError(
             f"`precision` must be one of {INFERENCE_PRECISIONS}; received precision={precision!r}"
         )
+    recast = precision != "float32"
+    model = _as_functional(model)
+    if recast:
+        _check_flat(model, precision)
     try:
         pairs = foldable_pairs(model) if fold else {}
         keep_policy = _output_layer_names(model)
     except (AttributeError, ValueError):
         pairs, keep_policy = None, set()
-    recast = precision != "float32"
     if pairs is None or (not pairs and not recast):
         if recast:
             raise ValueError(f"precision={precision!r} needs a functional keras.Model; "
@@ -180,8 +211,8 @@ def inference_copy(model, fold=True, precision="float32"):
 
     try:
         copy = keras.models.clone_model(model, clone_function=clone_layer,
-                                        call_function=call_layer)
-    except (ValueError, TypeError) as exc:  # e.g. Sequential models take no call_function
+                                        call_function=call_layer if skipped else None)
+    except (ValueError, TypeError) as exc:
         if recast:
             raise ValueError(f"precision={precision!r}: could not clone the model ({exc})") from exc
         return model

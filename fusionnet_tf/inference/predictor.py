@@ -171,7 +171,8 @@ class Predictor:
             compute precision of a Keras model (see ``inference_copy``).
             ``mixed_bfloat16`` is several times faster on CPUs with bfloat16
             units (AMX / AVX512-BF16) and on GPUs, and changes membrane
-            probabilities by about 1e-2 (BENCHMARKS.md). Only for Keras
+            probabilities by about 1e-3 on average, 0.08 at most on ISBI
+            slices (BENCHMARKS.md). Only for Keras
             models. Defaults to ``"float32"``.
 
     Attributes:

@@ -143,6 +143,9 @@ def check_hdf5_target(path, key):
         return
     import h5py
 
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(f"{path}: the existing HDF5 file cannot be read and written; "
+                              f"the prediction is added to it as a new dataset")
     if not h5py.is_hdf5(path):
         raise ValueError(f"{path} exists and is not an HDF5 file; remove it or choose another "
                          f"output")
@@ -241,9 +244,9 @@ def _write_hdf5(path, key, data, metadata):
 
     check_hdf5_target(path, key)
     name = hdf5_key(key)
-    existing = path.is_file()
     with atomic_path(path, copy_existing=True, fsync=True) as tmp:
-        with h5py.File(tmp, "r+" if existing else "w") as handle:
+        copied = tmp.stat().st_size > 0  # the existing file, as it was when the copy was made
+        with h5py.File(tmp, "r+" if copied else "w") as handle:
             _check_hdf5_key(handle, path, name)  # the file may have changed since the check
             if name in handle:
                 del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
