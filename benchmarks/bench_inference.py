@@ -71,12 +71,16 @@ def slice_predictor(base_filters, tta=1, batch_size=1):
 
 
 def torch_seconds(python, variant, base_filters=64):
-    """Seconds per slice of ``torch_reference.py --variant`` run by ``python`` (one timed call)."""
+    """Seconds per slice of ``torch_reference.py --variant`` run by ``python`` (one timed call).
+
+    Returns:
+        ``(seconds, "torch VERSION, N threads")``.
+    """
     script = os.path.join(os.path.dirname(__file__), "torch_reference.py")
     done = subprocess.run([python, script, "--variant", variant, "--base-filters", str(base_filters)],
                           check=True, capture_output=True, text=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return report["seconds_per_slice"], report["torch"]
+    return report["seconds_per_slice"], f"{report['torch']}, {report['threads']} threads"
 
 
 # === Benchmark ===
