@@ -547,3 +547,26 @@ def test_isbi2012_datasets_on_fake_files(tmp_path, volume):
     np.testing.assert_array_equal(val_labels[0, ..., 0], labels[2, :32, :32])
     with pytest.raises(ValueError, match=r"val_slices: slice indices \[5\] out of range"):
         isbi2012_datasets(tmp_path, train_slices=[0], val_slices=[5])
+
+
+@pytest.mark.parametrize("elastic", [False, True])
+def test_pipeline_draws_all_eight_dihedral_transforms(elastic):
+    """Tile == slice, so every tile is one of the 8 transforms of the slice (exactly, without the
+    warp; nearest of the 8, with a tiny elastic field, on both the plain and the folded path)."""
+    from fusionnet_tf.dihedral import dihedral_np
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (1, 16, 16)).astype(np.uint8)
+    image[0, 0, 0], image[0, -1, -1] = 0, 255  # slice min-max normalization is then x / 255
+    labels = (image > 127).astype(np.uint8)
+    config = dataclasses.replace(NO_AUG, dihedral=True, elastic=elastic, elastic_displacement=0.01)
+    tiles, tile_labels = take(train_dataset(image, labels, 16, 16, augment=config, seed=4), 4)
+    candidates = np.stack([dihedral_np(image[0, ..., None] / 255.0, k) for k in range(8)])
+    seen = set()
+    for tile, tile_label in zip(tiles, tile_labels):
+        errors = np.abs(candidates - tile[None]).max(axis=(1, 2, 3))
+        k = int(np.argmin(errors))
+        assert errors[k] < (1e-6 if not elastic else 0.05), errors
+        np.testing.assert_array_equal(tile_label[..., 0], dihedral_np(labels[0, ..., None], k)[..., 0])
+        seen.add(k)
+    assert seen == set(range(8))  # 64 tiles: every transform is drawn
