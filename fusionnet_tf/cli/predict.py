@@ -75,7 +75,7 @@ def add_tiling_arguments(parser):
                              "model, 1 for a SavedModel or serving endpoint).")
     parser.add_argument("--xla", action="store_true",
                         help="Compile a .keras model with XLA. On a CPU it is faster for wide "
-                             "models (base 64: ~15%%) and slower for narrow ones (base 16, the "
+                             "models (base 64: ~15-20%%) and slower for narrow ones (base 16, the "
                              "shipped model: ~40%%); compiling takes a few seconds "
                              "(default: off).")
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
