@@ -434,6 +434,18 @@ def test_cli_bfloat16_run_is_close_and_cannot_be_resumed_in_float32(tmp_path, vo
     assert "precision: 'mixed_bfloat16' -> 'float32'" in capsys.readouterr().err
 
 
+def test_half_precision_with_a_savedmodel_fails_before_any_work(tmp_path, volume):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")  # only its being a folder matters here
+    spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :64, :64])
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match="applies to .keras models only"):
+        predict_volume(spec, out, str(saved), block_shape=BLOCK, workers=2,
+                       **{**OPTIONS, "precision": "mixed_bfloat16"})
+    assert not out.exists()
+
+
 def test_outputs_of_earlier_versions_resume_as_float32(tmp_path, volume, predictor):
     from fusionnet_tf.volumes import storage
 

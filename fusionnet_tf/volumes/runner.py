@@ -272,6 +272,9 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                    blending=blending, align=align, jit_compile=jit_compile, precision=precision)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
+    if precision != "float32" and model_path is not None and Path(model_path).is_dir():
+        raise ValueError(f"precision={precision!r} applies to .keras models only; the SavedModel "
+                         f"{model_path} runs in the precision it was exported with")
 
     volume, name = storage.open_volume(input_spec)
     _check_not_input(output, input_spec)
