@@ -335,7 +335,7 @@ def test_precision_errors():
     model = build_fusionnet(base_filters=4, depth=2)
     with pytest.raises(ValueError, match="precision='bfloat16'"):
         Predictor(model, tile_shape=32, overlap=8, precision="bfloat16")
-    with pytest.raises(ValueError, match="Keras models only.*mixed_bfloat16"):
+    with pytest.raises(ValueError, match="precision='mixed_bfloat16' applies to Keras models only; a model of type function"):
         Predictor(lambda b: b, tile_shape=32, overlap=8, precision="mixed_bfloat16")
 
 
@@ -354,3 +354,18 @@ def test_batchnorm_after_an_activation_is_not_folded():
     assert "bn_after_relu" in names and "bn_after_linear" not in names
     x = random_images((1, 16, 16, 1), seed=10)
     np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), atol=1e-5)
+
+
+def test_check_precision_applies_to_every_kind_of_model(tmp_path):
+    from fusionnet_tf.inference import check_precision_applies
+
+    for model in (None, "runs/x/best.keras", build_fusionnet(base_filters=4, depth=1)):
+        check_precision_applies("mixed_bfloat16", model)  # Keras models and .keras paths
+    for model in (tmp_path, "http://localhost:8501/v1/models/m", lambda b: b):
+        check_precision_applies("float32", model)  # float32 applies to anything
+    for model, what in ((tmp_path, "the SavedModel"), ("https://h/v1/models/m", "the serving endpoint"),
+                        (lambda b: b, "a model of type function")):
+        with pytest.raises(ValueError, match=f"precision='mixed_float16' applies to Keras models only; {what}"):
+            check_precision_applies("mixed_float16", model)
+    with pytest.raises(ValueError, match="precision='bf16'"):
+        check_precision_applies("bf16", None)

@@ -440,7 +440,7 @@ def test_half_precision_with_a_savedmodel_fails_before_any_work(tmp_path, volume
     (saved / "saved_model.pb").write_bytes(b"")  # only its being a folder matters here
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :64, :64])
     out = tmp_path / "out.zarr"
-    with pytest.raises(ValueError, match="applies to .keras models only"):
+    with pytest.raises(ValueError, match=r"precision='mixed_bfloat16' applies to Keras models only; the SavedModel .*saved"):
         predict_volume(spec, out, str(saved), block_shape=BLOCK, workers=2,
                        **{**OPTIONS, "precision": "mixed_bfloat16"})
     assert not out.exists()

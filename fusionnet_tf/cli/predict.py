@@ -185,18 +185,6 @@ def _same_hdf5_object(path, key, other):
         return first is not None and second is not None and first == second
 
 
-def check_precision_applies(args):
-    """Fail before reading INPUT if --precision cannot apply to the chosen model."""
-    from pathlib import Path
-
-    if args.precision == "float32":
-        return
-    if args.serving_url or (args.model and Path(args.model).is_dir()):
-        what = "a serving endpoint" if args.serving_url else f"the SavedModel {args.model}"
-        raise ValueError(f"--precision {args.precision} applies to .keras models only; "
-                         f"{what} runs in the precision it was exported with")
-
-
 def resolve_model(args):
     """The model or callable the Predictor runs, from --model / --serving-url."""
     from fusionnet_tf.cli import CommandError
@@ -222,13 +210,14 @@ def run(args):
 
     from fusionnet_tf.data import normalize, read_stack
     from fusionnet_tf.inference import Predictor
+    from fusionnet_tf.inference.predictor import check_precision_applies
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
 
     check_output(args.output)
     if args.overlay:
         check_output(args.overlay, "--overlay")
     check_not_input(args.input, args.output, args.overlay)
-    check_precision_applies(args)
+    check_precision_applies(args.precision, args.serving_url or args.model)
     images = normalize(read_stack(args.input), mode=args.normalization)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:

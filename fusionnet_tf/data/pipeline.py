@@ -94,8 +94,6 @@ def _check_volumes(images, labels):
     images = check_stack(images, "images")
     if labels is None:
         raise ValueError("labels must be given; received None")
-    if isinstance(labels, np.ndarray) and labels.dtype == bool:
-        labels = labels.astype(np.uint8)
     labels = check_stack(labels, "labels", allow_bool=True)
     if tuple(images.shape) != tuple(labels.shape):
         raise ValueError(

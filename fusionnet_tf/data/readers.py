@@ -119,10 +119,9 @@ def _check_suffix(path):
 # --------------------------------------------------------------------------- #
 
 
-def _is_grey(array):
-    """True if the RGB channels (last axis, alpha ignored) are all equal."""
-    return (np.array_equal(array[..., 0], array[..., 1])
-            and np.array_equal(array[..., 0], array[..., 2]))
+def _is_grey(array, channels=3):
+    """True if the first ``channels`` channels of the last axis are all equal (3: alpha ignored)."""
+    return all(np.array_equal(array[..., 0], array[..., i]) for i in range(1, channels))
 
 
 def _grey(array, name):
@@ -151,9 +150,9 @@ def _read_tiff(path):
     samples = array.shape[axis]
     channels_last = np.moveaxis(array, axis, -1)
     if axis != array.ndim - 1:  # planar: all planes equal are one grey image, else slices
-        planes_equal = all(np.array_equal(channels_last[..., 0], channels_last[..., i])
-                           for i in range(1, samples))
-        return np.ascontiguousarray(channels_last[..., 0]) if planes_equal else array
+        if _is_grey(channels_last, channels=samples):
+            return np.ascontiguousarray(channels_last[..., 0])
+        return array
     if samples == 1:
         return array[..., 0]
     if samples in (3, 4):
@@ -263,8 +262,8 @@ def resolve_hdf5_key(path, key=None):
         return _find_dataset(handle, path, key)
 
 
-def _close(stack):
-    """Close the file behind an opened stack (h5py dataset, LazyStack), if any."""
+def close_stack(stack):
+    """Close the file behind a stack from ``open_stack`` (h5py dataset, LazyStack), if any."""
     handle = getattr(stack, "file", None)
     if handle is not None and hasattr(handle, "close"):
         handle.close()
@@ -306,7 +305,7 @@ class LazyStack:
 
     def close(self):
         """Close the file behind the stack, if any (as ``dataset.file.close()`` for h5py)."""
-        _close(self)
+        close_stack(self)
 
     def __len__(self):
         return self.shape[0]
@@ -395,7 +394,7 @@ def read_stack(spec, allow_bool=False):
         if isinstance(data, np.memmap):
             data = np.array(data)
     finally:
-        _close(lazy)  # h5py: release the file
+        close_stack(lazy)  # h5py: release the file
     return np.asarray(data)
 
 
@@ -432,7 +431,7 @@ def open_stack(spec, allow_bool=False):
         try:
             return check_stack(dataset, f"{path}:{key or ''}", allow_bool)
         except BaseException:
-            dataset.file.close()
+            close_stack(dataset)
             raise
     path = Path(spec)
     _check_exists(path)

@@ -5,6 +5,6 @@
 geometry is in ``tiling`` (pure NumPy), output writers in ``writers``.
 """
 
-from fusionnet_tf.inference.predictor import Predictor, load_model
+from fusionnet_tf.inference.predictor import Predictor, check_precision_applies, load_model
 
-__all__ = ["Predictor", "load_model"]
+__all__ = ["Predictor", "check_precision_applies", "load_model"]

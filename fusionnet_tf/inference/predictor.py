@@ -132,6 +132,40 @@ class KerasFunction:
         return self.network(batch).numpy()
 
 
+def check_precision_applies(precision, model):
+    """Raise ValueError unless inference ``precision`` is valid and can apply to ``model``.
+
+    A precision other than float32 needs a Keras model (``inference_copy``
+    recasts its layers); a SavedModel or a serving endpoint runs in the
+    precision it was exported with. Cheap: nothing is loaded, so callers can
+    check before reading any data.
+
+    Args:
+        precision: one of ``INFERENCE_PRECISIONS``.
+        model: a ``keras.Model``, a ``.keras`` / SavedModel path, a serving
+            URL (``http(s)://...``), None (the shipped ``.keras`` model) or
+            any other callable.
+
+    Raises:
+        ValueError: naming the precision and the model.
+    """
+    _check_choice("precision", precision, INFERENCE_PRECISIONS)
+    if precision == "float32" or model is None or _keras_depth(model) is not None:
+        return
+    if isinstance(model, (str, Path)):
+        text = str(model)
+        if text.startswith(("http://", "https://")):
+            what = f"the serving endpoint {text}"
+        elif Path(text).is_dir():
+            what = f"the SavedModel {text}"
+        else:
+            return  # a .keras file
+    else:
+        what = f"a model of type {type(model).__name__}"
+    raise ValueError(f"precision={precision!r} applies to Keras models only; {what} runs in "
+                     "the precision it was exported with")
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}; received {name}={value!r}")
@@ -202,18 +236,12 @@ class Predictor:
         self.batch_size = tiling._check_int("batch_size", batch_size, 1)
         self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
         self.progress = bool(progress)
-        _check_choice("precision", precision, INFERENCE_PRECISIONS)
+        check_precision_applies(precision, model)
         depth = _keras_depth(model)
         if depth is not None:
             self._check_keras_tile(model, depth)
             self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm,
                                          jit_compile=jit_compile, precision=precision)
-        elif precision != "float32":
-            raise ValueError(
-                f"`precision` applies to Keras models only; received precision={precision!r} "
-                f"for a model of type {type(model).__name__} (a SavedModel or endpoint runs "
-                "in the precision it was exported with)"
-            )
         elif callable(model):
             self.network = model
         else:
@@ -432,4 +460,5 @@ def _progress_bar(total, enabled):
     return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict")
 
 
-__all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS"]
+__all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
+           "check_precision_applies"]

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import storage
 from fusionnet_tf.volumes.geometry import tiles_for_block, tiles_region
 
@@ -262,14 +263,8 @@ def range_task(input_spec, block):
     try:
         lo, hi = block_range(volume, block)
     finally:
-        _close(volume)
+        close_stack(volume)
     return block, lo, hi
-
-
-def _close(volume):
-    handle = getattr(volume, "file", None)  # h5py datasets keep their file open
-    if handle is not None and hasattr(handle, "close"):
-        handle.close()
 
 
 def process_block(job, block, lo, hi, predictor=None, hook=None):
@@ -301,7 +296,7 @@ def process_block(job, block, lo, hi, predictor=None, hook=None):
     try:
         result, stats = predict_block(volume, block, predictor, lo, hi)
     finally:
-        _close(volume)
+        close_stack(volume)
     if hook is not None:
         hook(block)
     output = storage.import_zarr().open_array(job.output_path, mode="r+")

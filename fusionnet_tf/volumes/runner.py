@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import blockwise, storage
 from fusionnet_tf.volumes.geometry import block_grid, check_block_shape
 
@@ -123,9 +124,13 @@ def _resolve_model(model):
     return None, model, f"<in-memory {type(model).__name__}>"
 
 
+def _is_predictor(model):
+    return hasattr(model, "predict_tiles") and hasattr(model, "tile_origins")
+
+
 def _live_predictor(model, options):
     """Wrap a keras.Model or callable in a Predictor; pass Predictors through."""
-    if hasattr(model, "predict_tiles") and hasattr(model, "tile_origins"):
+    if _is_predictor(model):
         return model
     from fusionnet_tf.inference import Predictor
 
@@ -136,11 +141,6 @@ def _geometry_predictor(options):
     """A Predictor around a dummy callable: validates the options on the client."""
     from fusionnet_tf.inference import Predictor
 
-    from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
-
-    if options["precision"] not in INFERENCE_PRECISIONS:
-        raise ValueError(f"`precision` must be one of {INFERENCE_PRECISIONS}; received "
-                         f"precision={options['precision']!r}")
     geometry = {k: v for k, v in options.items() if k != "precision"}  # a callable runs as is
     return Predictor(lambda batch: batch, progress=False, **geometry)
 
@@ -272,14 +272,15 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                    blending=blending, align=align, jit_compile=jit_compile, precision=precision)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
-    if precision != "float32" and model_path is not None and Path(model_path).is_dir():
-        raise ValueError(f"precision={precision!r} applies to .keras models only; the SavedModel "
-                         f"{model_path} runs in the precision it was exported with")
+    from fusionnet_tf.inference.predictor import check_precision_applies
+
+    if not _is_predictor(live_model):  # a live Predictor keeps its own precision
+        check_precision_applies(precision, model_path if model_path is not None else live_model)
 
     volume, name = storage.open_volume(input_spec)
     _check_not_input(output, input_spec)
     shape = tuple(int(n) for n in volume.shape)
-    blockwise._close(volume)
+    close_stack(volume)
     blocks = block_grid(shape, block_shape)
     settings = _settings(name, shape, block_shape, model_name, options, normalization)
     input_spec = str(input_spec)
@@ -307,7 +308,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
                 lo, hi = intensity_ranges(volume, blocks, normalization, executor, input_spec,
                                           progress)
             finally:
-                blockwise._close(volume)
+                close_stack(volume)
             settings.update(intensity_lo=lo.tolist(), intensity_hi=hi.tolist())
             storage.create_output(output, shape, block_shape, settings, zarr_format)
         else:
