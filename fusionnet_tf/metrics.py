@@ -207,12 +207,16 @@ def _check_isbi_inputs(membrane_prob, labels):
             "`membrane_prob` must be finite and in [0, 1]; received values in "
             f"[{membrane_prob.min()}, {membrane_prob.max()}]"
         )
+    _check_binary_labels(labels)
+    return _as_stack(membrane_prob), _as_stack(labels).astype(np.uint8)
+
+
+def _check_binary_labels(labels):
     values = np.unique(labels)
     if not set(values.tolist()) <= {0, 1}:
         raise ValueError(
             f"`labels` must be binary (1 = membrane, 0 = interior); received values {values[:10]}"
         )
-    return _as_stack(membrane_prob), _as_stack(labels).astype(np.uint8)
 
 
 def isbi_scores(membrane_prob, labels, thresholds=THRESHOLDS):
@@ -260,6 +264,216 @@ def isbi_scores(membrane_prob, labels, thresholds=THRESHOLDS):
         "v_info_threshold": best_info[0],
         "pixel_error_threshold": best_pixel[0],
     }
+
+
+# === Label images: V_rand, V_info, adapted Rand error, VOI, CREMI score ===
+
+GROUND_TRUTH_KINDS = ("membrane", "segments")
+MODES = ("2d", "3d")
+
+
+def segmentation_scores_report(labels, segments, *, ground_truth="membrane", mode="2d"):
+    """All segmentation scores of a label image against ground truth, as one dict.
+
+    The ground truth is either ISBI-style binary membrane labels
+    (``ground_truth="membrane"``, the default: 1 = membrane; its segments are
+    the 4-connected components of interior in each slice, membrane is not
+    counted) or a label image (``ground_truth="segments"``: one id per cell,
+    0 = not counted). Only pixels in a ground-truth segment are counted
+    ("foreground"); the proposal is never masked. Proposal label 0 marks
+    boundary pixels (``--keep-boundaries``); they are absorbed slice by slice
+    by the ISBI border thinning (``absorb_boundaries``: each takes the largest
+    id of its 3x3 neighbourhood, pass after pass; ids are compared in their
+    numeric order). A slice that is all 0 is one segment.
+
+    ``mode="2d"`` (ISBI, serial-section EM): one contingency table per slice,
+    pooled over slices with ids unique per slice, so an id that spans slices
+    counts as one segment per slice. ``mode="3d"``: one table over the whole
+    volume, ids shared across slices; needs ``ground_truth="segments"``.
+
+    With ``n_ij`` the pooled counts and ``s_i`` / ``t_j`` the ground-truth /
+    proposal segment sizes:
+
+    - ``v_rand``, ``v_info``: the ISBI 2012 scores (``scores_from_counts``).
+    - ``adapted_rand_error``: SNEMI3D/CREMI, ``1 - 2 P R / (P + R)`` with
+      precision ``P = sum n_ij^2 / sum t_j^2`` and recall
+      ``R = sum n_ij^2 / sum s_i^2`` (pixel pairs including self-pairs, as the
+      SNEMI3D/CREMI scripts do; ``skimage.metrics.adapted_rand_error`` drops
+      self-pairs, ``n (n - 1)``, and differs by O(1 / segment size); the
+      CREMI script gives proposal 0 its own rule, moot here as 0 is thinned
+      first). So this is exactly ``1 - v_rand``.
+    - ``voi_split = H(proposal | ground truth)`` (over-segmentation) and
+      ``voi_merge = H(ground truth | proposal)`` (under-segmentation), in bits
+      (log base 2, as CREMI and scikit-image).
+    - ``cremi_score = sqrt((voi_split + voi_merge) * adapted_rand_error)``.
+
+    Args:
+        labels: (N, H, W) or (H, W) ground truth: binary in {0, 1} with
+            1 = membrane, or a non-negative integer label image (see
+            ``ground_truth``).
+        segments: the proposal, same shape, non-negative integer label image
+            (any integer dtype, e.g. uint32/uint64 ids).
+        ground_truth: ``"membrane"`` or ``"segments"``. Defaults to
+            ``"membrane"``.
+        mode: ``"2d"`` or ``"3d"``. Defaults to ``"2d"``.
+
+    Returns:
+        dict with exactly the float keys ``v_rand``, ``v_info`` (in [0, 1],
+        1 = perfect), ``adapted_rand_error`` (in [0, 1], 0 = perfect),
+        ``voi_split``, ``voi_merge`` (bits, >= 0, 0 = perfect) and
+        ``cremi_score`` (>= 0, 0 = perfect).
+
+    Raises:
+        ValueError: naming the argument, if ``segments`` (or label ground
+            truth) is not a non-negative integer array, shapes differ,
+            membrane labels are not binary, ``ground_truth``/``mode`` are
+            unknown, or the ground truth has no counted pixel.
+
+    Example:
+    >>> gt = np.zeros((7, 7), np.uint8); gt[3, :] = 1  # two cells
+    >>> seg = np.ones((7, 7), np.uint32)                # one segment
+    >>> report = segmentation_scores_report(gt, seg)
+    >>> report["voi_merge"], report["voi_split"], round(report["adapted_rand_error"], 4)
+    (1.0, 0.0, 0.3333)
+    """
+    return scores_report_from_counts(
+        *segmentation_counts(labels, segments, ground_truth=ground_truth, mode=mode))
+
+
+def segmentation_counts(labels, segments, *, ground_truth="membrane", mode="2d"):
+    """Pooled contingency counts of a label image (see ``segmentation_scores_report``).
+
+    Args:
+        labels, segments, ground_truth, mode: as in ``segmentation_scores_report``.
+
+    Returns:
+        ``(joint, gt_sizes, proposal_sizes)`` int64 1D arrays, as
+        ``slice_contingency``, pooled over slices in ``"2d"`` mode.
+    """
+    gt, proposal = _check_label_inputs(labels, segments, ground_truth, mode)
+    if mode == "3d":
+        gt_segments = _dense_labels(gt)
+        proposal = _dense_labels(proposal)
+        thinned = np.stack([_thin_boundaries(proposal_slice) for proposal_slice in proposal])
+        return slice_contingency(gt_segments, thinned)
+    counts = []
+    for gt_slice, proposal_slice in zip(gt, proposal):
+        if ground_truth == "membrane":
+            gt_segments = segment_ground_truth(gt_slice)
+        else:
+            gt_segments = _dense_labels(gt_slice)
+        thinned = _thin_boundaries(_dense_labels(proposal_slice))
+        counts.append(slice_contingency(gt_segments, thinned))
+    return tuple(np.concatenate(parts) for parts in zip(*counts))
+
+
+def adapted_rand_error_from_counts(joint, gt_sizes, proposal_sizes):
+    """SNEMI3D/CREMI adapted Rand error: 1 - Rand F-score on ground-truth foreground.
+
+    Args:
+        joint, gt_sizes, proposal_sizes: contingency counts as returned by
+            ``slice_contingency`` (ground-truth label 0 already left out).
+
+    Returns:
+        float in [0, 1], 0 = perfect. Precision ``sum n_ij^2 / sum t_j^2``
+        (pairs in one proposal segment that share a ground-truth segment),
+        recall ``sum n_ij^2 / sum s_i^2``.
+    """
+    joint2 = float((np.asarray(joint, np.float64) ** 2).sum())
+    if joint2 == 0:
+        raise ValueError("the ground truth has no counted pixel; the adapted Rand error is undefined")
+    precision = joint2 / float((np.asarray(proposal_sizes, np.float64) ** 2).sum())
+    recall = joint2 / float((np.asarray(gt_sizes, np.float64) ** 2).sum())
+    return float(1.0 - 2.0 * precision * recall / (precision + recall))
+
+
+def voi_from_counts(joint, gt_sizes, proposal_sizes):
+    """Variation of information split and merge, in bits.
+
+    Args:
+        joint, gt_sizes, proposal_sizes: contingency counts as returned by
+            ``slice_contingency``.
+
+    Returns:
+        ``(voi_split, voi_merge)``: ``H(proposal | ground truth)`` (a
+        ground-truth segment spread over several proposal segments) and
+        ``H(ground truth | proposal)`` (a proposal segment covering several
+        ground-truth segments), log base 2, each >= 0.
+    """
+    total = float(np.sum(joint))
+    if total == 0:
+        raise ValueError("the ground truth has no counted pixel; VOI is undefined")
+    h_joint = _entropy(np.asarray(joint, np.float64), total) / np.log(2)
+    h_gt = _entropy(np.asarray(gt_sizes, np.float64), total) / np.log(2)
+    h_proposal = _entropy(np.asarray(proposal_sizes, np.float64), total) / np.log(2)
+    return float(max(h_joint - h_gt, 0.0)), float(max(h_joint - h_proposal, 0.0))
+
+
+def scores_report_from_counts(joint, gt_sizes, proposal_sizes):
+    """The six scores of ``segmentation_scores_report`` from contingency counts."""
+    v_rand, v_info = scores_from_counts(joint, gt_sizes, proposal_sizes)
+    adapted_rand = adapted_rand_error_from_counts(joint, gt_sizes, proposal_sizes)
+    voi_split, voi_merge = voi_from_counts(joint, gt_sizes, proposal_sizes)
+    return {
+        "v_rand": v_rand,
+        "v_info": v_info,
+        "adapted_rand_error": adapted_rand,
+        "voi_split": voi_split,
+        "voi_merge": voi_merge,
+        "cremi_score": float(np.sqrt((voi_split + voi_merge) * adapted_rand)),
+    }
+
+
+def _thin_boundaries(proposal_slice):
+    """ISBI border thinning of proposal label 0 in one (H, W) slice of small ids."""
+    if proposal_slice.all() or not proposal_slice.any():
+        return proposal_slice
+    return absorb_boundaries(proposal_slice)
+
+
+def _dense_labels(labels):
+    """Ids renumbered to 0..K in their numeric order; 0 stays 0 and only 0 maps to 0.
+
+    Keeps the partition and the order of ids (which the border thinning uses)
+    while making any id range (uint64, large sparse ids) safe for bincount.
+    Ids already below the pixel count are kept as they are (no sort needed).
+    """
+    if labels.size == 0 or int(labels.max()) < labels.size:
+        return labels.astype(np.int64)
+    values, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int64)
+    return inverse if values[0] == 0 else inverse + 1
+
+
+def _check_integer_labels(array, name):
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"`{name}` must be an integer label image (one id per segment); "
+            f"received dtype {array.dtype}"
+        )
+    if array.size and array.min() < 0:
+        raise ValueError(f"`{name}` must hold non-negative ids; received minimum {array.min()}")
+
+
+def _check_label_inputs(labels, segments, ground_truth, mode):
+    if ground_truth not in GROUND_TRUTH_KINDS:
+        raise ValueError(f"`ground_truth` must be one of {GROUND_TRUTH_KINDS}; received {ground_truth!r}")
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+    if mode == "3d" and ground_truth == "membrane":
+        raise ValueError(
+            "`mode`='3d' needs ground-truth segment ids (`ground_truth`='segments'); "
+            "membrane labels only define segments per slice"
+        )
+    labels = np.asarray(labels)
+    segments = np.asarray(segments)
+    _check_same_shape(labels, segments, "labels", "segments")
+    _check_integer_labels(segments, "segments")
+    if ground_truth == "membrane":
+        _check_binary_labels(labels)
+    else:
+        _check_integer_labels(labels, "labels")
+    return _as_stack(labels), _as_stack(segments)
 
 
 # === Pixel-wise overlap ===

@@ -58,6 +58,25 @@ def test_perfect_prediction_scores_one():
     assert scores["v_rand_threshold"] == 0.0  # best over t, lowest on ties
 
 
+def diagonal_labels(size=16):
+    """GT membrane: the 1-pixel-wide main diagonal of a size x size slice.
+
+    The two triangles either side touch only at corners (e.g. (0, 1) and (1, 0)),
+    so they are two 4-connected segments but one 8-connected segment.
+    """
+    return np.eye(size, dtype=np.uint8)
+
+
+def test_diagonal_membrane_separates_four_connected_segments():
+    labels = diagonal_labels()
+    segments = metrics.segment_ground_truth(labels)
+    assert segments.max() == 2
+    assert sorted(np.bincount(segments.ravel())[1:]) == [120, 120]
+    # a perfect prediction is perfect only if GT and proposal are both 4-connected
+    scores = metrics.isbi_scores(labels.astype(np.float32)[None], labels[None])
+    assert scores["v_rand"] == 1.0 and scores["v_info"] == 1.0
+
+
 def test_one_segment_against_four_equal_segments():
     # p_i1 = 1/4: V_rand = 2 * 4/16 / (4/16 + 1) = 0.4; I = 0 so V_info = 0
     scores = metrics.isbi_scores(np.zeros((9, 9), np.float32), cross_labels())
