@@ -138,6 +138,27 @@ def test_3d_mode_links_slices_and_2d_mode_does_not():
     assert np.unique(labels_2d[1]).min() > labels_2d[0].max()  # ids unique over the stack
 
 
+def shifted_sections():
+    """Two sections: membrane at columns 15-16, then at columns 5-6 (cells shift)."""
+    lower = np.zeros((32, 32), np.float32)
+    lower[:, 5:7] = 1.0
+    return np.stack([two_cells(), lower])
+
+
+def test_3d_thick_sections_link_by_overlap_and_isotropic_floods_in_3d():
+    stack = shifted_sections()
+    linked, linked_count = segment(stack, PLAIN, mode="3d")  # anisotropy 12.5: link sections
+    # right cells overlap with IoU 15/25 = 0.6: one id; left cells 5/15 = 0.33: two ids
+    assert linked_count == 3
+    assert linked[0, 0, -1] == linked[1, 0, -1] and linked[0, 0, 0] != linked[1, 0, 0]
+    np.testing.assert_array_equal(linked[0] == linked[0, 0, 0], segment(stack, PLAIN)[0][0] ==
+                                  segment(stack, PLAIN)[0][0, 0, 0])
+    stricter = segment(stack, PLAIN.replace(z_link_overlap=0.7), mode="3d")[1]
+    assert stricter == 4
+    # isotropic voxels: one 3D watershed, whose 6-connected seeds join all four cells
+    assert segment(stack, PLAIN.replace(anisotropy=1.0), mode="3d")[1] == 1
+
+
 def test_3d_anisotropy_scales_smoothing_along_z():
     from fusionnet_tf.segmentation.watershed import smooth
 

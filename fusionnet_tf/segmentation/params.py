@@ -15,6 +15,7 @@ from fusionnet_tf.io_utils import atomic_path
 SEED_METHODS = ("threshold", "distance")
 MERGE_STATISTICS = ("mean", "quantile")
 MODES = ("2d", "3d")
+ANISOTROPIC = 3.0  # from this voxel depth / pixel width on, 3d mode links 2D sections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +46,16 @@ class SegmentParams:
             ``merge_statistic="quantile"`` (0.5 = median).
         min_size: int >= 0. Segments smaller than this (pixels, or voxels in
             3d mode) are merged into the neighbour with the weakest boundary.
-        anisotropy: float >= 1. Voxel depth / pixel width, used in 3d mode to
-            scale smoothing and distances along z (ISBI 2012: 50 nm / 4 nm
-            = 12.5).
+        anisotropy: float >= 1. Voxel depth / pixel width (ISBI 2012: 50 nm /
+            4 nm = 12.5). In 3d mode, below ``ANISOTROPIC`` (3) the volume is
+            segmented by a 3D watershed with smoothing and distances scaled
+            along z; from 3 on (thick sections, where cells shift between
+            sections and a 3D flood leaks across them) each section is
+            segmented in 2D and segments are linked across sections by
+            overlap.
+        z_link_overlap: float in (0, 1]. 3d mode with thick sections: two
+            segments in neighbouring sections get one id when the
+            intersection over union of their footprints is at least this.
 
     Example:
     >>> SegmentParams(seed_threshold=0.2).replace(min_size=50).min_size
@@ -64,6 +72,7 @@ class SegmentParams:
     merge_quantile: float = 0.5
     min_size: int = 50
     anisotropy: float = 12.5
+    z_link_overlap: float = 0.5
 
     def __post_init__(self):
         _check_range("sigma", self.sigma, 0, None)
@@ -76,6 +85,9 @@ class SegmentParams:
         _check_range("merge_quantile", self.merge_quantile, 0, 1)
         _check_int("min_size", self.min_size)
         _check_range("anisotropy", self.anisotropy, 1, None)
+        _check_range("z_link_overlap", self.z_link_overlap, 0, 1)
+        if self.z_link_overlap == 0:
+            raise ValueError("`z_link_overlap` must be in (0, 1]; received 0")
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (validated like the constructor)."""

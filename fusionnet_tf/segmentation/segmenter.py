@@ -14,8 +14,13 @@ own id:
 4. number the segments 1..K (unique over the whole stack).
 
 ``mode="2d"`` segments each slice on its own (serial-section EM with thick
-sections, such as ISBI 2012); ``mode="3d"`` segments the stack as one
-6-connected volume with z scaled by ``params.anisotropy``.
+sections, such as ISBI 2012). ``mode="3d"`` gives each cell one id through
+the stack: for near-isotropic voxels (``params.anisotropy`` below 3, e.g.
+FIB-SEM) the stack is segmented as one 6-connected volume with z scaled by
+the anisotropy; for thick sections each section is segmented in 2D and the
+segments of neighbouring sections are linked when their footprints overlap
+(intersection over union >= ``params.z_link_overlap``), since a 3D flood
+would leak between cells that shift from one section to the next.
 
 Like elf's watershed functions, each entry point returns ``(labels, max_id)``
 so that callers can offset ids when they combine slices or blocks.
@@ -24,7 +29,7 @@ so that callers can offset ids when they combine slices or blocks.
 import numpy as np
 
 from fusionnet_tf.segmentation.agglomeration import agglomerate
-from fusionnet_tf.segmentation.params import MODES, SegmentParams
+from fusionnet_tf.segmentation.params import ANISOTROPIC, MODES, SegmentParams
 from fusionnet_tf.segmentation.watershed import relabel_consecutive, seeded_watershed
 
 BOUNDARY_THRESHOLD = 0.5
@@ -74,6 +79,9 @@ def segment_array(membrane, params, sampling=None):
         ``(labels, max_id)``: int32 (int64 if needed) labels 1..max_id that
         cover every pixel.
     """
+    if membrane.ndim == 3 and sampling is not None and sampling[0] >= ANISOTROPIC:
+        labels, _ = stack_slices(membrane, params)
+        return relabel_consecutive(link_sections(labels, params.z_link_overlap))
     labels, count, smoothed = seeded_watershed(membrane, params, sampling)
     if params.merge_threshold > 0 or params.min_size > 1:
         mapping = agglomerate(labels, count, smoothed, params.merge_threshold, params.min_size,
@@ -144,6 +152,45 @@ def stack_slices(stack, params, first_id=1):
         labels[index] = slice_labels + offset
         offset += count
     return labels, offset
+
+
+def link_sections(labels, min_overlap):
+    """Give segments of neighbouring sections one id where their footprints overlap.
+
+    Args:
+        labels: (Z, H, W) int labels, ids unique over the stack (e.g. from
+            ``stack_slices``), 0 = no segment.
+        min_overlap: float in (0, 1]; segments ``a`` in section z and ``b`` in
+            z + 1 are linked when ``|a & b| / |a | b| >= min_overlap``. From
+            0.5 on, a segment links to at most one segment per neighbouring
+            section.
+
+    Returns:
+        int64 labels of the same shape: linked chains share the smallest id
+        of the chain.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    labels = np.asarray(labels, np.int64)
+    count = int(labels.max()) + 1
+    sizes = np.bincount(labels.ravel(), minlength=count)
+    links = []
+    for upper, lower in zip(labels[:-1], labels[1:]):
+        both = (upper > 0) & (lower > 0)
+        pairs, overlap = np.unique(upper[both] * count + lower[both], return_counts=True)
+        a, b = pairs // count, pairs % count
+        iou = overlap / (sizes[a] + sizes[b] - overlap)
+        keep = iou >= min_overlap
+        links.append(np.stack([a[keep], b[keep]]))
+    a, b = np.concatenate(links, axis=1) if links else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    first_id = np.full(component.max() + 1, count, np.int64)
+    np.minimum.at(first_id, component, np.arange(count))  # smallest id of each chain
+    mapping = first_id[component]
+    mapping[0] = 0
+    return mapping[labels]
 
 
 def label_dtype(max_id):
