@@ -18,10 +18,12 @@ import os
 import time
 from datetime import datetime, timezone
 
+from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_DATA = os.environ.get("ISBI2012_DIR", "../shared/data/isbi2012")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = INFERENCE_PRECISIONS  # float32, mixed_float16, mixed_bfloat16
 
 
 def parse_args():

@@ -14,12 +14,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_fusionnet": "fusionnet_tf.models",
     "build_unet": "fusionnet_tf.models",
+    "build_fcn": "fusionnet_tf.models",
     "build_model": "fusionnet_tf.models",
     "model_depth": "fusionnet_tf.models",
     "Predictor": "fusionnet_tf.inference",
     "load_model": "fusionnet_tf.inference",
     "load_pretrained": "fusionnet_tf.pretrained",
     "predict_volume": "fusionnet_tf.volumes",
+    "segment": "fusionnet_tf.segmentation",
+    "SegmentParams": "fusionnet_tf.segmentation",
 }
 
 

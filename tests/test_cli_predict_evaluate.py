@@ -188,6 +188,20 @@ def test_predict_refuses_to_overwrite_its_input(files, tmp_path, capsys, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "vol.h5"]
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_input(files, tmp_path, capsys, value):
+    image = np.random.default_rng(5).random((2, 40, 50)).astype(np.float32)
+    image[1, 7, 9] = value
+    tifffile.imwrite(tmp_path / "bad.tif", image)
+    code, err = run_cli(["predict", str(tmp_path / "bad.tif"), "-o", str(tmp_path / "p.tif"),
+                         "--model", files.model] + SMALL, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"INPUT {tmp_path / 'bad.tif'} contains 1 NaN or infinite value(s)" in err
+    assert "(1, 7, 9)" in err and not (tmp_path / "p.tif").exists()
+    with pytest.raises(ValueError, match="`stack` contains 1 NaN"):  # never silently zeros
+        normalize(image)
+
+
 def test_overlay_must_be_png_or_folder(files, tmp_path, capsys):
     for overlay in ("out.tif", "out.h5:/overlay", "out.jpg"):
         code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--model",
@@ -217,25 +231,28 @@ def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
                                expected_prediction(files, tta=1), atol=1e-5)
 
 
-def test_predict_through_serving_url(files, tmp_path, monkeypatch):
-    import fusionnet_tf.export.rest_client as rest_client
+@pytest.mark.large
+def test_predict_through_serving_url_matches_local_prediction(files, tmp_path):
+    """``--serving-url`` against the real local server (TTA 8) equals local prediction."""
+    import keras
 
-    calls = []
+    from fusionnet_tf.export.saved_model import export_saved_model
+    from fusionnet_tf.export.server import ModelServer
 
-    class FakeClient:
-        def __init__(self, url):
-            self.url = url
-
-        def __call__(self, batch):
-            calls.append((self.url, batch.shape))
-            return np.full(batch.shape, 0.25, np.float32)
-
-    monkeypatch.setattr(rest_client, "ServingClient", FakeClient)
-    assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--serving-url",
-                 "http://localhost:8501/v1/models/fusionnet", "--tta", "8", "--batch-size", "8"]
-                + SMALL) == 0
-    np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"), 0.25, atol=1e-6)
-    assert calls[0] == ("http://localhost:8501/v1/models/fusionnet", (8, 32, 32, 1))
+    model = keras.saving.load_model(files.model, compile=False)
+    export_saved_model(model, tmp_path / "base", "membranes", tile_size=32, overlap=8)
+    image = tmp_path / "wide.tif"  # 70 px wide: tile origins depend on --align
+    tifffile.imwrite(image, np.random.default_rng(3).integers(0, 256, (2, 40, 70), np.uint8))
+    server = ModelServer(tmp_path / "base" / "membranes", port=0).start()
+    try:
+        assert main(["predict", str(image), "-o", str(tmp_path / "remote.tif"), "--serving-url",
+                     server.url, "--tta", "8", "--batch-size", "8", "--align", "4"] + SMALL) == 0
+    finally:
+        server.shutdown()
+    local = Predictor(model, tile_shape=32, overlap=8, tta=8, align=4).predict(
+        normalize(read_stack(image)))
+    assert local.std() > 1e-3  # structured output: the comparison means something
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "remote.tif"), local, atol=1e-5)
 
 
 def test_evaluate_table_and_json(files, tmp_path, capsys):

@@ -10,8 +10,9 @@ import tifffile
 
 from fusionnet_tf.data import (AugmentConfig, LazyStack, isbi2012_datasets, normalize, open_stack,
                                train_dataset, validation_dataset, validation_tile_origins)
-from fusionnet_tf.data.augment import (coarse_displacements, elastic_field, sampling_coordinates,
-                                       spline_basis, warp_window)
+from fusionnet_tf.data.augment import (bilinear_blend, bilinear_corners, coarse_displacements,
+                                       elastic_field, gather_corners, sampling_coordinates,
+                                       spline_basis)
 from fusionnet_tf.data.pipeline import _warp, reflect_index
 from fusionnet_tf.dihedral import dihedral_tf
 
@@ -93,8 +94,27 @@ def test_tile_larger_than_slice_is_reflect_padded(volume):
 
 
 def test_reflect_index():
-    got = reflect_index(tf.range(-3, 8), 4).numpy()
+    got = reflect_index(np.arange(-3, 8), 4)
     np.testing.assert_array_equal(got, [3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1])
+    np.testing.assert_array_equal(reflect_index(np.arange(-2, 3), 1), [0, 0, 0, 0, 0])
+
+
+def warp_window(window, field, margin):
+    """Reference deformation for the tests: sample a (S, S, C) window at
+    ``tile pixel + margin + field`` (bilinear), from a (T, T, 2) field instead of
+    the pipeline's ``sampling_coordinates``. Sample points are clamped to the window.
+    """
+    size = field.shape[0]
+    side = window.shape[0]
+    channels = window.shape[-1]
+    base = tf.range(size, dtype=tf.float32) + float(margin)
+    y = tf.clip_by_value(base[:, None] + field[..., 0], 0.0, side - 1.001)
+    x = tf.clip_by_value(base[None, :] + field[..., 1], 0.0, side - 1.001)
+    index, wy, wx = bilinear_corners(y, x, side)
+    flat = tf.reshape(window, [side * side, channels])
+    corners = gather_corners(flat, tf.reshape(index, [-1]), side)
+    planes = bilinear_blend(*corners, tf.reshape(wy, [-1]), tf.reshape(wx, [-1]))
+    return tf.transpose(tf.reshape(planes, [channels, size, size]), [1, 2, 0])
 
 
 def test_default_augmentation_output_ranges(volume):
@@ -131,7 +151,7 @@ def test_start_batch_equals_skipping_batches(volume):
     for (a_image, a_label), (b_image, b_label) in zip(skipped.take(2), started.take(2)):
         np.testing.assert_array_equal(a_image.numpy(), b_image.numpy())
         np.testing.assert_array_equal(a_label.numpy(), b_label.numpy())
-    with pytest.raises(ValueError, match="start_batch must be an int >= 0; received -1"):
+    with pytest.raises(ValueError, match="`start_batch` must be an integer >= 0; received start_batch=-1"):
         train_dataset(images, labels, 24, 4, start_batch=-1)
 
 
@@ -438,9 +458,9 @@ def test_bad_arrays_and_arguments(volume):
         train_dataset(images[None], labels[None], 16, 2)
     with pytest.raises(ValueError, match="empty"):
         train_dataset(images[:0], labels[:0], 16, 2)
-    with pytest.raises(ValueError, match="tile_size must be an int >= 2; received 0"):
+    with pytest.raises(ValueError, match="`tile_size` must be an integer >= 2; received tile_size=0"):
         train_dataset(images, labels, 0, 2)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1; received 2.5"):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1; received batch_size=2.5"):
         train_dataset(images, labels, 16, 2.5)
     with pytest.raises(ValueError, match="normalization=None needs float images"):
         train_dataset(images, labels, 16, 2, normalization=None)
@@ -453,7 +473,7 @@ def test_bad_arrays_and_arguments(volume):
 
 
 def test_augment_config_validation_and_round_trip():
-    with pytest.raises(ValueError, match="elastic_grid must be an int >= 2; received 1"):
+    with pytest.raises(ValueError, match="`elastic_grid` must be an integer >= 2; received elastic_grid=1"):
         AugmentConfig(elastic_grid=1)
     with pytest.raises(ValueError, match="noise must be >= 0.0; received -0.1"):
         AugmentConfig(noise=-0.1)

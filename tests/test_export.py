@@ -125,6 +125,19 @@ def test_whole_image_matches_predictor(model, loaded, shape):
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 
+def test_whole_image_normalizes_each_slice_on_its_own(model, loaded):
+    rng = np.random.default_rng(7)
+    texture = rng.random((2, 40, 48))
+    raw = np.stack([20 + texture[0] * 60, 120 + texture[1] * 130]).astype(np.uint8)  # 20-80, 120-250
+    out = loaded.signatures["whole_image"](image=tf.constant(raw))["membrane_probability"].numpy()
+    predictor = Predictor(model, tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=BATCH,
+                          fold_batchnorm=False)
+    np.testing.assert_allclose(out, predictor.predict(normalize(raw, mode="slice")), atol=1e-5)
+    # the test can tell: normalizing the whole stack at once gives another result
+    whole_stack = predictor.predict(normalize(raw, mode="global"))
+    assert np.abs(out - whole_stack).max() > 1e-2
+
+
 def test_whole_image_png_equals_uint8_signature(loaded):
     raw = (np.random.default_rng(2).random((40, 36)) * 255).astype(np.uint8)
     png = tf.io.encode_png(raw[..., None])

@@ -206,6 +206,12 @@ def test_bad_inputs_and_outputs():
         predictor.predict(np.zeros((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="NaN"):
         predictor.predict(np.full((8, 8), np.nan))
+    for value in (np.inf, -np.inf):  # one bad pixel of an otherwise valid stack
+        images = np.zeros((2, 8, 8), np.float32)
+        images[1, 2, 3] = value
+        with pytest.raises(ValueError, match=r"^`images` contains 1 NaN or infinite value\(s\), "
+                                             r"the first at index \(1, 2, 3\)"):
+            predictor.predict(images)
     with pytest.raises(ValueError, match=r"\(B, 32, 32\).*\(2, 16, 16\)"):
         predictor.predict_tiles(np.zeros((2, 16, 16)))
     with pytest.raises(ValueError, match="output shape"):

@@ -199,6 +199,119 @@ def test_malformed_requests_get_4xx_and_server_keeps_serving(server, method, pat
     assert _request(server, "GET", "/v1/models/membranes")[0] == 200
 
 
+UINT8_8X8 = [[[7] * 8] * 8]
+MORE_MALFORMED = [
+    ("GET", "/v1/models/membranes:predict", None, 405, ":predict needs POST"),
+    ("POST", "/v1/models/membranes:classify", {"inputs": GOOD}, 400, "only :predict"),
+    ("POST", "/v1/models/membranes:regress", {"inputs": GOOD}, 400, "only :predict"),
+    ("POST", "/v1/models/membranes:predict",
+     {"signature_name": "whole_image", "inputs": [[[1.5] * 8] * 8]}, 400, "DT_UINT8 integers"),
+    ("POST", "/v1/models/membranes:predict",
+     {"signature_name": "whole_image", "inputs": [[[-1] * 8] * 8]}, 400, "DT_UINT8 integers"),
+    ("POST", "/v1/models/membranes:predict",
+     {"signature_name": "whole_image_png", "inputs": [{"b64": "not base64!"}]}, 400,
+     "invalid base64"),
+    ("POST", "/v1/models/membranes:predict", {"inputs": {"images": GOOD}}, 400,
+     r"takes inputs \['image'\]; received \['images'\]"),
+    ("POST", "/v1/models/membranes:predict", {"instances": [{"img": GOOD[0]}]}, 400,
+     r"takes inputs \['image'\]; received \['img'\]"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,message", MORE_MALFORMED,
+                         ids=[f"{m[3]}-{m[1].split(':')[-1]}-{m[4][:12]}" for m in MORE_MALFORMED])
+def test_wrong_method_action_values_and_names_get_4xx(server, method, path, body, status,
+                                                      message):
+    got, payload = _request(server, method, path, body)
+    assert (got, set(payload)) == (status, {"error"})
+    assert re.search(message, payload["error"]), payload["error"]
+    assert _request(server, "GET", "/v1/models/membranes")[0] == 200
+
+
+def test_uint8_whole_image_accepts_integral_floats(server, loaded):
+    """1.0 is a valid uint8 value in JSON (only fractional or out-of-range values are not)."""
+    got, payload = _request(server, "POST", "/v1/models/membranes:predict",
+                            {"signature_name": "whole_image", "inputs": [[[7.0] * 8] * 8]})
+    expected = loaded.signatures["whole_image"](image=tf.constant(UINT8_8X8, tf.uint8))
+    assert got == 200
+    np.testing.assert_allclose(payload["outputs"], expected["membrane_probability"].numpy(),
+                               atol=1e-6)
+
+
+def test_post_without_content_length_gets_411(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest("POST", "/v1/models/membranes:predict")
+    connection.putheader("Content-Type", "application/json")
+    connection.endheaders()  # no Content-Length, no body
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    assert response.status == 411 and "Content-Length" in payload["error"]
+    assert _request(server, "GET", "/v1/models/membranes")[0] == 200
+
+
+class TwoInputs(tf.Module):
+    """A SavedModel signature with two named inputs that must share their batch size."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 3], tf.float32, name="b")])
+    def serve(self, a, b):
+        return {"both": tf.concat([a, b], axis=1)}
+
+
+@pytest.fixture(scope="module")
+def two_input_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("two") / "pair"
+    module = TwoInputs()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    srv = ModelServer(base, port=0).start()
+    yield srv
+    srv.shutdown()
+
+
+def test_named_inputs_in_row_and_columnar_format(two_input_server):
+    path = "/v1/models/pair:predict"
+    rows = {"instances": [{"a": [1, 2], "b": [3, 4, 5]}, {"a": [6, 7], "b": [8, 9, 10]}]}
+    assert _request(two_input_server, "POST", path, rows) == (
+        200, {"predictions": [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]})
+    columns = {"inputs": {"a": [[1, 2]], "b": [[3, 4, 5]]}}
+    assert _request(two_input_server, "POST", path, columns) == (200, {"outputs": [[1, 2, 3, 4, 5]]})
+
+
+@pytest.mark.parametrize("body,message", [
+    # columnar format: TF Serving leaves batch sizes to the signature, whose error is a 400
+    ({"inputs": {"a": [[1, 2], [3, 4]], "b": [[5, 6, 7]]}}, "Dimension 0 in both shapes"),
+    ({"inputs": {"a": [[1, 2]]}}, r"takes inputs \['a', 'b'\]; received \['a'\]"),
+    ({"inputs": {"a": [[1, 2]], "b": [[3, 4, 5]], "c": [[0]]}}, "received \\['a', 'b', 'c'\\]"),
+    ({"inputs": [[1, 2]]}, "several inputs"),
+    ({"instances": [{"a": [1, 2], "b": [3, 4, 5]}, {"a": [6, 7]}]}, "received \\['a'\\]"),
+    ({"instances": [{"a": [1, 2], "b": [3, 4, 5]}, {"a": [6, 7], "b": [8, 9]}]}, "rectangular"),
+])
+def test_two_input_signature_rejects_mismatched_inputs(two_input_server, body, message):
+    got, payload = _request(two_input_server, "POST", "/v1/models/pair:predict", body)
+    assert (got, set(payload)) == (400, {"error"})
+    assert re.search(message, payload["error"]), payload["error"]
+
+
+def test_internal_error_is_a_json_500_and_server_keeps_serving(server, monkeypatch):
+    from fusionnet_tf.export import server as server_module
+
+    def broken(outputs, row_format):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(server_module, "format_outputs", broken)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/v1/models/membranes:predict", body=json.dumps({"inputs": GOOD}))
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 500
+    assert response.getheader("Content-Type") == "application/json"
+    assert json.loads(body) == {"error": "internal error: disk on fire"}
+    monkeypatch.undo()
+    assert _request(server, "POST", "/v1/models/membranes:predict", {"inputs": GOOD})[0] == 200
+
+
 def test_versions_are_served_explicitly_and_latest_by_default(model, model_dir):
     other = build_fusionnet(base_filters=4, depth=2)  # different random weights
     export_plain_saved_model(other, model_dir / "2")  # only serving_default: tells them apart

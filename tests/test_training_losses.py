@@ -89,15 +89,20 @@ def test_loss_serialization_round_trip():
 # ---------------------------------------------------------------- metrics
 
 
-def test_numpy_metrics_by_hand():
-    pred = np.array([0.9, 0.4, 0.2, 0.6])  # thresholded: 1 0 0 1
-    label = np.array([1, 1, 0, 0])         # TP=1 FP=1 FN=1 TN=1
-    assert fit_metrics.dice(pred, label) == pytest.approx(2 / 4)
-    assert fit_metrics.iou(pred, label) == pytest.approx(1 / 3)
-    assert fit_metrics.pixel_accuracy(pred, label) == pytest.approx(0.5)
-    assert fit_metrics.dice(np.zeros(3), np.zeros(3)) == 1.0
-    with pytest.raises(ValueError, match="same shape"):
-        fit_metrics.dice(np.zeros(3), np.zeros(4))
+def test_keras_metrics_threshold_like_the_numpy_metrics():
+    """One rule (``prediction > threshold``) for the fit metrics and fusionnet_tf.metrics."""
+    from fusionnet_tf import metrics
+
+    rng = np.random.default_rng(0)
+    pred = rng.choice([0.0, 0.3, 0.5, 0.5, 0.7, 1.0], size=(2, 8, 8, 1)).astype("float32")
+    label = (rng.random((2, 8, 8, 1)) > 0.5).astype("float32")
+    for metric, reference in ((fit_metrics.MembraneDice(), metrics.dice),
+                              (fit_metrics.MembraneIoU(), metrics.iou)):
+        metric.update_state(label, pred)
+        assert float(metric.result()) == pytest.approx(reference(pred, label))
+    exactly_half = fit_metrics.MembraneDice()
+    exactly_half.update_state(batch([1, 0, 0, 0]), batch([0.5, 0.5, 0.0, 0.0]))
+    assert float(exactly_half.result()) == 0.0  # 0.5 is not membrane
 
 
 def test_keras_metrics_accumulate_counts_over_batches():

@@ -325,6 +325,47 @@ def test_fault_and_kill_then_resume(tmp_path, volume, predictor, reference, bloc
     assert marker["y"] == [0, 128] and marker["x"] == [0, 128]
 
 
+@pytest.mark.parametrize("fault", ["while_writing_data", "after_data_before_marker"])
+def test_done_marker_is_written_only_after_the_data(tmp_path, volume, predictor, monkeypatch,
+                                                    fault):
+    """A kill between a block's data write and its marker leaves it unmarked, so it is redone."""
+    from fusionnet_tf.data.normalize import normalize
+
+    small = volume[:1, :128, :256]  # two blocks; the second one is killed
+    spec = write_zarr(tmp_path / "vol.zarr", small)
+    out = tmp_path / "out.zarr"
+    victim = (0, 0, 1)
+    armed = {"kill": True}
+    write_block, mark_done = storage.write_block, storage.mark_done
+
+    def faulty_write(path, block, data):
+        if armed["kill"] and block.index == victim and fault == "while_writing_data":
+            raise SimulatedKill()  # the chunk never reaches the store
+        write_block(path, block, data)
+
+    def checked_mark(path, block, info):
+        stored = zarr.open_array(str(path), mode="r")[slice(*block.z), slice(*block.y),
+                                                      slice(*block.x)]
+        assert (stored != 0).all(), f"marker of block {block.name} written before its data"
+        if armed["kill"] and block.index == victim and fault == "after_data_before_marker":
+            raise SimulatedKill()
+        mark_done(path, block, info)
+
+    monkeypatch.setattr(storage, "write_block", faulty_write)
+    monkeypatch.setattr(storage, "mark_done", checked_mark)
+    with pytest.raises(SimulatedKill):
+        predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)
+    assert done_count(out) == 1 and not storage.is_done(out, block_grid(small.shape, BLOCK)[1])
+
+    armed["kill"] = False
+    computed = []
+    summary = predict_volume(spec, out, predictor, block_shape=BLOCK,
+                             block_hook=lambda b: computed.append(b.index), **OPTIONS)
+    assert computed == [victim] and summary["blocks_skipped"] == 1
+    np.testing.assert_allclose(read_output(out), predictor.predict(normalize(small)), atol=1e-5,
+                               rtol=0)
+
+
 def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, predictor):
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :200])
     out = tmp_path / "out.zarr"

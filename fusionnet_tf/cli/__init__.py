@@ -7,7 +7,6 @@ only) and ``run(args)`` (imports TensorFlow when it needs it), so
 
 import argparse
 import importlib
-import os
 import sys
 
 from fusionnet_tf import __version__
@@ -21,6 +20,9 @@ COMMANDS = {
     "export": "fusionnet_tf.cli.export",
     "serve": "fusionnet_tf.cli.serve",
     "predict-volume": "fusionnet_tf.cli.predict_volume",
+    "segment": "fusionnet_tf.cli.segment",
+    "tune-segment": "fusionnet_tf.cli.tune_segment",
+    "segment-volume": "fusionnet_tf.cli.segment_volume",
 }
 
 # Errors that describe bad input: printed as one line, exit code 2.
@@ -38,11 +40,15 @@ def build_parser():
         prog="fusionnet",
         description=(
             "FusionNet membrane segmentation for electron-microscopy images: "
-            "train, predict, evaluate (ISBI 2012 V_rand / V_info), export and serve."
+            "train, predict membranes, segment neurons, evaluate (ISBI 2012 V_rand / "
+            "V_info), export and serve."
         ),
         epilog="Run 'fusionnet COMMAND --help' for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"fusionnet-tf {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also print TensorFlow's start-up and C++ log lines "
+                             "(default: only progress, results and errors).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in COMMANDS.values():
@@ -61,11 +67,13 @@ def error_message(exc):
 
 def main(argv=None):
     """Entry point of the ``fusionnet`` console script. Returns the exit code."""
-    # TensorFlow's C++ INFO/WARNING lines (oneDNN, CUDA probing) are noise on a
-    # command line; users can still set TF_CPP_MIN_LOG_LEVEL=0 to see them.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # TensorFlow's start-up lines (oneDNN, CUDA probing) are noise on a command line
+        from fusionnet_tf.cli.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
     try:
         result = args.run(args)
     except USER_ERRORS + (CommandError,) as exc:

@@ -1,28 +1,41 @@
-"""``fusionnet evaluate``: ISBI 2012 V_rand, V_info and pixel error.
+"""``fusionnet evaluate``: ISBI 2012 and segmentation scores.
 
-Compares a probability map (``fusionnet predict`` output: float in [0, 1] or
-uint8 0-255) with binary labels, sweeping thresholds 0.0..1.0 like the
-official Fiji script, and prints a table or, with ``--json``, one JSON object.
+``--pred``: compares a probability map (``fusionnet predict`` output: float in
+[0, 1] or uint8 0-255) with binary labels, sweeping thresholds 0.0..1.0 like
+the official Fiji script (V_rand, V_info, pixel error). ``--seg``: scores a
+label image (``fusionnet segment`` output) as it is: V_rand, V_info, adapted
+Rand error, VOI split/merge and the CREMI score. Prints a table or, with
+``--json``, one JSON object.
 """
 
-HELP = "Score a probability map against labels (ISBI 2012 V_rand, V_info, pixel error)."
+HELP = ("Score a probability map (ISBI 2012 V_rand, V_info, pixel error) or a label image "
+        "(also adapted Rand error, VOI, CREMI score) against labels.")
 
 
 def add_parser(subparsers):
     """Register ``evaluate``; argparse only."""
     parser = subparsers.add_parser(
         "evaluate", help=HELP, description=HELP,
-        epilog="Example: fusionnet evaluate --labels train-labels.tif --pred pred.tif --json",
+        epilog="Examples: fusionnet evaluate --labels train-labels.tif --pred pred.tif --json\n"
+               "          fusionnet evaluate --labels train-labels.tif --seg neurons.tif",
     )
     parser.add_argument("--labels", required=True, metavar="LABELS",
                         help="Binary label stack (TIFF, image, folder or file.h5:/key).")
-    parser.add_argument("--pred", required=True, metavar="PRED",
+    scored = parser.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--pred", metavar="PRED",
                         help="Probability map with the labels' (N, H, W) shape: float in [0, 1] "
                              "or uint8 0-255.")
-    parser.add_argument("--label-convention", choices=("isbi", "membrane"), default="isbi",
+    scored.add_argument("--seg", metavar="SEGMENTS",
+                        help="Label image with the labels' (N, H, W) shape (integer ids, e.g. "
+                             "fusionnet segment's output: TIFF, file.h5:/key or zarr); scored "
+                             "per slice as in ISBI 2012, without a threshold sweep.")
+    from fusionnet_tf.data.labels import LABEL_CONVENTIONS
+    from fusionnet_tf.inference.writers import PRED_CONVENTIONS
+
+    parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
                         help="isbi: 0 = membrane, nonzero = interior; membrane: nonzero = "
                              "membrane (default: isbi).")
-    parser.add_argument("--pred-convention", choices=("membrane", "isbi"), default="membrane",
+    parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane (fusionnet predict's default); isbi: "
                              "high = cell interior (predict --isbi) (default: membrane).")
     parser.add_argument("--label-threshold", type=float, default=None,
@@ -44,24 +57,54 @@ def format_table(scores, shape):
     return "\n".join(lines)
 
 
-def run(args):
-    """Read labels and prediction, print the scores. Returns 0."""
+SEGMENTATION_ROWS = (("V_rand", "v_rand"), ("V_info", "v_info"),
+                     ("adapted Rand error", "adapted_rand_error"),
+                     ("VOI split", "voi_split"), ("VOI merge", "voi_merge"),
+                     ("CREMI score", "cremi_score"))
+
+
+def format_segmentation_table(scores, shape):
+    """Readable table of ``segmentation_scores_report`` output for an (N, H, W) stack."""
+    lines = [f"Segmentation scores over {shape[0]} slice(s) of {shape[1]}x{shape[2]} "
+             "(2D per slice, pooled; VOI in bits)",
+             f"{'metric':<20} {'score':>8}"]
+    lines += [f"{title:<20} {scores[key]:>8.4f}" for title, key in SEGMENTATION_ROWS]
+    return "\n".join(lines)
+
+
+def _check_shapes(args, labels, other, option, spec):
+    if labels.shape != other.shape:
+        raise ValueError(f"labels and {option} differ in shape: --labels {args.labels} is "
+                         f"{labels.shape}, {option} {spec} is {other.shape}")
+
+
+def _report(args, scores, shape, format_function):
+    """Print ``scores`` as one JSON object (``--json``) or a table. Returns 0."""
     import json
 
+    if args.json:
+        print(json.dumps(dict(scores, slices=int(shape[0]))))
+    else:
+        print(format_function(scores, shape))
+    return 0
+
+
+def run(args):
+    """Read labels and prediction (or segmentation), print the scores. Returns 0."""
     from fusionnet_tf.data import read_labels
+
+    labels = read_labels(args.labels, args.label_convention, threshold=args.label_threshold)
+    if args.seg is not None:
+        from fusionnet_tf.metrics import segmentation_scores_report
+        from fusionnet_tf.segmentation.io import read_segments
+
+        segments = read_segments(args.seg, "--seg")
+        _check_shapes(args, labels, segments, "--seg", args.seg)
+        return _report(args, segmentation_scores_report(labels, segments), labels.shape,
+                       format_segmentation_table)
     from fusionnet_tf.inference.writers import read_probability_map
     from fusionnet_tf.metrics import isbi_scores
 
-    labels = read_labels(args.labels, args.label_convention, threshold=args.label_threshold)
     membrane = read_probability_map(args.pred, args.pred_convention)
-    if labels.shape != membrane.shape:
-        raise ValueError(
-            f"labels and prediction differ in shape: --labels {args.labels} is {labels.shape}, "
-            f"--pred {args.pred} is {membrane.shape}"
-        )
-    scores = isbi_scores(membrane, labels)
-    if args.json:
-        print(json.dumps(dict(scores, slices=int(labels.shape[0]))))
-    else:
-        print(format_table(scores, labels.shape))
-    return 0
+    _check_shapes(args, labels, membrane, "--pred", args.pred)
+    return _report(args, isbi_scores(membrane, labels), labels.shape, format_table)

@@ -1,9 +1,10 @@
-"""``fusionnet export``: SavedModel (TF Serving layout), LiteRT, ONNX or TensorRT."""
+"""``fusionnet export``: SavedModel (TF Serving layout), LiteRT, ONNX, TensorRT or bioimage.io."""
 
 import sys
 
-HELP = "Export a trained .keras model to SavedModel/TF Serving, LiteRT, ONNX or TensorRT."
-FORMATS = ("saved_model", "litert", "onnx", "tensorrt")
+HELP = ("Export a trained .keras model to SavedModel/TF Serving, LiteRT, ONNX, TensorRT or a "
+        "bioimage.io package.")
+FORMATS = ("saved_model", "litert", "onnx", "tensorrt", "bioimageio")
 QUANTIZE = ("none", "fp16", "dynamic-int8", "int8")
 # --quantize values each format accepts
 FORMAT_QUANTIZE = {
@@ -20,7 +21,9 @@ def add_parser(subparsers):
             " Every export writes a JSON model card next to the artifact. saved_model: DIR is "
             "the TF Serving model base, the artifact lands in DIR/NAME/VERSION/. litert: "
             "DIR/NAME[_QUANT].tflite. onnx: DIR/NAME.onnx. tensorrt (NVIDIA machines only): "
-            "DIR/NAME_tftrt_PRECISION/ or DIR/NAME_PRECISION.plan."))
+            "DIR/NAME_tftrt_PRECISION/ or DIR/NAME_PRECISION.plan. bioimageio: DIR/NAME.zip, a "
+            "bioimage.io model package (keras_v3, tensorflow_saved_model_bundle and onnx "
+            "weights) validated with bioimageio.spec and tested with bioimageio.core."))
     parser.add_argument("--model", required=True,
                         help="Trained .keras model file, or 'pretrained' for the shipped model.")
     parser.add_argument("--format", required=True, choices=FORMATS, help="Artifact format.")
@@ -52,12 +55,16 @@ def add_parser(subparsers):
     parser.add_argument("--training-config", default=None,
                         help="Training config whose SHA-256 goes into the model card (default: "
                              "config.yaml/resolved_config.yaml next to --model, if any).")
+    parser.add_argument("--no-bioimageio-test", action="store_true",
+                        help="bioimageio: skip bioimageio.core's test of each weight format "
+                             "(default: test before the package is written).")
     parser.set_defaults(run=run)
 
 
 def check_args(args):
     """Raise ValueError for option combinations that cannot work."""
-    allowed = FORMAT_QUANTIZE[args.format]
+    exporter(args.format)
+    allowed = FORMAT_QUANTIZE.get(args.format, ("none",))
     if args.quantize not in allowed:
         raise ValueError(f"--quantize {args.quantize} is not available for --format "
                          f"{args.format}; choose one of {', '.join(allowed)}")
@@ -109,29 +116,76 @@ def card_extra(args, model_path):
     return extra
 
 
-def export(args, model, extra):
-    """Dispatch to the format's export function; returns the artifact path."""
-    if args.format == "saved_model":
-        from fusionnet_tf.export.saved_model import export_saved_model
+def export_saved_model(args, model, extra):
+    from fusionnet_tf.export.saved_model import export_saved_model
 
-        return export_saved_model(model, args.output, args.name, args.version, args.tile_size,
-                                  args.overlap, args.batch_size, card_extra=extra)
-    if args.format == "onnx":
-        from fusionnet_tf.export.onnx import export_onnx
+    return export_saved_model(model, args.output, args.name, args.version, args.tile_size,
+                              args.overlap, args.batch_size, card_extra=extra)
 
-        return export_onnx(model, args.output, args.name, card_extra=extra)
-    if args.format == "litert":
-        from fusionnet_tf.export.litert import export_litert
 
-        data = None
-        if args.quantize == "int8":
-            data = calibration_tiles(args.calibration_data, args.tile_size, args.calibration_tiles)
-        return export_litert(model, args.output, args.name, args.quantize, data, card_extra=extra)
+def export_onnx(args, model, extra):
+    from fusionnet_tf.export.onnx import export_onnx
+
+    return export_onnx(model, args.output, args.name, card_extra=extra)
+
+
+def export_litert(args, model, extra):
+    from fusionnet_tf.export.litert import export_litert
+
+    data = None
+    if args.quantize == "int8":
+        data = calibration_tiles(args.calibration_data, args.tile_size, args.calibration_tiles)
+    return export_litert(model, args.output, args.name, args.quantize, data, card_extra=extra)
+
+
+def export_tensorrt(args, model, extra):
     from fusionnet_tf.export.tensorrt import export_tensorrt
 
     precision = "fp16" if args.quantize == "fp16" else "fp32"
     return export_tensorrt(model, args.output, args.name, args.trt_route, precision,
                            args.tile_size, args.batch_size, card_extra=extra)
+
+
+def export_bioimageio(args, model, extra):
+    """DIR/NAME.zip; a package of the shipped model also carries MODEL_CARD.md."""
+    from pathlib import Path
+
+    from fusionnet_tf.export.bioimageio import export_bioimageio
+    from fusionnet_tf.pretrained import PRETRAINED_FILE
+
+    model_card = None
+    card = Path(__file__).resolve().parents[2] / "MODEL_CARD.md"  # in a source checkout
+    if Path(extra["source_model"]).resolve() == PRETRAINED_FILE and card.is_file():
+        model_card = card.read_text()
+    return export_bioimageio(model, args.output, args.name, model_card=model_card,
+                             test=not args.no_bioimageio_test, card_extra=extra)
+
+
+# --format -> function(args, model, card_extra) returning the artifact path
+EXPORTERS = {
+    "saved_model": export_saved_model,
+    "onnx": export_onnx,
+    "litert": export_litert,
+    "tensorrt": export_tensorrt,
+    "bioimageio": export_bioimageio,
+}
+
+
+def exporter(export_format):
+    """The export function of ``export_format``.
+
+    Raises:
+        ValueError: a format without an exporter (never falls back to another one).
+    """
+    if export_format not in EXPORTERS:
+        raise ValueError(f"--format must be one of {', '.join(EXPORTERS)}; received "
+                         f"{export_format!r}")
+    return EXPORTERS[export_format]
+
+
+def export(args, model, extra):
+    """Dispatch to the format's export function; returns the artifact path."""
+    return exporter(args.format)(args, model, extra)
 
 
 def run(args):

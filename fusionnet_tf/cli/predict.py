@@ -28,8 +28,9 @@ def add_parser(subparsers):
                              "never the INPUT dataset).")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH", default=None,
-                        help="A .keras file or SavedModel folder (default: the shipped "
-                             "pretrained ISBI 2012 FusionNet).")
+                        help="A .keras file, a bioimage.io package .zip (its keras_v3 weights), "
+                             "an .onnx or .tflite file from 'fusionnet export', or a SavedModel "
+                             "folder (default: the shipped pretrained ISBI 2012 FusionNet).")
     source.add_argument("--serving-url", metavar="URL", default=None,
                         help="Predict through a TF Serving REST endpoint, "
                              "http://HOST:PORT/v1/models/NAME (default: not used).")
@@ -37,7 +38,9 @@ def add_parser(subparsers):
     parser.add_argument("--isbi", action="store_true",
                         help="Write 1 - membrane probability (high = cell interior), the ISBI "
                              "2012 submission convention (default: membrane probability).")
-    parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
+    from fusionnet_tf.inference.writers import DTYPES
+
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="Output dtype for TIFF/HDF5; uint8 is probability x 255 "
                              "(default: float32; PNG is always uint8).")
     parser.add_argument("--overlay", metavar="PATH", default=None,
@@ -45,40 +48,56 @@ def add_parser(subparsers):
                              "slice) or a new folder of PNGs (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar on stderr).")
+    parser.add_argument("--segment", metavar="LABELS", default=None,
+                        help="Also segment neurons from the prediction, as 'fusionnet segment' "
+                             "does, and write the label image here: .tif (uint32), .h5[:/key] "
+                             "or .zarr (default: no segmentation).")
+    from fusionnet_tf.cli.segment import add_segment_arguments
+
+    add_segment_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def add_tiling_arguments(parser):
     """The Predictor options shared by ``predict`` and ``predict-volume``.
 
-    Adds ``--tile``, ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
+    Adds ``--tile-size`` (alias ``--tile``), ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
     ``--normalization``, ``--align``, ``--xla`` and ``--precision`` with the Predictor's
     defaults, so both
     commands tile, blend and normalize the same way.
     """
-    parser.add_argument("--tile", type=int, default=512,
-                        help="Tile side in pixels, a multiple of 2**depth (default: 512).")
+    from fusionnet_tf.data.normalize import NORMALIZATION_MODES
+    from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
+    from fusionnet_tf.inference.predictor import TTA_TRANSFORMS
+    from fusionnet_tf.inference.tiling import BLENDINGS
+
+    parser.add_argument("--tile-size", "--tile", dest="tile_size", type=int, default=512,
+                        help="Tile side in pixels (as in 'fusionnet export --tile-size'; "
+                             "--tile is the older name, still accepted), a multiple of the "
+                             "model's 2**depth "
+                             "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
-    parser.add_argument("--tta", type=int, choices=(1, 4, 8), default=8,
+    parser.add_argument("--tta", type=int, choices=tuple(TTA_TRANSFORMS), default=8,
                         help="Test-time augmentation: 1 = none, 4 = mirrorings, "
                              "8 = all rotations and flips (default: 8).")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="Network inputs (tiles x TTA variants) per call (default: 4).")
-    parser.add_argument("--blending", choices=("gaussian", "cosine", "constant"),
+    parser.add_argument("--blending", choices=BLENDINGS,
                         default="gaussian", help="Tile blending weights (default: gaussian).")
-    parser.add_argument("--normalization", choices=("slice", "global", "dtype"), default="slice",
+    parser.add_argument("--normalization", choices=NORMALIZATION_MODES, default="slice",
                         help="Intensity normalization to [0, 1]: per-slice min-max, whole-stack "
                              "min-max or the dtype range (default: slice).")
     parser.add_argument("--align", type=int, default=None,
-                        help="Tile origins are multiples of this (default: 2**depth for a Keras "
-                             "model, 1 for a SavedModel or serving endpoint).")
+                        help="Tile origins are multiples of this (default: the 2**depth of a Keras "
+                             "model, package, .onnx or .tflite file, 1 for a SavedModel or "
+                             "serving endpoint).")
     parser.add_argument("--xla", action="store_true",
                         help="Compile a .keras model with XLA. On a CPU it is faster for wide "
                              "models (base 64: ~15-20%%) and slower for narrow ones (base 16, the "
                              "shipped model: ~40%%); compiling takes a few seconds "
                              "(default: off).")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
                         default="float32",
                         help="Compute precision of a .keras model. mixed_bfloat16 is several "
                              "times faster on CPUs with bfloat16 units (AMX/AVX512-BF16, e.g. "
@@ -209,6 +228,7 @@ def run(args):
     import sys
 
     from fusionnet_tf.data import normalize, read_stack
+    from fusionnet_tf.data.normalize import check_finite
     from fusionnet_tf.inference import Predictor
     from fusionnet_tf.inference.predictor import check_precision_applies
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
@@ -217,21 +237,23 @@ def run(args):
     if args.overlay:
         check_output(args.overlay, "--overlay")
     check_not_input(args.input, args.output, args.overlay)
+    params = _check_segment_output(args)
     check_precision_applies(args.precision, args.serving_url or args.model)
-    images = normalize(read_stack(args.input), mode=args.normalization)
+    raw = check_finite(read_stack(args.input), f"INPUT {args.input}")
+    images = normalize(raw, mode=args.normalization)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:
             raise ValueError(f"{option} {spec}: a .png holds one slice but INPUT has "
                              f"{len(images)}; give a folder or a .tif")
     predictor = Predictor(
-        resolve_model(args), tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
+        resolve_model(args), tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
         batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
         align=args.align, jit_compile=args.xla, precision=args.precision,
     )
     membrane = predictor.predict(images)
     metadata = {
         "input": str(args.input), "model": args.model or args.serving_url or "pretrained",
-        "tile": args.tile, "overlap": args.overlap, "tta": args.tta,
+        "tile": args.tile_size, "overlap": args.overlap, "tta": args.tta,
         "blending": args.blending, "normalization": args.normalization,
         "precision": args.precision,
     }
@@ -240,4 +262,25 @@ def run(args):
         write_overlays(args.overlay, images, membrane)
     what = "1 - membrane probability (ISBI)" if args.isbi else "membrane probability"
     print(f"wrote {args.output}: {membrane.shape} {args.dtype} {what}", file=sys.stderr)
+    if args.segment:
+        from fusionnet_tf.cli.segment import segment_and_write
+
+        segment_and_write(membrane, args.segment, args, params, args.input)
     return 0
+
+
+def _check_segment_output(args):
+    """With ``--segment``: check LABELS and the parameters before predicting.
+
+    Returns:
+        ``SegmentParams``, or None without ``--segment``.
+    """
+    if not args.segment:
+        return None
+    from fusionnet_tf.cli.segment import check_inputs_outputs, resolve_params
+    from fusionnet_tf.segmentation.io import check_label_output
+
+    check_label_output(args.segment)
+    check_inputs_outputs([("INPUT", args.input), ("--output", args.output),
+                          ("--overlay", args.overlay)], args.segment, option="--segment")
+    return resolve_params(args)

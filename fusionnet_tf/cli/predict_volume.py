@@ -44,14 +44,7 @@ def add_parser(subparsers):
     parser.add_argument("--block-z", type=int, default=1,
                         help="Slices per block (default: 1).")
     add_tiling_arguments(parser)
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=1,
-                       help="Worker processes of a local Dask cluster, one thread each; "
-                            "0 runs in this process without Dask (default: 1).")
-    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                       help="Address of a running Dask scheduler, e.g. tcp://host:8786 "
-                            "(default: none; start a local cluster). Workers must see "
-                            "INPUT, OUTPUT and --model at the same paths.")
+    add_dask_arguments(parser, "INPUT, OUTPUT and --model")
     parser.add_argument("--tf-threads", type=int, default=None,
                         help="TensorFlow intra-op threads per worker (default: CPU cores / "
                              "--workers on a local cluster, TensorFlow's default otherwise).")
@@ -65,6 +58,23 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
+def add_dask_arguments(parser, shared_paths):
+    """``--workers`` / ``--scheduler``, shared by the block-wise commands.
+
+    Args:
+        parser: the subcommand's parser.
+        shared_paths: what the workers must see at the same paths (for the help).
+    """
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1,
+                       help="Worker processes of a local Dask cluster, one thread each; "
+                            "0 runs in this process without Dask (default: 1).")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="Address of a running Dask scheduler, e.g. tcp://host:8786 "
+                            "(default: none; start a local cluster). Workers must see "
+                            f"{shared_paths} at the same paths.")
+
+
 def run(args):
     import sys
 
@@ -76,7 +86,7 @@ def run(args):
         summary = predict_volume(
             args.input, args.output, args.model,
             block_shape=(args.block_z, args.block, args.block),
-            tile_shape=args.tile, overlap=args.overlap, tta=args.tta,
+            tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, blending=args.blending, align=args.align,
             jit_compile=args.xla, precision=args.precision,
             normalization=args.normalization,

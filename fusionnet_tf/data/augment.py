@@ -36,6 +36,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.dihedral import dihedral_tf
 
 
@@ -97,9 +98,7 @@ class AugmentConfig:
         _check_number("contrast", self.contrast, low=0.0, high=1.0, high_open=True)
         _check_number("blur_probability", self.blur_probability, low=0.0, high=1.0)
         _check_number("blur_sigma", self.blur_sigma, low=1e-3)
-        if isinstance(self.elastic_grid, bool) or not isinstance(self.elastic_grid, int) \
-                or self.elastic_grid < 2:
-            raise ValueError(f"elastic_grid must be an int >= 2; received {self.elastic_grid!r}")
+        check_int("elastic_grid", self.elastic_grid, 2)
 
     @classmethod
     def none(cls):
@@ -410,33 +409,6 @@ def gather_corners(flat, index, stride):
         bottom-right.
     """
     return [tf.transpose(tf.gather(flat, index + step)) for step in (0, 1, stride, stride + 1)]
-
-
-def warp_window(window, field, margin):
-    """Sample a (S, S, C) window at ``tile pixel + margin + field`` (bilinear).
-
-    Reference implementation of the deformation used by the pipeline (which
-    computes coordinates with ``sampling_coordinates`` instead of a field).
-
-    Args:
-        window: float32 (S, S, C) with S = T + 2 * margin.
-        field: float32 (T, T, 2) displacement (dy, dx) in pixels.
-        margin: int, context on each side of the tile inside the window.
-
-    Returns:
-        float32 (T, T, C). Sample points are clamped to the window.
-    """
-    size = field.shape[0]
-    side = window.shape[0]
-    channels = window.shape[-1]
-    base = tf.range(size, dtype=tf.float32) + float(margin)
-    y = tf.clip_by_value(base[:, None] + field[..., 0], 0.0, side - 1.001)
-    x = tf.clip_by_value(base[None, :] + field[..., 1], 0.0, side - 1.001)
-    index, wy, wx = bilinear_corners(y, x, side)
-    flat = tf.reshape(window, [side * side, channels])
-    corners = gather_corners(flat, tf.reshape(index, [-1]), side)
-    planes = bilinear_blend(*corners, tf.reshape(wy, [-1]), tf.reshape(wx, [-1]))
-    return tf.transpose(tf.reshape(planes, [channels, size, size]), [1, 2, 0])
 
 
 # --------------------------------------------------------------------------- #

@@ -28,6 +28,38 @@ def check_mode(mode):
     return mode
 
 
+def check_finite(stack, name="`stack`"):
+    """Raise a one-line ValueError if ``stack`` holds NaN or infinite values.
+
+    Args:
+        stack: (N, H, W) or (H, W) array of any real dtype; integer arrays
+            cannot hold NaN/inf and are not scanned.
+        name: str naming the array in the message (an argument or a file).
+
+    Returns:
+        ``stack`` unchanged.
+
+    Raises:
+        ValueError: naming ``name``, how many values are not finite and where
+            the first one is.
+
+    Example:
+    >>> check_finite(np.array([[0.5, np.nan]], np.float32), "INPUT a.tif")
+    Traceback (most recent call last):
+    ValueError: INPUT a.tif contains 1 NaN or infinite value(s), the first at index (0, 1); ...
+    """
+    array = np.asarray(stack)
+    if array.dtype.kind not in "fc":
+        return stack
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite value(s), the first "
+                         f"at index {first}; replace them (e.g. numpy.nan_to_num) before "
+                         "normalizing or predicting")
+    return stack
+
+
 def _dtype_range(dtype):
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
@@ -101,8 +133,8 @@ def normalize(stack, mode="slice", lo=None, hi=None):
         float32 array of the input's shape with values in [0, 1].
 
     Raises:
-        ValueError: bad ``mode``, bad array rank, or ``lo``/``hi`` of the
-            wrong shape.
+        ValueError: bad ``mode``, bad array rank, NaN or infinite values, or
+            ``lo``/``hi`` of the wrong shape.
 
     Example:
     >>> x = normalize(read_stack("train-volume.tif"))  # (N, H, W) float32
@@ -113,6 +145,7 @@ def normalize(stack, mode="slice", lo=None, hi=None):
         array = array[np.newaxis]
     if array.ndim != 3:
         raise ValueError(f"stack must be (N, H, W) or (H, W); received shape {array.shape}")
+    check_finite(array)  # NaN would turn a whole slice into zeros, inf into NaN
     n = array.shape[0]
     if lo is None or hi is None:
         range_lo, range_hi = intensity_range(array, mode)

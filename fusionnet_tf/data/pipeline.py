@@ -25,6 +25,7 @@ covers every validation slice, with no augmentation.
 import numpy as np
 import tensorflow as tf
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.data import augment as aug
 from fusionnet_tf.data.augment import as_augment_config
 from fusionnet_tf.data.normalize import check_mode, intensity_range, normalize
@@ -38,12 +39,6 @@ _SEED_SALT = 2012  # second word of the base seed; any constant works
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; received {value!r}")
-    return int(value)
 
 
 def _label_values(labels):
@@ -129,20 +124,12 @@ def reflect_index(index, size):
     """Map integer coordinates into [0, size) by mirror reflection (no edge repeat).
 
     Args:
-        index: int32 tensor of any shape.
+        index: integer NumPy array of any shape.
         size: Python int >= 1, the axis length.
 
     Returns:
-        int32 tensor of the same shape: ``-1 -> 1``, ``size -> size - 2``.
+        Array of the same shape: ``-1 -> 1``, ``size -> size - 2``.
     """
-    if size == 1:
-        return tf.zeros_like(index)
-    period = 2 * (size - 1)
-    index = tf.math.floormod(index, period)
-    return tf.where(index >= size, period - index, index)
-
-
-def _reflect_index_np(index, size):
     if size == 1:
         return np.zeros_like(index)
     period = 2 * (size - 1)
@@ -153,8 +140,8 @@ def _reflect_index_np(index, size):
 def _reflect_pad(array, pad_y, pad_x):
     """Reflect-pad axes 1 and 2 of (N, H, W, ...) by (before, after) amounts, any size."""
     _, height, width = array.shape[:3]
-    rows = _reflect_index_np(np.arange(-pad_y[0], height + pad_y[1]), height)
-    cols = _reflect_index_np(np.arange(-pad_x[0], width + pad_x[1]), width)
+    rows = reflect_index(np.arange(-pad_y[0], height + pad_y[1]), height)
+    cols = reflect_index(np.arange(-pad_x[0], width + pad_x[1]), width)
     return array[:, rows][:, :, cols]
 
 
@@ -228,8 +215,8 @@ class _LazySource:
     def _read(self, n, y, x, side):
         """Read the bounding block once, reflect in NumPy, normalize like ``normalize``."""
         n = int(n)
-        rows = _reflect_index_np(np.arange(y, y + side), self.height)
-        cols = _reflect_index_np(np.arange(x, x + side), self.width)
+        rows = reflect_index(np.arange(y, y + side), self.height)
+        cols = reflect_index(np.arange(x, x + side), self.width)
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
         image = np.asarray(self._images[n, r0:r1, c0:c1])[rows - r0][:, cols - c0]
         label = np.asarray(self._labels[n, r0:r1, c0:c1])[rows - r0][:, cols - c0]
@@ -415,11 +402,11 @@ def _build_train_dataset(images, labels, tile_size, batch_size, augment, seed, n
                          min_foreground, max_sampling_attempts, deform_fn=None, start_batch=0):
     """Shared body of ``train_dataset``; ``deform_fn`` as in ``_TileMaker``."""
     images, labels = _check_volumes(images, labels)
-    tile_size = _check_int("tile_size", tile_size, 2)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    start_batch = _check_int("start_batch", start_batch, 0)
-    _check_int("max_sampling_attempts", max_sampling_attempts, 1)
+    tile_size = check_int("tile_size", tile_size, 2)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    start_batch = check_int("start_batch", start_batch, 0)
+    check_int("max_sampling_attempts", max_sampling_attempts, 1)
     if isinstance(min_foreground, bool) or not isinstance(min_foreground, (int, float)) \
             or not 0.0 <= min_foreground <= 1.0:
         raise ValueError(f"min_foreground must be a number in [0, 1]; received {min_foreground!r}")
@@ -545,8 +532,8 @@ def validation_dataset(images, labels, tile_size, batch_size, normalization="sli
     >>> val = validation_dataset(x[20:], y[20:], tile_size=256, batch_size=8)
     """
     images, labels = _check_volumes(images, labels)
-    tile_size = _check_int("tile_size", tile_size, 2)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    tile_size = check_int("tile_size", tile_size, 2)
+    batch_size = check_int("batch_size", batch_size, 1)
     lo, hi = _normalization_range(images, normalization)
     source = _make_source(images, labels, lo, hi, tile_size, margin=0, quad=False)
     origins = validation_tile_origins(source.height, source.width, tile_size)

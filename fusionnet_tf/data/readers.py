@@ -191,19 +191,6 @@ def _list_slices(folder):
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _read_folder(folder):
-    files = _list_slices(folder)
-    slices = [_read_image(p) for p in files]
-    first = slices[0]
-    for path, s in zip(files, slices):
-        if s.shape != first.shape or s.dtype != first.dtype:
-            raise ValueError(
-                f"folder {folder}: slice {path.name} has shape {s.shape} and dtype {s.dtype}, "
-                f"but {files[0].name} has shape {first.shape} and dtype {first.dtype}"
-            )
-    return np.stack(slices)
-
-
 def _open_hdf5_file(path):
     import h5py
 

@@ -3,7 +3,8 @@
 Formats (one module each): SavedModel in TF Serving's base layout
 (``saved_model``, with the in-graph whole-image signature from
 ``whole_image``), LiteRT/TFLite (``litert``), ONNX (``onnx``) and TensorRT
-(``tensorrt``). Every export writes a JSON model card (``model_card``).
+(``tensorrt``), and BioImage Model Zoo packages (``bioimageio``). Every
+export writes a JSON model card (``model_card``).
 ``server`` is a local TF-Serving-compatible REST server and ``rest_client`` a
 client for any TF Serving REST endpoint.
 
@@ -23,6 +24,8 @@ _LAZY = {
     "LiteRTRunner": "fusionnet_tf.export.litert",
     "export_onnx": "fusionnet_tf.export.onnx",
     "OnnxRunner": "fusionnet_tf.export.onnx",
+    "export_bioimageio": "fusionnet_tf.export.bioimageio",
+    "load_package_model": "fusionnet_tf.export.bioimageio",
     "export_tensorrt": "fusionnet_tf.export.tensorrt",
     "tensorrt_missing_reason": "fusionnet_tf.export.tensorrt",
     "build_model_card": "fusionnet_tf.export.model_card",

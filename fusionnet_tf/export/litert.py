@@ -151,8 +151,25 @@ def _interpreter_class():
     return Interpreter
 
 
+def _pooling_multiple(interpreter):
+    """2**(number of pooling ops): the side multiple of a network of 2x2 poolings.
+
+    FusionNet, U-Net and the FCNs pool with 2x2 windows of stride 2 only.
+    None if the interpreter cannot list its ops.
+    """
+    try:
+        ops = interpreter._get_ops_details()
+    except AttributeError:  # pragma: no cover - older interpreters
+        return None
+    pools = sum(op.get("op_name") in ("MAX_POOL_2D", "AVERAGE_POOL_2D") for op in ops)
+    return 2**pools
+
+
 class LiteRTRunner:
     """Run a ``.tflite`` membrane model on float32 (B, H, W, 1) batches.
+
+    ``input_multiple`` (int or None): ``2**`` the number of 2x2 pooling ops,
+    the side multiple the Predictor aligns tiles to.
 
     Uses ``ai_edge_litert.interpreter.Interpreter`` when installed, else
     ``tf.lite.Interpreter``. Not thread-safe: one runner per thread.
@@ -177,6 +194,7 @@ class LiteRTRunner:
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.shape = None
+        self.input_multiple = _pooling_multiple(self.interpreter)
 
     def __call__(self, batch):
         """(B, H, W, 1) float32 in [0, 1] -> (B, H, W, 1) float32 membrane probability."""

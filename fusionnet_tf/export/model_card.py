@@ -48,7 +48,7 @@ def architecture_knobs(model):
     """Architecture name, base filters, depth and parameter count of a built model."""
     from keras import layers
 
-    from fusionnet_tf.models import model_depth
+    from fusionnet_tf.models import input_multiple, model_depth
 
     convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
     return {
@@ -56,7 +56,7 @@ def architecture_knobs(model):
         "base_filters": int(convs[0].filters) if convs else None,
         "depth": model_depth(model),
         "parameters": int(model.count_params()),
-        "input_multiple": 2 ** model_depth(model),
+        "input_multiple": input_multiple(model),
     }
 
 

@@ -54,8 +54,29 @@ def export_onnx(model, output_dir, name="fusionnet", card_extra=None):
     return path
 
 
+def onnx_input_multiple(path):
+    """Product of the ``MaxPool``/``AveragePool`` strides of an ``.onnx`` graph (1 if none).
+
+    H and W must be multiples of it, and tiles aligned to it see the pooling
+    grid of the whole image (``fusionnet_tf.models.input_multiple`` of the
+    Keras model). None if the ``onnx`` package is missing.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return None
+    multiple = 1
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type in ("MaxPool", "AveragePool"):
+            strides = [list(attr.ints) for attr in node.attribute if attr.name == "strides"]
+            multiple *= strides[0][0] if strides and strides[0] else 1
+    return multiple
+
+
 class OnnxRunner:
     """Run an ``.onnx`` membrane model with onnxruntime on float32 batches.
+
+    ``input_multiple`` (int or None): see ``onnx_input_multiple``.
 
     Args:
         path: str or Path of the ``.onnx`` file.
@@ -72,6 +93,7 @@ class OnnxRunner:
             raise FileNotFoundError(f"ONNX model not found: {path}")
         self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
+        self.input_multiple = onnx_input_multiple(path)
 
     def __call__(self, batch):
         """(B, H, W, 1) float32 -> (B, H, W, 1) float32 membrane probability."""

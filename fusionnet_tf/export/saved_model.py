@@ -30,10 +30,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.export import whole_image
 from fusionnet_tf.export.model_card import build_model_card, write_model_card
 from fusionnet_tf.inference import tiling
-from fusionnet_tf.models import model_depth
+from fusionnet_tf.models import input_multiple, model_depth
 
 OUTPUT_NAME = "membrane_probability"
 MODEL_CARD_NAME = "model_card.json"
@@ -67,12 +68,9 @@ class FusionNetExportModule:
     def __init__(self, model, tile_size=512, overlap=64, batch_size=4, blending="gaussian"):
         self.model = model
         self.depth = model_depth(model)
-        self.align = 2**self.depth
+        self.align = input_multiple(model)
         self.tile_size, self.overlap, _ = tiling.check_tile_args(tile_size, overlap, self.align)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError("`batch_size` must be an integer >= 1; received "
-                             f"batch_size={batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.blending = blending
         self.weights = np.array(tiling.blend_weights(self.tile_size, blending))
 
@@ -181,8 +179,7 @@ def _check_name(name):
 def _check_version(version, model_dir):
     if version is None:
         return next_version(model_dir)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"`version` must be an integer >= 1; received version={version!r}")
+    check_int("version", version, 1)
     if (Path(model_dir) / str(version)).exists():
         raise FileExistsError(
             f"version {version} already exists: {Path(model_dir) / str(version)}; "
@@ -240,7 +237,7 @@ def export_saved_model(model, base_dir, name="fusionnet", version=None, tile_siz
     return final
 
 
-def export_plain_saved_model(model, path):
+def export_plain_saved_model(model, path, endpoints=("serving_default",)):
     """Write a SavedModel with only ``serving_default`` (input for converters).
 
     Unlike the served ``serving_default``, it has no shape assertions, so the
@@ -249,6 +246,10 @@ def export_plain_saved_model(model, path):
     Args:
         model: ``keras.Model``.
         path: str or Path of a folder that must not exist yet.
+        endpoints: names of the endpoints, each the same function returning
+            ``{"membrane_probability": (B, H, W, 1) float32}``. Defaults to
+            ``("serving_default",)``; bioimage.io bundles add ``"serve"``,
+            the endpoint ``keras.layers.TFSMLayer`` calls by default.
 
     Returns:
         Path of the SavedModel folder.
@@ -258,7 +259,8 @@ def export_plain_saved_model(model, path):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=[
-        tf.TensorSpec([None, None, None, 1], tf.float32, name="image")])
+    for endpoint in endpoints:
+        archive.add_endpoint(endpoint, serve, input_signature=[
+            tf.TensorSpec([None, None, None, 1], tf.float32, name="image")])
     archive.write_out(str(path), verbose=False)
     return Path(path)

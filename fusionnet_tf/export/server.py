@@ -200,7 +200,7 @@ def _check_shape(name, array, spec):
 
 def _named_inputs(value, signature):
     """A single-input value or a {name: value} dict -> {name: value}."""
-    names = list(signature.inputs)
+    names = sorted(signature.inputs)  # a SavedModel stores them in no fixed order
     if isinstance(value, dict) and set(value) != {"b64"}:
         unknown = set(value) - set(names)
         missing = set(names) - set(value)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.io_utils import atomic_path
 
 ROUTES = ("tf-trt", "onnx")
@@ -70,9 +71,8 @@ def _check_args(route, precision, tile_size, batch_size):
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS} for TensorRT; received "
                          f"precision={precision!r}")
-    for key, value in (("tile_size", tile_size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{key}` must be an integer >= 1; received {key}={value!r}")
+    check_int("tile_size", tile_size, 1)
+    check_int("batch_size", batch_size, 1)
 
 
 def export_tensorrt(model, output_dir, name="fusionnet", route="tf-trt", precision="fp16",

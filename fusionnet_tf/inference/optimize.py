@@ -21,12 +21,11 @@ weights, the output activation and the output stay float32.
 
 import numpy as np
 
+from fusionnet_tf._compat import call_count, consumer_count, producer, run_through_graph
+# the Keras dtype policies a model can compute in, for training and inference alike
+from fusionnet_tf.training.strategy import PRECISIONS as INFERENCE_PRECISIONS
+
 FOLDABLE = ("Conv2D", "Conv2DTranspose")
-
-
-def _producer(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation if history is not None else None
 
 
 def _channel_axis_of_kernel(conv):
@@ -60,17 +59,17 @@ def foldable_pairs(model):
     pairs = {}
     outputs = _output_layer_names(model)
     for layer in getattr(model, "layers", []):
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, layers.BatchNormalization) or call_count(layer) != 1:
             continue
         if layer.axis not in (-1, len(layer.input.shape) - 1):
             continue
-        conv = _producer(layer.input)
+        conv = producer(layer.input)
         if (
             type(conv).__name__ in FOLDABLE
             and getattr(conv, "data_format", "channels_last") == "channels_last"
             and _is_linear(conv)
-            and len(conv._inbound_nodes) == 1
-            and len(conv._outbound_nodes) == 1
+            and call_count(conv) == 1
+            and consumer_count(conv) == 1
             and conv.name not in outputs  # a model output must keep its un-normalized value
         ):
             pairs[conv.name] = layer
@@ -101,9 +100,6 @@ def folded_conv_weights(conv, bn):
     kernel = kernel * scale.reshape(shape)
     bias = (bias - mean) * scale + beta
     return kernel.astype(np.float32), bias.astype(np.float32)
-
-
-INFERENCE_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def fold_batchnorm(model):
@@ -143,7 +139,17 @@ def _check_flat(model, precision):
 
 
 def _output_layer_names(model):
-    return {_producer(tensor).name for tensor in model.outputs if _producer(tensor) is not None}
+    return {producer(tensor).name for tensor in model.outputs if producer(tensor) is not None}
+
+
+def _unoptimized(model, reason):
+    """Return ``model`` itself after warning that BatchNormalization stays unfolded, and why."""
+    import warnings
+
+    warnings.warn(f"inference_copy: BatchNormalization is not folded into {model.name!r} because "
+                  f"{reason}; predictions run on the unoptimized model (same numbers, slower)",
+                  RuntimeWarning, stacklevel=3)
+    return model
 
 
 def inference_copy(model, fold=True, precision="float32"):
@@ -166,6 +172,9 @@ def inference_copy(model, fold=True, precision="float32"):
         A new ``keras.Model`` with the same inputs, outputs and layer names
         minus the folded BatchNormalization layers, or ``model`` itself when
         there is nothing to change. Only valid for inference (``training=False``).
+        When ``fold`` is asked for a model whose graph cannot be read or
+        cloned, ``model`` itself is returned with a ``RuntimeWarning`` that
+        names the reason.
 
     Raises:
         ValueError: unknown ``precision``, or a ``precision`` other than
@@ -187,12 +196,12 @@ def inference_copy(model, fold=True, precision="float32"):
     try:
         pairs = foldable_pairs(model) if fold else {}
         keep_policy = _output_layer_names(model)
-    except (AttributeError, ValueError):
-        pairs, keep_policy = None, set()
-    if pairs is None or (not pairs and not recast):
+    except (AttributeError, ValueError) as exc:
         if recast:
             raise ValueError(f"precision={precision!r} needs a functional keras.Model; "
-                             f"received {type(model).__name__}")
+                             f"received {type(model).__name__}") from exc
+        return _unoptimized(model, f"its layer graph cannot be read ({exc})")
+    if not pairs and not recast:
         return model
     skipped = {bn.name for bn in pairs.values()}
 
@@ -215,7 +224,7 @@ def inference_copy(model, fold=True, precision="float32"):
     except (ValueError, TypeError) as exc:
         if recast:
             raise ValueError(f"precision={precision!r}: could not clone the model ({exc})") from exc
-        return model
+        return _unoptimized(model, f"it cannot be cloned ({exc})")
     for layer in copy.layers:
         if not layer.weights:  # e.g. input layers, which the clone may rename
             continue
@@ -266,5 +275,5 @@ def conv_flops(model, height, width, batch=1):
         return spec
 
     inputs = keras.KerasTensor((batch, height, width, model.input_shape[-1]), dtype="float32")
-    model._run_through_graph(inputs, operation_fn=lambda layer: layer, call_fn=count)
+    run_through_graph(model, inputs, count)
     return int(total)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_int
+from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 from fusionnet_tf.inference import tiling
 from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
@@ -31,22 +33,31 @@ from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
 TTA_TRANSFORMS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
 
 
+# model file suffix -> what load_model makes of it (besides SavedModel folders)
+MODEL_SUFFIXES = (".keras", ".h5", ".zip", ".onnx", ".tflite")
+
+
 def load_model(path):
-    """Load a model for inference from a ``.keras`` file or a SavedModel folder.
+    """Load a model for inference from a file or a SavedModel folder.
 
     Args:
         path: str or Path. A ``.keras`` (or legacy ``.h5``) file saved by
-            Keras, or a TensorFlow SavedModel directory (with a
-            ``serving_default`` signature taking (B, H, W, 1) float32).
+            Keras, a bioimage.io package ``.zip`` (its ``keras_v3`` weights),
+            an ``.onnx`` or ``.tflite`` file written by ``fusionnet export``,
+            or a TensorFlow SavedModel directory (with a ``serving_default``
+            signature taking (B, H, W, 1) float32).
 
     Returns:
-        A ``keras.Model`` for Keras files; for a SavedModel, a
-        ``SavedModelFunction``: a callable mapping a (B, H, W, 1) float32
-        NumPy batch to (B, H, W, 1) float32 membrane probabilities.
+        A ``keras.Model`` for Keras files and packages; otherwise a callable
+        mapping a (B, H, W, 1) float32 NumPy batch to (B, H, W, 1) float32
+        membrane probabilities: ``SavedModelFunction``, ``OnnxRunner``
+        (onnxruntime) or ``LiteRTRunner`` (LiteRT), the last two with an
+        ``input_multiple`` attribute that the Predictor aligns tiles to.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ``path`` is neither a Keras file nor a SavedModel.
+        ValueError: if ``path`` is none of these, or a package that
+            ``fusionnet predict`` cannot run (see ``load_package_model``).
 
     Example:
     >>> model = load_model("runs/fusionnet/best.keras")
@@ -58,10 +69,24 @@ def load_model(path):
         if not (path / "saved_model.pb").is_file():
             raise ValueError(f"`model` folder is not a SavedModel (no saved_model.pb): {path}")
         return SavedModelFunction(path)
-    if path.suffix not in (".keras", ".h5"):
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
         raise ValueError(
-            f"`model` must be a .keras file or a SavedModel folder; received {path}"
+            f"`model` must be a {', '.join(MODEL_SUFFIXES)} file or a SavedModel folder; "
+            f"received {path}"
         )
+    if suffix == ".zip":
+        from fusionnet_tf.export.bioimageio import load_package_model
+
+        return load_package_model(path)
+    if suffix == ".onnx":
+        from fusionnet_tf.export.onnx import OnnxRunner
+
+        return OnnxRunner(path)
+    if suffix == ".tflite":
+        from fusionnet_tf.export.litert import LiteRTRunner
+
+        return LiteRTRunner(path)
     import keras
 
     return keras.saving.load_model(path, compile=False)
@@ -158,8 +183,10 @@ def check_precision_applies(precision, model):
             what = f"the serving endpoint {text}"
         elif Path(text).is_dir():
             what = f"the SavedModel {text}"
+        elif Path(text).suffix.lower() in (".onnx", ".tflite"):
+            what = f"the exported model {text}"
         else:
-            return  # a .keras file
+            return  # a .keras file or a bioimage.io package (its keras_v3 weights)
     else:
         what = f"a model of type {type(model).__name__}"
     raise ValueError(f"precision={precision!r} applies to Keras models only; {what} runs in "
@@ -180,8 +207,10 @@ class Predictor:
             callable mapping a (B, T, T, 1) float32 NumPy batch in [0, 1] to
             (B, T, T, 1) (or (B, T, T)) membrane probabilities, e.g. a REST
             ``ServingClient``.
-        tile_shape: int. Tile side T in pixels; a multiple of ``2**depth`` of
-            a Keras model. Defaults to 512 (one tile per ISBI slice).
+        tile_shape: int. Tile side T in pixels; a multiple of the input
+            multiple of a Keras model (``fusionnet_tf.models.input_multiple``:
+            ``2**depth``, 16 for FusionNet depth 4, 32 for an FCN). Defaults
+            to 512 (one tile per ISBI slice).
         overlap: int. Minimum overlap of neighbouring tiles in pixels.
             Defaults to 64.
         tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
@@ -193,10 +222,10 @@ class Predictor:
         progress: bool. Show a tqdm progress bar over tiles on stderr.
             Defaults to False.
         align: int or None. Tile origins (except the last along each axis)
-            are multiples of it. None = ``2**depth`` for a Keras model (those
-            tiles see the pooling grid of the whole image; the last tile
-            along an axis ends at the border instead, and sees it only when
-            the image size is a multiple of ``2**depth``), 1 otherwise.
+            are multiples of it. None = the input multiple of a Keras model
+            (those tiles see the pooling grid of the whole image; the last
+            tile along an axis ends at the border instead, and sees it only
+            when the image size is a multiple of it), 1 otherwise.
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
         jit_compile: bool. Run a Keras model through XLA (see
@@ -214,10 +243,12 @@ class Predictor:
             ``KerasFunction`` for Keras models, else ``model`` itself).
         blend_weights: (T, T) float32 blend weights, strictly positive.
         align: int. Alignment of the tile origins.
+        input_multiple: int or None. The Keras model's input multiple (None
+            for other callables).
 
     Raises:
         ValueError: for invalid settings, e.g. ``tile_shape`` not a multiple
-            of ``2**depth``.
+            of the model's input multiple.
 
     Example:
     >>> predictor = Predictor(build_fusionnet(base_filters=4, depth=2), tile_shape=64, overlap=16)
@@ -233,13 +264,13 @@ class Predictor:
         self.tile_shape = _tile_side(tile_shape)
         self.overlap = overlap
         self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
-        self.batch_size = tiling._check_int("batch_size", batch_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
         self.progress = bool(progress)
         check_precision_applies(precision, model)
-        depth = _keras_depth(model)
+        depth, multiple = _keras_depth(model), _keras_input_multiple(model)
         if depth is not None:
-            self._check_keras_tile(model, depth)
+            self._check_keras_tile(model, depth, multiple)
             self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm,
                                          jit_compile=jit_compile, precision=precision)
         elif callable(model):
@@ -250,15 +281,23 @@ class Predictor:
                 f"model of type {type(model).__name__}"
             )
         self.depth = depth
-        self.align = align if align is not None else (2**depth if depth is not None else 1)
+        self.input_multiple = multiple
+        if multiple is None:  # e.g. OnnxRunner / LiteRTRunner know their pooling grid
+            multiple = getattr(self.network, "input_multiple", None)
+            self._check_callable_tile(multiple)
+        self.align = align if align is not None else (multiple or 1)
         tiling.check_tile_args(self.tile_shape, overlap, self.align)
         self.blend_weights = tiling.blend_weights(self.tile_shape, blending)
 
-    def _check_keras_tile(self, model, depth):
-        factor = 2**depth
-        if self.tile_shape % factor:
+    def _check_callable_tile(self, multiple):
+        if multiple and self.tile_shape % multiple:
+            raise ValueError(f"`tile_shape` must be a multiple of {multiple} for this model (its "
+                             f"input multiple); received tile_shape={self.tile_shape}")
+
+    def _check_keras_tile(self, model, depth, multiple):
+        if self.tile_shape % multiple:
             raise ValueError(
-                f"`tile_shape` must be a multiple of 2**depth = {factor} for this model "
+                f"`tile_shape` must be a multiple of 2**depth = {multiple} for this model "
                 f"(depth {depth}); received tile_shape={self.tile_shape}"
             )
         fixed = tuple(model.input_shape[1:3])
@@ -369,8 +408,7 @@ class Predictor:
             raise ValueError(
                 f"`images` must be (H, W) or (N, H, W) and non-empty; received shape {images.shape}"
             )
-        if not np.all(np.isfinite(images)):
-            raise ValueError("`images` contains NaN or infinite values; normalize the input first")
+        check_finite(images, "`images`")
         stack = images[None] if images.ndim == 2 else images
         result = self._predict_stack(stack)
         return result[0] if images.ndim == 2 else result
@@ -423,7 +461,7 @@ def _tile_side(tile_shape):
         if len(tile_shape) != 2 or tile_shape[0] != tile_shape[1]:
             raise ValueError(f"`tile_shape` must be square; received tile_shape={tile_shape!r}")
         tile_shape = tile_shape[0]
-    return tiling._check_int("tile_shape", tile_shape, 1)
+    return check_int("tile_shape", tile_shape, 1)
 
 
 def _keras_depth(model):
@@ -437,6 +475,15 @@ def _keras_depth(model):
     from fusionnet_tf.models import model_depth
 
     return model_depth(model)
+
+
+def _keras_input_multiple(model):
+    """Input multiple of a Keras model (``models.input_multiple``), or None."""
+    if _keras_depth(model) is None:
+        return None
+    from fusionnet_tf.models import input_multiple
+
+    return input_multiple(model)
 
 
 class _NullBar:

@@ -21,16 +21,9 @@ import math
 
 import numpy as np
 
+from fusionnet_tf.checks import check_int
+
 BLENDINGS = ("gaussian", "cosine", "constant")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}; received {name}={value!r} "
-            f"(of type {type(value).__name__})"
-        )
-    return int(value)
 
 
 def check_tile_args(tile, overlap, align=1):
@@ -48,9 +41,9 @@ def check_tile_args(tile, overlap, align=1):
     Raises:
         ValueError: naming the bad argument and its value.
     """
-    tile = _check_int("tile", tile, 1)
-    overlap = _check_int("overlap", overlap, 0)
-    align = _check_int("align", align, 1)
+    tile = check_int("tile", tile, 1)
+    overlap = check_int("overlap", overlap, 0)
+    align = check_int("align", align, 1)
     if tile % align:
         raise ValueError(
             f"`tile` must be a multiple of {align} (2**depth of the model); received tile={tile}"
@@ -89,7 +82,7 @@ def compute_steps(size, tile, overlap, align=1):
     [0, 22, 45, 68]
     """
     tile, overlap, align = check_tile_args(tile, overlap, align)
-    size = _check_int("size", size, 1)
+    size = check_int("size", size, 1)
     if size < tile:
         raise ValueError(f"`size` must be >= tile={tile}; received size={size} (pad first)")
     last = size - tile
@@ -201,7 +194,7 @@ def blend_weights(tile, blending="gaussian"):
     Raises:
         ValueError: for an unknown ``blending``.
     """
-    tile = _check_int("tile", tile, 1)
+    tile = check_int("tile", tile, 1)
     if blending == "gaussian":
         return gaussian_weights(tile)
     if blending == "cosine":

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
 from fusionnet_tf.io_utils import atomic_path, default_permissions
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 DTYPES = ("float32", "uint8")
+# how a stored probability map reads: high = membrane, or high = cell interior (ISBI)
+PRED_CONVENTIONS = ("membrane", "isbi")
 DEFAULT_HDF5_KEY = "prediction"
 
 
@@ -64,15 +65,9 @@ def split_output_spec(path):
     """Split an output spec into ``(Path, hdf5_key_or_None)``.
 
     ``"out.h5:/group/key"`` -> ``(Path("out.h5"), "/group/key")``; other paths
-    -> ``(Path(path), None)``.
+    -> ``(Path(path), None)``. HDF5 specs follow ``data.readers.split_hdf5_spec``.
     """
-    text = str(path)
-    for suffix in HDF5_SUFFIXES:
-        marker = suffix + ":"
-        index = text.lower().find(marker)
-        if index >= 0:
-            return Path(text[:index + len(suffix)]), text[index + len(marker):] or None
-    return Path(text), None
+    return split_hdf5_spec(path) or (Path(str(path)), None)
 
 
 def hdf5_key(key):
@@ -383,24 +378,45 @@ def read_probability_map(spec, convention="membrane"):
     """
     from fusionnet_tf.data import read_stack
 
-    if convention not in ("membrane", "isbi"):
+    return membrane_from_array(read_stack(spec, allow_bool=True), spec, convention)
+
+
+def membrane_from_array(data, spec, convention="membrane"):
+    """Convert a stored probability array to float32 membrane probability.
+
+    Args:
+        data: array as stored: float in [0, 1], uint8 0-255 or bool.
+        spec: the file it came from (named in errors).
+        convention: ``"membrane"`` or ``"isbi"`` (see ``read_probability_map``).
+
+    Returns:
+        float32 array of ``data``'s shape in [0, 1], 1 = membrane.
+
+    Raises:
+        ValueError: unknown convention, another integer dtype, NaN/inf or
+            float values outside [0, 1].
+    """
+    if convention not in PRED_CONVENTIONS:
         raise ValueError(
             f"prediction convention must be 'membrane' or 'isbi'; received {convention!r}"
         )
-    data = np.asarray(read_stack(spec, allow_bool=True))
+    data = np.asarray(data)
     if data.dtype == np.uint8:
         prob = data.astype(np.float32) / 255.0
     elif data.dtype == bool:
         prob = data.astype(np.float32)
     elif np.issubdtype(data.dtype, np.floating):
         prob = data.astype(np.float32)
-        if not np.all(np.isfinite(prob)) or prob.min() < 0 or prob.max() > 1:
+        if not np.all(np.isfinite(prob)):
+            raise ValueError(f"prediction {spec}: contains NaN or infinite values")
+        if prob.min() < 0 or prob.max() > 1:
             raise ValueError(
                 f"prediction {spec}: float values must be in [0, 1]; received range "
-                f"[{np.nanmin(prob)}, {np.nanmax(prob)}]"
+                f"[{prob.min()}, {prob.max()}]"
             )
     else:
         raise ValueError(
-            f"prediction {spec}: expected float in [0, 1] or uint8 0-255; received dtype {data.dtype}"
+            f"prediction {spec}: expected float in [0, 1] or uint8 0-255; received dtype "
+            f"{data.dtype} (an integer label image is not a probability map)"
         )
     return 1.0 - prob if convention == "isbi" else prob

@@ -3,6 +3,8 @@
 Each check raises ``ValueError`` naming the argument and the value received.
 """
 
+from fusionnet_tf.checks import check_int
+
 OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", None)
 
 
@@ -11,15 +13,26 @@ def _describe(name, value):
 
 
 def check_positive_int(name, value, minimum=1):
-    """Raise ValueError unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}; received {_describe(name, value)}"
-        )
+    """Raise ValueError unless ``value`` is an integer >= ``minimum`` (see ``fusionnet_tf.checks``)."""
+    check_int(name, value, minimum)
 
 
 def check_input_shape(input_shape, depth):
     """Validate ``(H, W, C)``: H, W None or divisible by ``2**depth``.
+
+    Returns:
+        The shape as a tuple.
+    """
+    return check_input_sides(input_shape, 2**depth, f"2**depth={2**depth} (depth={depth})")
+
+
+def check_input_sides(input_shape, multiple, reason):
+    """Validate ``(H, W, C)``: H, W None or multiples of ``multiple``.
+
+    Args:
+        input_shape: the builder's ``input_shape`` argument.
+        multiple: int. Required multiple of H and W.
+        reason: str. Shown in the error, e.g. ``"2**depth=16 (depth=4)"``.
 
     Returns:
         The shape as a tuple.
@@ -29,7 +42,6 @@ def check_input_shape(input_shape, depth):
             "`input_shape` must be a tuple (H, W, channels); received "
             + _describe("input_shape", input_shape)
         )
-    factor = 2**depth
     for axis, size in zip(("H", "W"), input_shape[:2]):
         if size is None:
             continue
@@ -38,11 +50,11 @@ def check_input_shape(input_shape, depth):
                 f"`input_shape` {axis} must be a positive integer or None; "
                 f"received input_shape={tuple(input_shape)!r}"
             )
-        if size % factor:
+        if size % multiple:
             raise ValueError(
-                f"`input_shape` {axis}={size} is not divisible by 2**depth={factor} "
-                f"(depth={depth}); received input_shape={tuple(input_shape)!r}. "
-                f"Pad or crop to a multiple of {factor}."
+                f"`input_shape` {axis}={size} is not divisible by {reason}; "
+                f"received input_shape={tuple(input_shape)!r}. "
+                f"Pad or crop to a multiple of {multiple}."
             )
     check_positive_int("input_shape channels", input_shape[2])
     return tuple(input_shape)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.io_utils import atomic_path
 
 SEED_METHODS = ("threshold", "distance")
@@ -79,11 +80,11 @@ class SegmentParams:
         _check_choice("seed_method", self.seed_method, SEED_METHODS)
         _check_range("seed_threshold", self.seed_threshold, 0, 1, open_ends=True)
         _check_range("seed_distance", self.seed_distance, 0, None)
-        _check_int("min_seed_size", self.min_seed_size)
+        check_int("min_seed_size", self.min_seed_size, minimum=0)
         _check_range("merge_threshold", self.merge_threshold, 0, 1)
         _check_choice("merge_statistic", self.merge_statistic, MERGE_STATISTICS)
         _check_range("merge_quantile", self.merge_quantile, 0, 1)
-        _check_int("min_size", self.min_size)
+        check_int("min_size", self.min_size, minimum=0)
         _check_range("anisotropy", self.anisotropy, 1, None)
         _check_range("z_link_overlap", self.z_link_overlap, 0, 1)
         if self.z_link_overlap == 0:
@@ -124,11 +125,6 @@ def _check_range(name, value, low, high, open_ends=False):
         brackets = "()" if open_ends else "[]"
         upper = "inf)" if high is None else f"{high}{brackets[1]}"
         raise ValueError(f"`{name}` must be in {brackets[0]}{low}, {upper}; received {value!r}")
-
-
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be an integer >= 0; received {value!r}")
 
 
 def _check_choice(name, value, choices):

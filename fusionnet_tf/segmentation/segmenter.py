@@ -26,6 +26,8 @@ Like elf's watershed functions, each entry point returns ``(labels, max_id)``
 so that callers can offset ids when they combine slices or blocks.
 """
 
+import sys
+
 import numpy as np
 
 from fusionnet_tf.segmentation.agglomeration import agglomerate
@@ -66,7 +68,7 @@ def check_membrane(membrane, name="membrane"):
     return membrane.astype(np.float32, copy=False)
 
 
-def segment_array(membrane, params, sampling=None):
+def segment_array(membrane, params, sampling=None, progress=False):
     """Segment one 2D slice or one 3D volume as a whole.
 
     Args:
@@ -74,14 +76,16 @@ def segment_array(membrane, params, sampling=None):
             (not validated: see ``check_membrane``).
         params: ``SegmentParams``.
         sampling: per-axis voxel size for 3D input, or None.
+        progress: bool; a progress bar over sections (thick-section 3D only).
 
     Returns:
         ``(labels, max_id)``: int32 (int64 if needed) labels 1..max_id that
         cover every pixel.
     """
     if membrane.ndim == 3 and sampling is not None and sampling[0] >= ANISOTROPIC:
-        labels, _ = stack_slices(membrane, params)
-        return relabel_consecutive(link_sections(labels, params.z_link_overlap))
+        labels, _ = stack_slices(membrane, params, progress=progress)
+        linked = link_sections(labels, params.z_link_overlap)
+        return linked, int(linked.max())
     labels, count, smoothed = seeded_watershed(membrane, params, sampling)
     if params.merge_threshold > 0 or params.min_size > 1:
         mapping = agglomerate(labels, count, smoothed, params.merge_threshold, params.min_size,
@@ -91,7 +95,7 @@ def segment_array(membrane, params, sampling=None):
 
 
 def segment(membrane, params=None, mode="2d", keep_boundaries=False,
-            boundary_threshold=BOUNDARY_THRESHOLD):
+            boundary_threshold=BOUNDARY_THRESHOLD, progress=False):
     """Neuron label image from a membrane probability map.
 
     Args:
@@ -104,6 +108,8 @@ def segment(membrane, params=None, mode="2d", keep_boundaries=False,
             at least ``boundary_threshold`` get label 0 (boundary), otherwise
             every pixel belongs to a segment. Defaults to False.
         boundary_threshold: float, see ``keep_boundaries``. Defaults to 0.5.
+        progress: bool; show a progress bar over slices on stderr. Defaults
+            to False.
 
     Returns:
         ``(labels, max_id)``: uint32 array of ``membrane``'s shape (uint64 if
@@ -124,22 +130,24 @@ def segment(membrane, params=None, mode="2d", keep_boundaries=False,
     membrane = check_membrane(membrane)
     stack = membrane[None] if membrane.ndim == 2 else membrane
     if mode == "3d":
-        labels, max_id = segment_array(stack, params, sampling=(params.anisotropy, 1.0, 1.0))
+        labels, max_id = segment_array(stack, params, sampling=(params.anisotropy, 1.0, 1.0),
+                                       progress=progress)
     else:
-        labels, max_id = stack_slices(stack, params)
+        labels, max_id = stack_slices(stack, params, progress=progress)
     labels = labels.astype(label_dtype(max_id), copy=False)
     if keep_boundaries:
         labels[stack >= boundary_threshold] = 0
     return (labels[0] if membrane.ndim == 2 else labels), max_id
 
 
-def stack_slices(stack, params, first_id=1):
+def stack_slices(stack, params, first_id=1, progress=False):
     """Segment each slice of an (N, H, W) stack on its own, ids offset slice by slice.
 
     Args:
         stack: (N, H, W) float32 membrane map.
         params: ``SegmentParams``.
         first_id: int, the id of the first segment of the first slice.
+        progress: bool; a progress bar over slices on stderr.
 
     Returns:
         ``(labels, max_id)``: int64 labels, ids ``first_id``..max_id, and
@@ -147,7 +155,11 @@ def stack_slices(stack, params, first_id=1):
     """
     labels = np.empty(stack.shape, np.int64)
     offset = first_id - 1
-    for index, slice_map in enumerate(stack):
+    from tqdm import tqdm
+
+    slices = tqdm(stack, desc="segment", unit="slice", disable=not progress or len(stack) < 2,
+                  file=sys.stderr)
+    for index, slice_map in enumerate(slices):
         slice_labels, count = segment_array(slice_map, params)
         labels[index] = slice_labels + offset
         offset += count
@@ -166,31 +178,72 @@ def link_sections(labels, min_overlap):
             section.
 
     Returns:
-        int64 labels of the same shape: linked chains share the smallest id
-        of the chain.
+        int64 labels of the same shape, ids 1..K numbered by the smallest id
+        of each linked chain (0 stays 0).
+    """
+    labels = np.asarray(labels, np.int64)
+    count = int(labels.max())
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    pairs = [np.unique(upper * (count + 1) + lower, return_counts=True)
+             for upper, lower in zip(labels[:-1], labels[1:])]
+    keys, overlap = (np.concatenate(parts) for parts in zip(*pairs)) if pairs else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64))
+    upper, lower = keys // (count + 1), keys % (count + 1)
+    real = (upper > 0) & (lower > 0)
+    final, _ = link_segments(count, sizes, upper[real], lower[real], overlap[real], min_overlap)
+    return final.astype(np.int64)[labels]
+
+
+def link_segments(count, sizes, upper, lower, overlap, min_overlap):
+    """Join segments of neighbouring sections whose footprints overlap enough.
+
+    The rule of ``link_sections``, on pair counts (so block-wise runs can sum
+    them over blocks first).
+
+    Args:
+        count: int, the number of segments (ids 1..count).
+        sizes: int64 (count + 1,) pixels per segment.
+        upper, lower, overlap: int64 arrays: segment ``upper`` in section z
+            shares ``overlap`` pixels with segment ``lower`` in z + 1 (pairs
+            may repeat; they are summed).
+        min_overlap: float, ``SegmentParams.z_link_overlap``: pairs with
+            intersection over union ``>= min_overlap`` are linked.
+
+    Returns:
+        ``(final, K)``: uint64 (count + 1,) final id per segment (0 -> 0),
+        numbered 1..K by the smallest id of each chain, and K.
+    """
+    span = count + 1
+    keys, inverse = np.unique(np.asarray(upper, np.int64) * span + np.asarray(lower, np.int64),
+                              return_inverse=True)
+    total = np.bincount(inverse.ravel(), weights=overlap, minlength=keys.size)
+    a, b = keys // span, keys % span
+    keep = total / (sizes[a] + sizes[b] - total) >= min_overlap
+    final, linked = graph_components(span, a[keep], b[keep])
+    final = final.astype(np.int64) - 1  # node 0 (no segment) is component 1: shift it out
+    final[0] = 0
+    return final.astype(np.uint64), linked - 1
+
+
+def graph_components(nodes, rows, cols):
+    """Connected components of an undirected graph, numbered 1..K by their first node.
+
+    Args:
+        nodes: int, number of nodes.
+        rows, cols: int arrays of edge ends.
+
+    Returns:
+        ``(component_id, K)``: uint64 array (nodes,) and K.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    labels = np.asarray(labels, np.int64)
-    count = int(labels.max()) + 1
-    sizes = np.bincount(labels.ravel(), minlength=count)
-    links = []
-    for upper, lower in zip(labels[:-1], labels[1:]):
-        both = (upper > 0) & (lower > 0)
-        pairs, overlap = np.unique(upper[both] * count + lower[both], return_counts=True)
-        a, b = pairs // count, pairs % count
-        iou = overlap / (sizes[a] + sizes[b] - overlap)
-        keep = iou >= min_overlap
-        links.append(np.stack([a[keep], b[keep]]))
-    a, b = np.concatenate(links, axis=1) if links else np.zeros((2, 0), np.int64)
-    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(count, count))
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(nodes, nodes))
     _, component = connected_components(graph, directed=False)
-    first_id = np.full(component.max() + 1, count, np.int64)
-    np.minimum.at(first_id, component, np.arange(count))  # smallest id of each chain
-    mapping = first_id[component]
-    mapping[0] = 0
-    return mapping[labels]
+    _, first = np.unique(component, return_index=True)
+    order = np.empty(first.size, np.uint64)
+    order[np.argsort(np.argsort(first))] = np.arange(1, first.size + 1, dtype=np.uint64)
+    return order[component], int(first.size)
 
 
 def label_dtype(max_id):

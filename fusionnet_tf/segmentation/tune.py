@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.segmentation.params import SegmentParams
 from fusionnet_tf.segmentation.segmenter import check_membrane, segment
 
@@ -79,8 +80,7 @@ def tune(membrane, labels, budget=60, mode="2d", start=None, space=None, seed=0,
         ValueError: ``budget`` < 1, unknown parameters in ``space``, or bad
             inputs.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"`budget` must be an integer >= 1; received {budget!r}")
+    check_int("budget", budget)
     membrane = check_membrane(membrane)
     space = dict(space or SEARCH_SPACE)
     unknown = sorted(set(space) - set(SegmentParams().to_dict()))

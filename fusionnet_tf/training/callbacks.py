@@ -1,7 +1,7 @@
 """Callbacks for ``fit``: resumable backup, checkpoints, curves, ISBI scores.
 
-- :class:`ResumableBackup` extends ``keras.callbacks.BackupAndRestore`` to
-  resume *mid-epoch*: it saves the weights, the optimizer state, the running
+- :class:`ResumableBackup` does what ``keras.callbacks.BackupAndRestore`` does
+  but resumes *mid-epoch*: it saves the weights, the optimizer state, the running
   metric sums and the (epoch, step) position every ``save_freq`` steps and at
   every epoch end, crash-safely (a new weights file, then an atomic
   ``state.json`` pointing at it). Keras's own callback restores only the
@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from fusionnet_tf.checks import check_int
 from fusionnet_tf.io_utils import atomic_path
 
 STATE_FILE = "state.json"
@@ -56,8 +57,12 @@ def read_backup_state(backup_dir):
     return json.loads(path.read_text())
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` that resumes at the exact step, not the epoch start.
+class ResumableBackup(keras.callbacks.Callback):
+    """Like ``keras.callbacks.BackupAndRestore``, but resumes at the exact step, not the epoch start.
+
+    A plain ``Callback`` (public API only): Keras's callback keeps its
+    save-frequency bookkeeping in private attributes and restores whole
+    epochs only.
 
     Call :meth:`restore` after compiling and before ``fit``; it returns the
     (epoch, step) to continue from. ``fusionnet_tf.training.run`` then runs
@@ -80,8 +85,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, backup_dir, save_freq, steps_per_epoch):
-        super().__init__(str(backup_dir), save_freq=int(save_freq), delete_checkpoint=False)
+        super().__init__()
+        self.save_freq = check_int("save_freq", save_freq, 1)
         self.backup_path = Path(backup_dir)
+        self._last_batch_seen = 0
+        self._batches_since_save = 0
         self.steps_per_epoch = int(steps_per_epoch)
         self.step_offset = 0
         self._epoch = 0
@@ -141,15 +149,25 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     # --- saving
 
+    def _save_due(self, batch):
+        """Count the steps up to ``batch`` (0-based in the epoch; jumps with steps_per_execution)."""
+        new = batch + 1 if batch <= self._last_batch_seen else batch - self._last_batch_seen
+        self._batches_since_save += new
+        self._last_batch_seen = batch
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            return True
+        return False
+
     def on_train_batch_end(self, batch, logs=None):
         if self._pending_metrics is not None:
             self._add_pending_metrics()
-        if self._should_save_on_batch(batch) and _finite(logs):
+        if self._save_due(batch) and _finite(logs):
             self.save_state(self._epoch, self.step_offset + batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_batch_seen = 0
-        self._batches_seen_since_last_saving = 0
+        self._batches_since_save = 0
         self.step_offset = 0
         if _finite(logs):
             self.save_state(epoch + 1, 0)
@@ -160,9 +178,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             if state is not None:
                 state["stopped"] = True
                 _write_json(self.backup_path / STATE_FILE, state)
-
-    def _save_model(self):
-        self.save_state(self._epoch, 0)
 
     def save_state(self, epoch, step):
         """Write weights + optimizer + metric sums and the (epoch, step) position."""

@@ -24,15 +24,16 @@ import re
 import typing
 from pathlib import Path
 
-ARCHITECTURES = ("fusionnet", "unet")
+from fusionnet_tf.data.labels import LABEL_CONVENTIONS
+from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
+from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
+
+ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fcn16s", "fcn32s")
+FCN_INPUT_MULTIPLE = 32  # fusionnet_tf.models.fcn.INPUT_MULTIPLE (no Keras import here)
 NORMALIZATIONS = ("batch", "group", "none")
-LABEL_CONVENTIONS = ("isbi", "membrane")
-INTENSITY_MODES = ("slice", "global", "dtype")
 LOSSES = ("bce", "dice", "bce_dice", "weighted_bce")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored", "multiworker")
 MONITORS = ("val_loss", "val_dice", "loss", "dice")
 
 SliceSpec = typing.Union[str, typing.List[int], None]
@@ -40,7 +41,14 @@ SliceSpec = typing.Union[str, typing.List[int], None]
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Arguments of ``fusionnet_tf.models.build_model`` (see its docstring)."""
+    """Arguments of ``fusionnet_tf.models.build_model`` (see its docstring).
+
+    The FCN architectures (``fcn8s``, ``fcn16s``, ``fcn32s``: VGG16 with a fixed
+    depth of five poolings and no normalization) use ``base_filters``,
+    ``fc_filters`` (width of fc6/fc7, null = 64 x base_filters) and ``dropout``
+    and ignore ``depth``, ``residual_convs`` and ``normalization``;
+    FusionNet and U-Net ignore ``fc_filters``.
+    """
 
     architecture: str = "fusionnet"
     base_filters: int = 16
@@ -48,6 +56,7 @@ class ModelConfig:
     residual_convs: int = 3
     dropout: float = 0.0
     normalization: str = "batch"
+    fc_filters: typing.Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -465,6 +474,7 @@ def check_values(config):
     _check_min("model.base_filters", m.base_filters, 1)
     _check_min("model.depth", m.depth, 1)
     _check_min("model.residual_convs", m.residual_convs, 1)
+    _check_min("model.fc_filters", m.fc_filters, 1)
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
     _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)
@@ -504,19 +514,30 @@ def check_values(config):
         raise ValueError("config key 'output_dir' must not be empty")
 
 
-def _check_divisible(key, size, depth):
-    if size is not None and size % 2**depth:
-        raise ValueError(
-            f"config key '{key}' must be a multiple of 2**model.depth = {2**depth} "
-            f"(model.depth={depth}); received {size!r}"
-        )
+def input_multiple(model_config):
+    """Side multiple the configured model needs: 32 for an FCN, else ``2**depth``."""
+    if model_config.architecture.startswith("fcn"):
+        return FCN_INPUT_MULTIPLE
+    return 2**model_config.depth
+
+
+def _check_divisible(key, size, model_config):
+    multiple = input_multiple(model_config)
+    if size is None or not size % multiple:
+        return
+    if model_config.architecture.startswith("fcn"):
+        reason = f"{multiple} (model.architecture={model_config.architecture!r})"
+    else:
+        reason = f"2**model.depth = {multiple} (model.depth={model_config.depth})"
+    raise ValueError(f"config key '{key}' must be a multiple of {reason}; received {size!r}")
 
 
 def _stack_path(spec):
     """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``)."""
-    text = str(spec)
-    match = re.match(r"^(.*\.(?:h5|hdf5|hdf)):(/.*)?$", text, flags=re.IGNORECASE)
-    return Path(match.group(1)) if match else Path(text)
+    from fusionnet_tf.data.readers import split_hdf5_spec
+
+    hdf5 = split_hdf5_spec(spec)
+    return hdf5[0] if hdf5 else Path(str(spec))
 
 
 def check_config(config):
@@ -526,15 +547,15 @@ def check_config(config):
     the run in under a second with one clear line.
 
     Raises:
-        ValueError: bad value, tile size not a multiple of ``2**depth``,
+        ValueError: bad value, tile size not a multiple of ``input_multiple``,
             validation slices given without a stack, missing ``train_images``.
         FileNotFoundError: a data path that does not exist, naming its key.
     """
     check_values(config)
     check_augment(config.augment)
     d = config.data
-    _check_divisible("data.tile_size", d.tile_size, config.model.depth)
-    _check_divisible("data.val_tile_size", d.val_tile_size, config.model.depth)
+    _check_divisible("data.tile_size", d.tile_size, config.model)
+    _check_divisible("data.val_tile_size", d.val_tile_size, config.model)
     for key in ("train_images", "train_labels"):
         if not getattr(d, key):
             raise ValueError(f"config key 'data.{key}' is required (a stack path); received ''")

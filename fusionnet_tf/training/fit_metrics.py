@@ -1,64 +1,17 @@
 """Metrics shown during ``fit``: pixel accuracy, membrane Dice and IoU.
 
-Two forms, as in the style guide: stateless NumPy functions (``dice``,
-``iou``, ``pixel_accuracy``) for arrays, and ``keras.metrics`` wrappers that
-accumulate true/false positive counts over an epoch, so the epoch value is
-the Dice of all pixels seen, not a mean of per-batch Dice values.
+These are the ``keras.metrics`` form; the stateless NumPy form is
+``fusionnet_tf.metrics.dice`` / ``iou``, with the same rule. The Keras
+metrics accumulate true/false positive counts over an epoch, so the epoch
+value is the Dice of all pixels seen, not a mean of per-batch Dice values.
 
-Predictions are membrane probabilities thresholded at ``threshold`` (0.5);
-labels are {0, 1} with 1 = membrane.
+Predictions are membrane probabilities; a pixel is membrane where
+``prediction > threshold`` (0.5), as in ``fusionnet_tf.metrics`` and
+``keras.metrics.BinaryAccuracy``; labels are {0, 1} with 1 = membrane.
 """
 
 import keras
-import numpy as np
 from keras import ops
-
-
-def _confusion_np(prediction, label, threshold):
-    pred = np.asarray(prediction) >= threshold
-    true = np.asarray(label) >= 0.5
-    if pred.shape != true.shape:
-        raise ValueError(
-            f"`prediction` and `label` must have the same shape; received "
-            f"{pred.shape} and {true.shape}"
-        )
-    tp = np.count_nonzero(pred & true)
-    fp = np.count_nonzero(pred & ~true)
-    fn = np.count_nonzero(~pred & true)
-    return tp, fp, fn, pred.size
-
-
-def dice(prediction, label, threshold=0.5):
-    """Membrane Dice ``2TP / (2TP + FP + FN)`` of thresholded ``prediction``.
-
-    Args:
-        prediction: array of membrane probabilities, any shape.
-        label: array of the same shape in {0, 1} (1 = membrane).
-        threshold: float. ``prediction >= threshold`` is membrane.
-
-    Returns:
-        float in [0, 1]; 1.0 when neither has any membrane pixel.
-
-    Example:
-    >>> dice(np.array([0.9, 0.1]), np.array([1, 1]))
-    0.6666666666666666
-    """
-    tp, fp, fn, _ = _confusion_np(prediction, label, threshold)
-    denominator = 2 * tp + fp + fn
-    return 1.0 if denominator == 0 else 2 * tp / denominator
-
-
-def iou(prediction, label, threshold=0.5):
-    """Membrane IoU ``TP / (TP + FP + FN)``; 1.0 when both are empty."""
-    tp, fp, fn, _ = _confusion_np(prediction, label, threshold)
-    denominator = tp + fp + fn
-    return 1.0 if denominator == 0 else tp / denominator
-
-
-def pixel_accuracy(prediction, label, threshold=0.5):
-    """Fraction of pixels whose thresholded prediction equals the label."""
-    tp, fp, fn, size = _confusion_np(prediction, label, threshold)
-    return (size - fp - fn) / size
 
 
 class _MembraneCounts(keras.metrics.Metric):
@@ -72,8 +25,8 @@ class _MembraneCounts(keras.metrics.Metric):
         self.false_negatives = self.add_variable((), initializer="zeros", name="fn")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        pred = ops.cast(ops.cast(y_pred, "float32") >= self.threshold, "float32")
-        true = ops.cast(ops.cast(y_true, "float32") >= 0.5, "float32")
+        pred = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
+        true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
         self.true_positives.assign_add(ops.sum(pred * true))
         self.false_positives.assign_add(ops.sum(pred * (1.0 - true)))
         self.false_negatives.assign_add(ops.sum((1.0 - pred) * true))
@@ -91,7 +44,7 @@ class MembraneDice(_MembraneCounts):
     """Epoch-level membrane Dice ``2TP / (2TP + FP + FN)`` (1 if empty).
 
     Args:
-        threshold: float. Probability at or above which a pixel is membrane.
+        threshold: float. Probability above which a pixel is membrane.
         name: str. Log name; defaults to ``"dice"`` (``val_dice`` in validation).
     """
 

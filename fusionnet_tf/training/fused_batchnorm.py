@@ -26,12 +26,10 @@ training, moving statistics updated with the biased variance
 (``moving = moving * momentum + batch * (1 - momentum)``).
 """
 
-import types
-
 import keras
 import tensorflow as tf
 
-_FUSED_ATTRIBUTE = "_fusionnet_fused_batchnorm"
+from fusionnet_tf._compat import replace_call
 
 
 def _is_eligible(layer, inputs, mask):
@@ -95,9 +93,7 @@ def use_fused_batchnorm(model):
     for layer in _all_layers(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        if not getattr(layer, _FUSED_ATTRIBUTE, False):
-            layer.call = types.MethodType(_fused_call, layer)
-            object.__setattr__(layer, _FUSED_ATTRIBUTE, True)
+        replace_call(layer, _fused_call)  # the layer stays a plain BatchNormalization
         count += 1
     return count
 

@@ -65,6 +65,14 @@ def _comparable(mapping):
     return mapping
 
 
+def _with_defaults(mapping):
+    """A saved config with the defaults of keys added since it was written."""
+    try:
+        return config_lib.config_to_dict(config_lib.config_from_dict(mapping))
+    except (ValueError, TypeError):  # unreadable: compare as written
+        return mapping
+
+
 def prepare_output_dir(config, write=True):
     """Create the run folder and write ``config.yaml``; refuse a foreign run.
 
@@ -77,7 +85,7 @@ def prepare_output_dir(config, write=True):
     out = Path(config.output_dir)
     previous = out / CONFIG_FILE
     if previous.is_file():
-        old = yaml.safe_load(previous.read_text()) or {}
+        old = _with_defaults(yaml.safe_load(previous.read_text()) or {})
         new = config_lib.config_to_dict(config)
         if _comparable(old) != _comparable(new):
             changed = sorted(k for k in set(old) | set(new)
@@ -237,7 +245,7 @@ def build_and_compile(config):
     m = config.model
     model = build_model(m.architecture, base_filters=m.base_filters, depth=m.depth,
                         residual_convs=m.residual_convs, dropout=m.dropout,
-                        normalization=m.normalization)
+                        normalization=m.normalization, fc_filters=m.fc_filters)
     loss = get_loss(config.loss.name, membrane_weight=config.loss.membrane_weight,
                     dice_weight=config.loss.dice_weight, smooth=config.loss.smooth)
     model.compile(
@@ -322,7 +330,7 @@ def work_around_multiworker_build(model, element_spec):
     keras-team/keras#20585). The build only needs shapes, so this feeds it a
     zero batch shaped like ``element_spec`` instead. It also averages
     the scalar step logs with ``strategy.reduce("MEAN", axis=0)``, which fails
-    on scalars: see ``strategy.patch_keras_multiworker_reduce``.
+    on scalars: see ``fusionnet_tf._compat.patch_multiworker_reduce``.
 
     Args:
         model: compiled ``keras.Model`` (built under the strategy scope).
@@ -330,21 +338,14 @@ def work_around_multiworker_build(model, element_spec):
     """
     import numpy as np
 
-    from fusionnet_tf.training import strategy as strategy_lib
+    from fusionnet_tf import _compat
 
     def zeros(spec):
         shape = [1 if size is None else size for size in spec.shape]
         return np.zeros(shape, spec.dtype.as_numpy_dtype)
 
-    batch = tuple(zeros(spec) for spec in element_spec)
-    original = model._maybe_symbolic_build
-
-    def symbolic_build_from_zeros(iterator=None, data_batch=None):
-        return original(data_batch=batch if data_batch is None else data_batch)
-
-    model._maybe_symbolic_build = symbolic_build_from_zeros
-    strategy_lib.patch_keras_multiworker_reduce()
-
+    _compat.symbolic_build_from(model, tuple(zeros(spec) for spec in element_spec))
+    _compat.patch_multiworker_reduce()
 
 
 def fit_from(model, train_stream, val_ds, callbacks, config, epoch, step, verbose):
@@ -376,6 +377,59 @@ def fit_from(model, train_stream, val_ds, callbacks, config, epoch, step, verbos
                   shuffle=False, verbose=verbose)
 
 
+def setup_run(config):
+    """Check the config, then set threads, precision and the distribution strategy.
+
+    Returns:
+        ``(strategy, global batch size, chief)``; ``chief`` is True on the
+        process that writes the run folder.
+
+    Raises:
+        ValueError / FileNotFoundError / FileExistsError: as ``train``.
+    """
+    from fusionnet_tf.training import strategy as strategy_lib
+
+    config_lib.check_config(config)
+    prepare_output_dir(config, write=False)
+    strategy_lib.configure_threads(config.intra_op_threads, config.inter_op_threads)
+    strategy_lib.set_precision(config.precision)
+    strategy = strategy_lib.make_strategy(config.strategy)
+    batch_size = strategy_lib.global_batch_size(config.batch_size, config.batch_size_is_global,
+                                                strategy.num_replicas_in_sync)
+    return strategy, batch_size, strategy_lib.is_chief(strategy)
+
+
+def build_for_run(config, strategy, batch_size, out):
+    """The compiled model (under ``strategy``) and its ``ResumableBackup`` (not restored yet)."""
+    from fusionnet_tf.training import callbacks as cb
+
+    with strategy.scope():
+        model = build_and_compile(config)
+    backup = cb.ResumableBackup(_backup_dir(out, strategy), config.backup_every_steps,
+                                config.steps_per_epoch)
+    if config.strategy == "multiworker":
+        work_around_multiworker_build(model, train_element_spec(config, batch_size))
+    return model, backup
+
+
+def isbi_arrays(config, arrays):
+    """Normalized validation images and labels for ``IsbiEvaluation``, or None when it is off."""
+    if arrays[2] is None or not config.isbi_eval_every:
+        return None
+    from fusionnet_tf.data import normalize
+
+    return normalize(arrays[2], mode=config.data.normalization), arrays[3]
+
+
+def _remove_worker_scratch(callback_list, out):
+    """Delete the checkpoint folders of non-chief workers (anything outside ``out``)."""
+    from fusionnet_tf.training import callbacks as cb
+
+    for item in callback_list:
+        if isinstance(item, cb.Checkpoints) and item.directory != out:
+            shutil.rmtree(item.directory, ignore_errors=True)
+
+
 def train(config, callbacks=(), verbose="auto"):
     """Train a model as ``config`` says; resume if the run folder holds a backup.
 
@@ -400,40 +454,21 @@ def train(config, callbacks=(), verbose="auto"):
     import keras
 
     from fusionnet_tf.training import callbacks as cb
-    from fusionnet_tf.training import strategy as strategy_lib
 
-    config_lib.check_config(config)
-    prepare_output_dir(config, write=False)
-    strategy_lib.configure_threads(config.intra_op_threads, config.inter_op_threads)
-    strategy_lib.set_precision(config.precision)
-    strategy = strategy_lib.make_strategy(config.strategy)
-    replicas = strategy.num_replicas_in_sync
-    batch_size = strategy_lib.global_batch_size(config.batch_size, config.batch_size_is_global,
-                                                replicas)
-    chief = strategy_lib.is_chief(strategy)
-
+    strategy, batch_size, chief = setup_run(config)
     arrays = load_data(config)
     keras.utils.set_random_seed(config.seed)
     val_ds = make_validation_dataset(config, arrays, batch_size)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    with strategy.scope():
-        model = build_and_compile(config)
-    backup = cb.ResumableBackup(_backup_dir(out, strategy), config.backup_every_steps,
-                                config.steps_per_epoch)
-    if config.strategy == "multiworker":
-        work_around_multiworker_build(model, train_element_spec(config, batch_size))
+    model, backup = build_for_run(config, strategy, batch_size, out)
     epoch, step = backup.restore(model)
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
         cb.truncate_csv_log(out / CSV_FILE, epoch)
-    val_arrays = None
-    if arrays[2] is not None and config.isbi_eval_every:
-        from fusionnet_tf.data import normalize
-
-        val_arrays = (normalize(arrays[2], mode=config.data.normalization), arrays[3])
-    callback_list = make_callbacks(config, out, chief, backup, val_arrays, callbacks)
+    callback_list = make_callbacks(config, out, chief, backup, isbi_arrays(config, arrays),
+                                   callbacks)
     try:
         if state.get("stopped"):
             print(f"Run in {out} stopped early at epoch {epoch}; nothing to do", flush=True)
@@ -441,9 +476,7 @@ def train(config, callbacks=(), verbose="auto"):
             fit_from(model, lambda start: make_train_stream(config, arrays, batch_size, start),
                      val_ds, callback_list, config, epoch, step, verbose)
     finally:
-        for item in callback_list:
-            if isinstance(item, cb.Checkpoints) and item.directory != out:
-                shutil.rmtree(item.directory, ignore_errors=True)
+        _remove_worker_scratch(callback_list, out)
     return TrainResult(
         history=_history(out / CSV_FILE),
         output_dir=out,

@@ -133,9 +133,18 @@ def worker_index():
 
 def is_chief(strategy=None):
     """True on the process that writes files (worker 0, or single process)."""
-    if strategy is None or not strategy.extended._in_multi_worker_mode():
+    if strategy is None or not in_multi_worker_mode(strategy):
         return True
     return worker_index() == 0
+
+
+def in_multi_worker_mode(strategy):
+    """True when ``strategy`` spans more than one worker process (its cluster lists several tasks)."""
+    resolver = strategy.cluster_resolver
+    if resolver is None:
+        return False
+    cluster = resolver.cluster_spec()
+    return sum(cluster.num_tasks(job) for job in cluster.jobs if job in ("chief", "worker")) > 1
 
 
 def global_batch_size(batch_size, is_global, num_replicas):
@@ -165,38 +174,3 @@ def global_batch_size(batch_size, is_global, num_replicas):
         )
     return batch_size
 
-
-def patch_keras_multiworker_reduce():
-    """Make Keras 3 ``fit`` average scalar logs across workers correctly.
-
-    Keras 3.15's TF trainer reduces each training/test step's outputs with
-    ``reduce_per_replica(..., reduction="auto")``, which under
-    MultiWorkerMirroredStrategy calls ``strategy.reduce("MEAN", v, axis=0)``;
-    the outputs are scalars (loss, metrics), so that fails ("Invalid
-    reduction dimension 0 for input with 0 dimensions", keras-team/keras#20585).
-    This wraps Keras's function so that scalars are averaged with
-    ``axis=None`` (an all-reduce mean over the workers); everything else is
-    passed to the original. Idempotent; only the multi-worker case changes.
-    """
-    from keras.src.backend.tensorflow import trainer
-
-    original = trainer.reduce_per_replica
-    if getattr(original, "_fusionnet_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if not trainer._collective_all_reduce_multi_worker(strategy) \
-                or reduction not in ("auto", "mean"):
-            return original(values, strategy, reduction)
-
-        def reduce_one(value):
-            local = strategy.experimental_local_results(value)
-            if local and getattr(local[0], "shape", None) is not None \
-                    and local[0].shape.rank == 0:
-                return strategy.reduce("MEAN", value, axis=None)
-            return original(value, strategy, reduction)
-
-        return trainer.tree.map_structure(reduce_one, values)
-
-    reduce_per_replica._fusionnet_patched = True
-    trainer.reduce_per_replica = reduce_per_replica

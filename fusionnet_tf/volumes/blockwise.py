@@ -299,8 +299,7 @@ def process_block(job, block, lo, hi, predictor=None, hook=None):
         close_stack(volume)
     if hook is not None:
         hook(block)
-    output = storage.import_zarr().open_array(job.output_path, mode="r+")
-    output[slice(*block.z), slice(*block.y), slice(*block.x)] = result
+    storage.write_block(job.output_path, block, result)
     info.update(seconds=time.perf_counter() - start, loads=predictor_loads(), **stats)
     storage.mark_done(job.output_path, block, {"worker": info["worker"],
                                                 "seconds": round(info["seconds"], 3)})

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_int
+from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import blockwise, storage
 from fusionnet_tf.volumes.geometry import block_grid, check_block_shape
-
-NORMALIZATIONS = ("slice", "global", "dtype")
 
 
 class BlockFailures(RuntimeError):
@@ -161,7 +161,7 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False)
     lo = np.full(depth, np.inf)
     hi = np.full(depth, -np.inf)
     tasks = [(input_spec, b) for b in blocks]
-    with _progress_bar(len(tasks), progress, "intensity ranges") as bar:
+    with progress_bar(len(tasks), progress, "intensity ranges") as bar:
         for _, result, exc in executor.map_unordered(blockwise.range_task, tasks):
             if exc is not None:
                 raise exc
@@ -182,7 +182,8 @@ def _settings(name, shape, block_shape, model_name, options, normalization):
                                        "precision")}}
 
 
-def _progress_bar(total, enabled, desc="predict-volume"):
+def progress_bar(total, enabled, desc="predict-volume"):
+    """A tqdm bar over blocks on stderr (disabled unless ``enabled``)."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="block", desc=desc, file=sys.stderr,
@@ -256,38 +257,16 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     12
     """
     block_shape = check_block_shape(block_shape)
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
-                         f"normalization={normalization!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"`workers` must be an integer >= 0; received workers={workers!r}")
-    model_path, live_model, model_name = _resolve_model(model)
-    distributed_run = bool(scheduler) or workers > 0
-    if distributed_run and model_path is None:
-        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
-                         f"each worker loads it once; received model of type "
-                         f"{type(model).__name__}")
-    if block_hook is not None and distributed_run:
-        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                    blending=blending, align=align, jit_compile=jit_compile, precision=precision)
-    _geometry_predictor(options)  # validates tile, overlap, tta, blending early
-    from fusionnet_tf.inference.predictor import check_precision_applies
-
-    if not _is_predictor(live_model):  # a live Predictor keeps its own precision
-        check_precision_applies(precision, model_path if model_path is not None else live_model)
-
-    volume, name = storage.open_volume(input_spec)
-    _check_not_input(output, input_spec)
-    shape = tuple(int(n) for n in volume.shape)
-    close_stack(volume)
+    model_path, live_model, model_name, distributed_run = _check_run(
+        model, options, normalization, workers, scheduler, block_hook)
+    shape, name = _input_shape(input_spec, output)
     blocks = block_grid(shape, block_shape)
     settings = _settings(name, shape, block_shape, model_name, options, normalization)
     input_spec = str(input_spec)
-
-    if tf_threads is None:
-        tf_threads = 0 if (scheduler or not workers) else max(1, (os.cpu_count() or 1) // workers)
-    spec = blockwise.PredictorSpec(model=model_path, tf_threads=int(tf_threads), **options) \
+    spec = blockwise.PredictorSpec(model=model_path, **options,
+                                   tf_threads=_tf_threads(tf_threads, workers, scheduler)) \
         if model_path else None
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
                               normalization=normalization)
@@ -303,38 +282,106 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     with context as executor:
         start = time.perf_counter()
         if array is None:
-            volume, _ = storage.open_volume(input_spec)
-            try:
-                lo, hi = intensity_ranges(volume, blocks, normalization, executor, input_spec,
-                                          progress)
-            finally:
-                close_stack(volume)
-            settings.update(intensity_lo=lo.tolist(), intensity_hi=hi.tolist())
-            storage.create_output(output, shape, block_shape, settings, zarr_format)
+            lo, hi = _new_output(output, input_spec, blocks, (shape, block_shape, settings),
+                                 zarr_format, executor, progress)
         else:
-            stored = array.attrs[storage.ATTRS_KEY]
-            lo = np.asarray(stored["intensity_lo"], np.float32)
-            hi = np.asarray(stored["intensity_hi"], np.float32)
-
+            lo, hi = _stored_intensity_ranges(array)
         todo = [b for b in blocks if not storage.is_done(output, b)]
-        task = _block_task(predictor, block_hook)
         items = [(job, b, lo[slice(*b.z)], hi[slice(*b.z)]) for b in todo]
-        summary, failures = _run_blocks(executor, task, items, progress)
+        summary, failures = _run_blocks(executor, _block_task(predictor, block_hook), items,
+                                        progress)
         seconds = time.perf_counter() - start
 
-    share = summary.pop("tiles_share")
-    summary.update(
-        blocks_total=len(blocks), blocks_skipped=len(blocks) - len(todo), seconds=seconds,
-        voxels_per_s=summary["voxels_computed"] / seconds if seconds else 0.0,
-        tile_ratio=summary["tiles_predicted"] / share if share else 1.0,
-        output=str(output), executor=executor.name,
-    )
+    _complete_summary(summary, len(blocks), len(todo), seconds, output, executor.name)
     if failures:
         raise BlockFailures(summary, failures)
     return summary
 
 
-def _check_not_input(output, input_spec):
+def _check_run(model, options, normalization, workers, scheduler, block_hook):
+    """Validate the options that need no input data; resolve the model.
+
+    Returns:
+        ``(model_path or None, live_model or None, model_name, distributed_run)``:
+        the first three as ``_resolve_model``; ``distributed_run`` is True with Dask.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
+                         f"normalization={normalization!r}")
+    check_int("workers", workers, 0)
+    model_path, live_model, model_name = _resolve_model(model)
+    distributed_run = bool(scheduler) or workers > 0
+    if distributed_run and model_path is None:
+        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
+                         f"each worker loads it once; received model of type "
+                         f"{type(model).__name__}")
+    if block_hook is not None and distributed_run:
+        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    _geometry_predictor(options)  # validates tile, overlap, tta, blending early
+    from fusionnet_tf.inference.predictor import check_precision_applies
+
+    if not _is_predictor(live_model):  # a live Predictor keeps its own precision
+        check_precision_applies(options["precision"],
+                                model_path if model_path is not None else live_model)
+    return model_path, live_model, model_name, distributed_run
+
+
+def _input_shape(input_spec, output):
+    """``(shape, name)`` of the input volume; refuses an output that is the input."""
+    volume, name = storage.open_volume(input_spec)
+    check_not_input(output, input_spec)
+    shape = tuple(int(n) for n in volume.shape)
+    close_stack(volume)
+    return shape, name
+
+
+def _tf_threads(tf_threads, workers, scheduler):
+    """TensorFlow intra-op threads per worker: given, cores / workers locally, else 0 (default)."""
+    if tf_threads is None:
+        tf_threads = 0 if (scheduler or not workers) else max(1, (os.cpu_count() or 1) // workers)
+    return int(tf_threads)
+
+
+def _new_output(output, input_spec, blocks, layout, zarr_format, executor, progress):
+    """Measure the intensity ranges, then create the output store recording them.
+
+    Args:
+        layout: ``(shape, block_shape, settings)``; ``settings`` gains the ranges.
+
+    Returns:
+        ``(lo, hi)``: float32 (Z,) per-slice normalization bounds.
+    """
+    shape, block_shape, settings = layout
+    volume, _ = storage.open_volume(input_spec)
+    try:
+        lo, hi = intensity_ranges(volume, blocks, settings["normalization"], executor,
+                                  input_spec, progress)
+    finally:
+        close_stack(volume)
+    settings.update(intensity_lo=lo.tolist(), intensity_hi=hi.tolist())
+    storage.create_output(output, shape, block_shape, settings, zarr_format)
+    return lo, hi
+
+
+def _stored_intensity_ranges(array):
+    """``(lo, hi)`` float32 (Z,) recorded in an existing output (a resumed run)."""
+    stored = array.attrs[storage.ATTRS_KEY]
+    return (np.asarray(stored["intensity_lo"], np.float32),
+            np.asarray(stored["intensity_hi"], np.float32))
+
+
+def _complete_summary(summary, blocks_total, blocks_todo, seconds, output, executor_name):
+    """Add totals, speed and the tile ratio to the counts of ``_run_blocks`` (in place)."""
+    share = summary.pop("tiles_share")
+    summary.update(
+        blocks_total=blocks_total, blocks_skipped=blocks_total - blocks_todo, seconds=seconds,
+        voxels_per_s=summary["voxels_computed"] / seconds if seconds else 0.0,
+        tile_ratio=summary["tiles_predicted"] / share if share else 1.0,
+        output=str(output), executor=executor_name,
+    )
+
+
+def check_not_input(output, input_spec):
     """Refuse an output that is, or contains, the input (--overwrite would delete it)."""
     source = storage.split_spec(input_spec)[0].resolve()
     target = Path(output).resolve()
@@ -351,28 +398,49 @@ def _block_task(predictor, hook):
                                                               predictor=predictor, hook=hook)
 
 
-def _run_blocks(executor, task, items, progress):
-    """Run ``task`` over ``items`` with a progress bar; collect counts and failures."""
-    summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
-               "model_loads": {}, "halo": (0, 0), "tiles_predicted": 0, "tiles_share": 0.0}
-    failures = []
-    with _progress_bar(len(items), progress) as bar:
-        for (_, block, _, _), info, exc in executor.map_unordered(task, items):
+def run_tasks(executor, task, items, progress, desc="predict-volume"):
+    """Run ``task`` over ``items`` on ``executor`` with a progress bar over blocks.
+
+    Args:
+        executor: ``LocalExecutor`` or ``DaskExecutor``.
+        task: function called as ``task(*item)``.
+        items: list of argument tuples whose second element is a
+            ``geometry.Block``.
+        progress: bool, show the bar on stderr.
+        desc: the bar's label.
+
+    Returns:
+        ``(results, failures)``: ``(item, result)`` pairs in completion order,
+        and ``(block name, exception)`` pairs for the tasks that raised.
+    """
+    results, failures = [], []
+    with progress_bar(len(items), progress, desc) as bar:
+        for item, result, exc in executor.map_unordered(task, items):
             bar.update(1)
             if exc is not None:
-                failures.append((block.name, exc))
-                continue
-            if info["skipped"]:
-                continue
-            worker = info["worker"]
-            summary["blocks_computed"] += 1
-            summary["voxels_computed"] += info["voxels"]
-            summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
-            summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
-                                                 info["loads"])
-            summary["halo"] = tuple(max(a, b) for a, b in zip(summary["halo"], info["halo"]))
-            summary["tiles_predicted"] += info["tiles"]
-            summary["tiles_share"] += info["tiles_share"]
+                failures.append((item[1].name, exc))
+            else:
+                results.append((item, result))
+    return results, failures
+
+
+def _run_blocks(executor, task, items, progress):
+    """Run the prediction ``task`` over ``items``; collect counts and failures."""
+    summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
+               "model_loads": {}, "halo": (0, 0), "tiles_predicted": 0, "tiles_share": 0.0}
+    results, failures = run_tasks(executor, task, items, progress)
+    for _, info in results:
+        if info["skipped"]:
+            continue
+        worker = info["worker"]
+        summary["blocks_computed"] += 1
+        summary["voxels_computed"] += info["voxels"]
+        summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
+        summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
+                                             info["loads"])
+        summary["halo"] = tuple(max(a, b) for a, b in zip(summary["halo"], info["halo"]))
+        summary["tiles_predicted"] += info["tiles"]
+        summary["tiles_share"] += info["tiles_share"]
     return summary, failures
 
 

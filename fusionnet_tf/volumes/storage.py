@@ -21,9 +21,10 @@ import json
 import os
 from pathlib import Path
 
+from fusionnet_tf.data.readers import HDF5_SUFFIXES, split_hdf5_spec
+
 DONE_DIR = ".fusionnet-done"
 ATTRS_KEY = "fusionnet_volume"
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 EXTRA_HINT = "install the volumes extra: pip install 'fusionnet-tf[volumes]'"
 
 
@@ -44,13 +45,17 @@ def zarr_major_version():
 def split_spec(spec):
     """Split ``"path:/key"`` into ``(Path(path), key or None)``.
 
-    The split happens at the last ``:`` whose left part exists on disk, so
-    paths containing ``:`` still work.
+    HDF5 specs are split as ``data.readers.split_hdf5_spec`` does. Other
+    specs (zarr) are split at the last ``:`` whose left part exists on disk,
+    so paths containing ``:`` still work. Keys lose their leading ``/``.
 
     Raises:
         FileNotFoundError: if no such file or folder exists.
     """
     spec = str(spec)
+    hdf5 = split_hdf5_spec(spec)
+    if hdf5 is not None and hdf5[0].exists():
+        return hdf5[0], (hdf5[1].strip("/") or None) if hdf5[1] else None
     if os.path.exists(spec):
         return Path(spec), None
     if ":" in spec:
@@ -302,6 +307,18 @@ def done_marker(path, block):
 def is_done(path, block):
     """True if ``block`` was completely written by an earlier (or this) run."""
     return done_marker(path, block).is_file()
+
+
+def write_block(path, block, data):
+    """Store ``block``'s prediction in the output array at ``path`` (its own chunk).
+
+    Args:
+        path: the output zarr store.
+        block: ``geometry.Block``.
+        data: float32 array of ``block.shape``.
+    """
+    output = import_zarr().open_array(str(path), mode="r+")
+    output[slice(*block.z), slice(*block.y), slice(*block.x)] = data
 
 
 def mark_done(path, block, info):

@@ -1,0 +1,168 @@
+"""``fusionnet segment``: neuron label images from membrane probability maps."""
+
+HELP = "Segment neurons: membrane probability map -> label image (watershed + agglomeration)."
+
+DESCRIPTION = """\
+Turn a membrane probability map (what 'fusionnet predict' writes) into a label
+image in which every cell has its own id: seeded watershed on the membrane map,
+then agglomeration of segments across weak boundaries and of small segments.
+Without --params the parameters tuned for the shipped model are used (tune your
+own with 'fusionnet tune-segment'). Every pixel belongs to a segment unless
+--keep-boundaries is given.
+"""
+
+EPILOG = """\
+examples:
+  fusionnet segment membranes.tif -o neurons.tif
+  fusionnet segment membranes.tif -o neurons.tif --image stack.tif --overlay overlays
+  fusionnet segment membranes.h5:/prediction -o neurons.h5:/segmentation --mode 3d
+  fusionnet segment membranes.tif -o neurons.zarr --params params.json --set min_size=100
+"""
+
+
+def add_parser(subparsers):
+    """Register ``segment``; argparse only."""
+    import argparse
+
+    parser = subparsers.add_parser("segment", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pred", metavar="PRED",
+                        help="Membrane probability map (N, H, W): TIFF, file.h5:/key, zarr, PNG "
+                             "or folder; float in [0, 1] or uint8 0-255 (1 = membrane).")
+    parser.add_argument("-o", "--output", required=True, metavar="LABELS",
+                        help="Label image: .tif (uint32), .h5[:/key] (key default: "
+                             "segmentation) or .zarr (uint64). Written atomically.")
+    add_segment_arguments(parser)
+    parser.add_argument("--pred-convention", choices=("membrane", "isbi"), default="membrane",
+                        help="membrane: high = membrane; isbi: high = cell interior "
+                             "(predict --isbi) (default: membrane).")
+    parser.add_argument("--image", metavar="IMAGE", default=None,
+                        help="The EM image the map was predicted from, for --overlay.")
+    parser.add_argument("--overlay", metavar="DIR", default=None,
+                        help="Also write the segments in random colours over --image, one PNG "
+                             "per slice, into this new folder (default: none).")
+    parser.add_argument("--quiet", action="store_true",
+                        help="No progress bar (default: progress bar over slices on stderr).")
+    parser.set_defaults(run=run)
+
+
+def add_segment_arguments(parser, keep_boundaries=True):
+    """Options shared by ``segment``, ``segment-volume`` and ``predict --segment``.
+
+    Adds ``--mode``, ``--params``, ``--set`` and (unless ``keep_boundaries``
+    is False) ``--keep-boundaries``.
+    """
+    from fusionnet_tf.segmentation.params import MODES
+
+    group = parser.add_argument_group("segmentation")
+    group.add_argument("--mode", choices=MODES, default="2d",
+                       help="2d: each slice on its own (serial-section EM such as ISBI 2012); "
+                            "3d: one id per cell through the stack (a 3D watershed for "
+                            "anisotropy < 3, else 2D sections linked by overlap) (default: 2d).")
+    group.add_argument("--params", metavar="FILE", default=None,
+                       help="JSON parameters from 'fusionnet tune-segment' (default: the "
+                            "parameters tuned for the shipped model).")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="Override one parameter, e.g. --set merge_threshold=0.6 "
+                            "(repeatable; keys: see SegmentParams).")
+    if keep_boundaries:
+        group.add_argument("--keep-boundaries", action="store_true",
+                           help="Give pixels with membrane probability >= 0.5 label 0 "
+                                "(default: every pixel belongs to a segment).")
+
+
+def resolve_params(args):
+    """``SegmentParams`` from ``--params`` (or the shipped ones) and ``--set`` overrides.
+
+    Raises:
+        ValueError: unknown keys or bad values, naming them.
+    """
+    import json
+
+    from fusionnet_tf.segmentation import SegmentParams, default_params, load_params
+
+    params = load_params(args.params) if args.params else default_params()
+    if not args.set:
+        return params
+    values = params.to_dict()
+    for item in args.set:
+        key, separator, text = item.partition("=")
+        if not separator:
+            raise ValueError(f"--set {item}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key.strip()] = text  # plain strings such as quantile
+    return SegmentParams.from_dict(values, source="--set")
+
+
+def check_inputs_outputs(inputs, output, overlay=None, option="--output"):
+    """Refuse an output that is an input, and overlays without a fresh folder.
+
+    Args:
+        inputs: list of ``(option, spec)`` that must not be overwritten.
+        output: the label output spec, given as ``option``.
+        overlay: optional overlay folder to check.
+    """
+    from fusionnet_tf.cli.predict import _same_path
+    from fusionnet_tf.inference.writers import split_output_spec
+
+    output_path = split_output_spec(output)[0]
+    for name, spec in inputs:
+        if spec and _same_path(split_output_spec(spec)[0], output_path):
+            raise ValueError(f"{option} {output} is the same file as {name} {spec}; choose "
+                             f"another output path")
+    if overlay:
+        from fusionnet_tf.cli.predict import check_output
+
+        check_output(overlay, "--overlay")
+
+
+def segment_and_write(membrane, output, args, params, source, images=None, overlay=None):
+    """Segment ``membrane`` with ``args.mode``/``args.keep_boundaries``; write ``output``.
+
+    Also writes label overlays into the folder ``overlay`` (needs ``images``)
+    and prints one line on stderr.
+    """
+    import sys
+    import time
+
+    from fusionnet_tf.segmentation import segment
+    from fusionnet_tf.segmentation.io import write_label_overlays, write_labels
+
+    began = time.perf_counter()
+    labels, max_id = segment(membrane, params, mode=args.mode,
+                             keep_boundaries=args.keep_boundaries, progress=not args.quiet)
+    seconds = time.perf_counter() - began
+    metadata = {"source": str(source), "mode": args.mode, "params": params.to_dict(),
+                "keep_boundaries": bool(args.keep_boundaries)}
+    write_labels(output, labels, metadata)
+    if overlay is not None:
+        write_label_overlays(overlay, images, labels)
+    print(f"wrote {output}: {labels.shape} {labels.dtype}, {max_id} segments "
+          f"({seconds / len(labels):.2f} s per slice)", file=sys.stderr)
+
+
+def run(args):
+    """Read PRED, segment, write LABELS. Returns 0."""
+    from fusionnet_tf.segmentation.io import check_label_output, read_membrane
+
+    if (args.image is None) != (args.overlay is None):
+        raise ValueError("--overlay needs --image (the EM image), and --image is only used "
+                         "with --overlay")
+    check_label_output(args.output)
+    check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
+                         args.overlay)
+    params = resolve_params(args)
+    membrane = read_membrane(args.pred, args.pred_convention)
+    images = None
+    if args.image is not None:
+        from fusionnet_tf.data import normalize, read_stack
+
+        images = normalize(read_stack(args.image))
+        if images.shape != membrane.shape:
+            raise ValueError(f"--image {args.image} has shape {images.shape} but PRED "
+                             f"{args.pred} has {membrane.shape}")
+    segment_and_write(membrane, args.output, args, params, args.pred, images=images,
+                      overlay=args.overlay)
+    return 0

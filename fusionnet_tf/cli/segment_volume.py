@@ -1,0 +1,92 @@
+"""``fusionnet segment-volume``: block-wise neuron segmentation of a large membrane volume."""
+
+HELP = "Segment neurons block by block in a large zarr/HDF5 membrane volume (resumable, Dask)."
+
+DESCRIPTION = """\
+Turn a (Z, Y, X) membrane probability volume too large for memory (e.g. what
+'fusionnet predict-volume' writes) into a uint64 zarr label volume, with the
+recipe of 'fusionnet segment'. Each block is segmented with a halo of context;
+segments that cross a block face are joined by their overlap on the face, so every
+cell has one id across blocks. With --mode 2d and blocks spanning whole slices the
+result equals 'fusionnet segment'; blocks that cut slices (and --mode 3d) agree with
+it up to a small adapted Rand error (0 on ISBI predictions with the default halo).
+Finished blocks of each pass get done-markers inside OUT; rerunning the same command
+resumes. Needs: pip install 'fusionnet-tf[volumes]'.
+"""
+
+EPILOG = """\
+examples:
+  fusionnet segment-volume membranes.zarr neurons.zarr --workers 2
+  fusionnet segment-volume membranes.h5:/prediction neurons.zarr --block 2048 --block-z 4
+  fusionnet segment-volume membranes.zarr neurons.zarr --mode 3d --scheduler tcp://10.0.0.5:8786
+"""
+
+
+def add_parser(subparsers):
+    """Register ``segment-volume``; argparse only."""
+    import argparse
+
+    from fusionnet_tf.cli.predict_volume import add_dask_arguments
+    from fusionnet_tf.cli.segment import add_segment_arguments
+
+    parser = subparsers.add_parser("segment-volume", help=HELP, description=DESCRIPTION,
+                                   epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pred", metavar="PRED",
+                        help="Membrane probability volume (Z, Y, X): 'volume.zarr', "
+                             "'volume.zarr:/key' or 'volume.h5:/key'; float in [0, 1] or uint8 "
+                             "0-255 (1 = membrane).")
+    parser.add_argument("output", metavar="OUT",
+                        help="Output zarr store (uint64 ids 1..K, one chunk per block). An "
+                             "existing output of the same run is resumed.")
+    add_segment_arguments(parser, keep_boundaries=False)
+    parser.add_argument("--block", type=int, default=1024,
+                        help="Block height and width in voxels = output chunk (default: 1024).")
+    parser.add_argument("--block-z", type=int, default=None,
+                        help="Slices per block (default: 1 in 2d mode, 16 in 3d mode).")
+    parser.add_argument("--halo", type=int, default=64,
+                        help="Voxels of context read around each block in-plane; along z "
+                             "max(2, halo / anisotropy) slices in 3d mode with anisotropy < 3, "
+                             "none otherwise (sections are segmented on their own) (default: "
+                             "64). Smaller halos are faster but join segments less like "
+                             "in-memory segmentation.")
+    add_dask_arguments(parser, "PRED and OUT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing output instead of resuming it "
+                             "(default: resume).")
+    parser.add_argument("--quiet", action="store_true",
+                        help="No progress bars (default: one bar per pass on stderr).")
+    parser.set_defaults(run=run)
+
+
+DEFAULT_BLOCK_Z = {"2d": 1, "3d": 16}
+
+
+def run(args):
+    """Check the options, run ``segment_volume``, print a one-line summary. Returns 0."""
+    import sys
+
+    from fusionnet_tf.cli import CommandError
+    from fusionnet_tf.cli.segment import resolve_params
+
+    block_z = DEFAULT_BLOCK_Z[args.mode] if args.block_z is None else args.block_z
+    for option, value in (("--block", args.block), ("--block-z", block_z)):
+        if value < 1:
+            raise ValueError(f"{option} must be a positive number of voxels; received {value}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0; received {args.workers}")
+    params = resolve_params(args)
+    try:
+        from fusionnet_tf.segmentation.blockwise import format_summary, segment_volume
+        from fusionnet_tf.volumes import BlockFailures
+
+        summary = segment_volume(args.pred, args.output, params, args.mode,
+                                 block_shape=(block_z, args.block, args.block), halo=args.halo,
+                                 workers=args.workers, scheduler=args.scheduler,
+                                 overwrite=args.overwrite, progress=not args.quiet)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+    except BlockFailures as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"segment-volume: {format_summary(summary)}", file=sys.stderr)
+    return 0

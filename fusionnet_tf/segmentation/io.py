@@ -1,0 +1,237 @@
+"""Read membrane maps and label images; write label images and overlays atomically.
+
+Membrane maps (``fusionnet segment PRED``) are read from anything
+``fusionnet predict`` writes: TIFF, HDF5 ``file.h5:/key``, PNG or a folder of
+PNGs, plus zarr (``volume.zarr`` or ``volume.zarr:/key``, what
+``predict-volume`` writes). Float maps must lie in [0, 1]; uint8 maps are
+probability x 255 (``predict --dtype uint8``); any other integer type is
+refused, since it is almost always a label image given by mistake.
+
+Label images are written as:
+
+- ``labels.tif``: multi-page uint32 TIFF (what Fiji and napari read);
+- ``labels.h5[:/key]``: HDF5 dataset (key default ``segmentation``), uint32 or
+  uint64 when the ids need it; other datasets in the file are kept;
+- ``labels.zarr``: a uint64 zarr array at the store root, one chunk per slice.
+
+Every write goes to a temporary file or folder that is renamed when complete.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fusionnet_tf.io_utils import default_permissions
+from fusionnet_tf.segmentation.segmenter import label_dtype
+
+DEFAULT_HDF5_KEY = "segmentation"
+ZARR_SUFFIX = ".zarr"
+
+
+def is_zarr_spec(spec):
+    """True for ``x.zarr`` or ``x.zarr:/key`` (existing or not), or a zarr folder."""
+    text = str(spec)
+    path = Path(text.split(ZARR_SUFFIX + ":", 1)[0] + ZARR_SUFFIX) if (
+        ZARR_SUFFIX + ":") in text.lower() else Path(text)
+    if path.suffix.lower() == ZARR_SUFFIX:
+        return True
+    return path.is_dir() and any((path / name).exists()
+                                 for name in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def _read_zarr(spec):
+    from fusionnet_tf.volumes.storage import open_volume
+
+    array, _ = open_volume(spec)
+    return np.asarray(array[...])
+
+
+def read_membrane(spec, convention="membrane"):
+    """Read a membrane probability map as float32 (N, H, W) in [0, 1].
+
+    Args:
+        spec: TIFF, PNG, folder, ``file.h5:/key`` or zarr spec.
+        convention: ``"membrane"`` (high = membrane) or ``"isbi"`` (high =
+            cell interior, ``predict --isbi``).
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: integer type other than uint8, NaN/inf, values outside
+            [0, 1] (naming ``spec``).
+    """
+    from fusionnet_tf.inference.writers import membrane_from_array, read_probability_map
+
+    if is_zarr_spec(spec):
+        return membrane_from_array(_read_zarr(spec), spec, convention)
+    return read_probability_map(spec, convention)
+
+
+def read_segments(spec, option="--seg"):
+    """Read a label image (TIFF, HDF5, zarr, PNG folder) as an integer (N, H, W) array.
+
+    Raises:
+        ValueError: a float or bool image (naming ``option`` and ``spec``).
+    """
+    from fusionnet_tf.data import read_stack
+
+    data = _read_zarr(spec) if is_zarr_spec(spec) else np.asarray(read_stack(spec,
+                                                                            allow_bool=True))
+    if data.dtype == bool or not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"{option} {spec}: a label image must have an integer type (one id per "
+                         f"segment); received dtype {data.dtype}")
+    if data.ndim == 2:
+        data = data[None]
+    return data
+
+
+def label_kind(spec):
+    """``"tiff"``, ``"hdf5"`` or ``"zarr"`` for a label output spec.
+
+    Raises:
+        ValueError: any other suffix, naming ``spec``.
+    """
+    from fusionnet_tf.inference.writers import output_kind
+
+    if is_zarr_spec(spec):
+        return "zarr"
+    kind = output_kind(spec) if Path(str(spec).split(":")[0]).suffix else None
+    if kind not in ("tiff", "hdf5"):
+        raise ValueError(f"labels output {spec}: give a .tif/.tiff (uint32), .h5[:/key] or "
+                         f".zarr path")
+    return kind
+
+
+def check_label_output(spec):
+    """Fail before any work if the label output ``spec`` cannot be written."""
+    from fusionnet_tf.inference.writers import check_hdf5_target, split_output_spec
+
+    kind = label_kind(spec)
+    path, key = (Path(spec), None) if kind == "zarr" else split_output_spec(spec)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"labels output {spec}: folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"labels output {spec}: folder is not writable: {parent}")
+    if kind == "hdf5":
+        check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
+    elif kind == "tiff" and path.is_dir():
+        raise IsADirectoryError(f"labels output {spec}: is an existing folder, expected a file")
+    elif kind == "zarr" and path.exists() and not is_zarr_spec(path) and (
+            path.is_file() or any(path.iterdir())):
+        raise FileExistsError(f"labels output {spec} exists and is not a zarr store")
+    return kind
+
+
+def write_labels(spec, labels, metadata=None):
+    """Write an (N, H, W) label image atomically; the format follows ``spec``.
+
+    Args:
+        spec: ``.tif``/``.tiff``, ``.h5[:/key]`` or ``.zarr`` path.
+        labels: (N, H, W) or (H, W) non-negative integer array.
+        metadata: optional JSON-able dict (TIFF description, HDF5 attributes
+            or zarr attributes).
+
+    Returns:
+        Path written.
+
+    Raises:
+        ValueError: unknown format, or ids beyond uint32 for a TIFF.
+    """
+    from fusionnet_tf.inference.writers import _write_hdf5, _write_tiff, split_output_spec
+
+    labels = np.asarray(labels)
+    labels = labels[None] if labels.ndim == 2 else labels
+    max_id = int(labels.max()) if labels.size else 0
+    metadata = dict(metadata or {}, max_id=max_id)
+    kind = label_kind(spec)
+    if kind == "tiff":
+        if label_dtype(max_id) != np.uint32:
+            raise ValueError(f"labels output {spec}: ids up to {max_id} do not fit a uint32 "
+                             f"TIFF; write .h5 or .zarr")
+        return _write_tiff(Path(spec), labels.astype(np.uint32), metadata)
+    if kind == "hdf5":
+        path, key = split_output_spec(spec)
+        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels.astype(label_dtype(max_id)),
+                           metadata)
+    return _write_zarr(Path(spec), labels.astype(np.uint64), metadata)
+
+
+def _write_zarr(path, labels, metadata):
+    """Write a uint64 zarr array to a temporary store, then rename it over ``path``."""
+    from fusionnet_tf.volumes.storage import import_zarr
+
+    zarr = import_zarr()
+    parent = path.absolute().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    old = None
+    try:
+        array = zarr.open_array(str(tmp), mode="w", shape=labels.shape, dtype="uint64",
+                                chunks=(1,) + labels.shape[1:], fill_value=0)
+        array[...] = labels
+        array.attrs["fusionnet_segment"] = metadata
+        default_permissions(tmp, directory=True)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
+            os.replace(path, old / "store")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover)
+    return path
+
+
+def label_colours(labels, seed=0):
+    """A fixed pseudo-random RGB colour per id; id 0 is black.
+
+    Args:
+        labels: int array.
+        seed: int mixed into the colour hash.
+
+    Returns:
+        float32 array ``labels.shape + (3,)`` in [0.15, 1].
+    """
+    ids = np.asarray(labels).astype(np.uint64)
+    mixed = (ids + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)  # golden-ratio hash
+    channels = [((mixed >> np.uint64(shift)) & np.uint64(0xFF)).astype(np.float32) / 255.0
+                for shift in (16, 32, 48)]
+    colours = 0.15 + 0.85 * np.stack(channels, axis=-1)
+    colours[ids == 0] = 0.0
+    return colours
+
+
+def label_overlay(image, labels, alpha=0.45):
+    """RGB overlay of segments in random colours over a greyscale image.
+
+    Args:
+        image: (H, W) float image in [0, 1].
+        labels: (H, W) int labels of the same shape.
+        alpha: float opacity of the colours. Defaults to 0.45.
+
+    Returns:
+        (H, W, 3) uint8; segment boundaries are drawn dark.
+    """
+    from skimage.segmentation import find_boundaries
+
+    from fusionnet_tf.inference.writers import to_uint8
+
+    image = np.asarray(image, np.float32)
+    if image.shape != np.shape(labels) or image.ndim != 2:
+        raise ValueError(f"`image` and `labels` must be 2D arrays of the same shape; received "
+                         f"{image.shape} and {np.shape(labels)}")
+    grey = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
+    rgb = (1 - alpha) * grey + alpha * label_colours(labels)
+    rgb[find_boundaries(labels, mode="inner")] *= 0.35
+    return to_uint8(rgb)
+
+
+def write_label_overlays(folder, images, labels):
+    """Write one overlay PNG per slice into a new folder (``slice_0000.png``, ...)."""
+    from fusionnet_tf.inference.writers import write_png_folder
+
+    rgb = np.stack([label_overlay(image, slice_labels)
+                    for image, slice_labels in zip(images, labels)])
+    return write_png_folder(Path(folder), rgb)
