@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every Keras process the tests start (training workers, Dask workers) runs on TensorFlow,
+# whatever a library imported in this process may set (bioimageio.core defaults to torch).
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -353,10 +353,30 @@ def test_cli_modules_import_without_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, fusionnet_tf.cli.predict, fusionnet_tf.cli.evaluate; "
-            "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))")
+    # building the whole parser is what `fusionnet --help` does: it must stay this cheap
+    code = ("import sys, fusionnet_tf.cli; fusionnet_tf.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'tensorflow', 'keras', 'numpy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_choices_match_the_library_checks():
+    import importlib
+
+    from fusionnet_tf import choices
+    from fusionnet_tf.data import labels
+    from fusionnet_tf.inference import optimize, predictor, tiling
+
+    # fusionnet_tf.data.normalize is also the name of the function
+    normalize_module = importlib.import_module("fusionnet_tf.data.normalize")
+    assert labels.LABEL_CONVENTIONS is choices.LABEL_CONVENTIONS
+    assert writers.PRED_CONVENTIONS is choices.PRED_CONVENTIONS
+    assert writers.DTYPES is choices.DTYPES
+    assert normalize_module.NORMALIZATION_MODES is choices.NORMALIZATION_MODES
+    assert tiling.BLENDINGS is choices.BLENDINGS
+    assert optimize.INFERENCE_PRECISIONS is choices.PRECISIONS
+    assert tuple(predictor.TTA_TRANSFORMS) == choices.TTA_VALUES == (1, 4, 8)
 
 
 def test_hdf5_output_through_a_symlink_updates_the_target(tmp_path):

@@ -163,7 +163,7 @@ def test_segment_refuses_output_over_input(files, capsys):
     root, _ = files
     before = (root / "pred.tif").read_bytes()
     code, _, err = run_cli(["segment", root / "pred.tif", "-o", root / "pred.tif"], capsys)
-    assert code == 2 and "same file" in err
+    assert code == 2 and "would overwrite PRED" in err
     assert (root / "pred.tif").read_bytes() == before
 
 
@@ -224,3 +224,64 @@ def test_predict_segment_in_one_go_equals_predict_then_segment(tmp_path, capsys)
     code, _, err = run_cli(["predict", image, "-o", tmp_path / "p3.tif", "--segment", image]
                            + common, capsys)
     assert code == 2 and "--segment" in err and not (tmp_path / "p3.tif").exists()
+
+
+def test_segment_never_overwrites_the_store_or_file_holding_its_input(files, capsys):
+    import zarr
+
+    root, membrane = files
+    group = zarr.open_group(str(root / "vol.zarr"), mode="w")
+    group.create_array("pred", data=membrane)
+    group.create_array("raw", data=np.zeros(membrane.shape, np.uint8))
+    for output in (root / "vol.zarr", root / "vol.zarr" / "pred"):
+        code, _, err = run_cli(["segment", f"{root / 'vol.zarr'}:/pred", "-o", output], capsys)
+        assert code == 2 and "would overwrite PRED" in err, output
+    reopened = zarr.open_group(str(root / "vol.zarr"), mode="r")
+    assert sorted(reopened.array_keys()) == ["pred", "raw"]
+    np.testing.assert_array_equal(reopened["pred"][...], membrane)
+    code, _, err = run_cli(["segment", root / "pred.tif", "-o", f"{root / 'out.zarr'}:/seg"],
+                           capsys)
+    assert code == 2 and "whole store" in err and not (root / "out.zarr").exists()
+
+
+def test_segment_into_the_hdf5_file_holding_its_input_keeps_the_input(files, capsys):
+    root, membrane = files
+    with h5py.File(root / "vol.h5", "w") as handle:
+        handle["pred"] = membrane
+    code, _, err = run_cli(["segment", f"{root / 'vol.h5'}:/pred", "-o",
+                            f"{root / 'vol.h5'}:/seg"], capsys)
+    assert code == 0, err
+    with h5py.File(root / "vol.h5", "r") as handle:
+        np.testing.assert_array_equal(handle["pred"][...], membrane)
+        np.testing.assert_array_equal(handle["seg"][...], segment(membrane, default_params())[0])
+    code, _, err = run_cli(["segment", f"{root / 'vol.h5'}:/pred", "-o",
+                            f"{root / 'vol.h5'}:/pred"], capsys)
+    assert code == 2 and "is the PRED dataset" in err
+
+
+def test_tune_segment_checks_its_output_before_tuning(files, capsys, monkeypatch):
+    import fusionnet_tf.segmentation.tune as tune_module
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("tuning must not start")
+
+    monkeypatch.setattr(tune_module, "tune", no_tuning)
+    root, _ = files
+    common = ["tune-segment", "--pred", root / "pred.tif", "--labels", root / "labels.tif"]
+    code, _, err = run_cli(common + ["-o", root / "nodir" / "p.json"], capsys)
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(common + ["-o", root / "p.txt"], capsys)
+    assert code == 2 and ".json" in err
+
+
+def test_tune_segment_reads_isbi_convention_maps(files, capsys):
+    root, membrane = files
+    tifffile.imwrite(root / "isbi.tif", 1 - membrane, photometric="minisblack")
+    scores = []
+    for pred, convention in (("pred.tif", "membrane"), ("isbi.tif", "isbi")):
+        code, _, err = run_cli(["tune-segment", "--pred", root / pred, "--labels",
+                                root / "labels.tif", "-o", root / f"{convention}.json",
+                                "--budget", "1", "--pred-convention", convention], capsys)
+        assert code == 0, err
+        scores.append(json.loads((root / f"{convention}.json").read_text())["v_rand"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6) and scores[0] > 0.9

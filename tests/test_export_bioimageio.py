@@ -55,8 +55,9 @@ def files(tmp_path_factory):
     model.save(folder / "tiny.keras")
     onnx_path = export_onnx(model, folder, "tiny")
     tflite_path = export_litert(model, folder, "tiny")
+    # no --name: the package is named after the model file, tiny.zip
     code = main(["export", "--model", str(folder / "tiny.keras"), "--format", "bioimageio",
-                 "--output", str(folder / "packages"), "--name", "tiny", "--no-bioimageio-test"])
+                 "--output", str(folder / "packages"), "--no-bioimageio-test"])
     assert code == 0
     return {"keras": folder / "tiny.keras", "onnx": onnx_path, "tflite": tflite_path,
             "package": folder / "packages" / "tiny.zip", "model": model}
@@ -359,3 +360,18 @@ def test_predict_model_errors_exit_2(files, predict_input, tmp_path, capsys):
                  "--model", str(files["onnx"]), "--precision", "mixed_bfloat16", "--quiet"])
     assert code == 2 and "Keras models only" in capsys.readouterr().err
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_importing_bioimageio_core_keeps_keras_on_tensorflow():
+    """bioimageio.core sets KERAS_BACKEND=torch on import; later Keras subprocesses must not see it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from fusionnet_tf.export.bioimageio import import_bioimageio_core; "
+            "import_bioimageio_core(); import bioimageio.core.backends.keras_backend; "
+            "print(os.environ.get('KERAS_BACKEND'))")
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "tensorflow"

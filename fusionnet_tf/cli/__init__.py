@@ -30,8 +30,54 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
                IsADirectoryError, NotADirectoryError, KeyError)
 
 
+# pip extra -> top-level modules it installs; mirrors [options.extras_require] in
+# setup.cfg (tests/test_cli_errors.py checks that they agree)
+EXTRA_MODULES = {
+    "export": ("onnxruntime", "ai_edge_litert", "tf2onnx", "onnx"),
+    "volumes": ("zarr", "dask", "distributed"),
+    "bioimageio": ("bioimageio", "pydantic", "tf2onnx", "onnx", "onnxruntime"),
+}
+
+
 class CommandError(Exception):
     """A user-facing failure that is not bad input (e.g. a missing runtime)."""
+
+
+def missing_module(exc):
+    """Name of the missing third-party module behind ImportError ``exc``, or None.
+
+    Follows ``raise ... from`` causes, so an ImportError that wraps a
+    ModuleNotFoundError with a friendlier message counts too. A missing
+    ``fusionnet_tf`` module, or an ImportError that is not about a missing
+    module (``cannot import name``, a broken native library), is a bug or a
+    broken install: None, so the caller lets the traceback through.
+    """
+    while isinstance(exc, ImportError):
+        if (isinstance(exc, ModuleNotFoundError) and exc.name
+                and exc.name.split(".")[0] != "fusionnet_tf"):
+            return exc.name
+        exc = exc.__cause__
+    return None
+
+
+def install_hint(module, args):
+    """``pip install`` advice for missing ``module`` in the command ``args`` runs."""
+    top = module.split(".")[0]
+    extras = [extra for extra, modules in EXTRA_MODULES.items() if top in modules]
+    if getattr(args, "format", None) == "bioimageio" and "bioimageio" in extras:
+        extras = ["bioimageio"]  # export --format bioimageio: one extra brings everything
+    if not extras:
+        return "install the package that provides it"
+    return f"install it with: pip install 'fusionnet-tf[{extras[0]}]'"
+
+
+def missing_module_message(exc, module, args):
+    """One line naming the missing ``module`` and the pip extra that installs it."""
+    hint = install_hint(module, args)
+    if isinstance(exc, ModuleNotFoundError):
+        return f"the Python module {module!r} is not installed; {hint}"
+    text = " ".join(str(exc).split())  # a wrapping ImportError's own message, on one line
+    return text if "pip install" in text else f"{text}; {hint}"
 
 
 def build_parser():
@@ -78,6 +124,13 @@ def main(argv=None):
         result = args.run(args)
     except USER_ERRORS + (CommandError,) as exc:
         print(f"fusionnet {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        module = missing_module(exc)
+        if module is None:
+            raise  # our own import bug: keep the traceback
+        print(f"fusionnet {args.command}: error: {missing_module_message(exc, module, args)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fusionnet {args.command}: interrupted", file=sys.stderr)

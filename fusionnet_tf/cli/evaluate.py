@@ -29,8 +29,7 @@ def add_parser(subparsers):
                         help="Label image with the labels' (N, H, W) shape (integer ids, e.g. "
                              "fusionnet segment's output: TIFF, file.h5:/key or zarr); scored "
                              "per slice as in ISBI 2012, without a threshold sweep.")
-    from fusionnet_tf.data.labels import LABEL_CONVENTIONS
-    from fusionnet_tf.inference.writers import PRED_CONVENTIONS
+    from fusionnet_tf.choices import LABEL_CONVENTIONS, PRED_CONVENTIONS
 
     parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
                         help="isbi: 0 = membrane, nonzero = interior; membrane: nonzero = "

@@ -1,5 +1,6 @@
 """``fusionnet export``: SavedModel (TF Serving layout), LiteRT, ONNX, TensorRT or bioimage.io."""
 
+import re
 import sys
 
 HELP = ("Export a trained .keras model to SavedModel/TF Serving, LiteRT, ONNX, TensorRT or a "
@@ -13,6 +14,11 @@ FORMAT_QUANTIZE = {
     "litert": QUANTIZE,
     "tensorrt": ("none", "fp16"),
 }
+# --name for the formats that do not name the artifact after the model
+DEFAULT_NAME = "fusionnet"
+# names that say nothing about the model: training checkpoints (best.keras,
+# latest.keras) and Keras's automatic model names (functional, functional_1, ...)
+GENERIC_NAMES = ("best", "latest", "model", "checkpoint", "final", "functional", "sequential")
 
 
 def add_parser(subparsers):
@@ -28,8 +34,11 @@ def add_parser(subparsers):
                         help="Trained .keras model file, or 'pretrained' for the shipped model.")
     parser.add_argument("--format", required=True, choices=FORMATS, help="Artifact format.")
     parser.add_argument("--output", required=True, metavar="DIR", help="Output folder.")
-    parser.add_argument("--name", default="fusionnet",
-                        help="Model name / file stem (default: fusionnet).")
+    parser.add_argument("--name", default=None,
+                        help="Model name / file stem (default: bioimageio: the --model file's "
+                             "stem, e.g. fusionnet_isbi2012 for 'pretrained', or the Keras "
+                             "model's name for a checkpoint called best/latest.keras; other "
+                             "formats: fusionnet).")
     parser.add_argument("--version", type=int, default=None,
                         help="saved_model version (default: next free integer in DIR/NAME).")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none",
@@ -74,10 +83,45 @@ def check_args(args):
     if args.version is not None and args.format != "saved_model":
         raise ValueError(f"--version applies to --format saved_model only; received --format "
                          f"{args.format}")
+    if args.no_bioimageio_test and args.format != "bioimageio":
+        raise ValueError(f"--no-bioimageio-test applies to --format bioimageio only; received "
+                         f"--format {args.format}")
     for option in ("tile_size", "batch_size", "calibration_tiles"):
         if getattr(args, option) < 1:
             raise ValueError(f"--{option.replace('_', '-')} must be >= 1; received "
                              f"{getattr(args, option)}")
+
+
+def _is_generic(name):
+    """True for a name like ``best``, ``latest`` or ``functional_3``."""
+    return re.sub(r"_\d+$", "", name.lower()) in GENERIC_NAMES
+
+
+def default_name(export_format, model, model_path):
+    """The artifact name when ``--name`` is not given.
+
+    A bioimage.io package is named after the model, since it travels on its
+    own (model zoo, Fiji): the ``.keras`` file's stem (``fusionnet_isbi2012``
+    for the shipped model), or the Keras model's name (e.g. ``fusionnet``)
+    when the stem is a checkpoint name such as ``best``. Characters a file
+    stem may not hold become ``_``. Other formats keep ``"fusionnet"``, the
+    TF Serving model name the serving docs use.
+
+    Args:
+        export_format: the ``--format`` value.
+        model: the loaded ``keras.Model``.
+        model_path: ``pathlib.Path`` of the ``.keras``/``.h5`` file.
+
+    Returns:
+        str. A file stem of letters, digits, ``.``, ``_`` and ``-``.
+    """
+    if export_format != "bioimageio":
+        return DEFAULT_NAME
+    for candidate in (model_path.stem, model.name):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(candidate)).strip("._-")
+        if name and not _is_generic(name):
+            return name
+    return DEFAULT_NAME
 
 
 def load_keras_model(spec):
@@ -207,6 +251,8 @@ def run(args):
             raise FileNotFoundError(f"--training-config not found: {args.training_config}")
     with tqdm(total=2, desc=f"export {args.format}", file=sys.stderr, unit="step") as bar:
         model, model_path = load_keras_model(args.model)
+        if args.name is None:
+            args.name = default_name(args.format, model, model_path)
         bar.update()
         path = export(args, model, card_extra(args, model_path))
         bar.update()

@@ -38,7 +38,7 @@ def add_parser(subparsers):
     parser.add_argument("--isbi", action="store_true",
                         help="Write 1 - membrane probability (high = cell interior), the ISBI "
                              "2012 submission convention (default: membrane probability).")
-    from fusionnet_tf.inference.writers import DTYPES
+    from fusionnet_tf.choices import DTYPES
 
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="Output dtype for TIFF/HDF5; uint8 is probability x 255 "
@@ -66,10 +66,7 @@ def add_tiling_arguments(parser):
     defaults, so both
     commands tile, blend and normalize the same way.
     """
-    from fusionnet_tf.data.normalize import NORMALIZATION_MODES
-    from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
-    from fusionnet_tf.inference.predictor import TTA_TRANSFORMS
-    from fusionnet_tf.inference.tiling import BLENDINGS
+    from fusionnet_tf.choices import BLENDINGS, NORMALIZATION_MODES, PRECISIONS, TTA_VALUES
 
     parser.add_argument("--tile-size", "--tile", dest="tile_size", type=int, default=512,
                         help="Tile side in pixels (as in 'fusionnet export --tile-size'; "
@@ -78,7 +75,7 @@ def add_tiling_arguments(parser):
                              "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
-    parser.add_argument("--tta", type=int, choices=tuple(TTA_TRANSFORMS), default=8,
+    parser.add_argument("--tta", type=int, choices=TTA_VALUES, default=8,
                         help="Test-time augmentation: 1 = none, 4 = mirrorings, "
                              "8 = all rotations and flips (default: 8).")
     parser.add_argument("--batch-size", type=int, default=4,
@@ -97,7 +94,7 @@ def add_tiling_arguments(parser):
                              "models (base 64: ~15-20%%) and slower for narrow ones (base 16, the "
                              "shipped model: ~40%%); compiling takes a few seconds "
                              "(default: off).")
-    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS,
+    parser.add_argument("--precision", choices=PRECISIONS,
                         default="float32",
                         help="Compute precision of a .keras model. mixed_bfloat16 is several "
                              "times faster on CPUs with bfloat16 units (AMX/AVX512-BF16, e.g. "
@@ -167,32 +164,87 @@ def check_not_input(input_spec, output, overlay=None):
     """
     from pathlib import Path
 
-    from fusionnet_tf.data.readers import resolve_hdf5_key, split_hdf5_spec
-    from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, hdf5_key, output_kind,
-                                                split_output_spec)
-
-    hdf5_input = split_hdf5_spec(input_spec)
-    input_path = hdf5_input[0] if hdf5_input else Path(input_spec)
-    output_path, output_key = split_output_spec(output)
-    if _same_path(input_path, output_path):
-        if hdf5_input is None or output_kind(output) != "hdf5":
-            raise ValueError(f"--output {output} would overwrite INPUT {input_spec}; "
-                             f"choose another output path")
-        output_key = hdf5_key(output_key or DEFAULT_HDF5_KEY)
-        input_key = resolve_hdf5_key(input_path, hdf5_input[1]) if input_path.exists() else None
-        if input_key is not None and (hdf5_key(input_key) == output_key
-                                      or _same_hdf5_object(input_path, input_key, output_key)):
-            raise ValueError(f"--output {output} is the INPUT dataset ({input_spec}); write the "
-                             f"prediction to another key, e.g. {output_path}:/{output_key}_pred")
+    check_output_not_input(input_spec, output)
     if overlay is None:
         return
     overlay_path = Path(overlay)
-    if _same_path(input_path, overlay_path):
+    if _same_path(_stored_in(input_spec)[0], overlay_path):
         raise ValueError(f"--overlay {overlay} would overwrite INPUT {input_spec}; "
                          f"choose another path")
-    if _same_path(output_path, overlay_path):
+    if _same_path(_stored_in(output)[0], overlay_path):
         raise ValueError(f"--overlay {overlay} is the same path as --output {output}; "
                          f"choose another path")
+
+
+def _stored_in(spec):
+    """``(path, hdf5_key_or_None, kind)`` of the file or store that holds ``spec``.
+
+    ``kind`` is ``"hdf5"`` for ``file.h5[:/key]``, ``"zarr"`` for
+    ``store.zarr[:/key]`` (the path is the store's folder) and ``"file"``
+    otherwise.
+    """
+    from pathlib import Path
+
+    from fusionnet_tf.data.readers import split_hdf5_spec
+
+    hdf5 = split_hdf5_spec(spec)
+    if hdf5 is not None:
+        return hdf5[0], hdf5[1], "hdf5"
+    text = str(spec)
+    index = text.lower().find(".zarr:")
+    if index >= 0:
+        return Path(text[:index + len(".zarr")]), None, "zarr"
+    return Path(text), None, "zarr" if text.lower().rstrip("/").endswith(".zarr") else "file"
+
+
+def check_output_not_input(input_spec, output, input_name="INPUT", output_name="--output",
+                           default_key=None):
+    """Refuse an output that would overwrite an input, before any work.
+
+    An output over the input's file, over the zarr store that holds it, over
+    a folder that contains it or inside the input's folder or store is
+    refused. Only an HDF5 output into the HDF5
+    file that holds the input is allowed (the writers keep the file's other
+    datasets), unless it names the input dataset itself (or a link to it).
+
+    Args:
+        input_spec: the input spec (``file.tif``, ``file.h5:/key``,
+            ``store.zarr:/key``, a folder, ...).
+        output: the output spec.
+        input_name, output_name: how the error message calls them.
+        default_key: the HDF5 key the output is written to when it names
+            none (default: ``fusionnet predict``'s).
+
+    Raises:
+        ValueError: naming both.
+    """
+    from fusionnet_tf.data.readers import resolve_hdf5_key
+    from fusionnet_tf.inference.writers import DEFAULT_HDF5_KEY, hdf5_key
+
+    input_path, input_key, input_kind = _stored_in(input_spec)
+    output_path, output_key, output_kind = _stored_in(output)
+    inside = _contains(output_path, input_path) or _contains(input_path, output_path)
+    if not (_same_path(input_path, output_path) or inside):
+        return
+    if inside or input_kind != "hdf5" or output_kind != "hdf5":
+        raise ValueError(f"{output_name} {output} would overwrite {input_name} {input_spec}; "
+                         f"choose another output path")
+    output_key = hdf5_key(output_key or default_key or DEFAULT_HDF5_KEY)
+    input_key = resolve_hdf5_key(input_path, input_key) if input_path.exists() else None
+    if input_key is not None and (hdf5_key(input_key) == output_key
+                                  or _same_hdf5_object(input_path, input_key, output_key)):
+        raise ValueError(f"{output_name} {output} is the {input_name} dataset ({input_spec}); "
+                         f"write to another key, e.g. {output_path}:/{output_key}_out")
+
+
+def _contains(folder, path):
+    """True if ``path`` lies inside the existing folder ``folder`` (a folder input, a zarr store)."""
+    import os
+
+    if not folder.is_dir():
+        return False
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _same_hdf5_object(path, key, other):
@@ -206,13 +258,9 @@ def _same_hdf5_object(path, key, other):
 
 def resolve_model(args):
     """The model or callable the Predictor runs, from --model / --serving-url."""
-    from fusionnet_tf.cli import CommandError
-
     if args.serving_url:
-        try:
-            from fusionnet_tf.export.rest_client import ServingClient
-        except ImportError as exc:
-            raise CommandError(f"--serving-url needs fusionnet_tf.export: {exc}") from exc
+        from fusionnet_tf.export.rest_client import ServingClient
+
         return ServingClient(args.serving_url)
     if args.model:
         from fusionnet_tf.inference import load_model

@@ -94,8 +94,6 @@ def run(args):
             zarr_format=args.zarr_format, overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except ImportError as exc:
-        raise CommandError(str(exc)) from exc
     except BlockFailures as exc:
         raise CommandError(str(exc)) from exc
     print(f"predict-volume: {format_summary(summary)}", file=sys.stderr)

@@ -24,6 +24,8 @@ def add_parser(subparsers):
     """Register ``segment``; argparse only."""
     import argparse
 
+    from fusionnet_tf.choices import PRED_CONVENTIONS
+
     parser = subparsers.add_parser("segment", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pred", metavar="PRED",
@@ -33,7 +35,7 @@ def add_parser(subparsers):
                         help="Label image: .tif (uint32), .h5[:/key] (key default: "
                              "segmentation) or .zarr (uint64). Written atomically.")
     add_segment_arguments(parser)
-    parser.add_argument("--pred-convention", choices=("membrane", "isbi"), default="membrane",
+    parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane; isbi: high = cell interior "
                              "(predict --isbi) (default: membrane).")
     parser.add_argument("--image", metavar="IMAGE", default=None,
@@ -97,24 +99,28 @@ def resolve_params(args):
 
 
 def check_inputs_outputs(inputs, output, overlay=None, option="--output"):
-    """Refuse an output that is an input, and overlays without a fresh folder.
+    """Refuse an output that would overwrite an input, and a used overlay folder.
 
     Args:
-        inputs: list of ``(option, spec)`` that must not be overwritten.
+        inputs: list of ``(option, spec)`` that must not be overwritten
+            (``spec`` None is skipped).
         output: the label output spec, given as ``option``.
         overlay: optional overlay folder to check.
+
+    Raises:
+        ValueError: naming the options and paths (see
+            ``fusionnet_tf.cli.predict.check_output_not_input``).
     """
-    from fusionnet_tf.cli.predict import _same_path
-    from fusionnet_tf.inference.writers import split_output_spec
+    from fusionnet_tf.cli.predict import check_output, check_output_not_input
+    from fusionnet_tf.segmentation.io import DEFAULT_HDF5_KEY
 
-    output_path = split_output_spec(output)[0]
     for name, spec in inputs:
-        if spec and _same_path(split_output_spec(spec)[0], output_path):
-            raise ValueError(f"{option} {output} is the same file as {name} {spec}; choose "
-                             f"another output path")
+        if spec:
+            check_output_not_input(spec, output, input_name=name, output_name=option,
+                                   default_key=DEFAULT_HDF5_KEY)
+            if overlay:
+                check_output_not_input(spec, overlay, input_name=name, output_name="--overlay")
     if overlay:
-        from fusionnet_tf.cli.predict import check_output
-
         check_output(overlay, "--overlay")
 
 

@@ -84,8 +84,6 @@ def run(args):
                                  block_shape=(block_z, args.block, args.block), halo=args.halo,
                                  workers=args.workers, scheduler=args.scheduler,
                                  overwrite=args.overwrite, progress=not args.quiet)
-    except ImportError as exc:
-        raise CommandError(str(exc)) from exc
     except BlockFailures as exc:
         raise CommandError(str(exc)) from exc
     print(f"segment-volume: {format_summary(summary)}", file=sys.stderr)

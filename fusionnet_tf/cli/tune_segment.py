@@ -22,6 +22,7 @@ def add_parser(subparsers):
     """Register ``tune-segment``; argparse only."""
     import argparse
 
+    from fusionnet_tf.choices import LABEL_CONVENTIONS, PRED_CONVENTIONS
     from fusionnet_tf.segmentation.params import MODES
 
     parser = subparsers.add_parser("tune-segment", help=HELP, description=DESCRIPTION,
@@ -41,11 +42,32 @@ def add_parser(subparsers):
                         help="Segmentation mode to tune for (default: 2d).")
     parser.add_argument("--start", metavar="FILE", default=None,
                         help="Parameters to start from (default: the shipped model's).")
-    parser.add_argument("--label-convention", choices=("isbi", "membrane"), default="isbi",
+    parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
                         help="isbi: 0 = membrane; membrane: nonzero = membrane (default: isbi).")
+    parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
+                        help="membrane: high = membrane; isbi: high = cell interior "
+                             "(predict --isbi) (default: membrane).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Seed of the random part of the search (default: 0).")
     parser.set_defaults(run=run)
+
+
+def check_params_output(args):
+    """Fail before tuning if ``--output`` is not a writable new .json next to the inputs."""
+    import os
+    from pathlib import Path
+
+    from fusionnet_tf.cli.segment import check_inputs_outputs
+
+    if not str(args.output).lower().endswith(".json"):
+        raise ValueError(f"--output {args.output}: parameters are written as a .json file")
+    parent = Path(args.output).absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--output {args.output}: folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--output {args.output}: folder is not writable: {parent}")
+    check_inputs_outputs([("--pred", args.pred), ("--labels", args.labels),
+                          ("--start", args.start)], args.output)
 
 
 def run(args):
@@ -61,11 +83,10 @@ def run(args):
 
     if args.budget < 1:
         raise ValueError(f"--budget must be >= 1; received {args.budget}")
-    if not str(args.output).lower().endswith(".json"):
-        raise ValueError(f"--output {args.output}: parameters are written as a .json file")
+    check_params_output(args)
     start = load_params(args.start) if args.start else default_params()
     labels = read_labels(args.labels, args.label_convention)
-    membrane = read_membrane(args.pred)
+    membrane = read_membrane(args.pred, args.pred_convention)
     if labels.shape != membrane.shape:
         raise ValueError(f"--labels {args.labels} has shape {labels.shape} but --pred "
                          f"{args.pred} has {membrane.shape}")

@@ -16,9 +16,8 @@ that lists the values found, unless you pass ``threshold``: then a pixel is
 
 import numpy as np
 
+from fusionnet_tf.choices import LABEL_CONVENTIONS  # noqa: F401 (re-exported)
 from fusionnet_tf.data.readers import read_stack
-
-LABEL_CONVENTIONS = ("isbi", "membrane")
 
 
 def check_convention(convention):

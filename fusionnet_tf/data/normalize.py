@@ -16,7 +16,7 @@ like the whole slice.
 
 import numpy as np
 
-NORMALIZATION_MODES = ("slice", "global", "dtype")
+from fusionnet_tf.choices import NORMALIZATION_MODES  # noqa: F401 (re-exported)
 
 
 def check_mode(mode):

@@ -512,6 +512,25 @@ def _quiet_in(folder):
         logger.enable("bioimageio")
 
 
+def import_bioimageio_core():
+    """Import ``bioimageio.core`` without letting it switch Keras to PyTorch.
+
+    bioimageio.core 0.11 sets ``os.environ["KERAS_BACKEND"]`` to its own
+    default, ``"torch"``, when its Keras adapter is imported. Every Keras
+    process started from this one afterwards (Dask workers, training workers,
+    subprocesses) would then look for PyTorch. Our packages declare the
+    TensorFlow backend, so the variable is set to ``"tensorflow"`` first
+    unless the user chose another one.
+
+    Returns:
+        the ``bioimageio.core`` module.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import bioimageio.core
+
+    return bioimageio.core
+
+
 def run_package_tests(path, weight_formats=None, working_dir=None):
     """Run ``bioimageio.core.test_model`` on a package for each weight format.
 
@@ -527,8 +546,7 @@ def run_package_tests(path, weight_formats=None, working_dir=None):
     Raises:
         ValueError: naming the first weight format that failed and why.
     """
-    from bioimageio.core import test_model
-
+    test_model = import_bioimageio_core().test_model
     path = Path(path).resolve()
     present = package_weight_formats(path)
     formats = weight_formats or [fmt for fmt in WEIGHT_FORMATS if fmt in present]

@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_int
+# tta -> dihedral transform indices (see fusionnet_tf.dihedral), re-exported
+from fusionnet_tf.choices import TTA_TRANSFORMS  # noqa: F401
 from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 from fusionnet_tf.inference import tiling
 from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
-
-# tta -> dihedral transform indices (see fusionnet_tf.dihedral):
-# 4 = identity, rot180, flip W, flip H (the mirrorings); 8 = all rotations and flips.
-TTA_TRANSFORMS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
 
 
 # model file suffix -> what load_model makes of it (besides SavedModel folders)

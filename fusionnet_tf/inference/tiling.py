@@ -22,8 +22,7 @@ import math
 import numpy as np
 
 from fusionnet_tf.checks import check_int
-
-BLENDINGS = ("gaussian", "cosine", "constant")
+from fusionnet_tf.choices import BLENDINGS  # noqa: F401 (re-exported)
 
 
 def check_tile_args(tile, overlap, align=1):

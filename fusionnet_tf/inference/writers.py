@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+# DTYPES: output dtypes; PRED_CONVENTIONS: how a stored probability map reads
+# (high = membrane, or high = cell interior as in ISBI); both re-exported
+from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
 from fusionnet_tf.io_utils import atomic_path, default_permissions
 
-DTYPES = ("float32", "uint8")
-# how a stored probability map reads: high = membrane, or high = cell interior (ISBI)
-PRED_CONVENTIONS = ("membrane", "isbi")
 DEFAULT_HDF5_KEY = "prediction"
 
 

@@ -96,6 +96,9 @@ def label_kind(spec):
     from fusionnet_tf.inference.writers import output_kind
 
     if is_zarr_spec(spec):
+        if (ZARR_SUFFIX + ":") in str(spec).lower():
+            raise ValueError(f"labels output {spec}: a zarr output is a whole store (e.g. "
+                             f"neurons.zarr), not a key inside one")
         return "zarr"
     kind = output_kind(spec) if Path(str(spec).split(":")[0]).suffix else None
     if kind not in ("tiff", "hdf5"):

@@ -19,7 +19,8 @@ number of replicas.
 import json
 import os
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+from fusionnet_tf.choices import PRECISIONS  # noqa: F401 (re-exported)
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 

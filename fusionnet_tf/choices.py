@@ -1,0 +1,35 @@
+"""The allowed values of string/int options, as plain data (no NumPy, no TensorFlow).
+
+One home for the choice tuples that both the library (argument checks) and the
+``fusionnet`` command line (``argparse`` ``choices=``) use. Importing this
+module costs nothing, so building the CLI parser (``fusionnet --help``) stays
+free of NumPy and TensorFlow. The library modules re-export these names
+(``fusionnet_tf.data.labels.LABEL_CONVENTIONS``, ...), so either import works.
+"""
+
+# how a label file reads (fusionnet_tf.data.labels): "isbi" = 0 is membrane,
+# nonzero is cell interior; "membrane" = nonzero is membrane
+LABEL_CONVENTIONS = ("isbi", "membrane")
+
+# how a stored probability map reads (fusionnet_tf.inference.writers):
+# high = membrane, or high = cell interior (ISBI 2012 submissions, predict --isbi)
+PRED_CONVENTIONS = ("membrane", "isbi")
+
+# dtype of a written TIFF/HDF5 prediction; uint8 is probability x 255
+DTYPES = ("float32", "uint8")
+
+# intensity normalization to [0, 1] (fusionnet_tf.data.normalize)
+NORMALIZATION_MODES = ("slice", "global", "dtype")
+
+# tile blending weights (fusionnet_tf.inference.tiling)
+BLENDINGS = ("gaussian", "cosine", "constant")
+
+# Keras dtype policies a model can compute in, for training and inference alike
+# (fusionnet_tf.training.strategy, fusionnet_tf.inference.optimize)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# tta -> dihedral transform indices (see fusionnet_tf.dihedral):
+# 1 = identity; 4 = identity, rot180, flip W, flip H (the mirrorings);
+# 8 = all rotations and flips (fusionnet_tf.inference.predictor)
+TTA_TRANSFORMS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+TTA_VALUES = tuple(TTA_TRANSFORMS)
