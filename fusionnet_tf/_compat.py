@@ -164,3 +164,32 @@ def patch_multiworker_reduce():
 
     setattr(reduce_per_replica, _PATCHED, True)
     trainer.reduce_per_replica = reduce_per_replica
+
+
+# --------------------------------------------------------------------------- #
+# Operators of a LiteRT model (export/litert.py)
+# --------------------------------------------------------------------------- #
+# Neither ``ai_edge_litert.interpreter.Interpreter`` (2.x) nor
+# ``tf.lite.Interpreter`` has a public way to list a model's operators: the
+# public ``get_tensor_details`` lists tensors only, and
+# ``tf.lite.experimental.Analyzer.analyze`` prints a text report whose
+# docstring says not to parse it. ``Interpreter._get_ops_details()`` returns
+# one dict per operator with its ``op_name`` (``"MAX_POOL_2D"``, ...). The
+# Predictor needs the number of 2x2 pooling ops of a ``.tflite`` model to align
+# tiles to the network's pooling grid (16 for FusionNet depth 4, 32 for FCNs).
+
+
+def litert_op_names(interpreter):
+    """Builtin operator names of a LiteRT interpreter's model, in execution order.
+
+    Relies on ``Interpreter._get_ops_details()`` (a list of dicts with key
+    ``"op_name"``), present in ``ai_edge_litert`` and ``tf.lite``.
+
+    Args:
+        interpreter: ``ai_edge_litert.interpreter.Interpreter`` or
+            ``tf.lite.Interpreter``.
+
+    Returns:
+        list of str, e.g. ``["CONV_2D", "MAX_POOL_2D", ...]``.
+    """
+    return [op["op_name"] for op in interpreter._get_ops_details()]

@@ -210,3 +210,43 @@ def test_multi_worker_mode_from_the_public_cluster_resolver():
     assert in_multi_worker_mode(strategy_with({"chief": ["localhost:1"],
                                                "worker": ["localhost:2"]}))
     assert is_chief(tf.distribute.get_strategy())
+
+
+# --------------------------------------------------------------------------- LiteRT op list
+
+
+def _litert_interpreters():
+    classes = [pytest.param(tf.lite.Interpreter, id="tf.lite")]
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return classes
+    return classes + [pytest.param(Interpreter, id="ai_edge_litert")]
+
+
+@pytest.fixture(scope="module")
+def pooling_tflite(tmp_path_factory):
+    """A tiny ``.tflite`` flatbuffer: conv, 2x2 max pool, conv, 2x2 average pool."""
+    from fusionnet_tf.export.litert import convert_tflite
+    from fusionnet_tf.export.saved_model import export_plain_saved_model
+
+    inputs = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(2, 3, padding="same")(x)
+    x = keras.layers.AveragePooling2D(2)(x)
+    saved = export_plain_saved_model(keras.Model(inputs, x),
+                                     tmp_path_factory.mktemp("litert") / "model")
+    return convert_tflite(saved, "none")
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+@pytest.mark.parametrize("interpreter_class", _litert_interpreters())
+def test_litert_op_names_from_the_private_ops_details(interpreter_class, pooling_tflite):
+    """``Interpreter._get_ops_details()`` exists and gives each op's ``op_name``."""
+    assert callable(getattr(interpreter_class, "_get_ops_details", None)), (
+        f"{interpreter_class.__module__}.Interpreter._get_ops_details is gone: "
+        "revisit fusionnet_tf._compat.litert_op_names (LiteRT tile alignment)")
+    names = _compat.litert_op_names(interpreter_class(model_content=pooling_tflite))
+    assert names.count("CONV_2D") == 2
+    assert names.count("MAX_POOL_2D") == 1 and names.count("AVERAGE_POOL_2D") == 1

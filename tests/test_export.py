@@ -5,6 +5,7 @@ so that its output is structured and the int8 Dice check means something.
 """
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -194,6 +195,31 @@ def test_litert_float32_matches_keras(model, plain_saved_model, eval_images):
     x = eval_images[0][:2, ..., None]
     fp32 = LiteRTRunner(convert_tflite(plain_saved_model, "none"))(x)
     np.testing.assert_allclose(fp32, model(x, training=False).numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tflite_float32(plain_saved_model):
+    return convert_tflite(plain_saved_model, "none")
+
+
+def test_litert_input_multiple_counts_the_poolings(tflite_float32):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        runner = LiteRTRunner(tflite_float32)
+    assert runner.input_multiple == 4  # FusionNet depth 2: two 2x2 poolings
+    predictor = Predictor(runner, tile_shape=TILE, overlap=OVERLAP, progress=False)
+    assert predictor.align == 4
+
+
+def test_litert_runner_warns_with_the_reason_when_it_cannot_list_ops(tflite_float32,
+                                                                     monkeypatch):
+    from fusionnet_tf.export import litert
+
+    monkeypatch.delattr(litert._interpreter_class(), "_get_ops_details")
+    with pytest.warns(RuntimeWarning, match=r"cannot list the ops of the LiteRT model "
+                                            r"\(AttributeError.*_get_ops_details.*--align 16"):
+        runner = LiteRTRunner(tflite_float32)
+    assert runner.input_multiple is None
 
 
 def test_export_litert_fp16_file_card_and_parity(model, tmp_path, eval_images):

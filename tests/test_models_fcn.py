@@ -218,6 +218,48 @@ def test_info_lists_fcn_and_prints_its_summary(capsys):
     assert "fuse_pool4" in out and "fuse_pool3" not in out
 
 
+@pytest.mark.parametrize("architecture, knobs", [
+    ("fusionnet", {"depth": 2}), ("unet", {"depth": 2}), ("fcn8s", {}), ("fcn16s", {}),
+    ("fcn32s", {}), ("fcn8s", {"fc_filters": 24, "dropout": 0.0, "num_classes": 3,
+                               "output_activation": "softmax"})])
+def test_count_parameters_equals_count_params_of_the_built_model(architecture, knobs):
+    from fusionnet_tf.models import count_parameters
+
+    for base in (1, 3, 5, 16):  # off the sampled bases 4, 8, 12
+        expected = build_model(architecture, base_filters=base, **knobs).count_params()
+        assert count_parameters(architecture, base_filters=base, **knobs) == expected, base
+
+
+def test_count_parameters_keeps_the_base_64_numbers_of_full_builds():
+    from fusionnet_tf.models import count_parameters
+
+    # count_params() of the full base-64 builds (info table before this function)
+    assert count_parameters("fusionnet", base_filters=64, depth=4) == 75_065_217
+    assert count_parameters("unet", base_filters=64, depth=4) == 31_051_137
+    assert count_parameters("fcn8s", base_filters=64) == 134_264_547
+    with pytest.raises(ValueError, match="`base_filters` must be an integer >= 1"):
+        count_parameters("unet", base_filters=0)
+
+
+def test_info_table_builds_no_wide_model(monkeypatch):
+    import fusionnet_tf.models as models
+    from fusionnet_tf.cli import info
+
+    built = []
+
+    def recording_build(architecture="fusionnet", **kwargs):
+        built.append(kwargs["base_filters"])
+        return build_model(architecture, **kwargs)
+
+    models._sample_counts.cache_clear()
+    monkeypatch.setattr(models, "build_model", recording_build)
+    rows = info.parameter_table()
+    assert [row[:3] for row in rows] == [(a, b, 5 if a == "fcn8s" else 4)
+                                         for a in info.TABLE_ARCHITECTURES for b in (16, 32, 64)]
+    assert built and max(built) <= 12
+    models._sample_counts.cache_clear()  # the samples were built by the recording wrapper
+
+
 def test_config_tile_sizes_must_be_multiples_of_32():
     from fusionnet_tf.training.config import config_from_dict, input_multiple as multiple_of
 

@@ -28,6 +28,16 @@ def test_counts_steps_when_batches_jump_with_steps_per_execution(tmp_path):
     assert _saves(backup, [1, 3, 5, 7]) == [(0, 4), (0, 8), (1, 0)]
 
 
+def test_first_report_of_each_epoch_counts_all_its_steps(tmp_path):
+    backup = ResumableBackup(tmp_path, save_freq=2, steps_per_epoch=8)
+    # steps_per_execution=2: the first report (batch 1) already covers 2 steps
+    assert _saves(backup, [1, 3, 5, 7], epochs=2) == [
+        (0, 2), (0, 4), (0, 6), (0, 8), (1, 0), (1, 2), (1, 4), (1, 6), (1, 8), (2, 0)]
+    # steps_per_execution=3 over 6 steps: batches 2 and 5
+    backup = ResumableBackup(tmp_path, save_freq=3, steps_per_epoch=6)
+    assert _saves(backup, [2, 5]) == [(0, 3), (0, 6), (1, 0)]
+
+
 def test_no_save_after_a_non_finite_loss(tmp_path):
     backup = ResumableBackup(tmp_path, save_freq=1, steps_per_epoch=4)
     saved = []

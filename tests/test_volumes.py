@@ -433,6 +433,50 @@ def test_cli_errors_are_one_line(tmp_path, volume, model_path, capsys):
     assert code == 2 and "exists with shape (2, 64, 64)" in err and "(1, 64, 64)" in err
 
 
+def float_volume_with(value, where=(1, 100, 200)):
+    """float32 (2, 128, 256) volume with one ``value`` (NaN / inf) at ``where``."""
+    array = synthetic_volume((2, 128, 256)).astype(np.float32) / 255
+    array[where] = value
+    return array
+
+
+@pytest.mark.parametrize("normalization", ["slice", "global", "dtype"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_input_is_refused_before_the_output_exists(tmp_path, predictor, value,
+                                                              normalization):
+    spec = write_zarr(tmp_path / "vol.zarr", float_volume_with(value), chunks=(1, 64, 64))
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match=rf"^INPUT {spec} contains NaN or infinite values "
+                                         r"\(slice z=1, block 1\.1\.3: y 64:128, x 192:256\)"):
+        predict_volume(spec, out, predictor, block_shape=(1, 64, 64),
+                       normalization=normalization, **OPTIONS)
+    assert not out.exists()
+
+
+def test_cli_nan_input_fails_in_one_line_naming_it_without_output(tmp_path, model_path,
+                                                                  capsys):
+    spec = write_zarr(tmp_path / "vol.zarr", float_volume_with(np.nan), chunks=(1, 64, 64))
+    out = tmp_path / "out.zarr"
+    code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
+                 "--block", "64", "--tile", str(TILE), "--overlap", str(OVERLAP), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [f"fusionnet predict-volume: error: INPUT {spec} contains "
+                                        "NaN or infinite values (slice z=1, block 1.1.3: y "
+                                        "64:128, x 192:256); replace them (e.g. numpy.nan_to_num)"
+                                        " before predicting"]
+    assert not out.exists()
+
+
+def test_finite_float_input_with_dtype_normalization_uses_the_dtype_range(tmp_path, predictor):
+    spec = write_zarr(tmp_path / "vol.zarr", float_volume_with(0.5), chunks=(1, 64, 64))
+    out = tmp_path / "out.zarr"
+    predict_volume(spec, out, predictor, block_shape=(1, 128, 256), normalization="dtype",
+                   **OPTIONS)
+    stored = zarr.open_array(str(out), mode="r").attrs[storage.ATTRS_KEY]
+    assert stored["intensity_lo"] == [0.0, 0.0] and stored["intensity_hi"] == [1.0, 1.0]
+
+
 def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsys):
     import sys
 

@@ -24,15 +24,17 @@ def parameter_table(bases=(16, 32, 64), depth=4):
 
     FCN rows use the VGG16 depth (5 poolings) and fc6/fc7 64 x base filters
     wide (4096 at base 64); FCN-16s/32s differ from FCN-8s by a few hundred
-    parameters.
+    parameters. Counts come from ``models.count_parameters`` (small builds
+    only), not from building the base-64 models.
     """
-    from fusionnet_tf.models import build_model, model_depth
+    from fusionnet_tf.models import build_model, count_parameters, model_depth
 
     rows = []
     for architecture in TABLE_ARCHITECTURES:
+        levels = model_depth(build_model(architecture, base_filters=1, depth=depth))
         for base in bases:
-            model = build_model(architecture, base_filters=base, depth=depth)
-            rows.append((architecture, base, model_depth(model), model.count_params()))
+            rows.append((architecture, base, levels,
+                         count_parameters(architecture, base_filters=base, depth=depth)))
     return rows
 
 

@@ -20,6 +20,7 @@ input tensor to each batch it is called with.
 """
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -155,13 +156,23 @@ def _pooling_multiple(interpreter):
     """2**(number of pooling ops): the side multiple of a network of 2x2 poolings.
 
     FusionNet, U-Net and the FCNs pool with 2x2 windows of stride 2 only.
-    None if the interpreter cannot list its ops.
+    None, with a RuntimeWarning giving the reason, if the interpreter cannot
+    list its ops (see ``fusionnet_tf._compat.litert_op_names``): the Predictor
+    then aligns tiles to 1 unless it is given ``align``.
     """
+    from fusionnet_tf._compat import litert_op_names
+
     try:
-        ops = interpreter._get_ops_details()
-    except AttributeError:  # pragma: no cover - older interpreters
+        names = litert_op_names(interpreter)
+    except (AttributeError, KeyError, TypeError) as exc:
+        warnings.warn(
+            f"cannot list the ops of the LiteRT model ({type(exc).__name__}: {exc}; "
+            f"{type(interpreter).__module__} changed the private _get_ops_details), so its "
+            "pooling multiple is unknown and tiles are not aligned to the pooling grid; pass "
+            "align=2**depth (e.g. --align 16 for FusionNet depth 4, 32 for FCNs)",
+            RuntimeWarning, stacklevel=3)
         return None
-    pools = sum(op.get("op_name") in ("MAX_POOL_2D", "AVERAGE_POOL_2D") for op in ops)
+    pools = sum(name in ("MAX_POOL_2D", "AVERAGE_POOL_2D") for name in names)
     return 2**pools
 
 

@@ -88,7 +88,7 @@ class ResumableBackup(keras.callbacks.Callback):
         super().__init__()
         self.save_freq = check_int("save_freq", save_freq, 1)
         self.backup_path = Path(backup_dir)
-        self._last_batch_seen = 0
+        self._last_batch_seen = -1  # no batch yet: the first report at batch b is b + 1 steps
         self._batches_since_save = 0
         self.steps_per_epoch = int(steps_per_epoch)
         self.step_offset = 0
@@ -150,7 +150,11 @@ class ResumableBackup(keras.callbacks.Callback):
     # --- saving
 
     def _save_due(self, batch):
-        """Count the steps up to ``batch`` (0-based in the epoch; jumps with steps_per_execution)."""
+        """Count the steps up to ``batch`` (0-based in the epoch; jumps with steps_per_execution).
+
+        ``_last_batch_seen`` is -1 before an epoch's first report, so batch 1
+        reported first (steps_per_execution=2) counts as 2 steps.
+        """
         new = batch + 1 if batch <= self._last_batch_seen else batch - self._last_batch_seen
         self._batches_since_save += new
         self._last_batch_seen = batch
@@ -166,7 +170,7 @@ class ResumableBackup(keras.callbacks.Callback):
             self.save_state(self._epoch, self.step_offset + batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._last_batch_seen = 0
+        self._last_batch_seen = -1
         self._batches_since_save = 0
         self.step_offset = 0
         if _finite(logs):

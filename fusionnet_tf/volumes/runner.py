@@ -151,13 +151,19 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False)
     ``"slice"``: each slice's min and max over the whole slice, combined from
     per-block minima and maxima (computed by the executor's workers);
     ``"global"``: the volume's min and max for every slice; ``"dtype"``: the
-    dtype range (no pass over the data). ``progress`` shows a bar over blocks.
+    dtype range (no pass over integer data; float data still get the pass,
+    which checks finiteness). ``progress`` shows a bar over blocks.
+
+    Raises:
+        ValueError: a float volume holds NaN or infinite values (named by
+            ``input_spec``, with the block and slice), before any output exists.
     """
     from fusionnet_tf.data.normalize import intensity_range
 
     depth = volume.shape[0]
-    if mode == "dtype":
-        return intensity_range(np.zeros((depth, 1, 1), volume.dtype), mode="dtype")
+    dtype_range = intensity_range(np.zeros((depth, 1, 1), volume.dtype), mode="dtype")
+    if mode == "dtype" and np.dtype(volume.dtype).kind not in "fc":
+        return dtype_range
     lo = np.full(depth, np.inf)
     hi = np.full(depth, -np.inf)
     tasks = [(input_spec, b) for b in blocks]
@@ -166,13 +172,34 @@ def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False)
             if exc is not None:
                 raise exc
             block, block_lo, block_hi = result
+            check_block_finite(block, block_lo, block_hi, input_spec)
             z = slice(*block.z)
             lo[z] = np.minimum(lo[z], block_lo)
             hi[z] = np.maximum(hi[z], block_hi)
             bar.update(1)
+    if mode == "dtype":  # the pass only checked that the float data are finite
+        return dtype_range
     if mode == "global":
         lo[:], hi[:] = lo.min(), hi.max()
     return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def check_block_finite(block, block_lo, block_hi, input_spec):
+    """Refuse a block whose per-slice minima / maxima (depth,) show NaN or inf.
+
+    NaN anywhere in a slice makes its minimum NaN, -inf its minimum, +inf its
+    maximum, so the ranges of the pass are enough (the data are not read again).
+
+    Raises:
+        ValueError: naming ``INPUT input_spec``, the block and its first bad slice.
+    """
+    bad = ~(np.isfinite(block_lo) & np.isfinite(block_hi))
+    if bad.any():
+        z = block.z[0] + int(np.argmax(bad))
+        raise ValueError(f"INPUT {input_spec} contains NaN or infinite values (slice z={z}, "
+                         f"block {block.name}: y {block.y[0]}:{block.y[1]}, "
+                         f"x {block.x[0]}:{block.x[1]}); replace them (e.g. numpy.nan_to_num) "
+                         "before predicting")
 
 
 def _settings(name, shape, block_shape, model_name, options, normalization):
@@ -246,7 +273,8 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
 
     Raises:
         FileNotFoundError, KeyError, ValueError: bad input, model or options
-            (see ``storage.open_volume`` and ``storage.open_output_for_resume``).
+            (see ``storage.open_volume`` and ``storage.open_output_for_resume``);
+            a float input holding NaN or inf is refused before the output exists.
         FileExistsError: the output exists and is not a zarr array.
         BlockFailures: some blocks raised (the rest are written and marked).
 
