@@ -71,6 +71,23 @@ def atomic_path(path, copy_existing=False, fsync=False):
             tmp.unlink()
 
 
+def check_output_folder(path, what):
+    """Fail early unless the folder that will hold output ``path`` exists and is writable.
+
+    Args:
+        path: str or Path of the output file or folder.
+        what: how the message names it, e.g. ``"--output out.tif"``.
+
+    Raises:
+        FileNotFoundError / PermissionError: naming ``what`` and the folder.
+    """
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{what}: output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{what}: output folder is not writable: {parent}")
+
+
 def _fsync(path, directory=False):
     """Flush a file (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))

@@ -121,11 +121,9 @@ def check_output(spec, option="--output"):
         FileExistsError: a PNG folder output that exists and is not empty.
         IsADirectoryError: a file output that names an existing folder.
     """
-    import os
-    from pathlib import Path
-
     from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, check_hdf5_target,
                                                 output_kind, overlay_kind, split_output_spec)
+    from fusionnet_tf.io_utils import check_output_folder
 
     kind = overlay_kind(spec, option) if option == "--overlay" else output_kind(spec)
     path, key = split_output_spec(spec)
@@ -133,11 +131,7 @@ def check_output(spec, option="--output"):
         raise IsADirectoryError(f"{option} {spec}: is an existing folder, expected a file")
     if kind == "png_folder" and path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{option} {spec}: output folder exists and is not empty: {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{option} {spec}: output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"{option} {spec}: output folder is not writable: {parent}")
+    check_output_folder(path, f"{option} {spec}")
     if kind == "hdf5":
         check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
     return kind

@@ -54,18 +54,12 @@ def add_parser(subparsers):
 
 def check_params_output(args):
     """Fail before tuning if ``--output`` is not a writable new .json next to the inputs."""
-    import os
-    from pathlib import Path
-
     from fusionnet_tf.cli.segment import check_inputs_outputs
+    from fusionnet_tf.io_utils import check_output_folder
 
     if not str(args.output).lower().endswith(".json"):
         raise ValueError(f"--output {args.output}: parameters are written as a .json file")
-    parent = Path(args.output).absolute().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"--output {args.output}: folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"--output {args.output}: folder is not writable: {parent}")
+    check_output_folder(args.output, f"--output {args.output}")
     check_inputs_outputs([("--pred", args.pred), ("--labels", args.labels),
                           ("--start", args.start)], args.output)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.io_utils import default_permissions
+from fusionnet_tf.io_utils import check_output_folder, default_permissions
 from fusionnet_tf.segmentation.segmenter import label_dtype
 
 DEFAULT_HDF5_KEY = "segmentation"
@@ -113,11 +113,7 @@ def check_label_output(spec):
 
     kind = label_kind(spec)
     path, key = (Path(spec), None) if kind == "zarr" else split_output_spec(spec)
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"labels output {spec}: folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"labels output {spec}: folder is not writable: {parent}")
+    check_output_folder(path, f"labels output {spec}")
     if kind == "hdf5":
         check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
     elif kind == "tiff" and path.is_dir():
