@@ -115,6 +115,36 @@ def test_stack_equals_slice_by_slice_and_batches_are_bounded():
         np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-6)
 
 
+
+def test_predict_steps_reports_progress_returns_the_prediction_and_can_stop():
+    calls = []
+    model = conv_model(seed=4)
+
+    def counting(batch):
+        calls.append(len(batch))
+        return model(batch).numpy()
+
+    stack = random_images((2, 40, 40), seed=4)  # 2 slices x 4 tiles of 32 px
+    predictor = Predictor(counting, tile_shape=32, overlap=8, batch_size=2)
+    steps = predictor.predict_steps(stack)
+    reported = []
+    while True:
+        try:
+            reported.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert reported == [(0, 8), (2, 8), (4, 8), (6, 8), (8, 8)]
+    np.testing.assert_array_equal(result, predictor.predict(stack))
+    calls.clear()
+    stopped = predictor.predict_steps(stack)
+    next(stopped), next(stopped)
+    stopped.close()  # a GUI's cancel: no further network call
+    assert calls == [2]
+    with pytest.raises(ValueError, match="images"):
+        next(predictor.predict_steps(np.zeros((2, 2, 2, 2), np.float32)))
+
+
 # === Test-time augmentation ===
 
 def test_tta_with_an_equivariant_model_equals_plain_prediction():

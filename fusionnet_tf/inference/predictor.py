@@ -401,6 +401,26 @@ class Predictor:
             ValueError: if ``images`` is not 2D/3D or not finite.
             RuntimeError: if the model produced non-finite values.
         """
+        return _run_to_end(self.predict_steps(images))
+
+    def predict_steps(self, images):
+        """``predict`` as a generator that reports progress, for GUIs and cancellation.
+
+        Yields ``(done, total)`` tile counts after each group of tiles (the
+        first before any network call, ``(0, total)``) and returns the
+        prediction (``StopIteration.value``; ``result = yield from
+        predictor.predict_steps(images)``). Closing the generator between
+        steps stops the work; nothing is returned then.
+
+        Args:
+            images: as for ``predict``.
+
+        Returns:
+            As ``predict``.
+
+        Raises:
+            As ``predict``, when the generator is first advanced.
+        """
         images = np.asarray(images, np.float32)
         if images.ndim not in (2, 3) or 0 in images.shape:
             raise ValueError(
@@ -408,7 +428,7 @@ class Predictor:
             )
         check_finite(images, "`images`")
         stack = images[None] if images.ndim == 2 else images
-        result = self._predict_stack(stack)
+        result = yield from self._predict_stack(stack)
         return result[0] if images.ndim == 2 else result
 
     def tiles_per_batch(self):
@@ -438,6 +458,7 @@ class Predictor:
         accumulator = np.zeros((count,) + padded[0].shape, np.float32)
         jobs = [(n, y, x) for n in range(count) for (y, x) in origins]
         chunk = self.tiles_per_batch()
+        yield 0, len(jobs)
         with _progress_bar(len(jobs), self.progress) as bar:
             for start in range(0, len(jobs), chunk):
                 batch_jobs = jobs[start:start + chunk]
@@ -445,6 +466,7 @@ class Predictor:
                 for (n, y, x), prob in zip(batch_jobs, self.predict_tiles(tiles)):
                     accumulator[n, y:y + side, x:x + side] += prob * self.blend_weights
                 bar.update(len(batch_jobs))
+                yield start + len(batch_jobs), len(jobs)
         result = (accumulator / self.weight_sum(height, width))[:, :height, :width]
         if not np.all(np.isfinite(result)):
             raise RuntimeError(
@@ -452,6 +474,15 @@ class Predictor:
                 "float16 policy overflowing) and that the input is normalized to [0, 1]"
             )
         return result
+
+
+def _run_to_end(steps):
+    """Exhaust a generator and return its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _tile_side(tile_shape):
