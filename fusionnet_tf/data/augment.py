@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow as tf
 
 from fusionnet_tf.checks import check_int
-from fusionnet_tf.dihedral import dihedral_tf
 
 
 @dataclasses.dataclass(frozen=True)
