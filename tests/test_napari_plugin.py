@@ -1,0 +1,425 @@
+"""The napari plugin (fusionnet_tf/napari): manifest, sample, the three widgets, HDF5 I/O.
+
+The viewer tests need napari (``pip install -e ".[napari]"``) and a display
+with OpenGL: CI runs this file on its own under ``xvfb-run`` with Mesa. They
+are skipped without napari or a display, unless FUSIONNET_REQUIRE_NAPARI=1
+(set by .ci/run), which turns that into a failure; and they skip themselves
+in a session that also runs other test files (see below: XLA there would
+crash on Mesa's LLVM).
+
+Mesa and TensorFlow both carry LLVM, and its symbols clash in one process:
+Mesa's llvmpipe crashes once TensorFlow is loaded, XLA crashes once Mesa's
+libLLVM is loaded, and a process that held a GL context aborts at exit in
+LLVM's static destructors. So these tests use
+Mesa's softpipe rasterizer without LLVM vertex shaders (set below, before any
+GL context), TensorFlow is imported first (conftest imports Keras), and a
+process that made a viewer ends with ``os._exit`` after pytest is done.
+"""
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
+os.environ.setdefault("DRAW_USE_LLVM", "0")
+
+from fusionnet_tf.cli import main  # noqa: E402
+
+PLUGIN = "fusionnet-tf"
+REQUIRED = os.environ.get("FUSIONNET_REQUIRE_NAPARI") == "1"
+
+
+def _skip(reason):
+    if REQUIRED:
+        pytest.fail(f"{reason} (FUSIONNET_REQUIRE_NAPARI=1)")
+    pytest.skip(reason)
+
+
+def _require_napari():
+    try:
+        import napari  # noqa: F401
+    except ImportError:
+        if REQUIRED:
+            raise
+    return pytest.importorskip("napari")
+
+
+# --------------------------------------------------------------------------- #
+# Without napari
+# --------------------------------------------------------------------------- #
+
+
+def test_package_and_cli_import_without_napari_or_qt():
+    code = (
+        "import sys\n"
+        "sys.modules['napari'] = None\n"  # any 'import napari' raises ImportError
+        "import fusionnet_tf, fusionnet_tf.napari\n"
+        "from fusionnet_tf.cli import build_parser\n"
+        "build_parser()\n"
+        "from fusionnet_tf.cli import main\n"
+        "assert main(['segment', '--help']) == 0\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode in (0, 1), out.stderr  # argparse --help exits via SystemExit(0)
+    assert "Error" not in out.stderr, out.stderr
+    code = ("import sys, fusionnet_tf, fusionnet_tf.napari\n"
+            "from fusionnet_tf.cli import build_parser\n"
+            "build_parser()\n"
+            "print(sorted(m for m in ('napari', 'magicgui', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- #
+# Fixtures
+# --------------------------------------------------------------------------- #
+
+
+def _exit_status_plugin():
+    """Remember pytest's exit status and end the process with it, skipping C++ destructors."""
+
+    class ExitStatus:
+        status = None
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_sessionfinish(self, session, exitstatus):
+            self.status = int(exitstatus)
+
+    recorder = ExitStatus()
+
+    def exit_now():
+        if recorder.status is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(recorder.status)
+
+    atexit.register(exit_now)
+    return recorder
+
+
+@pytest.fixture
+def viewer(request, make_napari_viewer_if_available):
+    """A napari viewer (hidden) with the plugin's manifest registered."""
+    return make_napari_viewer_if_available()
+
+
+@pytest.fixture
+def qt(make_napari_viewer_if_available, request):
+    """pytest-qt's ``qtbot``, requested only once a display is known to exist.
+
+    Asking for ``qtbot`` directly would make its session-wide QApplication
+    before the display check, and Qt aborts the process without a display.
+    """
+    return request.getfixturevalue("qtbot")
+
+
+@pytest.fixture
+def make_napari_viewer_if_available(request):
+    _require_napari()
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        _skip("no display: run the napari tests under xvfb-run")
+    if any(item.path != request.path for item in request.session.items):
+        pytest.skip("the viewer tests run in a process of their own (xvfb-run -a python -m "
+                    "pytest tests/test_napari_plugin.py): once a canvas has loaded Mesa's LLVM, "
+                    "XLA in other tests would crash the process")
+    config = request.config
+    if not hasattr(config, "_fusionnet_exit_status"):
+        config._fusionnet_exit_status = _exit_status_plugin()
+        config.pluginmanager.register(config._fusionnet_exit_status, "fusionnet-exit-status")
+    return request.getfixturevalue("make_napari_viewer")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    import keras
+
+    from fusionnet_tf import build_fusionnet
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("napari_model") / "tiny.keras"
+    build_fusionnet(base_filters=4, depth=2).save(path)
+    return path
+
+
+def dock(viewer, name):
+    """Open the plugin widget ``name`` the way Plugins > fusionnet-tf does; return it."""
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_for(qtbot, widget, timeout=180_000):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def error_notifications():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [n.message for n in notification_manager.records
+            if n.severity == NotificationSeverity.ERROR]
+
+
+def cell_grid(count=2, size=64, period=16, seed=0):
+    """Synthetic (count, size, size) membrane map of square cells, and its ISBI labels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    maps, labels = [], []
+    for n in range(count):
+        shift = n * 3
+        lines = ((y + shift) % period < 2) | ((x + 2 * shift) % period < 2)
+        prob = np.where(lines, 0.9, 0.05) + rng.uniform(0, 0.05, (size, size))
+        maps.append(np.clip(prob, 0, 1).astype(np.float32))
+        labels.append(np.where(lines, 0, 255).astype(np.uint8))
+    return np.stack(maps), np.stack(labels)
+
+
+# --------------------------------------------------------------------------- #
+# Manifest and sample
+# --------------------------------------------------------------------------- #
+
+
+def test_manifest_validates_and_names_the_contributions():
+    _require_napari()
+    from pathlib import Path
+
+    from npe2 import PluginManifest
+
+    import fusionnet_tf.napari
+
+    path = Path(fusionnet_tf.napari.__file__).parent / "napari.yaml"
+    manifest = PluginManifest.from_file(path)
+    manifest.validate_imports()
+    assert manifest.name == PLUGIN
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Predict membranes", "Segment neurons", "Evaluate"]
+    assert [s.key for s in manifest.contributions.sample_data] == ["isbi2012"]
+    installed = PluginManifest.from_distribution("fusionnet-tf")  # the napari.manifest entry point
+    assert installed.name == PLUGIN
+
+
+def test_sample_opens(viewer):
+    from fusionnet_tf.data import read_stack
+    from fusionnet_tf.pretrained import example_path
+
+    layers = viewer.open_sample(PLUGIN, "isbi2012")
+    assert len(viewer.layers) == 1 and layers[0].name == "isbi2012"
+    np.testing.assert_array_equal(viewer.layers[0].data, read_stack(example_path()))
+
+
+# --------------------------------------------------------------------------- #
+# Predict membranes
+# --------------------------------------------------------------------------- #
+
+
+def test_predict_on_the_sample_equals_fusionnet_predict(viewer, qt, tiny_model_path,
+                                                        tmp_path, capsys):
+    from fusionnet_tf.pretrained import example_path
+
+    viewer.open_sample(PLUGIN, "isbi2012")
+    widget = dock(viewer, "Predict membranes")
+    widget.model_path.value = tiny_model_path
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 128, 32, 4
+    worker = widget()
+    assert worker is not None
+    wait_for(qt, widget)
+    layer = viewer.layers["isbi2012 membranes"]
+    assert layer.data.dtype == np.float32 and layer.data.shape == (3, 512, 512)
+    assert widget.progress.value == widget.progress.max > 1
+
+    out = tmp_path / "membranes.tif"
+    assert main(["predict", str(example_path()), "-o", str(out), "--model", str(tiny_model_path),
+                 "--tile-size", "128", "--overlap", "32", "--tta", "4", "--engine", "plain",
+                 "--quiet"]) == 0
+    np.testing.assert_allclose(layer.data, tifffile.imread(out), atol=1e-6)
+
+
+def test_predict_with_the_shipped_model_on_a_2d_crop(viewer, qt):
+    from fusionnet_tf import Predictor, load_pretrained
+    from fusionnet_tf.data import normalize, read_stack
+    from fusionnet_tf.pretrained import example_path
+
+    crop = read_stack(example_path())[0, 100:164, 200:264]
+    viewer.add_image(crop, name="crop")
+    widget = dock(viewer, "Predict membranes")
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 64, 16, 1
+    widget()
+    wait_for(qt, widget)
+    result = viewer.layers["crop membranes"].data
+    expected = Predictor(load_pretrained(), tile_shape=64, overlap=16, tta=1,
+                         engine="plain").predict(
+        normalize(crop))
+    assert result.shape == (64, 64) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_cancelling_a_running_prediction_adds_no_layer(viewer, qt, tiny_model_path):
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (4, 256, 256), dtype=np.uint8), name="em")
+    widget = dock(viewer, "Predict membranes")
+    widget.model_path.value = tiny_model_path
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 32, 8, 8
+    seen = {"steps": 0, "aborted": False, "returned": False}
+
+    def step(counts):
+        seen["steps"] += 1
+        if counts[0] > 0:
+            widget.cancel_button.native.click()  # the user presses Cancel
+
+    worker = widget()
+    worker.yielded.connect(step)
+    worker.aborted.connect(lambda: seen.update(aborted=True))
+    worker.returned.connect(lambda _: seen.update(returned=True))
+    assert widget.cancel_button.enabled
+    wait_for(qt, widget)
+    qt.wait(50)
+    assert seen["aborted"] and not seen["returned"]
+    assert [layer.name for layer in viewer.layers] == ["em"]
+    assert widget.progress.value < widget.progress.max
+    assert not widget.cancel_button.enabled
+
+
+@pytest.mark.parametrize("case", ["rgb", "4d", "missing_model"])
+def test_bad_input_gives_a_notification_and_no_layer(viewer, tmp_path, case):
+    rng = np.random.default_rng(0)
+    if case == "rgb":
+        viewer.add_image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), name="bad", rgb=True)
+    elif case == "4d":
+        viewer.add_image(rng.random((2, 2, 32, 32), dtype=np.float32), name="bad")
+    else:
+        viewer.add_image(rng.random((32, 32), dtype=np.float32), name="bad")
+    before = len(error_notifications())
+    widget = dock(viewer, "Predict membranes")
+    if case == "missing_model":
+        widget.model_path.value = tmp_path / "nowhere.keras"
+    assert widget() is None
+    assert widget.worker is None
+    messages = error_notifications()[before:]
+    assert len(messages) == 1
+    assert ("nowhere.keras" if case == "missing_model" else "'bad'") in messages[0]
+    if case != "missing_model":
+        segment = dock(viewer, "Segment neurons")
+        assert segment() is None
+        assert len(error_notifications()) == before + 2
+    assert [layer.name for layer in viewer.layers] == ["bad"]
+
+
+# --------------------------------------------------------------------------- #
+# Segment neurons and Evaluate
+# --------------------------------------------------------------------------- #
+
+
+def test_segment_equals_fusionnet_segment_and_rerun_replaces(viewer, tmp_path, capsys):
+    from napari.layers import Labels
+
+    from fusionnet_tf.segmentation import default_params, segment
+
+    membrane, _ = cell_grid()
+    viewer.add_image(membrane, name="membranes")
+    widget = dock(viewer, "Segment neurons")
+    assert widget.merge_threshold.value == default_params().merge_threshold
+    layer = widget()
+    assert isinstance(layer, Labels) and layer.name == "membranes neurons"
+    assert np.issubdtype(layer.data.dtype, np.integer) and layer.data.max() > 1
+
+    tifffile.imwrite(tmp_path / "pred.tif", membrane)
+    assert main(["segment", str(tmp_path / "pred.tif"), "-o", str(tmp_path / "seg.tif"),
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(layer.data, tifffile.imread(tmp_path / "seg.tif"))
+
+    count = len(viewer.layers)
+    widget.merge_threshold.value = 0.0
+    widget.min_size.value = 0
+    again = widget()
+    assert again.name == layer.name  # the widget's viewer is napari's proxy: no identity
+    assert len(viewer.layers) == count, [layer.name for layer in viewer.layers]
+    expected, _ = segment(membrane, default_params().replace(merge_threshold=0.0, min_size=0))
+    np.testing.assert_array_equal(layer.data, expected)
+
+
+def test_evaluate_shows_the_numbers_of_fusionnet_evaluate(viewer, tmp_path, capsys):
+    membrane, labels = cell_grid(seed=1)
+    noisy = np.clip(membrane + np.random.default_rng(2).normal(0, 0.3, membrane.shape),
+                    0, 1).astype(np.float32)
+    viewer.add_image(noisy, name="membranes")
+    viewer.add_labels(labels, name="gt")
+    segments = dock(viewer, "Segment neurons")()
+    widget = dock(viewer, "Evaluate")
+    tifffile.imwrite(tmp_path / "gt.tif", labels)
+    tifffile.imwrite(tmp_path / "pred.tif", noisy)
+    tifffile.imwrite(tmp_path / "seg.tif", segments.data)
+    for layer_name, option, path in (("membranes", "--pred", "pred.tif"),
+                                     ("membranes neurons", "--seg", "seg.tif")):
+        capsys.readouterr()
+        assert main(["evaluate", "--labels", str(tmp_path / "gt.tif"), option,
+                     str(tmp_path / path), "--json"]) == 0
+        expected = json.loads(capsys.readouterr().out)
+        widget.layer.value = viewer.layers[layer_name]
+        widget.ground_truth.value = viewer.layers["gt"]
+        assert widget() == expected
+        rows = widget.table.to_dict("records")
+        assert rows[0]["metric"] == "V_rand"
+        assert rows[0]["score"] == f"{expected['v_rand']:.4f}"
+        assert rows[1]["score"] == f"{expected['v_info']:.4f}"
+        if option == "--pred":
+            assert rows[0]["threshold"] == f"{expected['v_rand_threshold']:.1f}"
+        else:
+            assert [row["metric"] for row in rows][2] == "adapted Rand error"
+            assert rows[2]["score"] == f"{expected['adapted_rand_error']:.4f}"
+
+
+# --------------------------------------------------------------------------- #
+# HDF5 reader and writers
+# --------------------------------------------------------------------------- #
+
+
+def test_hdf5_writers_and_reader_round_trip(tmp_path):
+    _require_napari()
+    from fusionnet_tf.napari.hdf5 import (get_reader, write_image_hdf5, write_labels_hdf5)
+
+    membrane, _ = cell_grid()
+    labels = (np.arange(2 * 64 * 64).reshape(2, 64, 64) // 700).astype(np.uint32)
+    path = tmp_path / "out.h5"
+    write_image_hdf5(str(path), membrane, {"name": "membranes"})
+    write_labels_hdf5(str(path), labels, {"name": "neurons"})
+    assert get_reader(str(tmp_path / "x.tif")) is None
+    layers = get_reader(str(path))(str(path))
+    kinds = {meta["name"]: (kind, data) for data, meta, kind in layers}
+    assert kinds["out:prediction"][0] == "image"
+    np.testing.assert_array_equal(kinds["out:prediction"][1], membrane)
+    assert kinds["out:segmentation"][0] == "labels"
+    np.testing.assert_array_equal(kinds["out:segmentation"][1], labels)
+    (data, meta, kind), = get_reader(f"{path}:/segmentation")(f"{path}:/segmentation")
+    assert kind == "labels" and meta["name"] == "out:segmentation"
+    with pytest.raises(ValueError):
+        write_image_hdf5(str(tmp_path / "raw.h5"), labels.astype(np.float32) * 2, {})
+
+
+def test_predict_refuses_what_would_crash_next_to_mesa_llvm(viewer, tmp_path, monkeypatch):
+    """TensorFlow's first import or XLA after Mesa loaded its LLVM would crash: a message instead."""
+    from fusionnet_tf.napari.predict import import_tensorflow, mesa_llvm_loaded
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n")
+    assert mesa_llvm_loaded(maps) and not mesa_llvm_loaded(tmp_path / "missing")
+    import_tensorflow("plain", maps)  # TensorFlow already loaded, no XLA: fine
+    with pytest.raises(ValueError, match="choose engine 'plain'"):
+        import_tensorflow("xla", maps)
+    viewer.add_image(np.zeros((32, 32), np.float32), name="em")
+    widget = dock(viewer, "Predict membranes")
+    widget.engine.value = "auto"
+    before = len(error_notifications())
+    monkeypatch.setattr("fusionnet_tf.napari.predict.mesa_llvm_loaded", lambda *_: True)
+    assert widget() is None and widget.worker is None
+    assert "choose engine 'plain'" in error_notifications()[before:][0]
+    assert [layer.name for layer in viewer.layers] == ["em"]
+    monkeypatch.delitem(sys.modules, "tensorflow")  # restored after the test; never re-imported
+    with pytest.raises(ValueError, match="python -m fusionnet_tf.napari"):
+        import_tensorflow("plain", maps)
