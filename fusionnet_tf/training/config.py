@@ -129,8 +129,8 @@ class TrainConfig:
     computes V_rand/V_info on whole validation slices every N epochs (0: off).
     ``early_stopping_patience`` 0 disables early stopping. ``fused_batchnorm``
     computes BatchNormalization with TensorFlow's fused kernel (same layers,
-    weights and maths; about 1.5x faster float32 CPU training steps, no
-    effect under mixed precision; see
+    weights and maths; float32, mixed_bfloat16 and mixed_float16 alike;
+    CPU training steps 1.2-1.7x faster than Keras's BatchNormalization; see
     ``fusionnet_tf.training.fused_batchnorm``). ``intra_op_threads``
     / ``inter_op_threads`` 0 keep TensorFlow's defaults.
     """
