@@ -1,32 +1,47 @@
 """
-Title: Whole-slice inference throughput of FusionNet on this machine
-Description: Times 512x512 whole-slice prediction (``fusionnet_tf.inference.Predictor``,
-one tile per slice) for FusionNet at base 16 and 64 in float32 and
-``mixed_bfloat16`` (base 64 also compiled with XLA, ``jit_compile=True``), the
-machine's sustained 3x3 convolution rate measured side by side
-(``tf.nn.conv2d``, 64 -> 64 channels, 512x512), the cost of 8-way test-time
-augmentation and, with ``--torch-python``, the same network in PyTorch
-(``benchmarks/torch_reference.py``) timed between the same rounds.
+Title: Whole-slice inference speed of FusionNet against PyTorch, side by side
+Description: Times 512x512 whole-slice prediction with the default
+``fusionnet_tf.Predictor`` (``Predictor(model, tile_shape=512)``: one tile per
+slice, every other setting at its default) for FusionNet base 16 and base 64
+in float32, and base 64 with ``precision="mixed_bfloat16"``, interleaved with
+PyTorch on the same machine:
 
-Run: ``python benchmarks/bench_inference.py [--torch-python /path/to/venv/bin/python]``
-(about 2-5 minutes on 2 cores). The last line printed is one JSON object:
-``slices_per_s_base16``, ``slices_per_s_base64``, ``gflops_base64``,
-``conv_peak_gflops``, ``peak_fraction``, ``tta8_cost``, the bfloat16 and XLA
-figures, the PyTorch figures when measured (plus context).
+- float32: the independent PyTorch peer (``--peer``, by default
+  ``../shared/peers/torch_fusionnet.py`` next to the repository: eval mode,
+  ``inference_mode``, channels-last, 2 warm-ups, median of ``--calls``);
+- bfloat16: ``benchmarks/torch_reference.py --variant bf16`` (the peer has no
+  bf16 mode): BatchNorm folded, channels-last, ``inference_mode``, under
+  ``torch.autocast("cpu", torch.bfloat16)``.
 
-Timings are the best of ``--repeats`` runs. The convolution probe runs as many
-back-to-back 64 -> 64 convolutions as one base-64 pass has FLOPs (43), and
-alternates with the base-64 runs, so that load from other processes affects
-both alike.
-Weights are random (speed does not depend on them); the image is an ISBI 2012
-test slice shipped with the package.
+Each setting runs ``--rounds`` rounds of (PyTorch, ours); every round is
+printed with the CPU time other processes used meanwhile (``foreign``: 0 = a
+quiet machine, 0.5 = another process held one of 2 cores). ``ratio_vs_torch``
+keys are our speed over PyTorch's (>1: we are faster): the median over
+rounds of the ratio within each round, so both sides of a ratio saw about the
+same load.
+
+Diagnostic rows (``constant_weights``) time base 64 through
+``inference_function`` (weights as graph constants, see
+``fusionnet_tf.inference.optimize``) in a child process, next to the
+Predictor, so its effect shows whether or not the Predictor uses it.
+
+Run: ``python benchmarks/bench_inference.py --torch-python /tmp/torchvenv/bin/python``
+(about 5 minutes on 2 quiet cores; ``--skip-bf16`` saves half). Without
+``--torch-python`` only our side runs. The last line printed is one JSON object.
+
+Weights are random (speed does not depend on them) but BatchNorm statistics
+are randomized too, so the folded biases are not all zero (as in a trained
+model; zero biases would let grappler drop the bias adds). The input is an
+ISBI 2012 test slice shipped with the package.
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -37,26 +52,64 @@ import tensorflow as tf  # noqa: E402
 
 from fusionnet_tf.data import normalize, read_stack  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
-from fusionnet_tf.inference.optimize import conv_flops  # noqa: E402
+from fusionnet_tf.inference.optimize import conv_flops, inference_copy, inference_function  # noqa: E402
 from fusionnet_tf.models import build_fusionnet  # noqa: E402
-from probes import make_conv_probe  # noqa: E402  (benchmarks/probes.py)
 
 SIDE = 512
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "fusionnet_tf", "examples",
-                       "isbi2012_test_slices_0-2.tif")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+EXAMPLE = os.path.join(REPO, "fusionnet_tf", "examples", "isbi2012_test_slices_0-2.tif")
+DEFAULT_PEER = os.path.join(REPO, "..", "shared", "peers", "torch_fusionnet.py")
+# CPU flags that decide which kernels oneDNN can use
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-# === Probes ===
+# === Machine ===
 
-def best_time(function, repeats):
-    """Best wall time of ``repeats`` calls of ``function()`` (seconds)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def cpu_description():
+    """``(model name, {flag: present})`` from /proc/cpuinfo (platform strings elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            text = info.read()
+    except OSError:
+        return platform.processor() or platform.machine(), {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", platform.machine()), {f: f in flags for f in FLAGS_OF_INTEREST}
 
+
+def foreign_cpu_meter():
+    """Start measuring other processes' CPU use; returns a function giving it as a fraction.
+
+    The fraction is of all cores' time since the call (Linux ``/proc/stat``
+    minus this process's own CPU time); None where ``/proc/stat`` is missing.
+    """
+    def busy_seconds():
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(v) for v in stat.readline().split()[1:9]]
+        except OSError:
+            return None
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+    def own_seconds():
+        times = os.times()
+        return times.user + times.system
+
+    busy0, own0, wall0 = busy_seconds(), own_seconds(), time.perf_counter()
+
+    def foreign():
+        busy = busy_seconds()
+        if busy is None or busy0 is None:
+            return None
+        other = (busy - busy0) - (own_seconds() - own0)
+        return round(max(0.0, other) / ((time.perf_counter() - wall0) * os.cpu_count()), 3)
+
+    return foreign
+
+
+# === Our side ===
 
 def test_slice():
     """One 512x512 EM slice normalized to [0, 1] (random if the example is missing)."""
@@ -65,117 +118,245 @@ def test_slice():
     return np.random.default_rng(0).random((SIDE, SIDE), dtype=np.float32)
 
 
-def slice_predictor(base_filters, tta=1, batch_size=1):
+def bench_model(base_filters, seed=0):
+    """FusionNet (depth 4) with random weights and random BatchNorm statistics."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
     model = build_fusionnet(base_filters=base_filters, depth=4)
-    return model, Predictor(model, tile_shape=SIDE, overlap=64, tta=tta, batch_size=batch_size)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n),
+                               rng.normal(0, 0.1, n), rng.uniform(0.5, 2.0, n)])
+    return model
 
 
-def torch_seconds(python, variant, base_filters=64):
-    """Seconds per slice of ``torch_reference.py --variant`` run by ``python`` (one timed call).
+def time_ours(run, calls):
+    """Run ``run()`` ``calls`` times; returns ``{"seconds": median, "times", "foreign"}``."""
+    foreign = foreign_cpu_meter()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"seconds": round(statistics.median(times), 4), "times": [round(t, 4) for t in times],
+            "foreign": foreign()}
 
-    Returns:
-        ``(seconds, "torch VERSION, N threads")``.
+
+class ConstantWeightsWorker:
+    """``inference_function`` (weights as constants) of the bench model, in a child process.
+
+    TensorFlow caches oneDNN convolution primitives per process by shape, not
+    by whether the kernel is constant: in a process that already ran the same
+    convolutions with variable weights, the constant kernels would get the
+    variables' HWIO primitives. A child process keeps the two apart.
+
+    Attributes:
+        setup_seconds: float. Copy, trace and first call, in the child.
     """
-    script = os.path.join(os.path.dirname(__file__), "torch_reference.py")
-    done = subprocess.run([python, script, "--variant", variant, "--base-filters", str(base_filters)],
-                          check=True, capture_output=True, text=True)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    return report["seconds_per_slice"], f"{report['torch']}, {report['threads']} threads"
+
+    def __init__(self, base_filters, precision):
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--constant-weights-worker",
+             str(base_filters), precision],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.setup_seconds = self._reply()["setup_seconds"]
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the constant-weights worker ended early")
+        return json.loads(line)
+
+    def time(self, calls):
+        """``time_ours`` record of ``calls`` passes in the child."""
+        self.process.stdin.write(f"{calls}\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def constant_weights_worker(base_filters, precision):
+    """Child side of ``ConstantWeightsWorker``: one JSON line per request on stdin."""
+    start = time.perf_counter()
+    network = inference_function(inference_copy(bench_model(base_filters), precision=precision), SIDE)
+    batch = test_slice()[None, :, :, None]
+    network(batch).numpy()  # trace, grappler over the constants, kernel reorders
+    print(json.dumps({"setup_seconds": round(time.perf_counter() - start, 2)}), flush=True)
+    network(batch).numpy()
+    for line in sys.stdin:
+        print(json.dumps(time_ours(lambda: network(batch).numpy(), int(line))), flush=True)
+
+
+# === PyTorch side (subprocesses with their own Python) ===
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def time_peer(python, peer, base_filters, calls):
+    """One run of the independent peer: ``{"seconds", "times", "foreign", "torch"}``."""
+    done = subprocess.run(
+        [python, os.path.basename(peer), "--base", str(base_filters), "--size", str(SIDE),
+         "--batch", "1", "--steps", str(calls), "--warmup", "2", "--mode", "infer",
+         "--threads", str(os.cpu_count()), "--channels-last"],
+        cwd=os.path.dirname(peer), check=True, capture_output=True, text=True)
+    report = last_json(done.stdout)
+    return {"seconds": report["sec_per_step"], "min": report["sec_per_step_min"],
+            "foreign": report.get("foreign_cpu"), "torch": report.get("torch")}
+
+
+def time_torch_reference(python, variant, base_filters, calls):
+    """One run of ``torch_reference.py --variant``: ``{"seconds", "times", "foreign", "torch"}``."""
+    done = subprocess.run(
+        [python, os.path.join(HERE, "torch_reference.py"), "--variant", variant,
+         "--base-filters", str(base_filters), "--side", str(SIDE), "--repeats", str(calls),
+         "--warmup", "2", "--threads", str(os.cpu_count())],
+        check=True, capture_output=True, text=True)
+    report = last_json(done.stdout)
+    return {"seconds": report["seconds_per_slice"], "times": report.get("times"),
+            "foreign": report.get("foreign_cpu"), "torch": report.get("torch")}
 
 
 # === Benchmark ===
 
+def interleave(name, ours, torch_side, rounds, log):
+    """``rounds`` x (PyTorch, then each of ``ours``); returns the records and median ratios.
+
+    Args:
+        name: setting name, e.g. ``"float32_base64"``.
+        ours: dict label -> function returning a ``time_ours`` record.
+        torch_side: function returning a PyTorch record, or None.
+
+    Returns:
+        ``(records, {label: median over rounds of torch seconds / our seconds})``.
+    """
+    records, ratios = [], {label: [] for label in ours}
+    for index in range(rounds):
+        theirs = torch_side() if torch_side else None
+        record = {"setting": name, "round": index + 1, "torch": theirs, "ours": {}}
+        line = f"{name} round {index + 1}:"
+        if theirs:
+            line += f" torch {theirs['seconds']:.3f} s (foreign {theirs['foreign']});"
+        for label, run in ours.items():
+            mine = record["ours"][label] = run()
+            line += f" {label} {mine['seconds']:.3f} s (foreign {mine['foreign']})"
+            if theirs:
+                ratio = theirs["seconds"] / mine["seconds"]
+                ratios[label].append(ratio)
+                record.setdefault("ratio_vs_torch", {})[label] = round(ratio, 3)
+                line += f" ratio {ratio:.3f}"
+            line += ";"
+        records.append(record)
+        log(line)
+    return records, {label: statistics.median(r) for label, r in ratios.items() if r}
+
+
+def median_seconds(records, label=None):
+    """Median over rounds of our ``label`` side (None: PyTorch's)."""
+    values = [r["torch"]["seconds"] if label is None else r["ours"][label]["seconds"]
+              for r in records if label is not None or r["torch"]]
+    return statistics.median(values) if values else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="Timed runs per setting (default: 3).")
-    parser.add_argument("--tta-batch-size", type=int, default=4,
-                        help="batch_size of the TTA x8 run (default: 4, as fusionnet predict).")
     parser.add_argument("--torch-python", default=None, metavar="PY",
-                        help="Python of an environment with torch: also time "
-                             "benchmarks/torch_reference.py (eager, BN-fused and bf16 autocast) "
-                             "between the base-64 rounds (default: not run).")
+                        help="Python of an environment with torch (never a dependency of this "
+                             "project); without it only our side is timed (default: none).")
+    parser.add_argument("--peer", default=DEFAULT_PEER, metavar="PATH",
+                        help="the independent PyTorch FusionNet script "
+                             "(default: ../shared/peers/torch_fusionnet.py from the repository).")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved (PyTorch, ours) rounds per setting (default: 2).")
+    parser.add_argument("--calls", type=int, default=3,
+                        help="timed calls per side and round, after warm-ups; median (default: 3).")
+    parser.add_argument("--skip-bf16", action="store_true", help="Skip the bfloat16 setting.")
+    parser.add_argument("--constant-weights-worker", nargs=2, metavar=("BASE", "PRECISION"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.constant_weights_worker:
+        base_filters, precision = args.constant_weights_worker
+        return constant_weights_worker(int(base_filters), precision)
+    for name in ("rounds", "calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1; received {getattr(args, name)}")
+    if args.torch_python and not os.path.isfile(args.peer):
+        print(f"error: --peer {args.peer!r} is not a file", file=sys.stderr)
+        sys.exit(2)
+    peer = os.path.abspath(args.peer)
 
+    def log(line):
+        print(line, flush=True)
+
+    cpu_model, flags = cpu_description()
+    log(f"CPU: {cpu_model}, {os.cpu_count()} CPUs; flags: "
+        + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items()))
     image = test_slice()
+    records, result = [], {}
 
-    model16, predictor16 = slice_predictor(16)
-    bf16_16 = Predictor(model16, tile_shape=SIDE, overlap=64, batch_size=1, precision="mixed_bfloat16")
-    predictor16.predict(image)  # trace
-    bf16_16.predict(image)
-    seconds16 = best_time(lambda: predictor16.predict(image), args.repeats)
-    seconds16_bf16 = best_time(lambda: bf16_16.predict(image), args.repeats)
-    print(f"base 16: {seconds16:.3f} s/slice, mixed_bfloat16 {seconds16_bf16:.3f}", flush=True)
+    def run_setting(name, base_filters, precision, torch_side, constant_weights=False):
+        """Time the default Predictor (and optionally ``inference_function``) against PyTorch."""
+        model = bench_model(base_filters)
+        start = time.perf_counter()
+        predictor = Predictor(model, tile_shape=SIDE, precision=precision)
+        predictor.predict(image)  # trace, oneDNN kernel choice, the auto engine's timing
+        result[f"setup_seconds_{name}"] = round(time.perf_counter() - start, 2)
+        predictor.predict(image)
+        variant = getattr(predictor, "variant", None)
+        log(f"{name}: the default Predictor runs {variant or 'its only variant'}")
+        ours = {"predictor": lambda: time_ours(lambda: predictor.predict(image), args.calls)}
+        if constant_weights:  # diagnostic: the copy with its weights as graph constants
+            worker = ConstantWeightsWorker(base_filters, precision)
+            result[f"setup_seconds_{name}_constant_weights"] = worker.setup_seconds
+            ours["constant_weights"] = lambda: worker.time(args.calls)
+        rows, ratios = interleave(name, ours, torch_side, args.rounds, log)
+        if constant_weights:
+            worker.close()
+        records.extend(rows)
+        result[f"variant_{name}"] = variant
+        for label in ours:
+            suffix = "" if label == "predictor" else f"_{label}"
+            result[f"seconds_per_slice_{name}{suffix}"] = round(median_seconds(rows, label), 4)
+            if label in ratios:
+                result[f"ratio_vs_torch_{name}{suffix}"] = round(ratios[label], 3)
+        if torch_side:
+            result[f"torch_seconds_per_slice_{name}"] = round(median_seconds(rows), 4)
+        return model
 
-    model64, predictor64 = slice_predictor(64)
+    def peer_side(base_filters):
+        if not args.torch_python:
+            return None
+        return lambda: time_peer(args.torch_python, peer, base_filters, args.calls)
+
+    run_setting("float32_base16", 16, "float32", peer_side(16))
+    model64 = run_setting("float32_base64", 64, "float32", peer_side(64), constant_weights=True)
+    if not args.skip_bf16:
+        bf16_torch = (None if not args.torch_python else
+                      lambda: time_torch_reference(args.torch_python, "bf16", 64, args.calls))
+        run_setting("bf16_base64", 64, "mixed_bfloat16", bf16_torch, constant_weights=True)
+        if "ratio_vs_torch_bf16_base64" in result:
+            result["ratio_vs_torch_bf16"] = result["ratio_vs_torch_bf16_base64"]
+
     flops64 = conv_flops(model64, SIDE, SIDE)
-    conv, probe_flops = make_conv_probe(calls=round(flops64 / (2 * 9 * 64 * 64 * SIDE * SIDE)))
-    xla64 = Predictor(model64, tile_shape=SIDE, overlap=64, batch_size=1, jit_compile=True)
-    bf16_64 = Predictor(model64, tile_shape=SIDE, overlap=64, batch_size=1, precision="mixed_bfloat16")
-    for warm in (predictor64, xla64, bf16_64):  # trace / compile
-        warm.predict(image)
-    runs64, conv_runs, xla_runs, bf16_runs = [], [], [], []
-    torch_runs = {"eager": [], "fused": [], "bf16": []}
-    torch_version = None
-    for _ in range(args.repeats):  # interleaved, equally long: all see the same machine load
-        conv_runs.append(best_time(conv, 1))
-        runs64.append(best_time(lambda: predictor64.predict(image), 1))
-        xla_runs.append(best_time(lambda: xla64.predict(image), 1))
-        bf16_runs.append(best_time(lambda: bf16_64.predict(image), 1))
-        if args.torch_python:
-            for variant, runs in torch_runs.items():
-                seconds, torch_version = torch_seconds(args.torch_python, variant)
-                runs.append(seconds)
-    seconds64 = min(runs64)
-    seconds_xla = min(xla_runs)
-    seconds_bf16 = min(bf16_runs)
-    peak = probe_flops / min(conv_runs) / 1e9
-    achieved = flops64 / seconds64 / 1e9
-    print(f"base 64: {seconds64:.3f} s/slice, {flops64 / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s; "
-          f"conv probe {peak:.1f} GFLOP/s; XLA {seconds_xla:.3f} s/slice; "
-          f"mixed_bfloat16 {seconds_bf16:.3f} s/slice", flush=True)
-    if args.torch_python:
-        print("PyTorch " + ", ".join(f"{variant} {min(runs):.3f}" for variant, runs in torch_runs.items())
-              + " s/slice", flush=True)
-
-    # same compiled network as the one-pass runs (no second trace), 8 variants per tile;
-    # compared with the one-pass runs just before and just after it
-    tta = Predictor(predictor64.network, tile_shape=SIDE, overlap=64, tta=8,
-                    batch_size=args.tta_batch_size, align=16)
-    seconds_tta = best_time(lambda: tta.predict(image), 1)
-    neighbours = (runs64[-1] + best_time(lambda: predictor64.predict(image), 1)) / 2
-    tta_cost = seconds_tta / neighbours
-    print(f"base 64 TTA x8: {seconds_tta:.3f} s/slice = {tta_cost:.2f} x one pass", flush=True)
-
-    result = {
-        "slices_per_s_base16": round(1 / seconds16, 4),
-        "slices_per_s_base64": round(1 / seconds64, 4),
-        "gflops_base64": round(achieved, 2),
-        "conv_peak_gflops": round(peak, 2),
-        "peak_fraction": round(achieved / peak, 4),
-        "tta8_cost": round(tta_cost, 3),
-        "seconds_per_slice_base64": round(seconds64, 3),
-        "slices_per_s_base64_xla": round(1 / seconds_xla, 4),
-        "seconds_per_slice_base64_xla": round(seconds_xla, 3),
+    torch_version = next((r["torch"].get("torch") for r in records if r["torch"]), None)
+    result.update({
+        "slices_per_s_base16": round(1 / result["seconds_per_slice_float32_base16"], 4),
+        "slices_per_s_base64": round(1 / result["seconds_per_slice_float32_base64"], 4),
+        "gflops_base64": round(flops64 / result["seconds_per_slice_float32_base64"] / 1e9, 2),
         "gflop_per_slice_base64": round(flops64 / 1e9, 2),
-        "seconds_per_slice_base16_bf16": round(seconds16_bf16, 3),
-        "slices_per_s_base64_bf16": round(1 / seconds_bf16, 4),
-        "seconds_per_slice_base64_bf16": round(seconds_bf16, 3),
-        "cpus": os.cpu_count(),
+        "rounds": records,
+        "cpu_model": cpu_model, "cpu_flags": flags, "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "tensorflow": tf.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "tensorflow": tf.__version__, "torch": torch_version,
+        "peer": peer if args.torch_python else None,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-    }
-    if args.torch_python:
-        for variant, runs in torch_runs.items():
-            result[f"torch_{variant}_seconds_per_slice_base64"] = round(min(runs), 3)
-        eager = min(torch_runs["eager"])
-        result.update(
-            speedup_vs_torch_eager=round(eager / seconds64, 3),
-            speedup_vs_torch_fused=round(min(torch_runs["fused"]) / seconds64, 3),
-            xla_speedup_vs_torch_fused=round(min(torch_runs["fused"]) / seconds_xla, 3),
-            bf16_speedup_vs_torch_bf16=round(min(torch_runs["bf16"]) / seconds_bf16, 3),
-            torch=torch_version)
+    })
     print(json.dumps(result))
 
 

@@ -28,6 +28,17 @@ BLENDINGS = ("gaussian", "cosine", "constant")
 # (fusionnet_tf.training.strategy, fusionnet_tf.inference.optimize)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
+# inference precision: a Keras policy above, or "auto" = float32, or mixed_bfloat16
+# where the machine has bfloat16 matrix units and it is faster (fusionnet_tf.inference.autotune)
+INFERENCE_PRECISION_CHOICES = PRECISIONS + ("auto",)
+
+# how the Predictor runs a Keras model: "plain" (BatchNorm folded, TensorFlow's
+# oneDNN kernels; weights as graph constants when they are small), "frozen" (plain
+# with the weights always graph constants: faster calls for wide models, slower
+# set-up), "xla" (jit_compile), "auto" = the fastest of them on this machine for
+# the job, timed once and cached (fusionnet_tf.inference.autotune)
+ENGINES = ("auto", "plain", "frozen", "xla")
+
 # tta -> dihedral transform indices (see fusionnet_tf.dihedral):
 # 1 = identity; 4 = identity, rot180, flip W, flip H (the mirrorings);
 # 8 = all rotations and flips (fusionnet_tf.inference.predictor)

@@ -12,6 +12,12 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _private_autotune_cache(tmp_path, monkeypatch):
+    """The auto engine's choices go to the test's folder, never the user's ~/.cache."""
+    monkeypatch.setenv("FUSIONNET_TF_CACHE_DIR", str(tmp_path / "autotune-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _reset_keras_state():
     """Each test starts with float32 policy and a fresh name scope."""
     yield

@@ -282,6 +282,27 @@ def run_cli(argv, capsys):
     return code, capsys.readouterr().err
 
 
+def test_engine_choice_is_validated_and_recorded(files, tmp_path, capsys):
+    out = tmp_path / "p.tif"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", files.image, "-o", str(out), "--model", files.model,
+              "--engine", "fast"] + SMALL)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.replace("'", "")  # Python versions quote the choices or not
+    assert "--engine: invalid choice: fast (choose from auto, plain, frozen, xla)" in err
+    code, err = run_cli(["predict", files.image, "-o", str(out), "--model", files.model,
+                         "--xla", "--engine", "plain"] + SMALL, capsys)
+    assert code == 2 and "--xla conflicts with --engine plain" in err and not out.exists()
+    assert main(["predict", files.image, "-o", str(out), "--model", files.model, "--tta", "1",
+                 "--engine", "plain"] + SMALL) == 0
+    metadata = json.loads(tifffile.TiffFile(out).pages[0].description)
+    assert (metadata["engine"], metadata["precision"]) == ("plain", "float32")
+    assert main(["predict", files.image, "-o", str(out), "--model", files.model, "--tta", "1",
+                 "--precision", "auto"] + SMALL) == 0  # a short job: plain, float32 here
+    metadata = json.loads(tifffile.TiffFile(out).pages[0].description)
+    assert metadata["engine"] in ("plain", "xla") and metadata["precision"] != "auto"
+
+
 def test_unreadable_input(files, tmp_path, capsys):
     code, err = run_cli(["predict", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "p.tif"),
                          "--model", files.model] + SMALL, capsys)

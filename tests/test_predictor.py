@@ -211,6 +211,29 @@ def test_xla_compiled_network_matches_within_1e5():
     np.testing.assert_allclose(xla.predict(image), plain, atol=1e-5)
 
 
+def test_frozen_engine_equals_plain_and_bakes_the_weights_in(monkeypatch):
+    from test_optimize import conv_filter_inputs
+
+    from fusionnet_tf.inference import optimize
+
+    keras.utils.set_random_seed(0)
+    model = build_fusionnet(base_filters=4, depth=2)
+    randomize_batchnorm(model)
+    image = random_images((1, 48, 40, 1), seed=8)[0, ..., 0]
+    plain = Predictor(model, tile_shape=32, overlap=8, tta=4, engine="plain")
+    frozen = Predictor(model, tile_shape=32, overlap=8, tta=4, engine="frozen")
+    assert frozen.variant == {"engine": "frozen", "precision": "float32"}
+    assert not plain.network.constant_weights and frozen.network.constant_weights
+    assert "Const" not in conv_filter_inputs(plain.network.network)
+    kinds = conv_filter_inputs(frozen.network.network)
+    assert kinds and set(kinds) == {"Const"}  # what oneDNN caches blocked kernels for
+    np.testing.assert_allclose(frozen.predict(image), plain.predict(image), rtol=0, atol=1e-5)
+    assert not Predictor(model, tile_shape=32, overlap=8, engine="xla").network.constant_weights
+    monkeypatch.setattr(optimize, "MAX_CONSTANT_BYTES", 1000)  # more than a graph can hold
+    with pytest.raises(ValueError, match="constant_weights=True.*'fusionnet'"):
+        Predictor(model, tile_shape=32, overlap=8, engine="frozen")
+
+
 def test_tile_must_divide_by_two_to_the_depth():
     model = build_fusionnet(base_filters=4, depth=2)
     with pytest.raises(ValueError, match=r"2\*\*depth = 4.*tile_shape=30"):
@@ -306,10 +329,10 @@ def test_sequential_models_are_folded_and_recast():
     randomize_batchnorm(model)
     image = random_images((32, 32), seed=8)
     expected = model(image[None, ..., None], training=False).numpy()[0, ..., 0]
-    predictor = Predictor(model, tile_shape=32, overlap=8)
+    predictor = Predictor(model, tile_shape=32, overlap=8, engine="plain")
     assert not any(isinstance(l, layers.BatchNormalization) for l in predictor.network.model.layers)
     np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-5)
-    half = Predictor(model, tile_shape=32, overlap=8, precision="mixed_bfloat16")
+    half = Predictor(model, tile_shape=32, overlap=8, precision="mixed_bfloat16", engine="plain")
     convs = [l for l in half.network.model.layers if isinstance(l, layers.Conv2D)]
     assert [l.dtype_policy.compute_dtype for l in convs] == ["bfloat16", "float32"]  # output kept
     np.testing.assert_allclose(half.predict(image), expected, atol=3e-2)
@@ -352,8 +375,8 @@ def test_half_precision_computes_in_half_and_stays_close(precision, half, atol):
     model = build_fusionnet(base_filters=4, depth=2)
     randomize_batchnorm(model)
     image = random_images((1, 48, 40, 1), seed=9)[0, ..., 0]
-    plain = Predictor(model, tile_shape=32, overlap=8)
-    fast = Predictor(model, tile_shape=32, overlap=8, precision=precision)
+    plain = Predictor(model, tile_shape=32, overlap=8, engine="plain")
+    fast = Predictor(model, tile_shape=32, overlap=8, precision=precision, engine="plain")
     dtypes = _compute_dtypes(fast.network.model)
     assert dtypes["enc1_conv_in"] == half and dtypes["dec1_skip_add"] == half
     assert dtypes["output"] == "float32"  # the sigmoid (and so the output) stays float32

@@ -262,6 +262,86 @@ def test_blockwise_equals_in_memory_prediction(volume, predictor, reference, blo
     assert done_count(out) == 36
 
 
+def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_path, volume,
+                                                                         model_path):
+    """With the default batch size every call of both runs holds one slice's 12 tiles."""
+    from fusionnet_tf.data.normalize import normalize
+    from fusionnet_tf.inference import Predictor, load_model
+    from fusionnet_tf.inference.predictor import KerasFunction
+
+    network = KerasFunction(load_model(model_path), TILE)
+    sizes = []
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return network(batch)
+
+    predictor = Predictor(recording, tile_shape=TILE, overlap=OVERLAP)
+    small = volume[:, :128, :200]  # fewer tiles than a call could hold (16 of 64 px)
+    assert predictor.inputs_per_call(128, 200) == len(predictor.tile_origins(128, 200)) == 12
+    expected = predictor.predict(normalize(small))
+    assert set(sizes) == {12}
+    sizes.clear()
+    spec = write_zarr(tmp_path / "vol.zarr", small)
+    out = tmp_path / "out.zarr"
+    predict_volume(spec, out, predictor, block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP)
+    assert set(sizes) == {12}
+    np.testing.assert_array_equal(read_output(out), expected)
+
+
+def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path, monkeypatch):
+    from fusionnet_tf.inference import autotune, load_model
+    from fusionnet_tf.volumes import runner
+
+    clock = {"plain": 20.0, "xla": 10.0}
+    timed = []
+
+    def fake_time_call(network, batch):
+        timed.append(network.jit_compile)
+        return clock["xla" if network.jit_compile else "plain"], network(batch)
+
+    monkeypatch.setattr(autotune, "time_call", fake_time_call)
+    model = load_model(model_path)
+    spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :256])
+    out = tmp_path / "out.zarr"
+    # one tile per call: 15 calls, enough to be worth timing
+    options = dict(block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
+    predict_volume(spec, out, model, **options)  # engine="auto": timed, xla is faster
+    assert timed and storage.recorded_settings(out)["engine"] == "xla"
+    first = read_output(out)
+    storage.done_marker(out, block_grid((1, 128, 256), BLOCK)[1]).unlink()
+    autotune.cache_path().unlink()
+    clock.update(plain=1.0)  # plain would win now, but the output was started with xla
+    timed.clear()
+    summary = predict_volume(spec, out, model, **options)
+    assert summary["blocks_computed"] == 1 and not timed
+    assert storage.recorded_settings(out)["engine"] == "xla"
+    np.testing.assert_array_equal(read_output(out), first)
+    with pytest.raises(ValueError, match="engine: 'xla' -> 'plain'"):
+        predict_volume(spec, out, model, engine="plain", **options)
+    # outputs of earlier versions did not record the engine: they resume with any
+    array = zarr.open_array(out, mode="r+")
+    settings = dict(array.attrs[storage.ATTRS_KEY])
+    del settings["engine"]
+    array.attrs[storage.ATTRS_KEY] = settings
+    assert predict_volume(spec, out, model, engine="xla", **options)["blocks_skipped"] == 2
+    timed.clear()
+    assert predict_volume(spec, out, model, **options)["blocks_skipped"] == 2
+    assert not timed  # "auto" resumes such an output plain (their default), untimed
+    # with Dask the variant is chosen once, in this process, and handed to the workers explicitly
+    options = dict(tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=None, blending="gaussian",
+                   align=None, precision="float32", engine="auto")
+    assert runner._call_plan(options, (1, 128, 256)) == (1, 15)  # 3 x 5 tiles in one call
+    options["batch_size"] = 1
+    plan = runner._call_plan(options, (1, 128, 256))
+    assert plan == (15, 1)
+    variant = runner._client_variant(str(model_path), options, plan, False)
+    assert variant == {"engine": "plain", "precision": "float32"} and timed
+    assert runner._explicit(options, variant)["engine"] == "plain"
+    assert runner._client_variant(str(model_path), {**options, "engine": "xla"}, plan, False) \
+        == {"engine": "xla", "precision": "float32"}  # explicit: nothing to load or time
+
+
 def test_hdf5_small_slices_deep_blocks_and_tta(tmp_path, model_path):
     """Slices smaller than a tile (reflect padding) and blocks of 2 slices, TTA 8."""
     from fusionnet_tf.data.normalize import normalize

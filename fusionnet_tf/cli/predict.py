@@ -62,11 +62,12 @@ def add_tiling_arguments(parser):
     """The Predictor options shared by ``predict`` and ``predict-volume``.
 
     Adds ``--tile-size`` (alias ``--tile``), ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
-    ``--normalization``, ``--align``, ``--xla`` and ``--precision`` with the Predictor's
-    defaults, so both
+    ``--normalization``, ``--align``, ``--engine``, ``--xla`` (= ``--engine xla``) and
+    ``--precision`` with the Predictor's defaults, so both
     commands tile, blend and normalize the same way.
     """
-    from fusionnet_tf.choices import BLENDINGS, NORMALIZATION_MODES, PRECISIONS, TTA_VALUES
+    from fusionnet_tf.choices import (BLENDINGS, ENGINES, INFERENCE_PRECISION_CHOICES,
+                                      NORMALIZATION_MODES, TTA_VALUES)
 
     parser.add_argument("--tile-size", "--tile", dest="tile_size", type=int, default=512,
                         help="Tile side in pixels (as in 'fusionnet export --tile-size'; "
@@ -78,8 +79,11 @@ def add_tiling_arguments(parser):
     parser.add_argument("--tta", type=int, choices=TTA_VALUES, default=8,
                         help="Test-time augmentation: 1 = none, 4 = mirrorings, "
                              "8 = all rotations and flips (default: 8).")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="Network inputs (tiles x TTA variants) per call (default: 4).")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="Network inputs (tiles x TTA variants) per call; every call is "
+                             "padded to it (default: the TTA variants of as few tiles as make "
+                             "~256x256 pixels, at most one slice's tiles: one 512 px tile, "
+                             "16 tiles of 64 px without TTA).")
     parser.add_argument("--blending", choices=BLENDINGS,
                         default="gaussian", help="Tile blending weights (default: gaussian).")
     parser.add_argument("--normalization", choices=NORMALIZATION_MODES, default="slice",
@@ -89,18 +93,41 @@ def add_tiling_arguments(parser):
                         help="Tile origins are multiples of this (default: the 2**depth of a Keras "
                              "model, package, .onnx or .tflite file, 1 for a SavedModel or "
                              "serving endpoint).")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="How a .keras model runs: plain (BatchNorm folded, oneDNN), "
+                             "frozen (plain with the weights as graph constants: for wide "
+                             "models faster per call but seconds longer to start, e.g. base "
+                             "64: ~13%% faster, +7-13 s; base 16: 0-5%%, +0.2 s), xla "
+                             "(also compiled with XLA: on a CPU faster for wide models, slower "
+                             "for narrow ones, compiles for seconds) or auto: on the first "
+                             "batch time the eligible variants (plain, frozen, xla, and "
+                             "bfloat16 with --precision auto), keep "
+                             "the fastest for the job, start-up included, and cache the "
+                             "timings per model, tile and machine (in $FUSIONNET_TF_CACHE_DIR "
+                             "or ~/.cache/fusionnet-tf); a job under 8 calls (e.g. one slice) "
+                             "runs plain, untimed; one under 5 s runs on the first variant "
+                             "tried (default: auto).")
     parser.add_argument("--xla", action="store_true",
-                        help="Compile a .keras model with XLA. On a CPU it is faster for wide "
-                             "models (base 64: ~15-20%%) and slower for narrow ones (base 16, the "
-                             "shipped model: ~40%%); compiling takes a few seconds "
-                             "(default: off).")
-    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="The same as --engine xla (the older name) (default: off).")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISION_CHOICES,
                         default="float32",
                         help="Compute precision of a .keras model. mixed_bfloat16 is several "
-                             "times faster on CPUs with bfloat16 units (AMX/AVX512-BF16, e.g. "
+                             "times faster on CPUs with bfloat16 matrix units (AMX, e.g. "
                              "Intel Xeon Sapphire Rapids and later) and on GPUs, and changes "
-                             "probabilities by ~1e-3 on average; mixed_float16 is for GPUs "
-                             "(default: float32).")
+                             "probabilities by ~1e-3 on average; mixed_float16 is for GPUs; "
+                             "auto lets --engine auto also time mixed_bfloat16 where the "
+                             "machine has those units (default: float32).")
+
+
+def engine_argument(args):
+    """The engine from ``--engine`` and ``--xla`` (the older flag for ``--engine xla``).
+
+    Raises:
+        ValueError: ``--xla`` with ``--engine plain``.
+    """
+    if args.xla and args.engine not in ("auto", "xla"):
+        raise ValueError(f"--xla conflicts with --engine {args.engine}; give one of them")
+    return "xla" if args.xla else args.engine
 
 
 def check_output(spec, option="--output"):
@@ -280,6 +307,7 @@ def run(args):
         check_output(args.overlay, "--overlay")
     check_not_input(args.input, args.output, args.overlay)
     params = _check_segment_output(args)
+    engine = engine_argument(args)
     check_precision_applies(args.precision, args.serving_url or args.model)
     raw = check_finite(read_stack(args.input), f"INPUT {args.input}")
     images = normalize(raw, mode=args.normalization)
@@ -290,14 +318,15 @@ def run(args):
     predictor = Predictor(
         resolve_model(args), tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
         batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
-        align=args.align, jit_compile=args.xla, precision=args.precision,
+        align=args.align, precision=args.precision, engine=engine,
     )
     membrane = predictor.predict(images)
+    variant = predictor.variant
     metadata = {
         "input": str(args.input), "model": args.model or args.serving_url or "pretrained",
         "tile": args.tile_size, "overlap": args.overlap, "tta": args.tta,
         "blending": args.blending, "normalization": args.normalization,
-        "precision": args.precision,
+        "precision": variant["precision"], "engine": variant["engine"],
     }
     write_prediction(args.output, membrane, dtype=args.dtype, isbi=args.isbi, metadata=metadata)
     if args.overlay:

@@ -9,7 +9,10 @@ grid, test-time augmentation, blending and per-slice normalization as
 'fusionnet predict' (the result equals whole-slice prediction, block borders are
 invisible) and written as one chunk of a float32 zarr array. Finished blocks get a
 done-marker in OUTPUT/.fusionnet-done/; rerunning the same command skips them, so
-an interrupted run resumes. Needs: pip install 'fusionnet-tf[volumes]'.
+an interrupted run resumes. The engine and precision (--engine/--precision auto are
+decided once, before the first block; a volume is long enough for auto to weigh
+'frozen' against plain for wide models) are recorded in OUTPUT; a resumed run keeps
+them, so an output never mixes two. Needs: pip install 'fusionnet-tf[volumes]'.
 """
 
 EPILOG = """\
@@ -80,6 +83,9 @@ def run(args):
 
     from fusionnet_tf.cli import CommandError
 
+    from fusionnet_tf.cli.predict import engine_argument
+
+    engine = engine_argument(args)
     try:
         from fusionnet_tf.volumes import BlockFailures, format_summary, predict_volume
 
@@ -88,7 +94,7 @@ def run(args):
             block_shape=(args.block_z, args.block, args.block),
             tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, blending=args.blending, align=args.align,
-            jit_compile=args.xla, precision=args.precision,
+            engine=engine, precision=args.precision,
             normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,

@@ -15,8 +15,21 @@ weights, cropped back to the input size. Tile predictions and weights are
 accumulated in float32 in the raster order of ``tile_origins``; doing the same
 gives bit-identical results (the network itself may round differently for
 different batch compositions, at the 1e-7 level).
+
+Every network call holds ``inputs_per_call(height, width)`` inputs (padded
+with zero tiles when fewer are left), so a tile's result does not depend on
+how many tiles came with it. By default that is the TTA variants of as few
+tiles as give a call about 256 x 256 pixels (one 512 x 512 tile; 16 tiles of
+64 x 64 without TTA), never more tiles than one slice has: one tile is never
+padded.
+
+A Keras model runs on the engine ``engine`` chooses (``"auto"``: the fastest of
+plain oneDNN, frozen oneDNN (weights as graph constants) and XLA on this machine
+for the job, timed on the first batch and cached; see
+``fusionnet_tf.inference.autotune``).
 """
 
+import functools
 import math
 from pathlib import Path
 
@@ -25,11 +38,16 @@ import numpy as np
 from fusionnet_tf.checks import check_int
 # tta -> dihedral transform indices (see fusionnet_tf.dihedral), re-exported
 from fusionnet_tf.choices import TTA_TRANSFORMS  # noqa: F401
+from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
 from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
-from fusionnet_tf.inference import tiling
-from fusionnet_tf.inference.optimize import INFERENCE_PRECISIONS
+from fusionnet_tf.inference import autotune, tiling
 
+
+# pixels one network call should hold at least, with the default batch size: measured on
+# 2 AVX-512 cores, base 16, per-tile cost of 1 vs 4 tiles per call: 64 px 9.1 vs 5.1 ms,
+# 128 px 19 vs 15 ms, 256 px and 512 px the same (benchmarks/bench_auto_mode.py)
+CALL_PIXELS = 256 * 256
 
 # model file suffix -> what load_model makes of it (besides SavedModel folders)
 MODEL_SUFFIXES = (".keras", ".h5", ".zip", ".onnx", ".tflite")
@@ -122,7 +140,20 @@ class KerasFunction:
     The model is copied with BatchNormalization folded into the convolutions
     and the chosen compute precision (``inference_copy``) and run through one
     ``tf.function`` whose input signature fixes the tile size (any batch
-    size), so it is traced once.
+    size), so it is traced once (``optimize.inference_function``).
+
+    Weights as graph constants (``constant_weights=True``, the Predictor's
+    engine ``"frozen"``) let oneDNN reorder each kernel once into its blocked
+    layout and keep it; with variable weights TensorFlow uses the unblocked
+    layout at batch 1 (or reorders every call). Measured on 2 AVX-512 cores
+    (Zen 5), one 512 px slice, each setting in its own process: base 64
+    (286 MiB of weights) 12-14% faster per call (more under load) but
+    +7-13 s on the first call (constant folding); base 16 (18 MiB) 0-5%
+    faster per call, +0.15-0.25 s on the first (0.8 s), paid back after ~35
+    slices. The rule: variables by default (nothing to pay back), constants
+    when asked, which the auto engine does for jobs long enough to pay for
+    the set-up. The constants are a snapshot of the weights when the
+    function is made.
 
     Args:
         model: ``keras.Model`` taking (B, T, T, 1) float32.
@@ -134,22 +165,32 @@ class KerasFunction:
             Defaults to False.
         precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``
             (see ``inference_copy``). Defaults to ``"float32"``.
+        constant_weights: bool. Weights as graph constants (see above).
+            Defaults to False.
+
+    Attributes:
+        jit_compile: bool. precision: str. As given.
+        constant_weights: bool. Whether the weights are graph constants.
+
+    Raises:
+        ValueError: ``constant_weights=True`` for weights over
+            ``optimize.MAX_CONSTANT_BYTES`` (a graph holds at most 2 GB).
 
     Call with a (B, T, T, 1) float32 NumPy batch; returns (B, T, T, C) float32.
     """
 
-    def __init__(self, model, tile, fold=True, jit_compile=False, precision="float32"):
-        import tensorflow as tf
+    def __init__(self, model, tile, fold=True, jit_compile=False, precision="float32",
+                 constant_weights=False):
+        from fusionnet_tf.inference import optimize
 
-        from fusionnet_tf.inference.optimize import inference_copy
-
-        self.model = inference_copy(model, fold=fold, precision=precision)
-        network = self.model
-        self.network = tf.function(
-            lambda x: tf.cast(network(x, training=False), tf.float32),
-            input_signature=[tf.TensorSpec((None, tile, tile, 1), tf.float32)],
-            jit_compile=bool(jit_compile),
-        )
+        if constant_weights and optimize._weight_bytes(model) > optimize.MAX_CONSTANT_BYTES:
+            raise ValueError(f"constant_weights=True: the weights of {model.name!r} take more "
+                             f"than {optimize.MAX_CONSTANT_BYTES >> 20} MiB, too many for a graph")
+        self.model = optimize.inference_copy(model, fold=fold, precision=precision)
+        self.jit_compile, self.precision = bool(jit_compile), precision
+        self.constant_weights = bool(constant_weights)
+        self.network = optimize.inference_function(self.model, tile, jit_compile=self.jit_compile,
+                                                   constant_weights=self.constant_weights)
 
     def __call__(self, batch):
         return self.network(batch).numpy()
@@ -164,7 +205,8 @@ def check_precision_applies(precision, model):
     check before reading any data.
 
     Args:
-        precision: one of ``INFERENCE_PRECISIONS``.
+        precision: one of ``INFERENCE_PRECISION_CHOICES`` (``"auto"`` applies
+            to any model: other callables run as they are).
         model: a ``keras.Model``, a ``.keras`` / SavedModel path, a serving
             URL (``http(s)://...``), None (the shipped ``.keras`` model) or
             any other callable.
@@ -172,8 +214,8 @@ def check_precision_applies(precision, model):
     Raises:
         ValueError: naming the precision and the model.
     """
-    _check_choice("precision", precision, INFERENCE_PRECISIONS)
-    if precision == "float32" or model is None or _keras_depth(model) is not None:
+    _check_choice("precision", precision, INFERENCE_PRECISION_CHOICES)
+    if precision in ("float32", "auto") or model is None or _keras_depth(model) is not None:
         return
     if isinstance(model, (str, Path)):
         text = str(model)
@@ -213,8 +255,11 @@ class Predictor:
             Defaults to 64.
         tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
             flip W, flip H) or 8 (all dihedral transforms). Defaults to 1.
-        batch_size: int. Network inputs (tiles x TTA variants) per call.
-            Defaults to 4.
+        batch_size: int or None. Network inputs (tiles x TTA variants) per
+            call; every call is padded to it. None (default): the TTA
+            variants of as few tiles as give a call ~256 x 256 pixels, and no
+            more tiles than a slice has, so one tile is never padded (see
+            ``inputs_per_call``).
         blending: ``"gaussian"`` (sigma = T / 8), ``"cosine"`` or
             ``"constant"``. Defaults to ``"gaussian"``.
         progress: bool. Show a tqdm progress bar over tiles on stderr.
@@ -226,19 +271,41 @@ class Predictor:
             when the image size is a multiple of it), 1 otherwise.
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
-        jit_compile: bool. Run a Keras model through XLA (see
-            ``KerasFunction``); ignored for other callables. Defaults to False.
-        precision: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``:
-            compute precision of a Keras model (see ``inference_copy``).
-            ``mixed_bfloat16`` is several times faster on CPUs with bfloat16
-            units (AMX / AVX512-BF16) and on GPUs, and changes membrane
-            probabilities by about 1e-3 on average, 0.08 at most on ISBI
-            slices (BENCHMARKS.md). Only for Keras
-            models. Defaults to ``"float32"``.
+        jit_compile: bool. True is ``engine="xla"`` (the older name).
+            Defaults to False.
+        precision: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or
+            ``"auto"``: compute precision of a Keras model (see
+            ``inference_copy``). ``mixed_bfloat16`` is several times faster on
+            CPUs with bfloat16 matrix units (AMX) and on GPUs, and changes
+            membrane probabilities by about 1e-3 on average, 0.08 at most on
+            ISBI slices (BENCHMARKS.md). ``"auto"`` lets the auto engine also
+            time mixed_bfloat16 where the machine has those units (float32
+            elsewhere). Other precisions only for Keras models; other
+            callables run as they are. Defaults to ``"float32"``.
+        engine: ``"auto"``, ``"plain"``, ``"frozen"`` or ``"xla"``: how a
+            Keras model runs. ``"plain"``: BatchNorm folded, TensorFlow's
+            oneDNN kernels, variable weights (no set-up cost);
+            ``"frozen"``: plain with the weights as graph constants, a
+            snapshot taken here (see ``KerasFunction``; base 64: ~13%
+            faster per call, +7-13 s set-up in each process; base 16: 0-5%,
+            +0.2 s);
+            ``"xla"``: also compiled with XLA (on a CPU faster for wide models,
+            slower for narrow ones, compiles for seconds in each process);
+            ``"auto"``: on the first batch, time each eligible variant (plain,
+            frozen, xla, and with
+            ``precision="auto"`` bfloat16) and keep the fastest for the job
+            (set-up weighed against its calls; a job under 8 calls runs
+            plain), cached per model, batch shape and host
+            (``fusionnet_tf.inference.autotune``); says what it chose on
+            stderr when ``progress`` is on. Ignored for other callables.
+            Defaults to ``"auto"``.
 
     Attributes:
-        network: the callable run on each (B, T, T, 1) float32 batch (a
-            ``KerasFunction`` for Keras models, else ``model`` itself).
+        network: the callable run on each (B, T, T, 1) float32 batch (for
+            Keras models a ``KerasFunction``, or an ``autotune.AutoNetwork``
+            choosing between several; else ``model`` itself).
+        variant: dict ``{"engine", "precision"}`` the network runs with, or
+            None while the auto engine has not chosen (see ``resolve_engine``).
         blend_weights: (T, T) float32 blend weights, strictly positive.
         align: int. Alignment of the tile origins.
         input_multiple: int or None. The Keras model's input multiple (None
@@ -254,23 +321,25 @@ class Predictor:
     (100, 90)
     """
 
-    def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=4,
+    def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=None,
                  blending="gaussian", progress=False, align=None, fold_batchnorm=True,
-                 jit_compile=False, precision="float32"):
+                 jit_compile=False, precision="float32", engine="auto"):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         self.tile_shape = _tile_side(tile_shape)
         self.overlap = overlap
         self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
         self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
         self.progress = bool(progress)
         check_precision_applies(precision, model)
+        self.engine = _engine(engine, jit_compile)
+        self.precision = precision
+        self._variant = None  # the one variant of a Keras model when there is no choice
         depth, multiple = _keras_depth(model), _keras_input_multiple(model)
         if depth is not None:
             self._check_keras_tile(model, depth, multiple)
-            self.network = KerasFunction(model, self.tile_shape, fold=fold_batchnorm,
-                                         jit_compile=jit_compile, precision=precision)
+            self.network = self._keras_network(model, fold_batchnorm)
         elif callable(model):
             self.network = model
         else:
@@ -286,6 +355,63 @@ class Predictor:
         self.align = align if align is not None else (multiple or 1)
         tiling.check_tile_args(self.tile_shape, overlap, self.align)
         self.blend_weights = tiling.blend_weights(self.tile_shape, blending)
+
+    def _keras_network(self, model, fold):
+        """A ``KerasFunction``, or an ``AutoNetwork`` when engine/precision leave a choice."""
+        variants = autotune.candidate_variants(self.engine, self.precision)
+        build = functools.partial(_build_keras_function, model, self.tile_shape, fold)
+        if len(variants) == 1:
+            self._variant = variants[0]
+            return build(variants[0])
+        report = autotune.print_to_stderr if self.progress else None
+        return autotune.AutoNetwork(model, variants, build, report=report,
+                                    describe=f"model {model.name!r}, {self.tile_shape} px tiles")
+
+    @property
+    def variant(self):
+        """``{"engine", "precision"}`` the network runs with; None before the auto engine chose.
+
+        ``{"engine": "as-is", "precision": "float32"}`` for a callable that is
+        not a Keras model (it runs as it was exported).
+        """
+        if isinstance(self.network, autotune.AutoNetwork):
+            chosen = self.network.variant
+        elif self.depth is None:  # another callable runs as it is
+            return {"engine": "as-is", "precision": "float32"}
+        else:
+            chosen = self._variant
+        return None if chosen is None else {"engine": chosen.engine,
+                                            "precision": chosen.precision}
+
+    def resolve_engine(self, calls=None, inputs=None, prefer=None):
+        """Let the auto engine choose now, before the first batch; return ``variant``.
+
+        Times the variants on a synthetic batch of the call shape (the speed
+        does not depend on the pixel values) unless the cache holds the
+        choice. Does nothing once a variant runs, or for a single variant.
+
+        Args:
+            calls: int or None. Network calls the job will make (see
+                ``autotune.AutoNetwork.resolve``).
+            inputs: int or None. Inputs per call of the job (the batch size
+                timed); None = ``inputs_per_call()``.
+            prefer: dict ``{"engine", "precision"}`` or None. Run this variant
+                without timing (e.g. the one a resumed volume was started with).
+
+        Returns:
+            ``variant``: dict ``{"engine", "precision"}``.
+        """
+        network = self.network
+        if isinstance(network, autotune.AutoNetwork) and network.network is None:
+            if prefer is not None:
+                network.use(autotune.Variant(prefer["engine"], prefer["precision"]))
+            else:
+                rng = np.random.default_rng(0)
+                side = self.tile_shape
+                size = inputs or self.inputs_per_call()
+                batch = rng.random((size, side, side, 1), dtype=np.float32)
+                network.resolve(batch, calls)
+        return self.variant
 
     def _check_callable_tile(self, multiple):
         if multiple and self.tile_shape % multiple:
@@ -326,15 +452,20 @@ class Predictor:
         padded_h, padded_w = tiling.padded_shape(height, width, self.tile_shape)
         return tiling.tile_origins(padded_h, padded_w, self.tile_shape, self.overlap, self.align)
 
-    def predict_tiles(self, tiles):
+    def predict_tiles(self, tiles, inputs_per_call=None):
         """Membrane probabilities of a batch of tiles, averaged over TTA.
 
         Every tile is transformed by each TTA transform, the network runs on
-        all variants in batches of ``batch_size``, each prediction is
-        transformed back, and the variants are averaged.
+        all variants in calls of ``inputs_per_call`` inputs (the last one
+        padded), each prediction is transformed back, and the variants are
+        averaged.
 
         Args:
             tiles: (B, T, T) float32 array, normalized to [0, 1].
+            inputs_per_call: int or None. Network inputs per call; None =
+                ``inputs_per_call()``. Pass ``inputs_per_call(height, width)``
+                of the slices the tiles come from to reproduce ``predict``
+                exactly (block-wise prediction does).
 
         Returns:
             (B, T, T) float32 membrane probabilities.
@@ -348,11 +479,12 @@ class Predictor:
             raise ValueError(
                 f"`tiles` must have shape (B, {side}, {side}); received shape {tiles.shape}"
             )
+        size = check_int("inputs_per_call", inputs_per_call or self.inputs_per_call(), 1)
         transforms = TTA_TRANSFORMS[self.tta]
         variants = np.concatenate([dihedral_np(tiles[..., None], k) for k in transforms])
         outputs = np.concatenate([
-            self._run_full_batch(variants[start:start + self.batch_size])
-            for start in range(0, len(variants), self.batch_size)
+            self._run_full_batch(variants[start:start + size], size)
+            for start in range(0, len(variants), size)
         ])
         outputs = outputs.reshape(len(transforms), len(tiles), side, side, 1)
         total = np.zeros((len(tiles), side, side, 1), np.float32)
@@ -360,17 +492,39 @@ class Predictor:
             total += inverse_dihedral_np(output, k)
         return total[..., 0] / np.float32(len(transforms))
 
-    def _run_full_batch(self, batch):
-        """``_run`` on ``batch`` zero-padded to ``batch_size``; extras dropped.
+    def inputs_per_call(self, height=None, width=None):
+        """Network inputs (tiles x TTA variants) per call for slices of ``height`` x ``width``.
+
+        ``batch_size`` if it was given. Otherwise the TTA variants of ``k``
+        tiles, ``k`` the fewest tiles with ``CALL_PIXELS`` (256 x 256) pixels
+        or more (per-call overhead dominates small calls), but no more than
+        the tiles of one such slice, so a single tile is never padded.
+
+        Args:
+            height, width: int or None. Slice size; None = no cap.
+
+        Returns:
+            int.
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        variants = len(TTA_TRANSFORMS[self.tta])
+        tiles = max(1, -(-CALL_PIXELS // (variants * self.tile_shape ** 2)))
+        if height is not None and width is not None:
+            tiles = min(tiles, len(self.tile_origins(height, width)))
+        return tiles * variants
+
+    def _run_full_batch(self, batch, size):
+        """``_run`` on ``batch`` zero-padded to ``size`` inputs; extras dropped.
 
         oneDNN picks kernels by batch size, so the same tile can differ by
-        ~2e-5 between a batch of 4 and a batch of 1. Padding every call to
-        ``batch_size`` makes a tile's result independent of how many tiles
-        came with it (block-wise volume prediction relies on this).
+        ~2e-5 between a batch of 4 and a batch of 1. Padding every call to the
+        same size makes a tile's result independent of how many tiles came
+        with it (block-wise volume prediction relies on this).
         """
         count = len(batch)
-        if count < self.batch_size:
-            padding = np.zeros((self.batch_size - count,) + batch.shape[1:], batch.dtype)
+        if count < size:
+            padding = np.zeros((size - count,) + batch.shape[1:], batch.dtype)
             batch = np.concatenate([batch, padding])
         return self._run(batch)[:count]
 
@@ -431,15 +585,15 @@ class Predictor:
         result = yield from self._predict_stack(stack)
         return result[0] if images.ndim == 2 else result
 
-    def tiles_per_batch(self):
-        """Tiles handed to ``predict_tiles`` at once.
+    def tiles_per_batch(self, height=None, width=None):
+        """Tiles handed to ``predict_tiles`` at once (for slices of ``height`` x ``width``).
 
-        The smallest count whose TTA variants fill whole network batches
-        (``lcm(batch_size, variants) / variants``), so no call is padded except
-        at the end of a slice.
+        The smallest count whose TTA variants fill whole network calls
+        (``lcm(inputs_per_call, variants) / variants``), so no call is padded
+        except the last one.
         """
         variants = len(TTA_TRANSFORMS[self.tta])
-        return math.lcm(self.batch_size, variants) // variants
+        return math.lcm(self.inputs_per_call(height, width), variants) // variants
 
     def weight_sum(self, height, width):
         """(padded H, padded W) float32 sum of the blend weights over the grid."""
@@ -457,13 +611,16 @@ class Predictor:
         padded = [tiling.pad_to_tile(image, side) for image in stack]
         accumulator = np.zeros((count,) + padded[0].shape, np.float32)
         jobs = [(n, y, x) for n in range(count) for (y, x) in origins]
-        chunk = self.tiles_per_batch()
+        size = self.inputs_per_call(height, width)
+        chunk = self.tiles_per_batch(height, width)
+        if isinstance(self.network, autotune.AutoNetwork):  # the job size, for its choice
+            self.network.expected_calls = -(-len(jobs) * len(TTA_TRANSFORMS[self.tta]) // size)
         yield 0, len(jobs)
         with _progress_bar(len(jobs), self.progress) as bar:
             for start in range(0, len(jobs), chunk):
                 batch_jobs = jobs[start:start + chunk]
                 tiles = np.stack([padded[n][y:y + side, x:x + side] for n, y, x in batch_jobs])
-                for (n, y, x), prob in zip(batch_jobs, self.predict_tiles(tiles)):
+                for (n, y, x), prob in zip(batch_jobs, self.predict_tiles(tiles, size)):
                     accumulator[n, y:y + side, x:x + side] += prob * self.blend_weights
                 bar.update(len(batch_jobs))
                 yield start + len(batch_jobs), len(jobs)
@@ -483,6 +640,25 @@ def _run_to_end(steps):
             next(steps)
         except StopIteration as stop:
             return stop.value
+
+
+def _engine(engine, jit_compile):
+    """The engine asked for by ``engine`` and the older ``jit_compile`` flag."""
+    _check_choice("engine", engine, ENGINES)
+    if jit_compile:
+        if engine == "plain":
+            raise ValueError("`jit_compile=True` asks for engine='xla'; received engine='plain'")
+        return "xla"
+    return engine
+
+
+def _build_keras_function(model, tile, fold, variant):
+    """The ``KerasFunction`` of ``variant``; its ``variant`` attribute is set to it."""
+    function = KerasFunction(model, tile, fold=fold, jit_compile=variant.engine == "xla",
+                             precision=variant.precision,
+                             constant_weights=variant.engine == "frozen")
+    function.variant = variant
+    return function
 
 
 def _tile_side(tile_shape):

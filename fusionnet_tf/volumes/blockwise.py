@@ -29,7 +29,8 @@ class PredictorSpec:
     Attributes:
         model: str path of a ``.keras`` file or SavedModel folder.
         tile_shape, overlap, tta, batch_size, blending, align, jit_compile,
-            precision: ``Predictor`` options.
+            precision, engine: ``Predictor`` options (the volume runner
+            passes an explicit engine and precision, so workers never time).
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
     """
@@ -38,12 +39,13 @@ class PredictorSpec:
     tile_shape: int = 512
     overlap: int = 64
     tta: int = 1
-    batch_size: int = 4
+    batch_size: int = None
     blending: str = "gaussian"
     align: int = None
     jit_compile: bool = False
     precision: str = "float32"
     tf_threads: int = 0
+    engine: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,7 @@ def worker_predictor(spec):
                                       tta=spec.tta, batch_size=spec.batch_size,
                                       blending=spec.blending, align=spec.align,
                                       jit_compile=spec.jit_compile, precision=spec.precision,
-                                      progress=False)
+                                      engine=spec.engine, progress=False)
         _LOADS["count"] += 1
     return _PREDICTORS[spec]
 
@@ -185,8 +187,10 @@ def predict_block(volume, block, predictor, lo, hi):
     Args:
         volume: lazy ``(Z, Y, X)`` array (native dtype).
         block: ``geometry.Block``.
-        predictor: object with ``tile_origins``, ``predict_tiles`` and
-            ``blend_weights`` (``fusionnet_tf.inference.Predictor``).
+        predictor: object with ``tile_origins``, ``predict_tiles``,
+            ``blend_weights`` and optionally ``inputs_per_call``
+            (``fusionnet_tf.inference.Predictor``; network calls get as many
+            inputs as whole-slice prediction gives them).
         lo, hi: per-slice intensity ranges for the block's slices, (depth,) float.
 
     Returns:
@@ -216,11 +220,13 @@ def predict_block(volume, block, predictor, lo, hi):
         weight_sum[dst] += weights[src]
 
     per_call = max(1, MAX_TILES_PER_CALL // len(tiles))
+    sizing = getattr(predictor, "inputs_per_call", None)
+    call_inputs = {} if sizing is None else {"inputs_per_call": sizing(height, width)}
     for z_start in range(0, depth, per_call):
         zs = range(z_start, min(depth, z_start + per_call))
         batch = np.stack([region[z, oy - ry0:oy - ry0 + tile, ox - rx0:ox - rx0 + tile]
                           for z in zs for oy, ox in tiles]).astype(np.float32, copy=False)
-        predictions = predictor.predict_tiles(batch)
+        predictions = predictor.predict_tiles(batch, **call_inputs)
         for i, z in enumerate(zs):
             for j, (dst, src) in enumerate(placements):
                 total[z][dst] += weights[src] * predictions[i * len(tiles) + j][src]

@@ -206,7 +206,87 @@ def _settings(name, shape, block_shape, model_name, options, normalization):
     return {"input": name, "shape": list(shape), "block": list(block_shape),
             "model": model_name, "normalization": normalization,
             **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align",
-                                       "precision")}}
+                                       "precision", "engine")}}
+
+
+# ------------------------------------------------------------------ engine and precision
+
+def _resume_options(options, previous):
+    """``options`` with an ``"auto"`` engine / precision replaced by what ``previous`` recorded.
+
+    An output of an earlier version records no engine: ``"auto"`` resumes it
+    plain, the default then (an explicit engine is accepted too).
+
+    Args:
+        options: the Predictor options of this run.
+        previous: settings dict of the output being resumed, or None.
+    """
+    from fusionnet_tf.choices import ENGINES, PRECISIONS
+
+    if not previous:
+        return options
+    recorded = {**storage.SETTINGS_BEFORE_THEY_WERE_RECORDED, "engine": "plain", **previous}
+    resumed = dict(options)
+    for key, allowed in (("engine", ENGINES), ("precision", PRECISIONS)):
+        if options[key] == "auto" and recorded.get(key) in allowed:
+            resumed[key] = recorded[key]
+    return resumed
+
+
+def _call_plan(options, shape):
+    """``(calls, inputs per call)`` of whole-slice prediction of the volume (for auto engines)."""
+    from fusionnet_tf.choices import TTA_TRANSFORMS
+
+    geometry = _geometry_predictor(options)
+    depth, height, width = shape
+    inputs = depth * len(geometry.tile_origins(height, width)) * len(TTA_TRANSFORMS[options["tta"]])
+    size = geometry.inputs_per_call(height, width)
+    return -(-inputs // size), size
+
+
+def _resolve_variant(predictor, options, plan, progress):
+    """Let a live Predictor's auto engine choose now; return its ``variant`` dict.
+
+    With an explicit engine and precision (e.g. from a resumed output) it runs
+    those without timing.
+    """
+    from fusionnet_tf.inference import autotune
+
+    prefer = None
+    if "auto" not in (options["engine"], options["precision"]):
+        prefer = {"engine": options["engine"], "precision": options["precision"]}
+    if progress and isinstance(getattr(predictor, "network", None), autotune.AutoNetwork):
+        predictor.network.report = autotune.print_to_stderr
+    if not hasattr(predictor, "resolve_engine"):  # a duck-typed predictor
+        return {"engine": "as-is", "precision": "float32"}
+    calls, size = plan
+    return predictor.resolve_engine(calls=calls, inputs=size, prefer=prefer)
+
+
+def _client_variant(model_path, options, plan, progress):
+    """The variant Dask workers will run: chosen here, once, so that all run the same.
+
+    Loads the model in this process only when the engine or precision is "auto".
+    """
+    if "auto" not in (options["engine"], options["precision"]):
+        return {"engine": options["engine"], "precision": options["precision"]}
+    from fusionnet_tf.inference import Predictor, load_model
+
+    predictor = Predictor(load_model(model_path), progress=False, **options)
+    return _resolve_variant(predictor, options, plan, progress)
+
+
+def _recorded(options, variant):
+    """``options`` with "auto" replaced by the variant that runs (as the output records it)."""
+    return {**options, **{k: variant[k] for k in ("engine", "precision") if options[k] == "auto"}}
+
+
+def _explicit(options, variant):
+    """Options for the workers' Predictors: the chosen variant, nothing left to time."""
+    explicit = _recorded(options, variant)
+    if explicit["engine"] == "as-is":  # not a Keras model: the engine is ignored
+        explicit["engine"] = "plain"
+    return explicit
 
 
 def progress_bar(total, enabled, desc="predict-volume"):
@@ -220,8 +300,9 @@ def progress_bar(total, enabled, desc="predict-volume"):
 # ------------------------------------------------------------------ entry point
 
 def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
-                   tile_shape=512, overlap=64, tta=1, batch_size=4, blending="gaussian",
-                   align=None, jit_compile=False, precision="float32", normalization="slice",
+                   tile_shape=512, overlap=64, tta=1, batch_size=None, blending="gaussian",
+                   align=None, jit_compile=False, precision="float32", engine="auto",
+                   normalization="slice",
                    workers=0, scheduler=None,
                    tf_threads=None,
                    zarr_format=3, overwrite=False, progress=False, block_hook=None):
@@ -243,10 +324,15 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        tile_shape, overlap, tta, batch_size, blending, align, jit_compile, precision:
-            ``Predictor`` options; defaults 512, 64, 1, 4, ``"gaussian"``, None
-            (2**depth), False, ``"float32"``. The precision is recorded in the
-            output, so a resumed run cannot mix precisions.
+        tile_shape, overlap, tta, batch_size, blending, align, jit_compile, precision,
+            engine: ``Predictor`` options; defaults 512, 64, 1, None (one
+            slice's calls as ``Predictor.inputs_per_call``), ``"gaussian"``,
+            None (2**depth), False, ``"float32"``, ``"auto"``. An ``"auto"``
+            engine or precision is chosen once, in this process, before any
+            block (so all workers run the same variant). The engine and
+            precision that run are recorded in the output; a resumed run
+            reuses them where this call says ``"auto"`` and refuses others,
+            so an output never mixes two.
         normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
             or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
@@ -285,26 +371,39 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     12
     """
     block_shape = check_block_shape(block_shape)
+    from fusionnet_tf.inference.predictor import _engine
+
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                   blending=blending, align=align, jit_compile=jit_compile, precision=precision)
+                   blending=blending, align=align, precision=precision,
+                   engine=_engine(engine, jit_compile))
     model_path, live_model, model_name, distributed_run = _check_run(
         model, options, normalization, workers, scheduler, block_hook)
     shape, name = _input_shape(input_spec, output)
     blocks = block_grid(shape, block_shape)
-    settings = _settings(name, shape, block_shape, model_name, options, normalization)
     input_spec = str(input_spec)
-    spec = blockwise.PredictorSpec(model=model_path, **options,
-                                   tf_threads=_tf_threads(tf_threads, workers, scheduler)) \
-        if model_path else None
+    threads = _tf_threads(tf_threads, workers, scheduler)
+    # a resumed output keeps the engine and precision it was started with
+    options = _resume_options(options, None if overwrite else storage.recorded_settings(output))
+    plan = _call_plan(options, shape)
+    predictor = None
+    if not distributed_run:  # load (or wrap) the model before touching the output
+        predictor = _live_predictor(
+            live_model if live_model is not None
+            else blockwise.worker_predictor(blockwise.PredictorSpec(model=model_path, **options,
+                                                                    tf_threads=threads)),
+            options)
+        variant = _resolve_variant(predictor, options, plan, progress)
+    else:
+        variant = _client_variant(model_path, options, plan, progress)
+    settings = _settings(name, shape, block_shape, model_name, _recorded(options, variant),
+                         normalization)
+    spec = blockwise.PredictorSpec(model=model_path, **_explicit(options, variant),
+                                   tf_threads=threads) if model_path else None
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
                               normalization=normalization)
 
     context = (dask_executor(workers, scheduler) if distributed_run
                else contextlib.nullcontext(LocalExecutor()))
-    predictor = None
-    if not distributed_run:  # load (or wrap) the model before touching the output
-        predictor = _live_predictor(live_model if live_model is not None
-                                    else blockwise.worker_predictor(spec), options)
     # an output of another run fails here, before a cluster starts
     array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
     with context as executor:

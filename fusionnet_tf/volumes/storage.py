@@ -285,7 +285,8 @@ def check_resumable(array, path, shape, chunks, settings):
     previous = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **(array.attrs.get(ATTRS_KEY) or {})}
     settings = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **settings}
     different = sorted(k for k in set(previous) | set(settings)
-                       if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k))
+                       if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k)
+                       and not (k in COMPARED_ONLY_WHEN_RECORDED and k not in previous))
     if different:
         detail = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}"
                            for k in different[:4])
@@ -297,6 +298,25 @@ def check_resumable(array, path, shape, chunks, settings):
 IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
 # settings that outputs of earlier versions do not record, and the value they ran with
 SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32"}
+# settings that outputs of earlier versions do not record, with a value that is not known
+# (the engine: plain or --xla); such an output resumes with any
+COMPARED_ONLY_WHEN_RECORDED = ("engine",)
+
+
+def recorded_settings(path):
+    """The settings dict an existing output array at ``path`` recorded, or None.
+
+    None when there is no zarr array at ``path`` (nothing to resume; the
+    checks of ``open_output_for_resume`` report the details).
+    """
+    path = Path(path)
+    if not path.is_dir() or not _looks_like_zarr(path):
+        return None
+    try:
+        array = import_zarr().open_array(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - a group or unreadable metadata: open_output_for_resume says
+        return None
+    return dict(array.attrs.get(ATTRS_KEY) or {})
 
 
 def done_marker(path, block):

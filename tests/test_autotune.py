@@ -1,0 +1,305 @@
+"""The auto engine: it times the eligible variants once, keeps the fastest, caches the choice;
+and calls are never padded past one slice's tiles."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from fusionnet_tf.inference import Predictor, autotune
+from fusionnet_tf.models import build_fusionnet
+
+TILE = 32
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Each test gets an empty autotune cache of its own."""
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return build_fusionnet(base_filters=4, depth=2)
+
+
+def tiles(count=2, seed=0):
+    return np.random.default_rng(seed).random((count, TILE, TILE)).astype(np.float32)
+
+
+def label(network):
+    """The variant label of a KerasFunction built by the Predictor."""
+    return network.variant.label
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Replace the autotuner's clock: ``fake_clock.seconds[label]`` per call; counts calls."""
+    class Clock:
+        seconds = {"plain": 2.0, "xla": 1.0, "frozen": 1.5, "plain+mixed_bfloat16": 0.1,
+                   "xla+mixed_bfloat16": 0.2}
+        calls = []
+
+        def __call__(self, network, batch):
+            self.calls.append(label(network))
+            return self.seconds[label(network)], network(batch)
+
+    clock = Clock()
+    clock.calls = []
+    monkeypatch.setattr(autotune, "time_call", clock)
+    return clock
+
+
+def cache_entries():
+    return json.loads(autotune.cache_path().read_text())
+
+
+@pytest.mark.parametrize("fastest", ["plain", "frozen", "xla"])
+def test_auto_keeps_the_fastest_records_it_and_returns_its_result(model, fake_clock, fastest):
+    fake_clock.seconds = {"plain": 1.0, "frozen": 1.0, "xla": 1.0, fastest: 0.5}
+    predictor = Predictor(model, tile_shape=TILE, overlap=8)  # engine="auto" is the default
+    assert predictor.variant is None  # nothing chosen before the first batch
+    result = predictor.predict_tiles(tiles())
+    assert predictor.variant == {"engine": fastest, "precision": "float32"}
+    assert set(fake_clock.calls) == {"plain", "frozen", "xla"}  # all were timed
+    (entry,) = cache_entries().values()
+    assert entry["choice"] == fastest and set(entry["timings"]) == {"plain", "frozen", "xla"}
+    assert entry["timings"][fastest]["batch_s"] == 0.5
+    explicit = Predictor(model, tile_shape=TILE, overlap=8, engine=fastest)
+    np.testing.assert_allclose(result, explicit.predict_tiles(tiles()), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_tiles(tiles()), result, rtol=0, atol=1e-6)
+
+
+def test_bfloat16_only_with_precision_auto_and_bf16_matrix_units(model, fake_clock, monkeypatch):
+    monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: True)  # claim AMX
+    float32 = Predictor(model, tile_shape=TILE, overlap=8)  # precision="float32" is the default
+    float32.predict_tiles(tiles())
+    assert float32.variant == {"engine": "xla", "precision": "float32"}
+    assert not any("bfloat16" in call for call in fake_clock.calls)  # never even timed
+    chosen = Predictor(model, tile_shape=TILE, overlap=8, precision="auto")
+    result = chosen.predict_tiles(tiles())
+    assert chosen.variant == {"engine": "plain", "precision": "mixed_bfloat16"}
+    # the first batch's result is the chosen variant's own (bfloat16 differs from float32)
+    explicit = Predictor(model, tile_shape=TILE, overlap=8, precision="mixed_bfloat16",
+                         engine="plain").predict_tiles(tiles())
+    np.testing.assert_allclose(result, explicit, rtol=0, atol=1e-6)
+    assert np.abs(result - float32.predict_tiles(tiles())).max() > 1e-4
+    monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: False)  # e.g. this EPYC
+    assert [v.label for v in autotune.candidate_variants("auto", "auto")] == \
+        ["plain", "frozen", "xla"]
+
+
+def test_bf16_matrix_units_are_amx_not_avx512_bf16(monkeypatch):
+    monkeypatch.setattr(autotune, "_gpu_names", lambda: [])
+    monkeypatch.setattr(autotune, "cpu_info", lambda: ("EPYC", frozenset({"avx512_bf16"})))
+    assert not autotune.has_bf16_matrix_units()
+    monkeypatch.setattr(autotune, "cpu_info", lambda: ("Xeon", frozenset({"amx_bf16"})))
+    assert autotune.has_bf16_matrix_units()
+
+
+def test_the_cached_choice_is_reused_without_timing(model, fake_clock):
+    first = Predictor(model, tile_shape=TILE, overlap=8)
+    first.predict_tiles(tiles())
+    timed = len(fake_clock.calls)
+    assert timed >= 2
+    fake_clock.seconds = {"plain": 0.1, "frozen": 9.0, "xla": 9.0}  # plain, if it timed
+    second = Predictor(model, tile_shape=TILE, overlap=8)
+    second.predict_tiles(tiles(seed=1))
+    assert len(fake_clock.calls) == timed  # not timed again
+    assert second.variant == first.variant == {"engine": "xla", "precision": "float32"}
+    other_shape = Predictor(model, tile_shape=2 * TILE, overlap=8)  # another batch shape: timed
+    other_shape.predict_tiles(np.random.default_rng(1).random((2, 64, 64)).astype(np.float32))
+    assert len(fake_clock.calls) > timed and other_shape.variant["engine"] == "plain"
+    assert len(cache_entries()) == 2
+
+
+def test_cached_choice_weighs_xla_compile_against_the_job(model):
+    timings = {"plain": {"batch_s": 1.0, "setup_s": 0.1}, "xla": {"batch_s": 0.8, "setup_s": 5.0},
+               "frozen": {"batch_s": 0.85, "setup_s": 12.0}}
+    variants = autotune.candidate_variants("auto", "float32")
+    assert autotune.choose(timings, variants).engine == "xla"  # per call
+    assert autotune.choose(timings, variants, calls=10).engine == "plain"  # 10.1 < 13 < 20.5 s
+    assert autotune.choose(timings, variants, calls=100).engine == "xla"  # 100.1 > 97 > 85 s
+    del timings["xla"]
+    variants = [v for v in variants if v.engine != "xla"]
+    assert autotune.choose(timings, variants, calls=10).engine == "plain"
+    assert autotune.choose(timings, variants, calls=100).engine == "frozen"  # 100.1 s > 97 s
+
+
+def test_a_short_job_runs_plain_without_timing_or_caching(model, fake_clock):
+    fake_clock.seconds = {"plain": 100.0, "frozen": 1.0, "xla": 1.0}
+    predictor = Predictor(model, tile_shape=TILE, overlap=8)
+    predictor.predict(np.random.default_rng(0).random((40, 40)).astype(np.float32))  # 1 call
+    assert predictor.variant["engine"] == "plain"
+    assert fake_clock.calls == ["plain"]  # only the first batch, on the fallback
+    assert not autotune.cache_path().exists()
+    fake_clock.seconds = {"plain": 0.01, "frozen": 0.01, "xla": 0.001}
+    fake_clock.calls.clear()
+    many = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    many.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls, but ~0.4 s
+    # 8 calls or more: frozen runs first (see the module docstring), and runs the short job
+    assert fake_clock.calls == ["frozen"] and many.variant["engine"] == "frozen"
+    assert not autotune.cache_path().exists()
+    fake_clock.seconds = {"plain": 1.0, "frozen": 1.0, "xla": 0.5}
+    long = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    long.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls of 1 s: worth timing
+    assert long.variant["engine"] == "xla" and autotune.cache_path().exists()
+
+
+def test_the_choice_is_said_in_one_line_when_progress_is_on(model, fake_clock, capsys):
+    Predictor(model, tile_shape=TILE, overlap=8, progress=True).predict_tiles(tiles())
+    lines = [line for line in capsys.readouterr().err.splitlines() if "auto engine" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("fusionnet: auto engine chose xla (1 s/batch vs plain 2 s, "
+                               "frozen 1.5 s;")
+    Predictor(model, tile_shape=TILE, overlap=8).predict_tiles(tiles())  # progress off: quiet
+    assert "auto engine" not in capsys.readouterr().err
+
+
+def test_resolve_engine_before_the_first_batch_and_prefer(model, fake_clock):
+    predictor = Predictor(model, tile_shape=TILE, overlap=8)
+    assert predictor.resolve_engine() == {"engine": "xla", "precision": "float32"}
+    kept = Predictor(model, tile_shape=TILE, overlap=8)
+    calls = len(fake_clock.calls)
+    assert kept.resolve_engine(prefer={"engine": "plain", "precision": "float32"}) == \
+        {"engine": "plain", "precision": "float32"}
+    assert len(fake_clock.calls) == calls  # a preferred variant is not timed
+
+
+def test_explicit_engines_and_other_callables_have_no_choice(model, fake_clock):
+    assert Predictor(model, tile_shape=TILE, overlap=8, engine="plain").variant == \
+        {"engine": "plain", "precision": "float32"}
+    xla = Predictor(model, tile_shape=TILE, overlap=8, jit_compile=True)  # the older flag
+    assert xla.variant == {"engine": "xla", "precision": "float32"}
+    other = Predictor(lambda batch: batch, tile_shape=TILE, overlap=8, precision="auto")
+    assert other.variant == {"engine": "as-is", "precision": "float32"}
+    other.predict_tiles(tiles())
+    assert fake_clock.calls == []
+
+
+# === The frozen engine (weights as graph constants) ===
+
+def test_frozen_is_timed_first_in_float32_only(model, fake_clock, monkeypatch):
+    fake_clock.seconds = {"plain": 2.0, "frozen": 0.5, "xla": 1.0}
+    wide = Predictor(model, tile_shape=TILE, overlap=8)
+    result = wide.predict_tiles(tiles())
+    # frozen runs before plain shares its (unblocked) oneDNN primitives with it
+    assert fake_clock.calls[0] == "frozen" and set(fake_clock.calls) == {"plain", "frozen", "xla"}
+    assert wide.variant == {"engine": "frozen", "precision": "float32"}
+    assert wide.network.network.constant_weights
+    explicit = Predictor(model, tile_shape=TILE, overlap=8, engine="frozen")
+    assert explicit.variant == {"engine": "frozen", "precision": "float32"}
+    np.testing.assert_allclose(result, explicit.predict_tiles(tiles()), rtol=0, atol=1e-6)
+    monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: True)
+    assert [v.label for v in autotune.candidate_variants("auto", "auto")] == \
+        ["plain", "frozen", "xla", "plain+mixed_bfloat16", "xla+mixed_bfloat16"]
+    assert [v.label for v in autotune.candidate_variants("frozen", "mixed_bfloat16")] == \
+        ["frozen+mixed_bfloat16"]  # explicitly, any precision
+
+
+def test_frozen_pays_its_set_up_only_on_long_jobs(model, fake_clock):
+    fake_clock.seconds = {"plain": 2.0, "frozen": 1.0, "xla": 3.0}
+    one_slice = Predictor(model, tile_shape=TILE, overlap=8)
+    one_slice.predict(np.random.default_rng(0).random((40, 40)).astype(np.float32))  # 1 call
+    assert fake_clock.calls == ["plain"] and one_slice.variant["engine"] == "plain"
+    long = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    long.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls of 1-3 s: timed, frozen first
+    assert fake_clock.calls[1] == "frozen" and long.variant["engine"] == "frozen"
+    ((key, entry),) = cache_entries().items()
+    entry["timings"]["plain"]["setup_s"] = 0.0
+    entry["timings"]["frozen"]["setup_s"] = 20.0  # its constant folding, as at base 64
+    autotune.store_entry(key, entry)
+    timed = len(fake_clock.calls)
+    ten = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    assert ten.resolve_engine(calls=10)["engine"] == "plain"  # 20 s < 20 s + 10 s
+    many = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    assert many.resolve_engine(calls=40)["engine"] == "frozen"  # 80 s > 20 s + 40 s
+    assert len(fake_clock.calls) == timed  # from the cache
+    fake_clock.seconds = {"plain": 0.02, "frozen": 0.01, "xla": 0.001}
+    fake_clock.calls.clear()
+    autotune.cache_path().unlink()
+    quick = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    quick.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls, but ~0.4 s on what ran first
+    assert fake_clock.calls == ["frozen"] and quick.variant["engine"] == "frozen"
+    assert not autotune.cache_path().exists()
+
+
+def test_frozen_engine_from_the_command_line_and_in_volumes(model, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    tifffile = pytest.importorskip("tifffile")
+    from fusionnet_tf.cli import main
+    from fusionnet_tf.data.normalize import normalize
+    from fusionnet_tf.volumes import predict_volume, storage
+
+    model_file = str(tmp_path / "tiny.keras")
+    model.save(model_file)
+    volume = (np.random.default_rng(3).random((2, 70, 90)) * 255).astype(np.uint8)
+    small = ["--tile-size", str(TILE), "--overlap", "8", "--tta", "1", "--quiet"]
+    image = tmp_path / "slice.tif"
+    tifffile.imwrite(image, volume[0])
+    out = tmp_path / "p.tif"
+    assert main(["predict", str(image), "-o", str(out), "--model", model_file,
+                 "--engine", "frozen"] + small) == 0
+    assert json.loads(tifffile.TiffFile(out).pages[0].description)["engine"] == "frozen"
+    spec = str(tmp_path / "vol.zarr")
+    zarr.open_array(spec, mode="w", shape=volume.shape, chunks=(1, 64, 64),
+                    dtype=volume.dtype)[:] = volume
+    out = tmp_path / "out.zarr"
+    assert main(["predict-volume", spec, str(out), "--model", model_file, "--engine", "frozen",
+                 "--block", "64", "--workers", "0"] + small) == 0
+    assert storage.recorded_settings(out)["engine"] == "frozen"
+    in_memory = Predictor(keras.saving.load_model(model_file), tile_shape=TILE, overlap=8,
+                          engine="frozen").predict(normalize(volume))
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], in_memory)
+    with pytest.raises(ValueError, match="engine: 'frozen' -> 'plain'"):
+        predict_volume(spec, out, model_file, engine="plain", block_shape=(1, 64, 64),
+                       tile_shape=TILE, overlap=8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(engine="fast"), "engine='fast'"),
+    (dict(engine="plain", jit_compile=True), "jit_compile=True.*engine='plain'"),
+    (dict(precision="bf16"), "precision='bf16'"),
+])
+def test_bad_engine_settings(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Predictor(model, tile_shape=TILE, overlap=8, **kwargs)
+
+
+# === Network calls: no padding past one slice ===
+
+def recording_network(sizes):
+    def network(batch):
+        sizes.append(len(batch))
+        return batch * 0.5
+    return network
+
+
+@pytest.mark.parametrize("tta", [1, 8])
+def test_a_single_tile_is_not_padded(tta):
+    sizes = []
+    predictor = Predictor(recording_network(sizes), tile_shape=512, overlap=64, tta=tta)
+    predictor.predict(np.zeros((512, 512), np.float32))
+    assert sizes == [tta]  # one tile's TTA variants, in one call
+    sizes.clear()
+    small = Predictor(recording_network(sizes), tile_shape=64, overlap=16, tta=tta)
+    small.predict(np.zeros((64, 64), np.float32))
+    assert sizes == [tta]
+
+
+def test_small_tiles_share_a_call_of_one_slice_at_most():
+    sizes = []
+    predictor = Predictor(recording_network(sizes), tile_shape=64, overlap=16)
+    assert predictor.inputs_per_call() == 16  # 16 x 64 x 64 = 256 x 256 pixels
+    image = np.zeros((100, 150), np.float32)  # 2 x 3 tiles
+    assert predictor.inputs_per_call(100, 150) == len(predictor.tile_origins(100, 150)) == 6
+    predictor.predict(np.zeros((4,) + image.shape, np.float32))
+    assert set(sizes) == {6} and sum(sizes) == 4 * 6
+    sizes.clear()
+    tta = Predictor(recording_network(sizes), tile_shape=64, overlap=16, tta=8)
+    assert tta.inputs_per_call() == 16  # the variants of 2 tiles
+    tta.predict(np.zeros((250, 250), np.float32))  # 25 tiles: 13 calls, the last one padded
+    assert len(tta.tile_origins(250, 250)) == 25
+    assert set(sizes) == {16} and len(sizes) == 13
