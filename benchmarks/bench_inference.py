@@ -38,7 +38,6 @@ ISBI 2012 test slice shipped with the package.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,62 +53,16 @@ from fusionnet_tf.data import normalize, read_stack  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
 from fusionnet_tf.inference.optimize import conv_flops, inference_copy, inference_function  # noqa: E402
 from fusionnet_tf.models import build_fusionnet  # noqa: E402
+from hostinfo import cpu_description, foreign_cpu_meter  # noqa: E402  (benchmarks/)
 
 SIDE = 512
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 EXAMPLE = os.path.join(REPO, "fusionnet_tf", "examples", "isbi2012_test_slices_0-2.tif")
 DEFAULT_PEER = os.path.join(REPO, "..", "shared", "peers", "torch_fusionnet.py")
-# CPU flags that decide which kernels oneDNN can use
-FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-# === Machine ===
-
-def cpu_description():
-    """``(model name, {flag: present})`` from /proc/cpuinfo (platform strings elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            text = info.read()
-    except OSError:
-        return platform.processor() or platform.machine(), {}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return fields.get("model name", platform.machine()), {f: f in flags for f in FLAGS_OF_INTEREST}
-
-
-def foreign_cpu_meter():
-    """Start measuring other processes' CPU use; returns a function giving it as a fraction.
-
-    The fraction is of all cores' time since the call (Linux ``/proc/stat``
-    minus this process's own CPU time); None where ``/proc/stat`` is missing.
-    """
-    def busy_seconds():
-        try:
-            with open("/proc/stat") as stat:
-                ticks = [int(v) for v in stat.readline().split()[1:9]]
-        except OSError:
-            return None
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-    def own_seconds():
-        times = os.times()
-        return times.user + times.system
-
-    busy0, own0, wall0 = busy_seconds(), own_seconds(), time.perf_counter()
-
-    def foreign():
-        busy = busy_seconds()
-        if busy is None or busy0 is None:
-            return None
-        other = (busy - busy0) - (own_seconds() - own0)
-        return round(max(0.0, other) / ((time.perf_counter() - wall0) * os.cpu_count()), 3)
-
-    return foreign
-
-
-# === Our side ===
+# === Data and models ===
 
 def test_slice():
     """One 512x512 EM slice normalized to [0, 1] (random if the example is missing)."""
@@ -294,8 +247,10 @@ def main():
     def log(line):
         print(line, flush=True)
 
-    cpu_model, flags = cpu_description()
-    log(f"CPU: {cpu_model}, {os.cpu_count()} CPUs; flags: "
+    cpu = cpu_description()
+    cpu_model, cpus = cpu.pop("model"), cpu.pop("cpus")
+    flags = cpu
+    log(f"CPU: {cpu_model}, {cpus} CPUs; flags: "
         + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items()))
     image = test_slice()
     records, result = [], {}

@@ -61,13 +61,12 @@ Example:
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
-from torch_reference import foreign_cpu_meter  # benchmarks/torch_reference.py (no torch import)
+from hostinfo import cpu_description, foreign_cpu_meter  # benchmarks/hostinfo.py
 
 VARIANTS = ("fused_bn", "keras_bn", "no_bn")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -75,7 +74,6 @@ PRECISION_TAGS = {"float32": "float32", "mixed_bfloat16": "bf16", "mixed_float16
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_PEER = os.path.join(REPO, "..", "shared", "peers", "torch_fusionnet.py")
-CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 FOREIGN_LIMIT = 0.1  # above this share of the cores used by others, a timing is suspect
 
 
@@ -242,21 +240,6 @@ def time_interleaved(models, x, y, steps, probe, warmup=0):
 
 
 # --------------------------------------------------------------- host and PyTorch
-
-
-def cpu_info():
-    """``{"model": CPU model name, "cpus": count, flag: bool for each of CPU_FLAGS}`` (Linux)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:  # the first processor's fields are enough
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    return {"model": model, "cpus": os.cpu_count(), **{flag: flag in flags for flag in CPU_FLAGS}}
 
 
 def torch_commands(args):
@@ -447,7 +430,7 @@ def main():
     }
     result.update(precision_keys(args, durations, tiles_per_s, variants))
     result.update(torch_keys(args, records, durations, tiles_per_s))
-    cpu = cpu_info()
+    cpu = cpu_description()
     result["cpu"] = cpu
     result["amx_goal_bf16_vs_float32_2x"] = (
         ("met" if (result.get("bf16_vs_float32") or 0) >= 2 else "not met")

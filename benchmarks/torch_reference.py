@@ -42,6 +42,8 @@ import argparse
 import json
 import time
 
+from hostinfo import foreign_cpu_meter  # benchmarks/hostinfo.py: standard library only
+
 
 def build_torch_fusionnet(base_filters=64, depth=4, residual_convs=3):
     """FusionNet as a ``torch.nn.Module``: (B, 1, H, W) float32 -> (B, 1, H, W) probabilities."""
@@ -113,39 +115,6 @@ def fuse_batchnorm(module):
                 child[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
                 child[i + 1] = torch.nn.Identity()
     return module
-
-
-def foreign_cpu_meter():
-    """Start measuring other processes' CPU use; returns a function giving it as a fraction.
-
-    The fraction is of all cores' time during the window (Linux ``/proc/stat``
-    minus this process's own CPU time); None where ``/proc/stat`` is missing.
-    """
-    import os
-
-    def busy_seconds():
-        try:
-            with open("/proc/stat") as stat:
-                ticks = [int(v) for v in stat.readline().split()[1:9]]
-        except OSError:
-            return None
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-    def own_seconds():
-        times = os.times()
-        return times.user + times.system
-
-    busy0, own0, wall0 = busy_seconds(), own_seconds(), time.perf_counter()
-
-    def foreign():
-        busy = busy_seconds()
-        if busy is None or busy0 is None:
-            return None
-        wall = time.perf_counter() - wall0
-        other = (busy - busy0) - (own_seconds() - own0)
-        return round(max(0.0, other) / (wall * os.cpu_count()), 3)
-
-    return foreign
 
 
 def train_main(args):

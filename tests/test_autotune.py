@@ -86,16 +86,21 @@ def test_bfloat16_only_with_precision_auto_and_bf16_matrix_units(model, fake_clo
                          engine="plain").predict_tiles(tiles())
     np.testing.assert_allclose(result, explicit, rtol=0, atol=1e-6)
     assert np.abs(result - float32.predict_tiles(tiles())).max() > 1e-4
-    monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: False)  # e.g. this EPYC
+    monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: False)  # e.g. AVX2 only
     assert [v.label for v in autotune.candidate_variants("auto", "auto")] == \
         ["plain", "frozen", "xla"]
 
 
-def test_bf16_matrix_units_are_amx_not_avx512_bf16(monkeypatch):
+def test_bf16_matrix_units_are_amx_or_avx512_bf16_or_a_gpu(monkeypatch):
     monkeypatch.setattr(autotune, "_gpu_names", lambda: [])
-    monkeypatch.setattr(autotune, "cpu_info", lambda: ("EPYC", frozenset({"avx512_bf16"})))
+    monkeypatch.setattr(autotune, "cpu_info", lambda: ("Xeon", frozenset({"avx512f", "avx2"})))
     assert not autotune.has_bf16_matrix_units()
+    monkeypatch.setattr(autotune, "cpu_info", lambda: ("EPYC", frozenset({"avx512_bf16"})))
+    assert autotune.has_bf16_matrix_units()
     monkeypatch.setattr(autotune, "cpu_info", lambda: ("Xeon", frozenset({"amx_bf16"})))
+    assert autotune.has_bf16_matrix_units()
+    monkeypatch.setattr(autotune, "cpu_info", lambda: ("Xeon", frozenset({"avx512f"})))
+    monkeypatch.setattr(autotune, "_gpu_names", lambda: ["/physical_device:GPU:0"])
     assert autotune.has_bf16_matrix_units()
 
 

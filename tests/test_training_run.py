@@ -8,7 +8,7 @@ import yaml
 
 from fusionnet_tf.training import callbacks as cb
 from fusionnet_tf.training.config import config_from_dict, load_config
-from fusionnet_tf.training.run import build_and_compile, train
+from fusionnet_tf.training.run import train
 
 STEPS = 3
 EPOCHS = 2
@@ -154,21 +154,30 @@ def test_resume_with_other_steps_per_epoch_is_refused(stack_files, tmp_path):
         backup.restore(keras.Model())
 
 
-def test_mixed_bfloat16_trains_with_finite_loss(stack_files, tmp_path):
-    config = tiny_config(stack_files, tmp_path / "run", precision="mixed_bfloat16", epochs=1,
-                         steps_per_epoch=2)
+@pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"),
+                                                      ("mixed_float16", "float16")])
+def test_mixed_precision_run_lowers_the_loss(stack_files, tmp_path, precision, compute_dtype):
+    """Both half precisions train on the CPU with fused BatchNorm in the half dtype;
+    float16 (only) with loss scaling."""
+    epochs, steps = 3, 4
+    config = tiny_config(stack_files, tmp_path / "run", precision=precision, epochs=epochs,
+                         steps_per_epoch=steps, fused_batchnorm=True, checkpoint_monitor="loss")
     result = train(config, verbose=0)
-    assert np.isfinite(result.history["loss"]).all()
-    assert result.model.get_layer("enc1_conv_in").compute_dtype == "bfloat16"
-    assert result.model.output.dtype == "float32"
-
-
-def test_mixed_float16_compiles_a_loss_scaled_optimizer(stack_files, tmp_path):
-    config = tiny_config(stack_files, tmp_path / "run", precision="mixed_float16")
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    model = build_and_compile(config)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    model, losses = result.model, result.history["loss"]
+    assert len(losses) == epochs and np.isfinite(losses).all()
+    assert losses[-1] < 0.9 * losses[0], losses
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(bn.compute_dtype == compute_dtype for bn in bns)
+    assert all(getattr(bn, "_fusionnet_patched", False) for bn in bns)
+    assert all(bn.moving_variance.dtype == "float32" for bn in bns)
+    assert model.get_layer("enc1_conv_in").compute_dtype == compute_dtype
     assert model.output.dtype == "float32"
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")
+    assert int(model.optimizer.iterations.numpy()) == epochs * steps
+    if scaled:
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        assert np.isfinite(scale) and scale >= 1.0
 
 
 def test_plot_and_csv_helpers(tmp_path):

@@ -112,8 +112,8 @@ def add_tiling_arguments(parser):
     parser.add_argument("--precision", choices=INFERENCE_PRECISION_CHOICES,
                         default="float32",
                         help="Compute precision of a .keras model. mixed_bfloat16 is several "
-                             "times faster on CPUs with bfloat16 matrix units (AMX, e.g. "
-                             "Intel Xeon Sapphire Rapids and later) and on GPUs, and changes "
+                             "faster on CPUs with bfloat16 matrix instructions (AMX: about 7x; "
+                             "AVX512-BF16: about 2x) and on GPUs, and changes "
                              "probabilities by ~1e-3 on average; mixed_float16 is for GPUs; "
                              "auto lets --engine auto also time mixed_bfloat16 where the "
                              "machine has those units (default: float32).")

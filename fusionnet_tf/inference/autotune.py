@@ -21,9 +21,10 @@ A variant is an engine and a compute precision:
   CPU faster for wide models, slower for narrow ones, and it compiles for a
   few seconds in every new process;
 - precision ``"mixed_bfloat16"``: only with ``precision="auto"`` and only where
-  the machine has bfloat16 matrix units (Intel AMX, ``amx_bf16`` in the CPU
-  flags, or a GPU). Elsewhere bfloat16 is emulated and slower than float32.
-  With ``precision="float32"`` (the default) it is never a candidate.
+  the machine has bfloat16 matrix instructions (Intel AMX, ``amx_bf16``;
+  AVX512-BF16 dot products, ``avx512_bf16``, e.g. AMD Zen 4/5; or a GPU).
+  Elsewhere bfloat16 is emulated and slower than float32. With
+  ``precision="float32"`` (the default) it is never a candidate.
 
 TensorFlow shares oneDNN primitives between graphs by shape, so a frozen
 network set up after the same convolutions ran with variable weights at
@@ -150,13 +151,19 @@ def _gpu_names():
     return [device.name for device in tf.config.list_physical_devices("GPU")]
 
 
-def has_bf16_matrix_units():
-    """True if bfloat16 matrix math is fast here: a CPU with AMX (``amx_bf16``) or a GPU.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
-    AVX512-BF16 alone (e.g. AMD EPYC Genoa, Intel Cooper Lake) only converts
-    and dots pairs: measured slower than float32 for this network.
+
+def has_bf16_matrix_units():
+    """True if bfloat16 matrix math runs natively here: AMX, AVX512-BF16 or a GPU.
+
+    Only then is mixed_bfloat16 worth timing: on a 2-core AMD EPYC with
+    AVX512-BF16 (no AMX) the BN-folded network ran 1.8-2.1x faster in
+    mixed_bfloat16 than in float32 at base 16 to 64 (2026-12-02,
+    BENCHMARKS.md); without these instructions bfloat16 is emulated.
     """
-    return "amx_bf16" in cpu_info()[1] or bool(_gpu_names())
+    flags = cpu_info()[1]
+    return any(flag in flags for flag in BF16_CPU_FLAGS) or bool(_gpu_names())
 
 
 def host_fingerprint():

@@ -275,8 +275,9 @@ class Predictor:
             Defaults to False.
         precision: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or
             ``"auto"``: compute precision of a Keras model (see
-            ``inference_copy``). ``mixed_bfloat16`` is several times faster on
-            CPUs with bfloat16 matrix units (AMX) and on GPUs, and changes
+            ``inference_copy``). ``mixed_bfloat16`` is faster on CPUs with
+            bfloat16 matrix instructions (AMX: ~7x, AVX512-BF16: ~2x) and on
+            GPUs, and changes
             membrane probabilities by about 1e-3 on average, 0.08 at most on
             ISBI slices (BENCHMARKS.md). ``"auto"`` lets the auto engine also
             time mixed_bfloat16 where the machine has those units (float32
