@@ -130,7 +130,7 @@ class TrainConfig:
     ``early_stopping_patience`` 0 disables early stopping. ``fused_batchnorm``
     computes BatchNormalization with TensorFlow's fused kernel (same layers,
     weights and maths; float32, mixed_bfloat16 and mixed_float16 alike;
-    CPU training steps 1.2-1.7x faster than Keras's BatchNormalization; see
+    CPU training steps 1.25-1.8x faster than Keras's BatchNormalization; see
     ``fusionnet_tf.training.fused_batchnorm``). ``intra_op_threads``
     / ``inter_op_threads`` 0 keep TensorFlow's defaults.
     """

@@ -6,7 +6,7 @@ step runs several full passes over every activation forwards and more in the
 gradient. TensorFlow's fused kernel (``FusedBatchNormV3`` and its gradient,
 oneDNN-accelerated on CPU, cuDNN on GPU) does each direction in one op. On
 this project's 2-core CPU a base-16 FusionNet training step on 512 x 512
-tiles gets 1.2-1.3x faster in float32 and 1.5-1.7x in mixed_bfloat16
+tiles gets about 1.25x faster in float32 and 1.5-1.8x in mixed_bfloat16
 (``benchmarks/bench_train.py``; see BENCHMARKS.md).
 
 ``use_fused_batchnorm(model)`` switches the *computation* of every eligible
