@@ -33,7 +33,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 INFERENCE_PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 # how the Predictor runs a Keras model: "plain" (BatchNorm folded, TensorFlow's
-# oneDNN kernels; weights as graph constants when they are small), "frozen" (plain
+# oneDNN kernels, weights as variables), "frozen" (plain
 # with the weights always graph constants: faster calls for wide models, slower
 # set-up), "xla" (jit_compile), "auto" = the fastest of them on this machine for
 # the job, timed once and cached (fusionnet_tf.inference.autotune)

@@ -120,6 +120,43 @@ def test_the_cached_choice_is_reused_without_timing(model, fake_clock):
     assert len(cache_entries()) == 2
 
 
+def test_a_variant_that_fails_is_skipped_and_the_cache_still_hits(model, fake_clock, caplog):
+    class Clock(type(fake_clock)):
+        def __call__(self, network, batch):
+            if label(network) == "xla":
+                raise RuntimeError("XLA compilation failed")  # e.g. an op XLA cannot compile
+            return super().__call__(network, batch)
+
+    clock = Clock()
+    clock.calls, clock.seconds = [], {"plain": 2.0, "frozen": 1.5}
+    autotune.time_call = clock  # fake_clock's monkeypatch restores the real one afterwards
+    first = Predictor(model, tile_shape=TILE, overlap=8)
+    with caplog.at_level("WARNING", logger="fusionnet_tf.inference"):
+        result = first.predict_tiles(tiles())
+    assert first.variant == {"engine": "frozen", "precision": "float32"}
+    assert "skips xla" in caplog.text and "XLA compilation failed" in caplog.text
+    (entry,) = cache_entries().values()
+    assert entry["skipped"] == ["xla"] and set(entry["timings"]) == {"plain", "frozen"}
+    timed = len(clock.calls)
+    second = Predictor(model, tile_shape=TILE, overlap=8)
+    np.testing.assert_allclose(second.predict_tiles(tiles()), result, rtol=0, atol=1e-6)
+    assert len(clock.calls) == timed and second.variant == first.variant  # from the cache
+
+
+def test_the_fallback_failing_is_an_error_not_a_skip(model, fake_clock):
+    class Clock(type(fake_clock)):
+        def __call__(self, network, batch):
+            if label(network) == "plain":
+                raise RuntimeError("plain is broken")
+            return super().__call__(network, batch)
+
+    clock = Clock()
+    clock.calls = []
+    autotune.time_call = clock
+    with pytest.raises(RuntimeError, match="plain is broken"):
+        Predictor(model, tile_shape=TILE, overlap=8).predict_tiles(tiles())
+
+
 def test_cached_choice_weighs_xla_compile_against_the_job(model):
     timings = {"plain": {"batch_s": 1.0, "setup_s": 0.1}, "xla": {"batch_s": 0.8, "setup_s": 5.0},
                "frozen": {"batch_s": 0.85, "setup_s": 12.0}}

@@ -55,7 +55,9 @@ def _require_napari():
 # --------------------------------------------------------------------------- #
 
 
-def test_package_and_cli_import_without_napari_or_qt():
+def test_package_and_cli_import_without_napari_or_qt(tmp_path):
+    membrane, _ = cell_grid(count=2, size=32)
+    tifffile.imwrite(tmp_path / "pred.tif", membrane)
     code = (
         "import sys\n"
         "sys.modules['napari'] = None\n"  # any 'import napari' raises ImportError
@@ -63,11 +65,14 @@ def test_package_and_cli_import_without_napari_or_qt():
         "from fusionnet_tf.cli import build_parser\n"
         "build_parser()\n"
         "from fusionnet_tf.cli import main\n"
-        "assert main(['segment', '--help']) == 0\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode in (0, 1), out.stderr  # argparse --help exits via SystemExit(0)
+    out = subprocess.run([sys.executable, "-c", code, "segment", str(tmp_path / "pred.tif"),
+                          "-o", str(tmp_path / "seg.tif"), "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert "Error" not in out.stderr, out.stderr
+    assert tifffile.imread(tmp_path / "seg.tif").shape == (2, 32, 32)
     code = ("import sys, fusionnet_tf, fusionnet_tf.napari\n"
             "from fusionnet_tf.cli import build_parser\n"
             "build_parser()\n"
@@ -309,6 +314,34 @@ def test_bad_input_gives_a_notification_and_no_layer(viewer, tmp_path, case):
         assert segment() is None
         assert len(error_notifications()) == before + 2
     assert [layer.name for layer in viewer.layers] == ["bad"]
+
+
+@pytest.mark.parametrize("case", ["overlap_equals_tile", "corrupt_model"])
+def test_errors_in_the_worker_give_one_notification_and_no_layer(viewer, qt, tiny_model_path,
+                                                                   tmp_path, case):
+    viewer.add_image(np.random.default_rng(0).random((64, 64), dtype=np.float32), name="em")
+    widget = dock(viewer, "Predict membranes")
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 32, 8, 1
+    if case == "overlap_equals_tile":
+        widget.model_path.value = tiny_model_path
+        widget.overlap.value = 32  # the widget allows it; Predictor() refuses it in the worker
+    else:
+        corrupt = tmp_path / "corrupt.keras"
+        corrupt.write_bytes(b"not a zip file")
+        widget.model_path.value = corrupt
+    before = len(error_notifications())
+    relayed = []
+    worker = widget()
+    assert worker is not None
+    worker.errored.connect(relayed.append)
+    wait_for(qt, widget)
+    qt.wait(50)
+    assert relayed == []  # napari would show it again, with a traceback
+    messages = error_notifications()[before:]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("Predict membranes: ")
+    assert ("overlap" if case == "overlap_equals_tile" else "corrupt.keras") in messages[0]
+    assert [layer.name for layer in viewer.layers] == ["em"]
 
 
 # --------------------------------------------------------------------------- #

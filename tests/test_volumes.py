@@ -15,7 +15,9 @@ from fusionnet_tf.volumes import (BlockFailures, block_grid, open_volume,  # noq
 from fusionnet_tf.volumes import geometry, storage  # noqa: E402
 
 TILE, OVERLAP, BLOCK = 64, 16, (1, 128, 128)
-OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4)
+# engine "plain": the auto engine may time and pick frozen or XLA (equal only to ~2e-6) in
+# one process and plain in another; the engine tests below choose it explicitly
+OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4, engine="plain")
 
 
 # ----------------------------------------------------------------- fixtures
@@ -476,7 +478,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run
     out = tmp_path / "out.zarr"
     command = [sys.executable, "-m", "fusionnet_tf", "predict-volume", spec, str(out),
                "--model", str(model_path), "--workers", "0", "--block", "128", "--tile",
-               str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
+               str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--engine", "plain", "--quiet"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
@@ -611,7 +613,7 @@ def test_half_precision_with_a_savedmodel_fails_before_any_work(tmp_path, volume
     assert not out.exists()
 
 
-def test_outputs_of_earlier_versions_resume_as_float32(tmp_path, volume, predictor):
+def test_outputs_of_earlier_versions_resume_as_float32(tmp_path, volume, predictor, model_path):
     from fusionnet_tf.volumes import storage
 
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :200])
@@ -623,8 +625,28 @@ def test_outputs_of_earlier_versions_resume_as_float32(tmp_path, volume, predict
     array.attrs[storage.ATTRS_KEY] = settings
     assert predict_volume(spec, out, predictor, block_shape=BLOCK, **OPTIONS)["blocks_skipped"] == 2
     with pytest.raises(ValueError, match="precision: 'float32' -> 'mixed_bfloat16'"):
-        predict_volume(spec, out, predictor, block_shape=BLOCK,
+        predict_volume(spec, out, str(model_path), block_shape=BLOCK,
                        **{**OPTIONS, "precision": "mixed_bfloat16"})
+
+
+def test_a_live_predictor_must_match_the_settings_and_its_variant_is_recorded(
+        tmp_path, volume, model_path):
+    from fusionnet_tf.inference import Predictor, load_model
+    from fusionnet_tf.volumes import storage
+
+    spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :64, :64])
+    bf16 = Predictor(load_model(model_path), **{**OPTIONS, "precision": "mixed_bfloat16"})
+    with pytest.raises(ValueError, match="asks for engine 'plain' and precision 'float32', "
+                                         "but the Predictor runs .* 'mixed_bfloat16'"):
+        predict_volume(spec, tmp_path / "a.zarr", bf16, block_shape=BLOCK, **OPTIONS)
+    assert not (tmp_path / "a.zarr").exists()
+    # with precision "auto" the live Predictor's own precision is what runs and is recorded
+    out = tmp_path / "b.zarr"
+    predict_volume(spec, out, bf16, block_shape=BLOCK, **{**OPTIONS, "precision": "auto"})
+    settings = zarr.open_array(out, mode="r").attrs[storage.ATTRS_KEY]
+    assert settings["precision"] == "mixed_bfloat16" and settings["engine"] == "plain"
+    with pytest.raises(ValueError, match="precision: 'mixed_bfloat16' -> 'float32'"):
+        predict_volume(spec, out, str(model_path), block_shape=BLOCK, **OPTIONS)
 
 
 def test_cli_help_states_defaults(capsys):

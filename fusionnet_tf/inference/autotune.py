@@ -362,9 +362,11 @@ class AutoNetwork:
         if self._model_id is None:
             self._model_id = model_fingerprint(self.model)
         key = cache_key(self._model_id, batch.shape, self.variants)
-        entry = load_cache().get(key)
-        if entry and all(v.label in entry.get("timings", {}) for v in self.variants):
-            self.timings = entry["timings"]
+        entry = load_cache().get(key) or {}
+        timings, skipped = entry.get("timings", {}), set(entry.get("skipped", ()))
+        if timings and all(v.label in timings or v.label in skipped for v in self.variants):
+            self.timings = timings
+            self.variants = [v for v in self.variants if v.label in timings]
             self.use(choose(self.timings, self.variants, calls))
             self._say(describe_choice(self.variant, self.timings, f"cached in {cache_path()}"))
             return self.network(batch)
@@ -372,16 +374,22 @@ class AutoNetwork:
 
     def _tune(self, batch, calls, key):
         start = time.perf_counter()
-        networks, first, outputs = {}, {}, {}
+        networks, first, outputs, skipped = {}, {}, {}, []
+        fallback = self.variants[0]
         for variant in self._timing_order(calls):
             built = time.perf_counter()
             try:
                 networks[variant] = self._built.get(variant) or self.build(variant)
-            except ValueError as exc:
-                LOGGER.info("fusionnet: auto engine skips %s: %s", variant.label, exc)
+                seconds, outputs[variant] = time_call(networks[variant], batch)
+            except Exception as exc:  # noqa: BLE001 - a variant that cannot run is skipped
+                if variant == fallback:
+                    raise  # plain float32 failing is a real error, not a slow variant
+                level = logging.INFO if isinstance(exc, ValueError) else logging.WARNING
+                LOGGER.log(level, "fusionnet: auto engine skips %s: %s", variant.label, exc)
                 self.variants.remove(variant)
+                networks.pop(variant, None)
+                skipped.append(variant.label)
                 continue
-            seconds, outputs[variant] = time_call(networks[variant], batch)
             first[variant] = max(seconds, time.perf_counter() - built
                                  + self._build_seconds.get(variant, 0.0))  # build + first call
             if len(first) == 1 and _too_short(calls, seconds):
@@ -404,6 +412,7 @@ class AutoNetwork:
         self.variant = choose(self.timings, self.variants)
         self.network, self._built = networks[self.variant], {}
         store_entry(key, {"timings": self.timings, "choice": self.variant.label,
+                          "skipped": skipped,
                           "describe": self.describe, "batch": list(batch.shape),
                           "host": host_fingerprint(),
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

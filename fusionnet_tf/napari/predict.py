@@ -123,8 +123,24 @@ def import_tensorflow(engine="plain", maps_file="/proc/self/maps"):
     import tensorflow  # noqa: F401
 
 
+class PredictionFailed:
+    """What the worker returns instead of a result when the user's input was refused.
+
+    Attributes:
+        error: the ``ValueError`` / ``OSError`` / ``ImportError`` raised.
+    """
+
+    def __init__(self, error):
+        self.error = error
+
+
 def prediction_steps(model, images, **predictor_options):
     """Generator run by the worker: load ``model``, then ``Predictor.predict_steps``.
+
+    User errors (a corrupt model file, a tile size or overlap the Predictor
+    refuses) are returned as ``PredictionFailed`` rather than raised, so the
+    widget shows one readable notification and napari no traceback; other
+    exceptions (bugs) propagate.
 
     Args:
         model: None (the shipped model) or a path for ``load_model``.
@@ -135,14 +151,17 @@ def prediction_steps(model, images, **predictor_options):
         ``(done, total)`` tile counts.
 
     Returns:
-        float32 membrane probability of ``images``' shape.
+        float32 membrane probability of ``images``' shape, or ``PredictionFailed``.
     """
     from fusionnet_tf.inference import Predictor, load_model
     from fusionnet_tf.pretrained import load_pretrained
 
-    network = load_pretrained() if model is None else load_model(model)
-    predictor = Predictor(network, **predictor_options)
-    return (yield from predictor.predict_steps(images))
+    try:
+        network = load_pretrained() if model is None else load_model(model)
+        predictor = Predictor(network, **predictor_options)
+        return (yield from predictor.predict_steps(images))
+    except (ValueError, OSError, ImportError) as exc:
+        return PredictionFailed(exc)
 
 
 class PredictWidget(FunctionGui):
@@ -192,7 +211,7 @@ class PredictWidget(FunctionGui):
         worker = create_worker(prediction_steps, model, images, **options,
                                _connect={"errored": self._errored}, _start_thread=False)
         worker.yielded.connect(self._step)
-        worker.returned.connect(lambda result: self._add_layer(viewer, image, result))
+        worker.returned.connect(lambda result: self._returned(viewer, image, result))
         worker.aborted.connect(lambda: show_info(f"{TITLE}: cancelled; no layer added"))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -211,6 +230,13 @@ class PredictWidget(FunctionGui):
         done, total = counts
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
+
+    @classmethod
+    def _returned(cls, viewer, image, result):
+        if isinstance(result, PredictionFailed):
+            cls._errored(result.error)
+        else:
+            cls._add_layer(viewer, image, result)
 
     @staticmethod
     def _add_layer(viewer, image, result):

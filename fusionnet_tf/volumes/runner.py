@@ -260,7 +260,13 @@ def _resolve_variant(predictor, options, plan, progress):
     if not hasattr(predictor, "resolve_engine"):  # a duck-typed predictor
         return {"engine": "as-is", "precision": "float32"}
     calls, size = plan
-    return predictor.resolve_engine(calls=calls, inputs=size, prefer=prefer)
+    variant = predictor.resolve_engine(calls=calls, inputs=size, prefer=prefer)
+    if prefer is not None and variant["engine"] != "as-is" and variant != prefer:
+        raise ValueError(f"the run asks for engine {prefer['engine']!r} and precision "
+                         f"{prefer['precision']!r}, but the Predictor runs engine "
+                         f"{variant['engine']!r} and precision {variant['precision']!r}; "
+                         "pass matching settings (or engine/precision 'auto')")
+    return variant
 
 
 def _client_variant(model_path, options, plan, progress):
@@ -277,8 +283,12 @@ def _client_variant(model_path, options, plan, progress):
 
 
 def _recorded(options, variant):
-    """``options`` with "auto" replaced by the variant that runs (as the output records it)."""
-    return {**options, **{k: variant[k] for k in ("engine", "precision") if options[k] == "auto"}}
+    """``options`` with the engine and precision of the variant that runs (as the output
+    records it): a live Predictor's own choice wins over the defaults of ``options``."""
+    if variant["engine"] == "as-is":  # not a Keras model: only "auto" is replaced
+        return {**options, **{k: variant[k] for k in ("engine", "precision")
+                              if options[k] == "auto"}}
+    return {**options, "engine": variant["engine"], "precision": variant["precision"]}
 
 
 def _explicit(options, variant):
