@@ -99,21 +99,12 @@ def test_any_spatial_size_without_tile():
     np.testing.assert_allclose(run(x).numpy(), model(x, training=False).numpy(), atol=1e-5)
 
 
-def test_half_precision_outputs_are_cast_to_float32():
+@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "bfloat16"])
+def test_half_precision_outputs_are_cast_to_float32(dtype):
+    """bfloat16 compute (mixed policy) and bfloat16 weights alike give float32 outputs."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 1))
-    outputs = keras.layers.Conv2D(2, 3, padding="same", dtype="mixed_bfloat16")(inputs)
-    model = keras.Model(inputs, outputs)
-    x = images()
-    result = inference_function(model, TILE)(x).numpy()
-    assert result.dtype == np.float32
-    np.testing.assert_allclose(result, model(x).numpy().astype(np.float32), atol=1e-6)
-
-
-def test_bfloat16_weights():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((None, None, 1))
-    outputs = keras.layers.Conv2D(2, 3, padding="same", dtype="bfloat16")(inputs)
+    outputs = keras.layers.Conv2D(2, 3, padding="same", dtype=dtype)(inputs)
     model = keras.Model(inputs, outputs)
     x = images()
     result = inference_function(model, TILE)(x).numpy()
