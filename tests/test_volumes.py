@@ -478,7 +478,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run
     out = tmp_path / "out.zarr"
     command = [sys.executable, "-m", "fusionnet_tf", "predict-volume", spec, str(out),
                "--model", str(model_path), "--workers", "0", "--block", "128", "--tile",
-               str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--engine", "plain", "--quiet"]
+               str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--engine", "plain", "--batch-size", "4", "--quiet"]  # = OPTIONS
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
@@ -492,7 +492,9 @@ def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run
     summary = predict_volume(spec, out, model_path, block_shape=BLOCK, **OPTIONS)
     assert summary["blocks_skipped"] == before
     assert summary["blocks_computed"] == 36 - before
-    np.testing.assert_allclose(read_output(out), read_output(blockwise_run[1]), atol=1e-6, rtol=0)
+    # blocks from another process: oneDNN may pick other kernels there (its primitive cache
+    # depends on what ran before in a process), which moves values by ~2e-6
+    np.testing.assert_allclose(read_output(out), read_output(blockwise_run[1]), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------- CLI
