@@ -594,7 +594,7 @@ def test_cli_bfloat16_run_is_close_and_cannot_be_resumed_in_float32(tmp_path, vo
     args = ["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
             "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
             "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
-            "--batch-size", str(OPTIONS["batch_size"]), "--quiet"]
+            "--batch-size", str(OPTIONS["batch_size"]), "--engine", OPTIONS["engine"], "--quiet"]
     assert main(args + ["--precision", "mixed_bfloat16"]) == 0
     difference = np.abs(read_output(out) - reference)
     assert 0 < difference.max() < 5e-2  # bfloat16 rounding, not another model
