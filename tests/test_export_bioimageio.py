@@ -273,12 +273,12 @@ def test_package_failing_its_test_is_not_written(files, tmp_path, monkeypatch, u
     untouched()
 
 
-def test_export_whose_test_process_crashes_writes_nothing(files, tmp_path, monkeypatch,
+def test_export_whose_test_process_crashes_writes_nothing(unet, tmp_path, monkeypatch,
                                                           untouched):
     monkeypatch.setattr(bio, "_CHILD_CODE", "import sys; sys.exit('bioimageio.core exploded')")
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="test process failed: bioimageio.core exploded"):
-        bio.export_bioimageio(files["model"], out, "crash", weight_formats=("keras_v3",))
+        bio.export_bioimageio(unet["model"], out, "crash", weight_formats=("keras_v3",))
     assert list(out.iterdir()) == []
     untouched()
 
@@ -312,22 +312,28 @@ def test_importing_bioimageio_core_keeps_keras_backend(monkeypatch, previous):
 # === What the package says about the model ===
 
 @pytest.fixture(scope="module")
-def unet_package(tmp_path_factory):
-    """A user's tiny U-Net (base 2, depth 2) as ``my_unet.zip`` (keras_v3 weights, untested)."""
+def unet(tmp_path_factory):
+    """A user's tiny U-Net (base 2, depth 2): the model, its .keras file and ``my_unet.zip``.
+
+    The package has keras_v3 weights only and was not tested by bioimageio.core.
+    """
     folder = tmp_path_factory.mktemp("unet")
     keras.utils.set_random_seed(0)
     model = build_unet(base_filters=2, depth=2)
-    return bio.export_bioimageio(model, folder, "my_unet", weight_formats=("keras_v3",),
-                                 tags=["lab-x"], test=False)
+    model.save(folder / "unet.keras")
+    package = bio.export_bioimageio(model, folder, "my_unet", weight_formats=("keras_v3",),
+                                    tags=["lab-x"], test=False)
+    return {"model": model, "keras": folder / "unet.keras", "package": package}
 
 
 def _section(markdown, title):
     return markdown.split(f"## {title}\n")[1].split("\n## ")[0].strip()
 
 
-def test_user_unet_is_described_as_a_unet_with_its_name(unet_package):
+def test_user_unet_is_described_as_a_unet_with_its_name(unet):
     from bioimageio.spec import load_model_description
 
+    unet_package = unet["package"]
     description = load_model_description(unet_package)
     assert description.name == "my_unet (U-Net)"
     assert description.config.bioimageio.architecture_type == "U-Net"
@@ -375,8 +381,8 @@ def test_shipped_model_keeps_its_isbi_metadata():
     assert [doi for _, doi in plain["cite"]] == [FUSIONNET_CITATION[1]]
 
 
-def test_metadata_from_the_user_and_refusals():
-    unet = build_unet(base_filters=2, depth=2)
+def test_metadata_from_the_user_and_refusals(unet):
+    unet = unet["model"]
     meta = bio.package_metadata(unet, "seg.v2", description="My membranes.",
                                 training_data="12 slices of my SBEM stack", tags=[" lab-x ", ""],
                                 authors=["A. User"], formats=("keras_v3",))
@@ -396,7 +402,7 @@ def test_metadata_from_the_user_and_refusals():
     assert meta["architecture"] is None and meta["cite"] == [] and meta["title"] == "mine"
 
 
-def test_cli_states_isbi_only_for_the_shipped_model(files, tmp_path, monkeypatch, capsys):
+def test_cli_states_isbi_only_for_the_shipped_model(unet, tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
     calls = []
@@ -408,19 +414,19 @@ def test_cli_states_isbi_only_for_the_shipped_model(files, tmp_path, monkeypatch
     monkeypatch.setattr(bio, "export_bioimageio", fake_export)
     base = ["export", "--format", "bioimageio", "--output", str(tmp_path)]
     assert main(base + ["--model", "pretrained"]) == 0
-    assert main(base + ["--model", str(files["keras"]), "--name", "mine", "--description",
+    assert main(base + ["--model", str(unet["keras"]), "--name", "mine", "--description",
                         "My membranes.", "--training-data", "my SBEM stack", "--tags",
                         "lab-x, sbem ,", "--author", "A. User", "--author", "B. User"]) == 0
     shipped, mine = calls
     assert shipped["shipped"] is True and shipped["name"] == "fusionnet_isbi2012"
     assert (shipped["description"], shipped["training_data"], shipped["tags"],
             shipped["authors"]) == (None, None, [], None)
-    assert mine["shipped"] is False and mine["model_card"] is None
+    assert mine["shipped"] is False and mine["model_card"] is None and mine["family"] == "unet"
     assert (mine["name"], mine["description"], mine["training_data"], mine["tags"],
             mine["authors"]) == ("mine", "My membranes.", "my SBEM stack", ["lab-x", "sbem"],
                                  ["A. User", "B. User"])
     capsys.readouterr()
-    code = main(["export", "--model", str(files["keras"]), "--format", "onnx", "--output",
+    code = main(["export", "--model", str(unet["keras"]), "--format", "onnx", "--output",
                  str(tmp_path), "--training-data", "x"])
     assert code == 2 and "--training-data applies to --format bioimageio only" in (
         capsys.readouterr().err)
