@@ -232,8 +232,8 @@ class PredictionEngine:
                 if reply_job == job:
                     if kind == "progress":
                         yield payload
-                    elif kind == "result":
-                        return payload
+                    elif kind == "result":  # finished before it saw the cancel: none
+                        return PredictionCancelled() if cancelled.value >= job else payload
                     elif kind == "failed":
                         return PredictionFailed(payload)
                     elif kind == "cancelled":
