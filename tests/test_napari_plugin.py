@@ -605,6 +605,47 @@ def test_viewer_first_then_predict_with_no_special_settings(tiny_model_path, tmp
     np.testing.assert_allclose(layer, tifffile.imread(tmp_path / "cli.tif"), atol=1e-6)
 
 
+class FakeWorkerEnd:
+    """The viewer's end of the worker's pipe, replaying replies (for ``PredictionEngine``)."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def poll(self, timeout):
+        return bool(self.replies)
+
+    def recv(self):
+        return self.replies.pop(0)
+
+
+class FakeProcess:
+    def is_alive(self):
+        return True
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_the_engine_relays_its_job_and_drops_a_result_after_cancel(cancelled):
+    """Replies of an earlier (abandoned) job are skipped; a result after Cancel is no result."""
+    from types import SimpleNamespace
+
+    from fusionnet_tf.napari.engine import PredictionCancelled, PredictionEngine
+
+    result = np.ones((2, 2), np.float32)
+    replies = [("progress", 1, (3, 4)), ("result", 1, np.zeros(1)), ("started", 2, 123),
+               ("progress", 2, (0, 2)), ("progress", 2, (2, 2)), ("result", 2, result)]
+    steps = PredictionEngine()._replies(2, FakeWorkerEnd(replies), FakeProcess(),
+                                        SimpleNamespace(value=2 if cancelled else 1))
+    seen = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            seen.append(next(steps))
+    assert seen == [(0, 2), (2, 2)]
+    if cancelled:
+        assert isinstance(stop.value.value, PredictionCancelled)
+    else:
+        assert stop.value.value is result
+
+
 def test_segment_runs_in_a_worker_thread(viewer, qt, monkeypatch):
     import threading
 
