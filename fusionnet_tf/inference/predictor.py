@@ -264,11 +264,17 @@ class Predictor:
         tile_shape: int. Tile side T in pixels; a multiple of the input
             multiple of a Keras model (``fusionnet_tf.models.input_multiple``:
             ``2**depth``, 16 for FusionNet depth 4, 32 for an FCN). Defaults
-            to 512 (one tile per ISBI slice).
-        overlap: int. Minimum overlap of neighbouring tiles in pixels.
-            Defaults to 64.
+            to 512 (one tile per ISBI slice). For a 3D model: ``(tz, ty, tx)`` (an int T is
+            (T, T, T)), each a multiple of the model's input multiple along
+            that axis (the product of its 3D pooling strides).
+        overlap: int or None. Minimum overlap of neighbouring tiles in
+            pixels. None (default): 64; for a 3D model a quarter of the tile
+            along each axis. A 3D model also takes one value per axis.
         tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
             flip W, flip H) or 8 (all dihedral transforms). Defaults to 1.
+            For a 3D model also 2 (z-flip) and 16 (8 in-plane x z-flip);
+            above 1 the offsets must be known and closed under the
+            transforms (``affinity_tta``).
         batch_size: int or None. Network inputs (tiles x TTA variants) per
             call; every call is padded to it. None (default): the TTA
             variants of as few tiles as give a call ~256 x 256 pixels, and no
@@ -314,6 +320,11 @@ class Predictor:
             (``fusionnet_tf.inference.autotune``); says what it chose on
             stderr when ``progress`` is on. Ignored for other callables.
             Defaults to ``"auto"``.
+        offsets: list of (dz, dy, dx) or None. 3D affinity models only: the
+            offset of each output channel (as many as the model's channels).
+            None: read from ``MODEL.offsets.json`` beside a model given as a
+            path (``read_model_offsets``), else unknown (then ``tta`` must
+            be 1).
 
     Attributes:
         network: the callable run on each (B, T, T, 1) float32 batch (for
@@ -324,7 +335,12 @@ class Predictor:
         blend_weights: (T, T) float32 blend weights, strictly positive.
         align: int. Alignment of the tile origins.
         input_multiple: int or None. The Keras model's input multiple (None
-            for other callables).
+            for other callables); ``(z, y, x)`` for a 3D model.
+        spatial_dims: 2, or 3 for a 3D model (detected from its 5D input; a
+            callable says so with a ``spatial_dims = 3`` attribute).
+        offsets: tuple of (dz, dy, dx) int tuples, or None (2D models, or
+            offsets unknown).
+        channels: output channels (1 for 2D models; None for a 3D callable).
 
     Raises:
         ValueError: for invalid settings, e.g. ``tile_shape`` not a multiple
@@ -336,7 +352,7 @@ class Predictor:
     (100, 90)
     """
 
-    def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=None,
+    def __init__(self, model, tile_shape=512, overlap=None, tta=1, batch_size=None,
                  blending="gaussian", progress=False, align=None, fold_batchnorm=True,
                  jit_compile=False, precision="float32", engine="auto", offsets=None):
         model_path = None
@@ -353,6 +369,7 @@ class Predictor:
                              "this model takes 2D (B, H, W, 1) inputs")
         self.spatial_dims, self.offsets, self.channels = 2, None, 1
         self.tile_shape = _tile_side(tile_shape)
+        overlap = 64 if overlap is None else overlap
         self.overlap = overlap
         self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
@@ -387,8 +404,10 @@ class Predictor:
         self.spatial_dims = 3
         self.tile_shape = tuple(check_int("tile_shape", t, 1) for t in
                                 tiling.per_axis("tile_shape", options["tile_shape"], 3))
+        overlap = options["overlap"]
+        overlap = tuple(t // 4 for t in self.tile_shape) if overlap is None else overlap
         self.overlap = tuple(check_int("overlap", o, 0) for o in
-                             tiling.per_axis("overlap", options["overlap"], 3))
+                             tiling.per_axis("overlap", overlap, 3))
         self.tta = _check_choice("tta", options["tta"], TTA_TRANSFORMS_3D)
         batch_size = options["batch_size"]
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
@@ -896,6 +915,12 @@ def _resolve_offsets(offsets, model_path, channels):
     """Explicit ``offsets``, else the model's sidecar, else None; checked against ``channels``."""
     if offsets is None and model_path is not None:
         offsets = read_model_offsets(model_path)
+        if offsets is None:
+            return None
+        try:
+            return affinity_tta.check_offsets(offsets, channels)
+        except ValueError as exc:
+            raise ValueError(f"offsets file {model_offsets_path(model_path)}: {exc}") from None
     if offsets is None:
         return None
     return affinity_tta.check_offsets(offsets, channels)
