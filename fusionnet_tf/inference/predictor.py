@@ -358,7 +358,7 @@ class Predictor:
         model_path = None
         if isinstance(model, (str, Path)):
             model_path, model = Path(model), load_model(model)
-        if _spatial_dims(model) == 3:
+        if model_spatial_dims(model) == 3:
             self._init_3d(model, model_path, dict(
                 tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                 blending=blending, progress=progress, align=align, fold=fold_batchnorm,
@@ -849,7 +849,7 @@ def _window(origin, tile):
     return tuple(slice(o, o + t) for o, t in zip(origin, tile))
 
 
-def _spatial_dims(model):
+def model_spatial_dims(model):
     """3 for a Keras model with a 5D input (or a callable with ``spatial_dims = 3``), else 2."""
     if _keras_depth(model) is not None:
         shape = model.input_shape
@@ -1006,4 +1006,5 @@ def _progress_bar(total, enabled):
 
 
 __all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
-           "check_precision_applies"]
+           "check_precision_applies", "model_spatial_dims", "read_model_offsets",
+           "model_offsets_path"]
