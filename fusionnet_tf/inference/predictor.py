@@ -857,6 +857,31 @@ def model_spatial_dims(model):
     return int(getattr(model, "spatial_dims", 2))
 
 
+def model_file_spatial_dims(path):
+    """Spatial axes (2 or 3) of the model stored at ``path``, cheaply where possible.
+
+    A ``.keras`` file: read from its ``config.json`` (the input layer's
+    ``batch_shape``) without loading the weights; other models are loaded
+    (``load_model``) unless they cannot be 3D (exported runtimes, SavedModels
+    and packages are 2D today).
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    if path.suffix.lower() != ".keras":
+        return 2
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        for layer in config["config"]["layers"]:
+            if layer.get("class_name") == "InputLayer":
+                return len(layer["config"]["batch_shape"]) - 2
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        pass
+    return model_spatial_dims(load_model(path))
+
+
 def _output_channels(model):
     """Output channels of a Keras model, or None (other callables: known after a call)."""
     if _keras_depth(model) is None:
@@ -1006,5 +1031,6 @@ def _progress_bar(total, enabled):
 
 
 __all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
-           "check_precision_applies", "model_spatial_dims", "read_model_offsets",
+           "check_precision_applies", "model_spatial_dims", "model_file_spatial_dims",
+           "read_model_offsets",
            "model_offsets_path"]
