@@ -79,7 +79,7 @@ def add_tiling_arguments(parser):
                              "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
-    from fusionnet_tf.inference.affinity_tta import TTA_VALUES_3D
+    from fusionnet_tf.choices import TTA_VALUES_3D
 
     parser.add_argument("--tta", type=int, choices=sorted(set(TTA_VALUES) | set(TTA_VALUES_3D)),
                         default=8,

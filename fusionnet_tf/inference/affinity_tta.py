@@ -30,12 +30,9 @@ without (0, 0, -3) forbids 90-degree rotations).
 
 import numpy as np
 
-from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
-
 # tta -> transform indices t (t % 8 = in-plane dihedral transform, t >= 8 = also flip Z)
-TTA_TRANSFORMS_3D = {1: (0,), 2: (0, 8), 4: (0, 2, 4, 6), 8: tuple(range(8)),
-                     16: tuple(range(16))}
-TTA_VALUES_3D = tuple(TTA_TRANSFORMS_3D)
+from fusionnet_tf.choices import TTA_TRANSFORMS_3D, TTA_VALUES_3D  # noqa: F401 (re-exported)
+from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 
 
 def transform_name(t):
