@@ -16,7 +16,7 @@ def pointwise_model(channels=3, seed=0):
 
 
 def conv_model(seed=0):
-    """Conv3D (receptive radius 2 in y/x, 1 in z) with (1, 2, 2) pooling: input multiple (1, 2, 2)."""
+    """Conv3D with (1, 2, 2) pooling (input multiple (1, 2, 2)), 3 output channels."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((None, None, None, 1))
     x = keras.layers.Conv3D(4, (1, 3, 3), padding="same", activation="relu")(inputs)

@@ -1,8 +1,8 @@
 """Pure NumPy geometry of overlap-tile prediction, in 2D and N-D.
 
 2D tiles are square (``tile`` x ``tile``); N-D tiles (3D models) have one
-side per axis (``(tz, ty, tx)``), with overlap and alignment per axis. Along each axis the tile origins are
-spaced evenly from 0 to ``size - tile``, so the first tile starts at the image
+side per axis (``(tz, ty, tx)``), with overlap and alignment per axis. Along
+each axis the tile origins are spaced evenly from 0 to ``size - tile``, so the first tile starts at the image
 border and the last one ends exactly at the other border, and neighbouring
 tiles overlap by at least ``overlap`` pixels. Interior origins can be snapped
 to multiples of ``align`` (``2**depth`` for a network with ``depth`` pooling

@@ -233,8 +233,11 @@ def _write_tiff(path, data, metadata):
     return path
 
 
-def _write_hdf5(path, key, data, metadata):
-    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects."""
+def _write_hdf5(path, key, data, metadata, chunks=None):
+    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects.
+
+    ``chunks``: the HDF5 chunk shape; None = one slice (``(1,) + data.shape[1:]``).
+    """
     import h5py
 
     check_hdf5_target(path, key)
@@ -246,7 +249,7 @@ def _write_hdf5(path, key, data, metadata):
             if name in handle:
                 del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
             dataset = handle.create_dataset(name, data=data, compression="gzip",
-                                            chunks=(1,) + data.shape[1:])
+                                            chunks=chunks or (1,) + data.shape[1:])
             for attr, value in metadata.items():
                 plain = isinstance(value, (str, int, float, bool))
                 dataset.attrs[attr] = value if plain else json.dumps(value)
@@ -492,7 +495,7 @@ def write_affinities(spec, affinities, offsets, metadata=None):
       page's ImageDescription is JSON ``{"kind": "affinities", "offsets":
       [...], "shape": [C, Z, Y, X], ...}``;
     - ``.h5[:/key]`` (default key ``affinities``): a float32 dataset with
-      attributes ``kind`` (str) and ``offsets`` (a JSON string); other
+      attributes ``kind`` (str) and ``offsets`` (a JSON string), chunked like zarr; other
       datasets of an existing file are kept;
     - ``.zarr``: a float32 zarr array at the store root, chunked one channel
       and up to (16, 256, 256) voxels, with attributes ``kind`` and
@@ -526,8 +529,14 @@ def write_affinities(spec, affinities, offsets, metadata=None):
         return _write_tiff(path, data.reshape((-1,) + data.shape[2:]),
                            {**meta, "shape": list(data.shape)})
     if kind == "hdf5":
-        return _write_hdf5(path, key or DEFAULT_AFFINITY_HDF5_KEY, data, meta)
+        return _write_hdf5(path, key or DEFAULT_AFFINITY_HDF5_KEY, data, meta,
+                           chunks=_affinity_chunks(data.shape))
     return _write_zarr(path, data, meta)
+
+
+def _affinity_chunks(shape):
+    """One channel and at most (16, 256, 256) voxels per chunk of a (C, Z, Y, X) array."""
+    return (1,) + tuple(min(n, c) for n, c in zip(shape[1:], (16, 256, 256)))
 
 
 def _write_zarr(path, data, metadata):
@@ -539,8 +548,8 @@ def _write_zarr(path, data, metadata):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     old = None
     try:
-        chunks = (1,) + tuple(min(n, c) for n, c in zip(data.shape[1:], (16, 256, 256)))
-        array = zarr.open_array(str(tmp), mode="w", shape=data.shape, chunks=chunks,
+        array = zarr.open_array(str(tmp), mode="w", shape=data.shape,
+                                chunks=_affinity_chunks(data.shape),
                                 dtype="float32")
         array[...] = data
         array.attrs.update(metadata)

@@ -660,5 +660,5 @@ def format_summary(summary):
             f"of whole-slice prediction -> {summary['output']}")
 
 
-__all__ = ["predict_volume", "is_affinity_model", "BlockFailures", "intensity_ranges", "format_summary",
-           "dask_executor", "NORMALIZATIONS"]
+__all__ = ["predict_volume", "is_affinity_model", "BlockFailures", "intensity_ranges",
+           "format_summary", "dask_executor", "NORMALIZATIONS"]
