@@ -632,7 +632,7 @@ def run_tasks(executor, task, items, progress, desc="predict-volume"):
 def _run_blocks(executor, task, items, progress):
     """Run the prediction ``task`` over ``items``; collect counts and failures."""
     summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
-               "model_loads": {}, "halo": (), "tiles_predicted": 0, "tiles_share": 0.0}
+               "model_loads": {}, "halo": (0, 0), "tiles_predicted": 0, "tiles_share": 0.0}
     results, failures = run_tasks(executor, task, items, progress)
     for _, info in results:
         if info["skipped"]:
