@@ -22,7 +22,10 @@ def add_parser(subparsers):
                         help="TIFF stack, single image, folder of 2D slices or file.h5:/key.")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="Output .tif/.tiff, .h5[:/key] (key default: prediction), "
-                             ".png (one slice) or a folder of PNGs (must be new or empty). "
+                             ".png (one slice) or a folder of PNGs (must be new or empty); "
+                             "with a 3D affinity model .tif/.tiff, .h5[:/key] (key default: "
+                             "affinities) or .zarr, (C, Z, Y, X) float32 with the offsets in "
+                             "the metadata. "
                              "Files are replaced atomically; in an existing HDF5 file only "
                              "the dataset KEY is replaced, other datasets are kept (but "
                              "never the INPUT dataset).")
@@ -76,9 +79,13 @@ def add_tiling_arguments(parser):
                              "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
-    parser.add_argument("--tta", type=int, choices=TTA_VALUES, default=8,
+    from fusionnet_tf.choices import TTA_VALUES_3D
+
+    parser.add_argument("--tta", type=int, choices=sorted(set(TTA_VALUES) | set(TTA_VALUES_3D)),
+                        default=8,
                         help="Test-time augmentation: 1 = none, 4 = mirrorings, "
-                             "8 = all rotations and flips (default: 8).")
+                             "8 = all rotations and flips; for 3D affinity models also "
+                             "2 = z-flip and 16 = 8 x z-flip (default: 8).")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="Network inputs (tiles x TTA variants) per call; every call is "
                              "padded to it (default: the TTA variants of as few tiles as make "
@@ -117,6 +124,44 @@ def add_tiling_arguments(parser):
                              "probabilities by ~1e-3 on average; mixed_float16 is for GPUs; "
                              "auto lets --engine auto also time mixed_bfloat16 where the "
                              "machine has those units (default: float32).")
+    add_affinity_arguments(parser)
+
+
+def add_affinity_arguments(parser):
+    """Options for 3D affinity models only: ``--tile-z``, ``--overlap-z``, ``--offsets``."""
+    group = parser.add_argument_group("3D affinity models (input (B, Z, Y, X, 1))")
+    group.add_argument("--tile-z", type=int, default=None,
+                       help="Tile depth in sections; --tile-size is the tile's height and "
+                            "width (default: 16).")
+    group.add_argument("--overlap-z", type=int, default=None,
+                       help="Minimum overlap of tiles along z; --overlap is the in-plane one "
+                            "(default: a quarter of the tile depth).")
+    group.add_argument("--offsets", default=None, metavar="JSON",
+                       help="The model's offsets, one (dz, dy, dx) per output channel, e.g. "
+                            "'[[-1,0,0],[0,-1,0],[0,0,-1]]' (default: read from MODEL.offsets.json "
+                            "beside the model, e.g. best.offsets.json for best.keras).")
+
+
+AFFINITY_ONLY_OPTIONS = ("tile_z", "overlap_z", "offsets")
+DEFAULT_TILE_Z = 16
+
+
+def parse_offsets(text):
+    """``--offsets`` JSON -> list of (dz, dy, dx) tuples; None for None.
+
+    Raises:
+        ValueError: not JSON, or not a list of int triples (one line).
+    """
+    import json
+
+    from fusionnet_tf.inference.affinity_tta import check_offsets
+
+    if text is None:
+        return None
+    try:
+        return check_offsets(json.loads(text))
+    except ValueError as exc:
+        raise ValueError(f"--offsets {text}: {exc}") from None
 
 
 def engine_argument(args):
@@ -302,10 +347,13 @@ def run(args):
     from fusionnet_tf.inference.predictor import check_precision_applies
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
 
-    check_output(args.output)
+    affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
+    if not affinity_store:  # a .zarr output is for affinities, checked once the model is known
+        check_output(args.output)
     if args.overlay:
         check_output(args.overlay, "--overlay")
     check_not_input(args.input, args.output, args.overlay)
+    offsets = parse_offsets(args.offsets)
     params = _check_segment_output(args)
     engine = engine_argument(args)
     check_precision_applies(args.precision, args.serving_url or args.model)
@@ -315,8 +363,16 @@ def run(args):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:
             raise ValueError(f"{option} {spec}: a .png holds one slice but INPUT has "
                              f"{len(images)}; give a folder or a .tif")
+    model = resolve_model(args)
+    from fusionnet_tf.inference.predictor import model_spatial_dims
+
+    if model_spatial_dims(model) == 3:
+        return predict_affinities(args, model, images, offsets, engine)
+    _refuse_affinity_options(args)
+    if affinity_store:
+        check_output(args.output)
     predictor = Predictor(
-        resolve_model(args), tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
+        model, tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
         batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
         align=args.align, precision=args.precision, engine=engine,
     )
@@ -337,6 +393,67 @@ def run(args):
         from fusionnet_tf.cli.segment import segment_and_write
 
         segment_and_write(membrane, args.segment, args, params, args.input)
+    return 0
+
+
+def _refuse_affinity_options(args):
+    """A 2D model: the 3D-only options are an error (one line)."""
+    for name in AFFINITY_ONLY_OPTIONS:
+        if getattr(args, name) is not None:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} applies to 3D affinity models (input (B, Z, Y, X, 1)); "
+                             f"the model takes 2D images")
+
+
+def predict_affinities(args, model, images, offsets, engine):
+    """``fusionnet predict`` with a 3D affinity model: (C, Z, Y, X) float32 affinities.
+
+    Everything is checked before predicting: options that only apply to
+    membrane maps, the output, a single 2D section, the offsets (``--offsets``
+    or ``MODEL.offsets.json``; they must match the model's channels) and the
+    Predictor settings.
+    """
+    import sys
+
+    from fusionnet_tf.inference import Predictor
+    from fusionnet_tf.inference.predictor import read_model_offsets
+    from fusionnet_tf.inference.writers import check_affinity_output, write_affinities
+
+    for option, value in (("--isbi", args.isbi), ("--overlay", args.overlay),
+                          ("--segment", args.segment), ("--dtype uint8", args.dtype == "uint8")):
+        if value:
+            raise ValueError(f"{option} applies to membrane maps; the model predicts 3D "
+                             "affinities")
+    check_affinity_output(args.output)
+    if len(images) < 2:
+        raise ValueError(f"INPUT {args.input} is a single 2D image (shape "
+                         f"{tuple(images.shape[1:])}); a 3D model needs a (Z, Y, X) volume of "
+                         "several sections")
+    if offsets is None and args.model:
+        offsets = read_model_offsets(args.model)
+    if offsets is None:
+        raise ValueError(f"the offsets of the 3D model {args.model or args.serving_url} are "
+                         "unknown: give --offsets '[[dz,dy,dx], ...]' or write "
+                         "MODEL.offsets.json beside the model")
+    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
+    overlap_z = tile_z // 4 if args.overlap_z is None else args.overlap_z
+    predictor = Predictor(
+        model, tile_shape=(tile_z, args.tile_size, args.tile_size),
+        overlap=(overlap_z, args.overlap, args.overlap), tta=args.tta,
+        batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
+        align=args.align, precision=args.precision, engine=engine, offsets=offsets,
+    )
+    affinities = predictor.predict(images)
+    variant = predictor.variant
+    metadata = {
+        "input": str(args.input), "model": args.model or args.serving_url,
+        "tile": list(predictor.tile_shape), "overlap": list(predictor.overlap),
+        "tta": args.tta, "blending": args.blending, "normalization": args.normalization,
+        "precision": variant["precision"], "engine": variant["engine"],
+    }
+    write_affinities(args.output, affinities, predictor.offsets, metadata)
+    print(f"wrote {args.output}: {affinities.shape} float32 affinities for "
+          f"{len(predictor.offsets)} offsets", file=sys.stderr)
     return 0
 
 

@@ -233,8 +233,11 @@ def _write_tiff(path, data, metadata):
     return path
 
 
-def _write_hdf5(path, key, data, metadata):
-    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects."""
+def _write_hdf5(path, key, data, metadata, chunks=None):
+    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects.
+
+    ``chunks``: the HDF5 chunk shape; None = one slice (``(1,) + data.shape[1:]``).
+    """
     import h5py
 
     check_hdf5_target(path, key)
@@ -246,7 +249,7 @@ def _write_hdf5(path, key, data, metadata):
             if name in handle:
                 del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
             dataset = handle.create_dataset(name, data=data, compression="gzip",
-                                            chunks=(1,) + data.shape[1:])
+                                            chunks=chunks or (1,) + data.shape[1:])
             for attr, value in metadata.items():
                 plain = isinstance(value, (str, int, float, bool))
                 dataset.attrs[attr] = value if plain else json.dumps(value)
@@ -420,3 +423,146 @@ def membrane_from_array(data, spec, convention="membrane"):
             f"{data.dtype} (an integer label image is not a probability map)"
         )
     return 1.0 - prob if convention == "isbi" else prob
+
+
+# === 3D affinities (C, Z, Y, X) ===
+# A minimal writer until fusionnet_tf/data/affinity_io.py (issue 22, agglomeration work)
+# lands; the coordinator folds it into that module. Metadata keys as in the shared contract.
+
+DEFAULT_AFFINITY_HDF5_KEY = "affinities"
+AFFINITY_KIND = "affinities"
+
+
+def affinity_output_kind(spec):
+    """``"tiff"``, ``"hdf5"`` or ``"zarr"`` for an affinity output spec.
+
+    Raises:
+        ValueError: any other output (PNGs cannot hold (C, Z, Y, X) floats).
+    """
+    file_path, _ = split_output_spec(spec)
+    if str(file_path).lower().rstrip("/").endswith(".zarr"):
+        return "zarr"
+    suffix = file_path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    raise ValueError(f"--output {spec}: affinities are written to a .tif/.tiff, .h5[:/key] or "
+                     ".zarr output")
+
+
+def check_affinity_output(spec):
+    """Fail before any work if the affinity output ``spec`` cannot be written.
+
+    Raises:
+        ValueError: unknown format, an HDF5 target that cannot take the
+            dataset, or an existing path that is not a zarr store (for .zarr).
+        FileNotFoundError: missing parent folder.
+        IsADirectoryError: a TIFF/HDF5 output that names an existing folder.
+    """
+    from fusionnet_tf.io_utils import check_output_folder
+
+    kind = affinity_output_kind(spec)
+    path, key = split_output_spec(spec)
+    if kind == "zarr":
+        if path.exists() and not _is_zarr_store(path) and (path.is_file() or any(path.iterdir())):
+            raise ValueError(f"--output {spec} exists and is not a zarr store; choose another "
+                             "output")
+    elif path.is_dir():
+        raise IsADirectoryError(f"--output {spec}: is an existing folder, expected a file")
+    check_output_folder(path, f"--output {spec}")
+    if kind == "hdf5":
+        check_hdf5_target(path, key or DEFAULT_AFFINITY_HDF5_KEY)
+    return kind
+
+
+def _is_zarr_store(path):
+    return any((Path(path) / name).is_file() for name in (".zarray", "zarr.json", ".zgroup"))
+
+
+def affinity_metadata(offsets, extra=None):
+    """``{"kind": "affinities", "offsets": [[dz, dy, dx], ...], **extra}`` (JSON-able)."""
+    return {**(extra or {}), "kind": AFFINITY_KIND,
+            "offsets": [[int(v) for v in offset] for offset in offsets]}
+
+
+def write_affinities(spec, affinities, offsets, metadata=None):
+    """Write (C, Z, Y, X) float32 affinities with their offsets, atomically.
+
+    Formats by ``spec``:
+
+    - ``.tif``/``.tiff``: C * Z float32 pages (channel-major); the first
+      page's ImageDescription is JSON ``{"kind": "affinities", "offsets":
+      [...], "shape": [C, Z, Y, X], ...}``;
+    - ``.h5[:/key]`` (default key ``affinities``): a float32 dataset with
+      attributes ``kind`` (str) and ``offsets`` (a JSON string), chunked like zarr; other
+      datasets of an existing file are kept;
+    - ``.zarr``: a float32 zarr array at the store root, chunked one channel
+      and up to (16, 256, 256) voxels, with attributes ``kind`` and
+      ``offsets`` (a list). Written to a temporary store beside it and
+      renamed; an existing store at ``spec`` is replaced.
+
+    Args:
+        spec: output spec.
+        affinities: (C, Z, Y, X) float array.
+        offsets: C (dz, dy, dx) int triples.
+        metadata: optional JSON-able dict stored too (e.g. the model, tiling).
+
+    Returns:
+        Path of the written file or store.
+
+    Raises:
+        ValueError: not 4D, offsets not matching the channels, or a bad
+            output (``check_affinity_output``).
+    """
+    data = np.asarray(affinities, np.float32)
+    if data.ndim != 4 or 0 in data.shape:
+        raise ValueError(f"affinities must be (C, Z, Y, X) and non-empty; received shape "
+                         f"{data.shape}")
+    if len(offsets) != data.shape[0]:
+        raise ValueError(f"{len(offsets)} offsets do not match the {data.shape[0]} affinity "
+                         "channels")
+    meta = affinity_metadata(offsets, metadata)
+    kind = check_affinity_output(spec)
+    path, key = split_output_spec(spec)
+    if kind == "tiff":
+        return _write_tiff(path, data.reshape((-1,) + data.shape[2:]),
+                           {**meta, "shape": list(data.shape)})
+    if kind == "hdf5":
+        return _write_hdf5(path, key or DEFAULT_AFFINITY_HDF5_KEY, data, meta,
+                           chunks=_affinity_chunks(data.shape))
+    return _write_zarr(path, data, meta)
+
+
+def _affinity_chunks(shape):
+    """One channel and at most (16, 256, 256) voxels per chunk of a (C, Z, Y, X) array."""
+    return (1,) + tuple(min(n, c) for n, c in zip(shape[1:], (16, 256, 256)))
+
+
+def _write_zarr(path, data, metadata):
+    """A new zarr array at ``path`` holding ``data``; written beside it and renamed."""
+    import zarr
+
+    path = Path(path)
+    parent = path.absolute().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    old = None
+    try:
+        array = zarr.open_array(str(tmp), mode="w", shape=data.shape,
+                                chunks=_affinity_chunks(data.shape),
+                                dtype="float32")
+        array[...] = data
+        array.attrs.update(metadata)
+        default_permissions(tmp, directory=True)
+        if path.exists():  # an earlier store (check_affinity_output refused anything else)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
+            os.replace(path, old / "store")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old is not None:
+            if not path.exists():  # the new store did not arrive: put the old one back
+                os.replace(old / "store", path)
+            shutil.rmtree(old)
+    return path

@@ -335,10 +335,12 @@ def write_block(path, block, data):
     Args:
         path: the output zarr store.
         block: ``geometry.Block``.
-        data: float32 array of ``block.shape``.
+        data: float32 array of ``block.shape`` (or (C,) + ``block.shape`` for
+            affinities).
     """
     output = import_zarr().open_array(str(path), mode="r+")
-    output[slice(*block.z), slice(*block.y), slice(*block.x)] = data
+    # (Z, Y, X) membranes or (C, Z, Y, X) affinities: the block spans all leading axes
+    output[..., slice(*block.z), slice(*block.y), slice(*block.x)] = data
 
 
 def mark_done(path, block, info):
