@@ -345,7 +345,7 @@ def _check_volumes(images, labels, patch_shape, margin=0):
 
 
 def train_dataset_3d(images, labels, patch_shape, batch_size, offsets=DEFAULT_OFFSETS_3D,
-                     augment=None, seed=0, start_batch=0):
+                     augment=None, seed=0, start_batch=0, with_labels=False):
     """Endless batches of augmented 3D patches with packed affinity targets.
 
     Args:
@@ -357,9 +357,12 @@ def train_dataset_3d(images, labels, patch_shape, batch_size, offsets=DEFAULT_OF
         augment: see ``as_augment3d_config``.
         seed: int.
         start_batch: int. First batch (resume: the same stream as skipping).
+        with_labels: bool. Also yield the augmented int32 labels (B, Z, P, P)
+            (for inspection and tests).
 
     Returns:
-        ``tf.data.Dataset`` of ((B, Z, P, P, 1), (B, Z, P, P, 2C)) float32.
+        ``tf.data.Dataset`` of ((B, Z, P, P, 1), (B, Z, P, P, 2C)) float32
+        (plus the labels with ``with_labels``).
     """
     config = as_augment3d_config(augment)
     offsets = check_offsets(offsets)
@@ -382,6 +385,8 @@ def train_dataset_3d(images, labels, patch_shape, batch_size, offsets=DEFAULT_OF
         image = _crop(volume, origin, crop_shape)
         crop_labels = _crop(ids, origin, crop_shape)
         image, crop_labels = augment_patch(image, crop_labels, draws[1], config, patch_shape)
+        if with_labels:
+            return image[..., None], pack_targets(crop_labels, offsets), crop_labels
         return image[..., None], pack_targets(crop_labels, offsets)
 
     ds = tf.data.Dataset.counter(start_batch * batch_size).map(

@@ -87,8 +87,9 @@ def _sample_counts(architecture, knobs):
 
 
 def model_depth(model):
-    """Number of 2x2 pooling levels of a built model (H, W must divide 2**depth)."""
-    return sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+    """Number of pooling levels of a built model (H, W must divide 2**depth; 3D models too)."""
+    return sum(isinstance(layer, (layers.MaxPooling2D, layers.MaxPooling3D))
+               for layer in model.layers)
 
 
 def input_multiple(model):
