@@ -245,3 +245,21 @@ def test_two_step_run_resumes_after_a_kill(volume_files, tmp_path):
     assert {"loss", "val_loss", "accuracy"} <= set(result.history)
     model = keras.models.load_model(result.latest_path, compile=False)
     assert model.output_shape == (None, None, None, None, len(OFFSETS))
+
+
+def test_masked_affinity_loss_ignores_pairs_outside_the_patch():
+    from fusionnet_tf.training.losses import MaskedAffinityLoss, get_affinity_loss
+
+    affs = np.zeros((1, 2, 4, 4, 2), np.float32)
+    mask = np.ones_like(affs)
+    mask[:, 0] = 0                                 # first section masked out
+    pred = np.full_like(affs, 0.1)
+    pred[:, 0] = 0.99                              # badly wrong, but only where masked
+    y_true = np.concatenate([affs, mask], -1)
+    bce = MaskedAffinityLoss(1.0, 0.0)(y_true, pred)
+    assert float(bce) == pytest.approx(-np.log(0.9), rel=1e-5)
+    dice = get_affinity_loss("dice", smooth=1.0)(y_true, pred)
+    inter, total = 0.0, 0.1 * 32
+    assert float(dice) == pytest.approx(1 - (2 * inter + 1) / (total + 1), rel=1e-5)
+    with pytest.raises(ValueError, match="weighted_bce"):
+        get_affinity_loss("weighted_bce")
