@@ -99,3 +99,16 @@ def test_a_tiny_model_trains_until_its_loss_falls():
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss=MaskedAffinityLoss())
     history = model.fit(x, y, epochs=15, batch_size=4, verbose=0).history["loss"]
     assert history[-1] < 0.8 * history[0]
+
+
+def test_count_parameters_and_info_table():
+    from fusionnet_tf.cli import info
+    from fusionnet_tf.models import count_parameters
+
+    knobs = {"depth": 2, "anisotropic_levels": 1, "out_channels": 10}
+    for base in (1, 3):  # off the sampled bases 4, 8, 12
+        expected = build_model("fusionnet3d", base_filters=base, **knobs).count_params()
+        assert count_parameters("fusionnet3d", base_filters=base, **knobs) == expected
+    rows = [row for row in info.parameter_table(bases=(2,), depth=2) if row[0] == "fusionnet3d"]
+    assert rows == [("fusionnet3d", 2, 2, build_model("fusionnet3d", base_filters=2, depth=2,
+                                                     **info.TABLE_KNOBS["fusionnet3d"]).count_params())]
