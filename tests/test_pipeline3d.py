@@ -245,6 +245,11 @@ def test_two_step_run_resumes_after_a_kill(volume_files, tmp_path):
     assert {"loss", "val_loss", "accuracy"} <= set(result.history)
     model = keras.models.load_model(result.latest_path, compile=False)
     assert model.output_shape == (None, None, None, None, len(OFFSETS))
+    # The run records its offsets beside the checkpoints, where Predictor finds them.
+    from fusionnet_tf.inference.predictor import read_model_offsets
+
+    for path in (result.latest_path, result.best_path):
+        assert [tuple(o) for o in read_model_offsets(path)] == [tuple(o) for o in OFFSETS]
 
 
 def test_masked_affinity_loss_ignores_pairs_outside_the_patch():

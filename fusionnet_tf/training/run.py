@@ -484,6 +484,10 @@ def train(config, callbacks=(), verbose="auto"):
     val_ds = make_validation_dataset(config, arrays, batch_size)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if chief and config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        run3d.write_offsets_sidecars(config, out)
 
     model, backup = build_for_run(config, strategy, batch_size, out)
     epoch, step = backup.restore(model)

@@ -93,3 +93,20 @@ def loss_and_metrics(config):
 
     return (get_affinity_loss(config.loss.name, dice_weight=config.loss.dice_weight,
                               smooth=config.loss.smooth), affinity_fit_metrics())
+
+
+def write_offsets_sidecars(config, out):
+    """Record the affinity offsets beside the run's checkpoints for inference.
+
+    Writes ``latest.offsets.json`` and ``best.offsets.json`` in ``out``
+    (``{"offsets": [[dz, dy, dx], ...]}``), which ``Predictor`` reads beside
+    ``latest.keras`` / ``best.keras``.
+    """
+    import json
+
+    from fusionnet_tf.io_utils import atomic_path
+
+    text = json.dumps({"offsets": [list(map(int, o)) for o in config_lib.affinity_offsets(config)]})
+    for name in ("latest", "best"):
+        with atomic_path(out / f"{name}.offsets.json") as tmp:
+            tmp.write_text(text)
