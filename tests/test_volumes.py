@@ -221,7 +221,7 @@ def test_existing_output_with_other_shape_or_settings(tmp_path):
                                           overwrite=True) is None
     (tmp_path / "notzarr").mkdir()
     (tmp_path / "notzarr" / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="notzarr exists and is not a zarr store"):
+    with pytest.raises(FileExistsError, match="notzarr exists and holds files this command did not write"):
         storage.open_output_for_resume(tmp_path / "notzarr", (3, 300, 500), BLOCK, settings,
                                        overwrite=True)
 

@@ -195,6 +195,35 @@ def _looks_like_zarr(path):
     return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
 
+def zarr_attributes(path):
+    """The root attributes of the zarr store at ``path`` (format 2 or 3), or ``{}``.
+
+    Reads the metadata JSON directly (no zarr import): ``zarr.json``'s
+    ``"attributes"`` or ``.zattrs``. ``{}`` for anything that is not a
+    readable zarr store.
+    """
+    path = Path(path)
+    for name, pick in (("zarr.json", lambda meta: meta.get("attributes")),
+                       (".zattrs", lambda meta: meta)):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attributes = pick(meta) if isinstance(meta, dict) else None
+        if isinstance(attributes, dict):
+            return attributes
+    return {}
+
+
+def is_volume_output(path):
+    """True if ``path`` is a zarr store a block-wise command wrote (it carries ``ATTRS_KEY``).
+
+    Only such a store may be resumed or replaced (``--overwrite``); another
+    zarr store or folder of the user's is never touched.
+    """
+    return ATTRS_KEY in zarr_attributes(path)
+
+
 def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
     """Reopen an existing output to continue the same run, if there is one.
 
@@ -213,16 +242,17 @@ def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
 
     Raises:
         FileExistsError: ``path`` exists but is a file or a non-empty folder
-            that is not a zarr store (never replaced, even with ``overwrite``).
+            that is not an earlier output of a block-wise command (never
+            replaced, even with ``overwrite``; see ``io_utils.check_output_path``).
         ValueError: the existing output has another shape, chunking or settings.
     """
+    from fusionnet_tf.io_utils import check_output_path
+
     zarr = import_zarr()
     path = Path(path)
+    check_output_path(path, f"output {path}", folder_output=True, earlier_output=is_volume_output)
     if not path.exists():
         return None
-    if path.is_file() or (not _looks_like_zarr(path) and any(path.iterdir())):
-        raise FileExistsError(f"output {path} exists and is not a zarr store; choose another "
-                              f"output path")
     if overwrite or not _looks_like_zarr(path):
         return None
     try:
