@@ -287,10 +287,10 @@ def run(args):
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
 
     check_tiling_arguments(args)
+    check_not_input(args.input, args.output, args.overlay)
     check_output(args.output)
     if args.overlay:
         check_output(args.overlay, "--overlay")
-    check_not_input(args.input, args.output, args.overlay)
     params = _check_segment_output(args)
     engine = engine_argument(args)
     raw = check_finite(read_stack(args.input), f"INPUT {args.input}")
@@ -300,11 +300,12 @@ def run(args):
         if spec and str(spec).lower().endswith(".png") and len(raw) > 1:
             raise ValueError(f"{option} {spec}: a .png holds one slice but INPUT has "
                              f"{len(raw)}; give a folder or a .tif")
-    model = resolve_model(args) if args.serving_url else None
-    from fusionnet_tf.inference import Predictor
     from fusionnet_tf.inference.predictor import check_precision_applies
 
     check_precision_applies(args.precision, args.serving_url or args.model)
+    model = resolve_model(args) if args.serving_url else None  # reachable? (no TensorFlow)
+    from fusionnet_tf.inference import Predictor
+
     images = normalize(raw, mode=args.normalization)
     predictor = Predictor(
         model or resolve_model(args), tile_shape=args.tile_size, overlap=args.overlap,
@@ -345,8 +346,8 @@ def _check_segment_output(args):
     from fusionnet_tf.cli.segment import check_inputs_outputs, resolve_params
     from fusionnet_tf.segmentation.io import check_label_output
 
-    check_label_output(args.segment, "--segment")
     check_inputs_outputs([("INPUT", args.input), ("--output", args.output),
                           ("--overlay", args.overlay)], args.segment, args.segment_overlay,
                          option="--segment", overlay_option="--segment-overlay")
+    check_label_output(args.segment, "--segment")
     return resolve_params(args)

@@ -164,9 +164,9 @@ def run(args):
     if (args.image is None) != (args.overlay is None):
         raise ValueError("--overlay needs --image (the EM image), and --image is only used "
                          "with --overlay")
-    check_label_output(args.output, "--output")
     check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
                          args.overlay)
+    check_label_output(args.output, "--output")
     params = resolve_params(args)
     membrane = read_membrane(args.pred, args.pred_convention)
     warning = raw_image_warning(membrane, args.pred)

@@ -34,10 +34,10 @@ def _nonzero_mask(labels, threshold, name):
         return labels > threshold
     values = np.unique(labels)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
-        shown = ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
+        shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
         raise ValueError(
-            f"{name}: labels must be binary (0 and one other value); found {values.size} values "
-            f"({shown}); pass threshold=T to binarize as label > T"
+            f"{name}: labels must be binary (0 and one other value); found {values.size} values: "
+            f"[{shown}]; pass threshold=T to binarize as label > T"
         )
     return labels != 0
 
