@@ -21,6 +21,7 @@ live inside an input (a file, an HDF5 dataset, a zarr store, a folder).
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -160,6 +161,26 @@ def check_output_path(path, what, folder_output=False, earlier_output=None):
         raise FileExistsError(f"{what}: folder {path} exists and holds files this command did "
                               f"not write; it is never replaced: remove it or choose another "
                               f"path")
+
+
+def zarr_attributes(path):
+    """The root attributes of the zarr store at ``path`` (format 2 or 3), or ``{}``.
+
+    Reads the metadata JSON directly (no zarr import): ``zarr.json``'s
+    ``"attributes"`` or ``.zattrs``. ``{}`` for anything that is not a
+    readable zarr store.
+    """
+    path = Path(path)
+    for name, pick in (("zarr.json", lambda meta: meta.get("attributes")),
+                       (".zattrs", lambda meta: meta)):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attributes = pick(meta) if isinstance(meta, dict) else None
+        if isinstance(attributes, dict):
+            return attributes
+    return {}
 
 
 def replace_folder(new, folder):

@@ -460,7 +460,7 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, 
     summary = predict_volume(spec, out, predictor, block_shape=(1, 64, 64), overwrite=True,
                              **OPTIONS)
     assert summary["blocks_computed"] == 2 * 4 and done_count(out) == 8
-    with pytest.raises(ValueError, match="is the input volume"):
+    with pytest.raises(ValueError, match="would overwrite INPUT"):
         predict_volume(spec, spec, predictor, block_shape=BLOCK, overwrite=True, **OPTIONS)
     assert zarr.open_array(spec, mode="r").shape == (1, 128, 200)  # input untouched
 

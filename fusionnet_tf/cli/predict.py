@@ -11,8 +11,7 @@ FusionNet.
 
 from pathlib import Path
 
-# re-exported: the output-is-not-input check lives with the output guard
-from fusionnet_tf.io_utils import same_path, check_output_not_input, stored_in  # noqa: F401
+from fusionnet_tf.io_utils import check_output_not_input, same_path, stored_in
 
 HELP = "Predict membrane probability maps (seamless tiles, 8-way TTA)."
 

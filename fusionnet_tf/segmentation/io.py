@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.io_utils import check_output_path, default_permissions, replace_folder
+from fusionnet_tf.io_utils import (check_output_path, default_permissions, replace_folder,
+                                   zarr_attributes)
 from fusionnet_tf.segmentation.segmenter import label_dtype
 
 DEFAULT_HDF5_KEY = "segmentation"
@@ -147,8 +148,6 @@ def is_label_store(path):
     may be replaced by a new label output; any other folder or zarr store
     (e.g. a user's group with ``raw`` and ``pred``) is refused.
     """
-    from fusionnet_tf.volumes.storage import zarr_attributes
-
     return LABELS_ATTRS_KEY in zarr_attributes(path)
 
 
@@ -202,16 +201,16 @@ def write_labels(spec, labels, metadata=None):
     max_id = int(labels.max()) if labels.size else 0
     metadata = dict(metadata or {}, max_id=max_id)
     kind = label_kind(spec)
+    labels = labels.astype(stored_label_dtype(spec, max_id))
     if kind == "tiff":
         if label_dtype(max_id) != np.uint32:
             raise ValueError(f"labels output {spec}: ids up to {max_id} do not fit a uint32 "
                              f"TIFF; write .h5 or .zarr")
-        return _write_tiff(Path(spec), labels.astype(np.uint32), metadata)
+        return _write_tiff(Path(spec), labels, metadata)
     if kind == "hdf5":
         path, key = split_output_spec(spec)
-        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels.astype(label_dtype(max_id)),
-                           metadata)
-    return _write_zarr(Path(spec), labels.astype(np.uint64), metadata)
+        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels, metadata)
+    return _write_zarr(Path(spec), labels, metadata)
 
 
 def _write_zarr(path, labels, metadata):

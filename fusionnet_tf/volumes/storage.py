@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, split_hdf5_spec
+from fusionnet_tf.io_utils import zarr_attributes
 
 DONE_DIR = ".fusionnet-done"
 ATTRS_KEY = "fusionnet_volume"
@@ -193,26 +194,6 @@ def check_volume(array, name):
 
 def _looks_like_zarr(path):
     return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def zarr_attributes(path):
-    """The root attributes of the zarr store at ``path`` (format 2 or 3), or ``{}``.
-
-    Reads the metadata JSON directly (no zarr import): ``zarr.json``'s
-    ``"attributes"`` or ``.zattrs``. ``{}`` for anything that is not a
-    readable zarr store.
-    """
-    path = Path(path)
-    for name, pick in (("zarr.json", lambda meta: meta.get("attributes")),
-                       (".zattrs", lambda meta: meta)):
-        try:
-            meta = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            continue
-        attributes = pick(meta) if isinstance(meta, dict) else None
-        if isinstance(attributes, dict):
-            return attributes
-    return {}
 
 
 def is_volume_output(path):
