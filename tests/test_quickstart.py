@@ -1,5 +1,5 @@
 """Issue 26: the README's Quickstart runs twice, a foreign KERAS_BACKEND is overridden, and
-``segment`` warns about a raw EM image.
+``segment`` warns about a raw EM image. The subprocess tests are marked ``large``.
 
 The Quickstart commands are read from README.md and run as written (but the
 install and the test run) in a temporary folder, twice; to keep the test
@@ -82,6 +82,7 @@ def quickstart(tmp_path_factory):
     return folder, runs[0], runs[1]
 
 
+@pytest.mark.large
 def test_quickstart_runs_twice_with_equal_outputs(quickstart):
     _, first, second = quickstart
     assert {"membranes.tif", "neurons.tif", "overlays/slice_0000.png",
@@ -97,17 +98,22 @@ def test_quickstart_outputs_are_ignored_by_git():
         assert f"/{name}" in ignored or f"/{name}/" in ignored, name
 
 
-def segment_warnings(pred, cwd):
-    code, err = run_shell(f"fusionnet segment {pred} -o labels.tif --quiet", cwd)
-    assert code == 0, err
-    return [line for line in err.splitlines() if "warning" in line]
+def segment_warnings(pred, folder, capsys):
+    from fusionnet_tf.cli import main
+
+    assert main(["segment", str(pred), "-o", str(folder / "labels.tif"), "--quiet"]) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if ": warning: " in line]
 
 
-def test_raw_em_warning_for_the_example_not_for_a_prediction(quickstart):
-    folder, _, _ = quickstart
-    [line] = segment_warnings(REPO / EXAMPLE, folder)
+def test_raw_em_warning_for_the_example_not_for_a_prediction(tmp_path, capsys):
+    from fusionnet_tf.cli import main
+
+    [line] = segment_warnings(REPO / EXAMPLE, tmp_path, capsys)
     assert line.startswith("fusionnet segment: warning: PRED ") and "raw EM image" in line
-    assert segment_warnings("membranes.tif", folder) == []
+    tifffile.imwrite(tmp_path / "slice.tif", tifffile.imread(REPO / EXAMPLE)[:1])
+    assert main(["predict", str(tmp_path / "slice.tif"), "-o", str(tmp_path / "membranes.tif"),
+                 "--tta", "1", "--quiet"]) == 0  # the shipped model
+    assert segment_warnings(tmp_path / "membranes.tif", tmp_path, capsys) == []
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +135,7 @@ def backend_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_a_foreign_keras_backend_runs_on_tensorflow_with_one_warning(backend_runs, backend):
     code, err, output = backend_runs[backend]
