@@ -236,3 +236,16 @@ def test_messages_name_the_options_typed(tmp_path, inputs, tiny_model, capsys):
     line = one_error_line(["evaluate", "--labels", labels, "--pred", inputs / "pred.tif"], capsys)
     assert str(labels) in line and "pass --label-threshold T" in line and "threshold=" not in line
     assert line.count(",") < 6  # a few of the values, not ten floats
+
+
+def test_progress_bar_off_a_terminal_draws_0_of_n_once(capsys):
+    """The engine line printed above the bar (autotune) must not make it draw 0/3 twice."""
+    from fusionnet_tf.inference.autotune import print_to_stderr
+    from fusionnet_tf.inference.predictor import _progress_bar
+
+    with _progress_bar(3, True) as bar:
+        print_to_stderr("fusionnet: auto engine runs plain")
+        for _ in range(3):
+            bar.update(1)
+    err = capsys.readouterr().err
+    assert err.count("0/3") == 1 and err.count("3/3") >= 1, err
