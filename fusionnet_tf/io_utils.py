@@ -216,7 +216,7 @@ def same_path(first, second):
 
 
 def _contains(folder, path):
-    """True if ``path`` lies inside the existing folder ``folder`` (a folder input, a zarr store)."""
+    """True if ``path`` lies inside the existing folder ``folder`` (a folder, a zarr store)."""
     if not folder.is_dir():
         return False
     folder, path = os.path.realpath(folder), os.path.realpath(path)

@@ -118,7 +118,7 @@ def test_raw_em_warning_for_the_example_not_for_a_prediction(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def backend_runs(tmp_path_factory):
-    """``fusionnet predict`` with KERAS_BACKEND unset, torch and jax: {backend: (code, err, out)}."""
+    """``fusionnet predict`` with KERAS_BACKEND unset, torch, jax: {backend: (code, err, out)}."""
     from fusionnet_tf.models import build_fusionnet
 
     folder = tmp_path_factory.mktemp("backend")

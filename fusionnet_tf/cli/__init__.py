@@ -127,7 +127,7 @@ def name_options(text, args=None):
 
 
 def error_message(exc, args=None):
-    """One-line text for a user-facing exception, naming ``args``'s options (see ``name_options``)."""
+    """One-line text for a user-facing exception, naming ``args``'s options (``name_options``)."""
     if isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
     elif isinstance(exc, OSError) and exc.filename and exc.strerror:

@@ -26,7 +26,8 @@ def add_parser(subparsers):
                         help="TIFF stack, single image, folder of 2D slices or file.h5:/key.")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="Output .tif/.tiff, .h5[:/key] (key default: prediction), "
-                             ".png (one slice) or a folder of PNGs (must be new or empty). "
+                             ".png (one slice) or a folder of PNGs (new, empty or an earlier "
+                             "PNG output, which is refreshed; any other folder is refused). "
                              "Files are replaced atomically; in an existing HDF5 file only "
                              "the dataset KEY is replaced, other datasets are kept (but "
                              "never the INPUT dataset).")
@@ -49,7 +50,7 @@ def add_parser(subparsers):
                              "(default: float32; PNG is always uint8).")
     parser.add_argument("--overlay", metavar="PATH", default=None,
                         help="Also write image + predicted membrane overlays: a .png (one "
-                             "slice) or a new folder of PNGs (default: none).")
+                             "slice) or a folder of PNGs (as for OUTPUT) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar on stderr).")
     parser.add_argument("--segment", metavar="LABELS", default=None,

@@ -33,7 +33,8 @@ def add_parser(subparsers):
                              "or folder; float in [0, 1] or uint8 0-255 (1 = membrane).")
     parser.add_argument("-o", "--output", required=True, metavar="LABELS",
                         help="Label image: .tif (uint32), .h5[:/key] (key default: "
-                             "segmentation) or .zarr (uint64). Written atomically.")
+                             "segmentation) or .zarr (uint64; an existing store is replaced "
+                             "only if 'fusionnet segment' wrote it). Written atomically.")
     add_segment_arguments(parser)
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane; isbi: high = cell interior "
@@ -42,7 +43,8 @@ def add_parser(subparsers):
                         help="The EM image the map was predicted from, for --overlay.")
     parser.add_argument("--overlay", metavar="DIR", default=None,
                         help="Also write the segments in random colours over --image, one PNG "
-                             "per slice, into this new folder (default: none).")
+                             "per slice, into this folder (new, empty or an earlier overlay "
+                             "folder, which is refreshed) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
     parser.set_defaults(run=run)
