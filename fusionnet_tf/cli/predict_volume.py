@@ -84,8 +84,15 @@ def run(args):
 
     from fusionnet_tf.cli import CommandError
 
-    from fusionnet_tf.cli.predict import engine_argument
+    from fusionnet_tf.cli.predict import check_tile_size, check_tiling_arguments, engine_argument
 
+    check_tiling_arguments(args)
+    for option, value in (("--block", args.block), ("--block-z", args.block_z)):
+        if value < 1:
+            raise ValueError(f"{option} must be a positive number of voxels; received {value}")
+    check_volume_paths(args.input, args.output)
+    shape = input_shape(args.input)
+    check_tile_size(args.tile_size, shape[1], shape[2], args.tta)
     engine = engine_argument(args)
     tiling = _tiling(args)
     try:
@@ -128,3 +135,29 @@ def _tiling(args):
     return {"tile": (tile_z, args.tile_size, args.tile_size),
             "overlap": (overlap_z, args.overlap, args.overlap), "offsets": offsets,
             "block_z": tile_z if args.block_z is None else args.block_z}
+
+
+def check_volume_paths(input_spec, output):
+    """The output guard of the block-wise commands, before any work.
+
+    OUTPUT must not be, contain or lie inside INPUT, and an existing OUTPUT
+    must be empty or an earlier output of a block-wise command (resumed or,
+    with ``--overwrite``, replaced); any other folder or zarr store is refused.
+    """
+    from fusionnet_tf.io_utils import check_output_not_input, check_output_path
+    from fusionnet_tf.volumes.storage import is_volume_output
+
+    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
+    check_output_path(output, f"OUTPUT {output}", folder_output=True,
+                      earlier_output=is_volume_output)
+
+
+def input_shape(spec):
+    """``(Z, Y, X)`` of the input volume (opened lazily and closed again)."""
+    from fusionnet_tf.data.readers import close_stack
+    from fusionnet_tf.volumes.storage import open_volume
+
+    volume, _ = open_volume(spec)
+    shape = tuple(int(n) for n in volume.shape)
+    close_stack(volume)
+    return shape

@@ -44,6 +44,7 @@ precision are honoured).
 
 import functools
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +118,32 @@ def load_model(path):
         from fusionnet_tf.export.litert import LiteRTRunner
 
         return LiteRTRunner(path)
+    check_keras_file(path)
     import keras
 
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        text = " ".join(str(error).split())
+        raise ValueError(f"model {path} is not a valid Keras model file ({text})") from error
+
+
+def check_keras_file(path):
+    """Raise ValueError unless ``path`` looks like a Keras file (a ``.keras`` zip or HDF5 ``.h5``).
+
+    Keras itself says ``File not found`` for a ``.keras`` file that exists
+    but is not a zip archive.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ValueError(f"model {path} is not a valid model file: a .keras file is a zip "
+                         f"archive saved by Keras (model.save)")
+    if suffix == ".h5":
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"model {path} is not a valid model file: a .h5 model is an HDF5 "
+                             f"file saved by Keras")
 
 
 class SavedModelFunction:
@@ -1027,7 +1051,10 @@ def _progress_bar(total, enabled):
 
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict")
+    # off a terminal, tqdm prints every refresh on a new line: a bar drawn at 0/N before the
+    # engine line would be drawn at 0/N again after it, so wait for the first refresh
+    delay = 0 if sys.stderr.isatty() else 1e-9
+    return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict", delay=delay)
 
 
 __all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",

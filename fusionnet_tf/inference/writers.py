@@ -25,6 +25,7 @@ folder.
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +36,8 @@ import numpy as np
 # (high = membrane, or high = cell interior as in ISBI); both re-exported
 from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
-from fusionnet_tf.io_utils import atomic_path, default_permissions
+from fusionnet_tf.io_utils import (atomic_path, check_output_path, default_permissions,
+                                   hdf5_key, replace_folder)
 
 DEFAULT_HDF5_KEY = "prediction"
 
@@ -70,9 +72,20 @@ def split_output_spec(path):
     return split_hdf5_spec(path) or (Path(str(path)), None)
 
 
-def hdf5_key(key):
-    """Canonical form of an HDF5 key: ``"/a//b/"`` and ``"a/b"`` -> ``"a/b"``."""
-    return "/".join(part for part in str(key).split("/") if part)
+# a PNG-folder output holds only these names, so re-running a command may refresh it
+_PNG_FOLDER_ENTRY = re.compile(r"^slice_\d{4,}\.png$|^prediction\.json$")
+
+
+def is_png_folder_output(folder):
+    """True if ``folder`` holds only what ``write_png_folder`` writes (an earlier output).
+
+    Only such a folder (``slice_NNNN.png`` files and an optional
+    ``prediction.json``, nothing else, no subfolders) may be replaced by a new
+    PNG-folder output; any other folder of the user's is refused.
+    """
+    entries = list(Path(folder).iterdir())
+    return bool(entries) and all(entry.is_file() and not entry.is_symlink()
+                                 and _PNG_FOLDER_ENTRY.match(entry.name) for entry in entries)
 
 
 def output_kind(path):
@@ -195,7 +208,7 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
         ValueError: unknown dtype or format, a multi-slice ``.png``, or an
             HDF5 target that ``check_hdf5_target`` refuses.
         FileNotFoundError / PermissionError: missing or read-only folder.
-        FileExistsError: a PNG output folder that exists and is not empty.
+        FileExistsError: a PNG output folder that is neither empty nor an earlier output.
 
     Example:
     >>> write_prediction("pred.tif", predictor.predict(images))
@@ -226,6 +239,7 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
 def _write_tiff(path, data, metadata):
     import tifffile
 
+    check_output_path(path, f"output {path}")
     with atomic_path(path, fsync=True) as tmp:
         # minisblack: without it tifffile stores 3- and 4-slice stacks as planar RGB(A)
         tifffile.imwrite(tmp, data, photometric="minisblack", description=json.dumps(metadata),
@@ -240,6 +254,7 @@ def _write_hdf5(path, key, data, metadata, chunks=None):
     """
     import h5py
 
+    check_output_path(path, f"output {path}")
     check_hdf5_target(path, key)
     name = hdf5_key(key)
     with atomic_path(path, copy_existing=True, fsync=True) as tmp:
@@ -263,16 +278,19 @@ def _png_bytes_writer(path, image):
 
 
 def _write_png(path, image):
+    check_output_path(path, f"output {path}")
     with atomic_path(path, fsync=True) as tmp:
         _png_bytes_writer(tmp, image)
     return path
 
 
 def write_png_folder(folder, slices, metadata=None):
-    """Write uint8 slices as ``slice_0000.png``... into a new folder, atomically.
+    """Write uint8 slices as ``slice_0000.png``... into a folder, atomically.
 
     Args:
-        folder: Path of a folder that does not exist or is empty.
+        folder: Path of a folder that does not exist, is empty or is an
+            earlier PNG-folder output (``is_png_folder_output``; it is
+            replaced as a whole).
         slices: (N, H, W) uint8 (or (N, H, W, 3) RGB) array.
         metadata: optional dict written to ``prediction.json``.
 
@@ -280,25 +298,20 @@ def write_png_folder(folder, slices, metadata=None):
         ``folder``.
 
     Raises:
-        FileExistsError: if ``folder`` exists and is not empty.
+        FileExistsError: ``folder`` exists and is neither empty nor an earlier output.
         FileNotFoundError / PermissionError: if its parent is missing or read-only.
     """
     folder = Path(folder)
-    parent = folder.parent if str(folder.parent) else Path(".")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"output folder exists and is not empty: {folder}")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent} (for {folder})")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder is not writable: {parent} (for {folder})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    check_output_path(folder, f"output {folder}", folder_output=True,
+                      earlier_output=is_png_folder_output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.absolute().parent))
     try:
         for index, image in enumerate(slices):
             _png_bytes_writer(tmp / f"slice_{index:04d}.png", np.asarray(image))
         if metadata is not None:
             (tmp / "prediction.json").write_text(json.dumps(metadata, indent=2) + "\n")
         default_permissions(tmp, directory=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -347,7 +360,7 @@ def write_overlays(path, images, membrane_prob, threshold=0.5):
     Raises:
         ValueError: ``path`` is neither a ``.png`` nor a folder (see
             ``overlay_kind``), or a ``.png`` for several slices.
-        FileExistsError: a folder that exists and is not empty.
+        FileExistsError: a folder that is neither empty nor an earlier output.
     """
     kind = overlay_kind(path)
     images = _check_prob(images)
@@ -460,24 +473,22 @@ def check_affinity_output(spec):
         FileNotFoundError: missing parent folder.
         IsADirectoryError: a TIFF/HDF5 output that names an existing folder.
     """
-    from fusionnet_tf.io_utils import check_output_folder
+    from fusionnet_tf.io_utils import check_output_path
 
     kind = affinity_output_kind(spec)
     path, key = split_output_spec(spec)
-    if kind == "zarr":
-        if path.exists() and not _is_zarr_store(path) and (path.is_file() or any(path.iterdir())):
-            raise ValueError(f"--output {spec} exists and is not a zarr store; choose another "
-                             "output")
-    elif path.is_dir():
-        raise IsADirectoryError(f"--output {spec}: is an existing folder, expected a file")
-    check_output_folder(path, f"--output {spec}")
+    check_output_path(path, f"--output {spec}", folder_output=kind == "zarr",
+                      earlier_output=is_affinity_store)
     if kind == "hdf5":
         check_hdf5_target(path, key or DEFAULT_AFFINITY_HDF5_KEY)
     return kind
 
 
-def _is_zarr_store(path):
-    return any((Path(path) / name).is_file() for name in (".zarray", "zarr.json", ".zgroup"))
+def is_affinity_store(path):
+    """True if ``path`` is a zarr store an earlier affinity prediction wrote (``kind`` attribute)."""
+    from fusionnet_tf.io_utils import zarr_attributes
+
+    return (zarr_attributes(path) or {}).get("kind") == "affinities"
 
 
 def affinity_metadata(offsets, extra=None):

@@ -587,12 +587,10 @@ def _complete_summary(summary, blocks_total, blocks_todo, seconds, output, execu
 
 
 def check_not_input(output, input_spec):
-    """Refuse an output that is, or contains, the input (--overwrite would delete it)."""
-    source = storage.split_spec(input_spec)[0].resolve()
-    target = Path(output).resolve()
-    if source == target or target in source.parents:
-        raise ValueError(f"output {output} is the input volume or contains it "
-                         f"({input_spec}); choose another output path")
+    """Refuse an output that is, contains or lies inside the input (see ``io_utils``)."""
+    from fusionnet_tf.io_utils import check_output_not_input
+
+    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
 
 
 def _block_task(predictor, hook):
