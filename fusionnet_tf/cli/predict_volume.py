@@ -88,7 +88,7 @@ def run(args):
 
     check_tiling_arguments(args)
     for option, value in (("--block", args.block), ("--block-z", args.block_z)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")
     check_volume_paths(args.input, args.output)
     shape = input_shape(args.input)
