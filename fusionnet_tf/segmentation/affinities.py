@@ -9,9 +9,9 @@ Affinities are (C, Z, Y, X) float32 in [0, 1], one channel per offset
 (``AffinityParams.method``):
 
 ``"agglomeration"``
-    1. boundary map = 1 - the mean affinity of each voxel's nearest-neighbour
-       edges (both sides along each axis; in-plane edges only for 2D
-       fragments), smoothed by ``sigma``;
+    1. boundary map = 1 - the mean (``boundary="min"``: the lowest) affinity
+       of each voxel's nearest-neighbour edges (both sides along each axis;
+       in-plane edges only for 2D fragments), smoothed by ``sigma``;
     2. fragments: seeds at distance-transform maxima (or regional minima) of
        the boundary map, flooded by scikit-image's watershed, per section
        (2D seeds and in-plane flooding, for thick sections) or in 3D, chosen by
@@ -108,10 +108,10 @@ def edge_affinities(affs, offsets, axis, channels=None):
     return affs[channel][second if step == -1 else first]
 
 
-def boundary_map(affs, offsets, axes=(0, 1, 2)):
-    """``1 - mean affinity of each voxel's nearest-neighbour edges`` along ``axes``.
+def boundary_map(affs, offsets, axes=(0, 1, 2), statistic="mean"):
+    """``1 - mean`` (or ``1 - min``) affinity of each voxel's nearest-neighbour edges.
 
-    Every voxel averages the edges to both neighbours along each axis in
+    Every voxel takes the edges to both neighbours along each axis in
     ``axes`` (edges that leave the volume are left out), so the map is
     symmetric across a boundary.
 
@@ -119,6 +119,7 @@ def boundary_map(affs, offsets, axes=(0, 1, 2)):
         affs: (C, Z, Y, X) float32 in [0, 1].
         offsets: the C offsets.
         axes: axes whose edges count (``(1, 2)`` for in-plane only).
+        statistic: ``"mean"`` or ``"min"`` of the edges' affinities.
 
     Returns:
         (Z, Y, X) float32 in [0, 1] (1 = boundary). A voxel without any edge
@@ -126,17 +127,21 @@ def boundary_map(affs, offsets, axes=(0, 1, 2)):
     """
     shape = affs.shape[1:]
     channels = nearest_neighbour_channels(offsets, shape)
+    lowest = np.ones(shape, np.float32)
     total = np.zeros(shape, np.float32)
     count = np.zeros(shape, np.float32)
     for axis in axes:
         if axis not in channels:
             continue
         edges = edge_affinities(affs, offsets, axis, channels)
-        first, second = _pair_slices(axis)
-        total[first] += edges
-        total[second] += edges
-        count[first] += 1
-        count[second] += 1
+        for side in _pair_slices(axis):
+            if statistic == "min":
+                np.minimum(lowest[side], edges, out=lowest[side])
+            else:
+                total[side] += edges
+                count[side] += 1
+    if statistic == "min":
+        return 1.0 - lowest
     mean = np.divide(total, count, out=np.zeros(shape, np.float32), where=count > 0)
     return 1.0 - mean
 
@@ -190,27 +195,23 @@ def fragments(affs, offsets, params=None):
     params = params or AffinityParams()
     in_2d = fragments_in_2d(params)
     sampling = (params.anisotropy, 1.0, 1.0)
-    boundary = boundary_map(affs, offsets, axes=(1, 2) if in_2d else (0, 1, 2))
-    if in_2d:
-        boundary = np.stack([smooth(section, params.sigma) for section in boundary])
-        seeds = np.zeros(boundary.shape, np.int64)
+    boundary = boundary_map(affs, offsets, (1, 2) if in_2d else (0, 1, 2), params.boundary)
+    if in_2d:  # 2D seeds and in-plane flooding, section by section (faster than a 3D flood)
+        labels = np.empty(boundary.shape, np.int64)
         count = 0
         for z, section in enumerate(boundary):
-            section_seeds, found = _seeds(section, params, None)
+            section = smooth(section, params.sigma)
+            seeds, found = _seeds(section, params, None)
             if found == 0:  # a section without seeds is one fragment
-                section_seeds = np.zeros(section.shape, np.int64)
-                section_seeds.flat[int(np.argmin(section))] = found = 1
-            seeds[z] = np.where(section_seeds > 0, section_seeds + count, 0)
+                seeds.flat[int(np.argmin(section))] = found = 1
+            labels[z] = watershed(section, markers=seeds, connectivity=1) + count
             count += found
-        connectivity = np.zeros((3, 3, 3), bool)
-        connectivity[1] = ndimage.generate_binary_structure(2, 1)  # in-plane flooding only
-    else:
-        boundary = smooth(boundary, params.sigma, sampling)
-        seeds, count = _seeds(boundary, params, sampling)
-        if count == 0:
-            return np.ones(boundary.shape, np.int64), 1
-        connectivity = 1
-    labels = watershed(boundary, markers=seeds, connectivity=connectivity)
+        return labels, count
+    boundary = smooth(boundary, params.sigma, sampling)
+    seeds, count = _seeds(boundary, params, sampling)
+    if count == 0:
+        return np.ones(boundary.shape, np.int64), 1
+    labels = watershed(boundary, markers=seeds, connectivity=1)
     return labels.astype(np.int64), count
 
 

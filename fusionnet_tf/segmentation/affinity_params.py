@@ -15,6 +15,7 @@ from fusionnet_tf.segmentation.params import SegmentParams, _check_choice, _chec
 METHODS = ("agglomeration", "mws")
 FRAGMENTS = ("auto", "2d", "3d")
 AFFINITY_SEED_METHODS = ("distance", "minima")
+BOUNDARY_STATISTICS = ("mean", "min")
 MERGE_STATISTICS = ("mean", "quantile")
 
 
@@ -29,9 +30,13 @@ class AffinityParams:
             sections), ``"3d"`` (one 6-connected flood), or ``"auto"``: 2d
             when ``anisotropy`` >= 3.
         anisotropy: float >= 1, voxel depth / pixel width (SNEMI3D: 30 / 6 = 5).
+        boundary: ``"mean"``: the boundary map is ``1 - the mean affinity of
+            each voxel's nearest-neighbour edges`` (the project convention);
+            ``"min"``: ``1 - the lowest of them``, which keeps a one-voxel
+            boundary between touching cells sharp (better fragments on
+            SNEMI3D-like data; see BENCHMARKS.md).
         sigma: float >= 0, Gaussian smoothing (in-plane pixels) of the
-            boundary map ``1 - mean nearest-neighbour affinity`` before seeding
-            and flooding.
+            boundary map before seeding and flooding.
         seed_method: ``"distance"`` (maxima of the distance transform of
             ``boundary < seed_threshold``) or ``"minima"`` (regional minima of
             the boundary map below ``seed_threshold``).
@@ -62,6 +67,7 @@ class AffinityParams:
     method: str = "agglomeration"
     fragments: str = "auto"
     anisotropy: float = 5.0
+    boundary: str = "mean"
     sigma: float = 1.0
     seed_method: str = "distance"
     seed_threshold: float = 0.5
@@ -78,6 +84,7 @@ class AffinityParams:
         _check_choice("method", self.method, METHODS)
         _check_choice("fragments", self.fragments, FRAGMENTS)
         _check_range("anisotropy", self.anisotropy, 1, None)
+        _check_choice("boundary", self.boundary, BOUNDARY_STATISTICS)
         _check_range("sigma", self.sigma, 0, None)
         _check_choice("seed_method", self.seed_method, AFFINITY_SEED_METHODS)
         _check_range("seed_threshold", self.seed_threshold, 0, 1, open_ends=True)
