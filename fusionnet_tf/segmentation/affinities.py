@@ -324,9 +324,7 @@ def mutex_watershed(affs, offsets, params=None, backend="auto"):
         except ImportError:
             backend = "python"
     if backend == "mwatershed":
-        import mwatershed
-
-        labels = mwatershed.agglom(weights, [list(o) for o in offsets], strides=strides)
+        labels = _mwatershed(weights, offsets, strides)
     elif backend == "python":
         labels = mutex_watershed_python(weights, offsets, strides)
     else:
@@ -339,6 +337,24 @@ def mutex_watershed(affs, offsets, params=None, backend="auto"):
                                          params.replace(merge_threshold=1.0))
         labels, count = relabel_consecutive(mapping[labels])
     return labels.astype(np.int64), count
+
+
+def _mwatershed(weights, offsets, strides):
+    """``mwatershed.agglom`` with its quirks handled.
+
+    Offsets longer than the volume (which make it panic) are left out, and
+    the voxels it leaves unmerged (label 0) get one id each.
+    """
+    import mwatershed
+
+    shape = weights.shape[1:]
+    keep = [c for c, o in enumerate(offsets) if all(abs(d) < n for d, n in zip(o, shape))]
+    labels = mwatershed.agglom(np.ascontiguousarray(weights[keep]),
+                               [list(offsets[c]) for c in keep],
+                               strides=[strides[c] for c in keep]).astype(np.int64)
+    alone = labels == 0
+    labels[alone] = labels.max() + 1 + np.arange(int(alone.sum()))
+    return labels
 
 
 def _offset_edges(shape, offset, stride):
