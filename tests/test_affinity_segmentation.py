@@ -236,3 +236,39 @@ def test_cli_tune_segment_on_an_affinity_file(tmp_path, capsys):
     code, _, err = run_cli(["segment", tmp_path / "aff.h5", "-o", tmp_path / "s.h5",
                             "--params", tmp_path / "p.json"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("fragments_mode, plane", [("2d", (1, 2)), ("3d", (0, 2))])
+def test_a_diagonal_wall_keeps_two_cells_apart(fragments_mode, plane):
+    """Flooding is 4-/6-connected: it cannot slip through a one-voxel diagonal wall."""
+    shape = (16, 16, 16)
+    grid = np.indices(shape)
+    a, b = grid[plane[0]], grid[plane[1]]
+    labels = np.where(a < b, 1, 2)
+    labels[a == b] = 0  # the wall: affinity 0 to everything
+    affs = affinities_from_labels(labels, NN)
+    params = PARAMS.replace(fragments=fragments_mode, anisotropy=1.0, seed_distance=1.0,
+                            merge_threshold=0.5)
+    segments, _ = segment_affinities(affs, NN, params)
+    inside = labels > 0
+    assert same_partition(segments[inside], labels[inside])
+
+
+def test_auto_fragments_follow_the_anisotropy():
+    """Thick sections (anisotropy >= 3): one fragment per section; near-isotropic: one in 3D."""
+    affs = np.ones((3, 3, 6, 6), np.float32)
+    _, count = fragments(affs, NN, AffinityParams(anisotropy=5.0, sigma=0.0))
+    assert count == 3
+    _, count = fragments(affs, NN, AffinityParams(anisotropy=1.0, sigma=0.0))
+    assert count == 1
+
+
+def test_affinity_quantile_of_a_two_valued_face():
+    """Half the face at 0.9, half at 0.2: the 0.75 quantile (0.9) merges, the 0.25 (0.2) not."""
+    labels, _, cut = two_cubes(2)
+    affs = np.ones((3,) + labels.shape, np.float32)
+    affs[2, :, :6, cut] = 0.9
+    affs[2, :, 6:, cut] = 0.2
+    for quantile, merged in ((0.75, True), (0.25, False)):
+        params = PARAMS.replace(merge_statistic="quantile", merge_quantile=quantile)
+        assert (agglomerate_affinities(labels, 2, affs, NN, params)[2] == 1) == merged
