@@ -55,7 +55,6 @@ def two_cubes(axis, offsets=NN, shape=(6, 12, 12)):
 
 def cut_cube(axis, value, offsets=NN, shape=(6, 12, 12)):
     """One box whose pairs across the mid plane of ``axis`` have affinity ``value``."""
-    affs = np.ones((len(offsets),) + shape, np.float32)
     affs = affinities_from_labels(np.ones(shape, np.int64), offsets)
     return set_crossing(affs, offsets, axis, shape[axis] // 2, value)
 
