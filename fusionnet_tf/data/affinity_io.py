@@ -341,6 +341,8 @@ def read_affinities(spec):
         raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
                          f"\"offsets\": [[dz, dy, dx], ...], one per channel")
     offsets = document["offsets"]
+    if len(shape) == 4:  # HDF5 / zarr: refuse mismatched offsets before reading the data
+        check_offsets(offsets, shape[0], str(spec))
     if kind == "tiff":
         channels = len(offsets) if isinstance(offsets, (list, tuple)) else None
         affs = _read_tiff_affinities(spec, document, shape[0], channels)
