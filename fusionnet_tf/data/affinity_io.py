@@ -162,6 +162,15 @@ def write_affinities(spec, affs, offsets, metadata=None):
     return _write_zarr(path, affs, document)
 
 
+def affinity_chunks(shape):
+    """One channel and at most (16, 256, 256) voxels per chunk of a (C, Z, Y, X) array.
+
+    The layout of ``predict``'s affinity writer, so block-wise readers see the
+    same chunks whoever wrote the file.
+    """
+    return (1,) + tuple(min(n, c) for n, c in zip(shape[1:], (16, 256, 256)))
+
+
 def _write_tiff(path, affs, document):
     import tifffile
 
@@ -184,7 +193,7 @@ def _write_hdf5(path, key, affs, document):
             if name in handle:
                 del handle[name]
             dataset = handle.create_dataset(name, data=affs, compression="gzip",
-                                            chunks=(1, 1) + affs.shape[2:])
+                                            chunks=affinity_chunks(affs.shape))
             for attr, value in document.items():
                 plain = isinstance(value, (str, int, float, bool))
                 dataset.attrs[attr] = value if plain else json.dumps(value)
@@ -201,7 +210,7 @@ def _write_zarr(path, affs, document):
     old = None
     try:
         array = zarr.open_array(str(tmp), mode="w", shape=affs.shape, dtype="float32",
-                                chunks=(1, 1) + affs.shape[2:], fill_value=0)
+                                chunks=affinity_chunks(affs.shape), fill_value=0)
         array[...] = affs
         array.attrs.update(document)
         default_permissions(tmp, directory=True)
