@@ -315,3 +315,59 @@ def default_permissions(path, directory=False):
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+def check_hdf5_target(path, key):
+    """Fail early if dataset ``key`` cannot be written into the HDF5 file ``path``.
+
+    A missing file is fine (it will be created), and so is an existing dataset
+    ``key`` (it will be replaced). Only reads ``path``.
+
+    Raises:
+        ValueError: ``path`` exists but is not an HDF5 file; ``key`` is empty,
+            names a group, or lies below a dataset.
+    """
+    path = Path(path)
+    if not hdf5_key(key):
+        raise ValueError(f"{path}:{key}: empty HDF5 dataset key; give one, e.g. "
+                         f"{path}:/prediction")
+    if not path.is_file():
+        return
+    import h5py
+
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(f"{path}: the existing HDF5 file cannot be read and written; "
+                              f"the prediction is added to it as a new dataset")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} exists and is not an HDF5 file; remove it or choose another "
+                         f"output")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot open the existing HDF5 file ({error})") from error
+    with handle:
+        _check_hdf5_key(handle, path, key)
+
+
+def _check_hdf5_key(handle, path, key):
+    """Raise ValueError unless a dataset can be stored as ``key`` in the open file."""
+    import h5py
+
+    name = hdf5_key(key)
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        parent = handle.get("/".join(parts[:depth]))
+        if parent is None:
+            break
+        if not isinstance(parent, h5py.Group):
+            raise ValueError(
+                f"{path}:/{name}: '{'/'.join(parts[:depth])}' is a dataset, not a group; "
+                f"choose another key"
+            )
+    existing = handle.get(name)
+    if existing is not None and not isinstance(existing, h5py.Dataset):
+        raise ValueError(
+            f"{path}:/{name} is a group in the existing file (holding "
+            f"{', '.join(existing) or 'nothing'}); give a dataset key, e.g. "
+            f"{path}:/{name}/prediction"
+        )

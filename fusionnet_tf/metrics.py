@@ -379,12 +379,66 @@ def adapted_rand_error_from_counts(joint, gt_sizes, proposal_sizes):
         (pairs in one proposal segment that share a ground-truth segment),
         recall ``sum n_ij^2 / sum s_i^2``.
     """
+    precision, recall = rand_precision_recall_from_counts(joint, gt_sizes, proposal_sizes)
+    return float(1.0 - 2.0 * precision * recall / (precision + recall))
+
+
+def rand_precision_recall_from_counts(joint, gt_sizes, proposal_sizes):
+    """Rand precision ``sum n_ij^2 / sum t_j^2`` and recall ``sum n_ij^2 / sum s_i^2``.
+
+    Args:
+        joint, gt_sizes, proposal_sizes: contingency counts as returned by
+            ``slice_contingency`` (ground-truth label 0 already left out).
+
+    Returns:
+        ``(precision, recall)`` floats in (0, 1]; low precision = merges, low
+        recall = splits.
+    """
     joint2 = float((np.asarray(joint, np.float64) ** 2).sum())
     if joint2 == 0:
         raise ValueError("the ground truth has no counted pixel; the adapted Rand error is undefined")
     precision = joint2 / float((np.asarray(proposal_sizes, np.float64) ** 2).sum())
     recall = joint2 / float((np.asarray(gt_sizes, np.float64) ** 2).sum())
-    return float(1.0 - 2.0 * precision * recall / (precision + recall))
+    return float(precision), float(recall)
+
+
+def volume_scores(labels, segments):
+    """Whole-volume 3D scores of a segmentation against ground-truth ids (SNEMI3D, CREMI).
+
+    One contingency table over the whole (Z, Y, X) volume, ids shared across
+    sections; voxels whose ground-truth id is 0 are not counted (as the
+    SNEMI3D and CREMI scripts do); proposal 0 is thinned slice by slice as in
+    ``segmentation_scores_report``.
+
+    Args:
+        labels: (Z, Y, X) non-negative integer ground-truth ids, 0 = not counted.
+        segments: (Z, Y, X) non-negative integer ids of the same shape.
+
+    Returns:
+        dict of floats: ``adapted_rand_error`` (0 = perfect), ``rand_precision``,
+        ``rand_recall``, ``voi_split``, ``voi_merge`` (bits) and
+        ``cremi_score = sqrt((voi_split + voi_merge) * adapted_rand_error)``.
+
+    Raises:
+        ValueError: shapes differ, not integer ids, or no counted voxel.
+
+    Example:
+    >>> gt = np.array([[[1, 1, 2, 2]]]); seg = np.array([[[5, 5, 5, 5]]])
+    >>> volume_scores(gt, seg)["voi_merge"]
+    1.0
+    """
+    counts = segmentation_counts(labels, segments, ground_truth="segments", mode="3d")
+    precision, recall = rand_precision_recall_from_counts(*counts)
+    adapted_rand = float(1.0 - 2.0 * precision * recall / (precision + recall))
+    voi_split, voi_merge = voi_from_counts(*counts)
+    return {
+        "adapted_rand_error": adapted_rand,
+        "rand_precision": precision,
+        "rand_recall": recall,
+        "voi_split": voi_split,
+        "voi_merge": voi_merge,
+        "cremi_score": float(np.sqrt((voi_split + voi_merge) * adapted_rand)),
+    }
 
 
 def voi_from_counts(joint, gt_sizes, proposal_sizes):

@@ -36,6 +36,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 EXTRA_MODULES = {
     "export": ("onnxruntime", "ai_edge_litert", "tf2onnx", "onnx"),
     "volumes": ("zarr", "dask", "distributed"),
+    "mws": ("mwatershed",),
     "bioimageio": ("bioimageio", "pydantic", "tf2onnx", "onnx", "onnxruntime"),
 }
 

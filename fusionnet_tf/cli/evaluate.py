@@ -42,7 +42,40 @@ def add_parser(subparsers):
                              "have two values).")
     parser.add_argument("--json", action="store_true",
                         help="Print one JSON object instead of a table (default: table).")
+    parser.add_argument("--volume", action="store_true",
+                        help="With --seg: whole-volume 3D scores (SNEMI3D/CREMI): --labels are "
+                             "ground-truth ids shared across sections, 0 not counted; one "
+                             "contingency table over the volume (default: per slice).")
     parser.set_defaults(run=run)
+
+
+VOLUME_ROWS = (("adapted Rand error", "adapted_rand_error"), ("Rand precision", "rand_precision"),
+               ("Rand recall", "rand_recall"), ("VOI split", "voi_split"),
+               ("VOI merge", "voi_merge"), ("CREMI score", "cremi_score"))
+
+
+def format_volume_table(scores, shape):
+    """Readable table of ``metrics.volume_scores`` output for a (Z, Y, X) volume."""
+    lines = [f"3D scores over a {shape[0]}x{shape[1]}x{shape[2]} volume (ground-truth id 0 "
+             "not counted; VOI in bits)", f"{'metric':<20} {'score':>8}"]
+    lines += [f"{title:<20} {scores[key]:>8.4f}" for title, key in VOLUME_ROWS]
+    return "\n".join(lines)
+
+
+def run_volume(args):
+    """``--volume``: whole-volume scores of --seg against ground-truth ids. Returns 0."""
+    from fusionnet_tf.metrics import volume_scores
+    from fusionnet_tf.segmentation.io import read_segments
+
+    if args.seg is None:
+        raise ValueError("--volume scores a label image: give --seg SEGMENTS (not --pred)")
+    labels = read_segments(args.labels, "--labels")
+    if len(labels) < 2:
+        raise ValueError(f"--volume needs a 3D stack; --labels {args.labels} has a single "
+                         f"section {labels.shape} (score it without --volume)")
+    segments = read_segments(args.seg, "--seg")
+    _check_shapes(args, labels, segments, "--seg", args.seg)
+    return _report(args, volume_scores(labels, segments), labels.shape, format_volume_table)
 
 
 def format_table(scores, shape):
@@ -92,6 +125,8 @@ def run(args):
     """Read labels and prediction (or segmentation), print the scores. Returns 0."""
     from fusionnet_tf.data import read_labels
 
+    if args.volume:
+        return run_volume(args)
     labels = read_labels(args.labels, args.label_convention, threshold=args.label_threshold)
     if args.seg is not None:
         from fusionnet_tf.metrics import segmentation_scores_report

@@ -335,7 +335,7 @@ def run(args):
     check_not_input(args.input, args.output, args.overlay)
     affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
     if affinity_store:  # a .zarr output is for affinities (refused below for a 2D model)
-        from fusionnet_tf.inference.writers import check_affinity_output
+        from fusionnet_tf.data.affinity_io import check_affinity_output
 
         check_affinity_output(args.output)
     else:
@@ -412,7 +412,7 @@ def predict_affinities(args, model, images, offsets, engine):
 
     from fusionnet_tf.inference import Predictor
     from fusionnet_tf.inference.predictor import read_model_offsets
-    from fusionnet_tf.inference.writers import check_affinity_output, write_affinities
+    from fusionnet_tf.data.affinity_io import check_affinity_output, write_affinities
 
     for option, value in (("--isbi", args.isbi), ("--overlay", args.overlay),
                           ("--segment", args.segment), ("--dtype uint8", args.dtype == "uint8")):

@@ -8,7 +8,8 @@ image in which every cell has its own id: seeded watershed on the membrane map,
 then agglomeration of segments across weak boundaries and of small segments.
 Without --params the parameters tuned for the shipped model are used (tune your
 own with 'fusionnet tune-segment'). Every pixel belongs to a segment unless
---keep-boundaries is given.
+--keep-boundaries is given. An affinity file (C, Z, Y, X) whose metadata says
+"kind": "affinities" is segmented into 3D neurons instead (--method).
 """
 
 EPILOG = """\
@@ -17,6 +18,7 @@ examples:
   fusionnet segment membranes.tif -o neurons.tif --image stack.tif --overlay overlays
   fusionnet segment membranes.h5:/prediction -o neurons.h5:/segmentation --mode 3d
   fusionnet segment membranes.tif -o neurons.zarr --params params.json --set min_size=100
+  fusionnet segment affinities.zarr -o neurons.h5 --method mws     (3D, from affinities)
 """
 
 
@@ -47,7 +49,19 @@ def add_parser(subparsers):
                              "folder, which is refreshed) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
+    add_method_argument(parser)
     parser.set_defaults(run=run)
+
+
+def add_method_argument(parser):
+    """``--method`` for affinity files (``segment`` and ``tune-segment``)."""
+    from fusionnet_tf.segmentation.affinity_params import METHODS
+
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="Affinity files only (recognised by their metadata): agglomeration "
+                             "(watershed fragments merged on mean affinity) or mws (mutex "
+                             "watershed on all offsets) (default: agglomeration, or the "
+                             "--params file's).")
 
 
 def add_segment_arguments(parser, keep_boundaries=True):
@@ -75,8 +89,11 @@ def add_segment_arguments(parser, keep_boundaries=True):
                                 "(default: every pixel belongs to a segment).")
 
 
-def resolve_params(args):
+def resolve_params(args, cls=None):
     """``SegmentParams`` from ``--params`` (or the shipped ones) and ``--set`` overrides.
+
+    With ``cls`` (e.g. ``AffinityParams``) the file holds ``cls`` parameters
+    and the defaults are ``cls()``.
 
     Raises:
         ValueError: unknown keys or bad values, naming them.
@@ -85,7 +102,10 @@ def resolve_params(args):
 
     from fusionnet_tf.segmentation import SegmentParams, default_params, load_params
 
-    params = load_params(args.params) if args.params else default_params()
+    if cls is not None:
+        params = load_params(args.params, cls) if args.params else cls()
+    else:
+        params = load_params(args.params) if args.params else default_params()
     if not args.set:
         return params
     values = params.to_dict()
@@ -97,7 +117,7 @@ def resolve_params(args):
             values[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
             values[key.strip()] = text  # plain strings such as quantile
-    return SegmentParams.from_dict(values, source="--set")
+    return (cls or SegmentParams).from_dict(values, source="--set")
 
 
 def check_inputs_outputs(inputs, output, overlay=None, option="--output",
@@ -160,9 +180,17 @@ def run(args):
     """Read PRED, segment, write LABELS. Returns 0."""
     import sys
 
+    from fusionnet_tf.data.affinity_io import affinity_metadata
     from fusionnet_tf.segmentation.io import (check_label_output, raw_image_warning,
                                               read_membrane)
 
+    if affinity_metadata(args.pred) is not None:
+        from fusionnet_tf.cli.affinity_segment import run_segment
+
+        return run_segment(args)
+    if args.method is not None:
+        raise ValueError(f"--method applies to affinity files; PRED {args.pred} is not one "
+                         f"(no \"kind\": \"affinities\" metadata)")
     if (args.image is None) != (args.overlay is None):
         raise ValueError("--overlay needs --image (the EM image), and --image is only used "
                          "with --overlay")

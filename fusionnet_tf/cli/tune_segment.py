@@ -49,6 +49,9 @@ def add_parser(subparsers):
                              "(predict --isbi) (default: membrane).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Seed of the random part of the search (default: 0).")
+    from fusionnet_tf.cli.segment import add_method_argument
+
+    add_method_argument(parser)  # affinity files: --labels are then 3D ids, scored in 3D
     parser.set_defaults(run=run)
 
 
@@ -78,6 +81,14 @@ def run(args):
     if args.budget < 1:
         raise ValueError(f"--budget must be >= 1; received {args.budget}")
     check_params_output(args)
+    from fusionnet_tf.data.affinity_io import affinity_metadata
+
+    if affinity_metadata(args.pred) is not None:
+        from fusionnet_tf.cli.affinity_segment import run_tune
+
+        return run_tune(args)
+    if args.method is not None:
+        raise ValueError(f"--method applies to affinity files; --pred {args.pred} is not one")
     start = load_params(args.start) if args.start else default_params()
     labels = read_labels(args.labels, args.label_convention)
     membrane = read_membrane(args.pred, args.pred_convention)

@@ -18,6 +18,8 @@ _LAZY = {
     "default_params": "fusionnet_tf.segmentation.params",
     "load_params": "fusionnet_tf.segmentation.params",
     "save_params": "fusionnet_tf.segmentation.params",
+    "AffinityParams": "fusionnet_tf.segmentation.affinity_params",
+    "segment_affinities": "fusionnet_tf.segmentation.affinities",
     "agglomerate": "fusionnet_tf.segmentation.agglomeration",
     "region_adjacency": "fusionnet_tf.segmentation.agglomeration",
     "check_membrane": "fusionnet_tf.segmentation.segmenter",

@@ -132,8 +132,8 @@ def _check_choice(name, value, choices):
         raise ValueError(f"`{name}` must be one of {choices}; received {value!r}")
 
 
-def load_params(path):
-    """Read ``SegmentParams`` from a JSON file.
+def load_params(path, cls=SegmentParams):
+    """Read ``SegmentParams`` (or ``cls``, e.g. ``AffinityParams``) from a JSON file.
 
     The file holds one object of parameters, either at the top level or under
     ``"params"`` (the tuner's output also stores its search there).
@@ -152,7 +152,7 @@ def load_params(path):
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if isinstance(values, dict) and isinstance(values.get("params"), dict):
         values = values["params"]
-    return SegmentParams.from_dict(values, source=str(path))
+    return cls.from_dict(values, source=str(path))
 
 
 def save_params(path, params, extra=None):
