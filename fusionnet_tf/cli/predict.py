@@ -53,7 +53,9 @@ def add_parser(subparsers):
                              "does, and write the label image here: .tif (uint32), .h5[:/key] "
                              "or .zarr (default: no segmentation).")
     from fusionnet_tf.cli.segment import add_segment_arguments
+    from fusionnet_tf.cli.slices import add_slices_argument
 
+    add_slices_argument(parser, "INPUT (the outputs hold only those)")
     add_segment_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -296,6 +298,7 @@ def run(args):
     """Predict INPUT and write OUTPUT. Returns 0."""
     import sys
 
+    from fusionnet_tf.cli.slices import select_slices
     from fusionnet_tf.data import normalize, read_stack
     from fusionnet_tf.data.normalize import check_finite
     from fusionnet_tf.inference import Predictor
@@ -309,7 +312,7 @@ def run(args):
     params = _check_segment_output(args)
     engine = engine_argument(args)
     check_precision_applies(args.precision, args.serving_url or args.model)
-    raw = check_finite(read_stack(args.input), f"INPUT {args.input}")
+    raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
     images = normalize(raw, mode=args.normalization)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
         if spec and str(spec).lower().endswith(".png") and len(images) > 1:
@@ -328,6 +331,8 @@ def run(args):
         "blending": args.blending, "normalization": args.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
     }
+    if args.slices:
+        metadata["slices"] = args.slices
     write_prediction(args.output, membrane, dtype=args.dtype, isbi=args.isbi, metadata=metadata)
     if args.overlay:
         write_overlays(args.overlay, images, membrane)

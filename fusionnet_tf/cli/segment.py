@@ -45,6 +45,9 @@ def add_parser(subparsers):
                              "per slice, into this new folder (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
+    from fusionnet_tf.cli.slices import add_slices_argument
+
+    add_slices_argument(parser, "PRED (and --image; LABELS holds only those)")
     parser.set_defaults(run=run)
 
 
@@ -159,13 +162,15 @@ def run(args):
     check_label_output(args.output)
     check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
                          args.overlay)
+    from fusionnet_tf.cli.slices import select_slices
+
     params = resolve_params(args)
-    membrane = read_membrane(args.pred, args.pred_convention)
+    membrane = select_slices(read_membrane(args.pred, args.pred_convention), args.slices)
     images = None
     if args.image is not None:
         from fusionnet_tf.data import normalize, read_stack
 
-        images = normalize(read_stack(args.image))
+        images = normalize(select_slices(read_stack(args.image), args.slices))
         if images.shape != membrane.shape:
             raise ValueError(f"--image {args.image} has shape {images.shape} but PRED "
                              f"{args.pred} has {membrane.shape}")

@@ -24,6 +24,7 @@ import re
 import typing
 from pathlib import Path
 
+from fusionnet_tf.checks import parse_slices  # noqa: F401 (re-exported)
 from fusionnet_tf.data.labels import LABEL_CONVENTIONS
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
 from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
@@ -409,57 +410,6 @@ def _check_choice(key, value, choices):
 def _check_min(key, value, minimum):
     if value is not None and value < minimum:
         raise ValueError(f"config key '{key}' must be >= {minimum}; received {value!r}")
-
-
-def parse_slices(spec, num_slices, key="slices"):
-    """Turn a slice spec into a sorted list of slice indices.
-
-    Args:
-        spec: None (all slices), an int, a list of ints, or a string such as
-            ``"0-19"``, ``"3"`` or ``"0,2,5-7"`` (ranges include both ends).
-        num_slices: int. Number of slices in the stack, for bounds checks.
-        key: str. Config key named in error messages.
-
-    Returns:
-        list of int in ``[0, num_slices)``.
-
-    Raises:
-        ValueError: malformed spec, empty selection or index out of range.
-
-    Example:
-    >>> parse_slices("0-2,5", 10)
-    [0, 1, 2, 5]
-    """
-    if spec is None:
-        return list(range(num_slices))
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        indices = [spec]
-    elif isinstance(spec, (list, tuple)):
-        indices = list(spec)
-    elif isinstance(spec, str):
-        indices = []
-        for part in spec.replace(" ", "").split(","):
-            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not match:
-                raise ValueError(
-                    f"config key '{key}' must look like '0-19' or '0,2,5-7'; received {spec!r}"
-                )
-            start = int(match.group(1))
-            stop = int(match.group(2)) if match.group(2) is not None else start
-            if stop < start:
-                raise ValueError(f"config key '{key}' has a decreasing range; received {spec!r}")
-            indices.extend(range(start, stop + 1))
-    else:
-        raise ValueError(f"config key '{key}' must be a string or a list of ints; received {spec!r}")
-    if not indices:
-        raise ValueError(f"config key '{key}' selects no slices; received {spec!r}")
-    bad = [i for i in indices if not isinstance(i, int) or not 0 <= i < num_slices]
-    if bad:
-        raise ValueError(
-            f"config key '{key}' selects slice(s) {bad} outside the stack's "
-            f"{num_slices} slices; received {spec!r}"
-        )
-    return sorted(set(indices))
 
 
 def check_values(config):
