@@ -33,7 +33,8 @@ def add_parser(subparsers):
 
     parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
                         help="isbi: 0 = membrane, nonzero = interior; membrane: nonzero = "
-                             "membrane (default: isbi).")
+                             "membrane; instance: cell ids, 1-px boundaries where the id "
+                             "changes or is 0 (default: isbi).")
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane (fusionnet predict's default); isbi: "
                              "high = cell interior (predict --isbi) (default: membrane).")

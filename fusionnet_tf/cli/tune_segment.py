@@ -53,7 +53,9 @@ def add_parser(subparsers):
     parser.add_argument("--start", metavar="FILE", default=None,
                         help="Parameters to start from (default: the shipped model's).")
     parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
-                        help="isbi: 0 = membrane; membrane: nonzero = membrane (default: isbi).")
+                        help="isbi: 0 = membrane; membrane: nonzero = membrane; instance: "
+                             "cell ids, 1-px boundaries where the id changes or is 0 "
+                             "(default: isbi).")
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane; isbi: high = cell interior "
                              "(predict --isbi) (default: membrane).")

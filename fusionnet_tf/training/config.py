@@ -69,6 +69,15 @@ class DataConfig:
     default to the training files, so one stack can be split by slices.
     Slice specs are ``"0-19"``, ``"0,2,5-7"``, a list of ints, or null for all
     slices. ``val_slices: null`` with no ``val_images`` means no validation.
+
+    ``label_convention``: ``isbi`` (0 = membrane), ``membrane`` (nonzero =
+    membrane) or ``instance``: one id per cell, 2D or 3D (SNEMI3D: 0 = thin
+    gap, ids often touch), turned into membrane targets
+    ``boundary_width`` pixels wide: a pixel is membrane if its id is 0 or
+    differs from its right/lower neighbour's nonzero id (one side of each
+    touching pair, so the line is 1 px), dilated to ``boundary_width``
+    (``fusionnet_tf.data.labels.instance_boundaries``). ``boundary_width``
+    applies to ``instance`` labels only.
     """
 
     train_images: str = ""
@@ -79,6 +88,7 @@ class DataConfig:
     val_slices: SliceSpec = None
     label_convention: str = "isbi"
     label_threshold: typing.Optional[float] = None
+    boundary_width: int = 1
     normalization: str = "slice"
     tile_size: int = 256
     val_tile_size: typing.Optional[int] = None
@@ -428,6 +438,7 @@ def check_values(config):
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
     _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)
+    _check_min("data.boundary_width", d.boundary_width, 1)
     _check_choice("data.normalization", d.normalization, INTENSITY_MODES)
     _check_min("data.tile_size", d.tile_size, 1)
     _check_min("data.val_tile_size", d.val_tile_size, 1)

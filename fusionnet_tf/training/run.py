@@ -120,7 +120,7 @@ def load_split(images_spec, labels_spec, slices, key, data):
 
     images = read_stack(images_spec)
     labels = read_labels(labels_spec, convention=data.label_convention,
-                         threshold=data.label_threshold)
+                         threshold=data.label_threshold, boundary_width=data.boundary_width)
     if images.shape != labels.shape:
         raise ValueError(
             f"images {images_spec} have shape {images.shape} but labels "
