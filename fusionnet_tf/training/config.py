@@ -49,6 +49,14 @@ class ModelConfig:
     ``fc_filters`` (width of fc6/fc7, null = 64 x base_filters) and ``dropout``
     and ignore ``depth``, ``residual_convs`` and ``normalization``;
     FusionNet and U-Net ignore ``fc_filters``.
+
+    Fine-tuning (``fusionnet_tf.training.finetune``): ``init`` is a ``.keras``
+    file or ``isbi2012`` (the shipped model) whose weights the run starts from
+    (its architecture must match; not re-applied when a run resumes);
+    ``freeze`` is ``none`` or ``encoder`` (the contracting path is not
+    trained). With ``init`` set, ``optimizer.learning_rate`` defaults to 1e-4
+    and ``optimizer.warmup_steps`` to 50 (``FINETUNE_DEFAULTS``) unless given
+    explicitly: by ``--set``, or in the same config file that sets ``init``.
     """
 
     architecture: str = "fusionnet"
@@ -58,6 +66,8 @@ class ModelConfig:
     dropout: float = 0.0
     normalization: str = "batch"
     fc_filters: typing.Optional[int] = None
+    init: typing.Optional[str] = None
+    freeze: str = "none"
 
 
 @dataclasses.dataclass
@@ -283,9 +293,37 @@ def config_from_dict(mapping):
     Raises:
         ValueError: unknown key, wrong type or invalid choice, naming the key.
     """
-    config = _build(TrainConfig, mapping or {})
+    config = _build(TrainConfig, apply_finetune_defaults(mapping or {}))
     check_values(config)
     return config
+
+
+def apply_finetune_defaults(mapping, explicit=None):
+    """A copy of ``mapping`` with the fine-tuning optimizer defaults when ``model.init`` is set.
+
+    Args:
+        mapping: nested config dict.
+        explicit: set of dotted keys (``"optimizer.learning_rate"``) the user
+            set on purpose; None: the optimizer keys present in ``mapping``.
+
+    Returns:
+        dict; ``optimizer.learning_rate`` / ``optimizer.warmup_steps`` set to
+        ``FINETUNE_DEFAULTS`` unless explicit. Unchanged without ``model.init``.
+    """
+    from fusionnet_tf.training.finetune import FINETUNE_DEFAULTS
+
+    model = mapping.get("model") if isinstance(mapping, dict) else None
+    if not isinstance(model, dict) or not model.get("init"):
+        return mapping
+    mapping = dict(mapping)
+    optimizer = dict(mapping.get("optimizer") or {})
+    if explicit is None:
+        explicit = {f"optimizer.{key}" for key in optimizer}
+    for key, value in FINETUNE_DEFAULTS.items():
+        if f"optimizer.{key}" not in explicit:
+            optimizer[key] = value
+    mapping["optimizer"] = optimizer
+    return mapping
 
 
 def config_to_dict(config):
@@ -396,7 +434,12 @@ def load_config(path=None, overrides=()):
     >>> cfg = load_config("training/configs/smoke.yaml", ["epochs=1"])
     """
     mapping = read_config_file(path) if path is not None else {}
-    return config_from_dict(apply_overrides(mapping, overrides))
+    # fine-tuning defaults yield to --set, and to the optimizer of a file that sets init itself
+    explicit = {".".join(parse_override(text)[0]) for text in overrides or ()}
+    if isinstance(mapping.get("model"), dict) and mapping["model"].get("init"):
+        explicit |= {f"optimizer.{key}" for key in (mapping.get("optimizer") or {})}
+    merged = apply_overrides(mapping, overrides)
+    return config_from_dict(apply_finetune_defaults(merged, explicit))
 
 
 def save_config(config, path):
@@ -435,6 +478,7 @@ def check_values(config):
     _check_min("model.depth", m.depth, 1)
     _check_min("model.residual_convs", m.residual_convs, 1)
     _check_min("model.fc_filters", m.fc_filters, 1)
+    _check_choice("model.freeze", m.freeze, ("none", "encoder"))
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
     _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)

@@ -242,10 +242,13 @@ def build_and_compile(config):
     from fusionnet_tf.training.fit_metrics import fit_metrics
     from fusionnet_tf.training.losses import get_loss
 
+    from fusionnet_tf.training.finetune import freeze
+
     m = config.model
     model = build_model(m.architecture, base_filters=m.base_filters, depth=m.depth,
                         residual_convs=m.residual_convs, dropout=m.dropout,
                         normalization=m.normalization, fc_filters=m.fc_filters)
+    freeze(model, m.freeze, m.architecture)  # before compiling: the optimizer skips frozen weights
     loss = get_loss(config.loss.name, membrane_weight=config.loss.membrane_weight,
                     dice_weight=config.loss.dice_weight, smooth=config.loss.smooth)
     model.compile(
@@ -456,13 +459,17 @@ def train(config, callbacks=(), verbose="auto"):
     from fusionnet_tf.training import callbacks as cb
 
     strategy, batch_size, chief = setup_run(config)
+    init_model = _init_model(config, strategy)
     arrays = load_data(config)
     keras.utils.set_random_seed(config.seed)
     val_ds = make_validation_dataset(config, arrays, batch_size)
+    model, backup = build_for_run(config, strategy, batch_size, Path(config.output_dir))
+    if init_model is not None:  # before anything is written: a mismatch leaves no run folder
+        from fusionnet_tf.training.finetune import initialize_from
+
+        initialize_from(model, init_model, config.model.init)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    model, backup = build_for_run(config, strategy, batch_size, out)
     epoch, step = backup.restore(model)
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
@@ -486,6 +493,22 @@ def train(config, callbacks=(), verbose="auto"):
         initial_epoch=epoch,
         initial_step=step,
     )
+
+
+def _init_model(config, strategy):
+    """The ``model.init`` model to start from, or None (no init, or a run that resumes).
+
+    A run folder with a backup resumes from its own weights: ``init`` is
+    applied once, when the run starts, never over resumed weights.
+    """
+    from fusionnet_tf.training import callbacks as cb
+    from fusionnet_tf.training.finetune import load_init_model
+
+    if not config.model.init:
+        return None
+    if cb.read_backup_state(_backup_dir(Path(config.output_dir), strategy)) is not None:
+        return None
+    return load_init_model(config.model.init)
 
 
 def _history(csv_path):
