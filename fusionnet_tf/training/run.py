@@ -239,10 +239,9 @@ def build_and_compile(config):
     (from each replica's share of the batch) and the chief's are saved.
     """
     from fusionnet_tf.models import build_model
+    from fusionnet_tf.training.finetune import freeze
     from fusionnet_tf.training.fit_metrics import fit_metrics
     from fusionnet_tf.training.losses import get_loss
-
-    from fusionnet_tf.training.finetune import freeze
 
     m = config.model
     model = build_model(m.architecture, base_filters=m.base_filters, depth=m.depth,
@@ -470,7 +469,7 @@ def train(config, callbacks=(), verbose="auto"):
         initialize_from(model, init_model, config.model.init)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    epoch, step = backup.restore(model)
+    epoch, step = backup.restore(model)  # after init: a backup's weights always win
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
         cb.truncate_csv_log(out / CSV_FILE, epoch)
