@@ -113,6 +113,10 @@ def test_tune_segment_cv_prints_and_records_held_out_figures(files, capsys):
         assert f"{row['v_rand']:.4f}" in out
     assert f"pooled held-out: V_rand {cv['pooled_held_out']['v_rand']:.4f}" in out
     SegmentParams.from_dict(document["params"])
+    code, out, err = run_cli(["segment", root / "pred.tif", "-o", root / "seg.tif", "--params",
+                              root / "cv.json", "--quiet"], capsys)
+    assert code == 0, err
+    assert "v_rand" not in (out + err).lower()  # segment prints no tuning scores
 
 
 def test_tune_segment_refuses_more_folds_than_slices(files, capsys):
