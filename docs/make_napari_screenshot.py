@@ -6,28 +6,34 @@ tuned defaults through the dock widgets, and saves napari's own screenshot of
 the whole window (``viewer.screenshot(canvas_only=False)``), halved.
 
     xvfb-run -a python docs/make_napari_screenshot.py     # headless; a desktop needs no xvfb-run
+
+No special settings: the plugin runs TensorFlow in a worker process of its
+own, never in the viewer's (the guard below keeps the spawned worker from
+running this script again).
 """
 
 import os
-import sys
+import tempfile
 import time
 
-# TensorFlow first, and Mesa's softpipe rasterizer without LLVM: TensorFlow's
-# LLVM symbols clash with llvmpipe's (see tests/test_napari_plugin.py).
-os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
-os.environ.setdefault("DRAW_USE_LLVM", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402,F401
-
-import napari  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
+import napari
+import numpy as np
+from PIL import Image
+from qtpy.QtWidgets import QApplication
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "napari.png")
 
 
+def wait_for(widget):
+    """Let the viewer draw until the widget's worker has finished."""
+    while widget.worker is not None:
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
 def main():
+    # the widgets' defaults, not the settings they remember from the user's sessions
+    os.environ["FUSIONNET_TF_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusionnet-screenshot-")
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
     viewer.open_sample("fusionnet-tf", "isbi2012")
@@ -35,12 +41,11 @@ def main():
     _, segment = viewer.window.add_plugin_dock_widget("fusionnet-tf", "Segment neurons")
     predict.tta.value = 8
     predict()
-    while predict.worker is not None:
-        QApplication.processEvents()
-        time.sleep(0.05)
+    wait_for(predict)
     segment.membrane.value = viewer.layers["isbi2012 membranes"]
-    labels = segment()
-    labels.opacity = 0.35
+    segment()
+    wait_for(segment)
+    viewer.layers["isbi2012 membranes neurons"].opacity = 0.35
     viewer.layers["isbi2012 membranes"].opacity = 0.8
     viewer.reset_view()
     for _ in range(20):
@@ -55,5 +60,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-    sys.stdout.flush()
-    os._exit(0)  # skip LLVM's static destructors, which abort after TensorFlow + Mesa

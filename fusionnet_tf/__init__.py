@@ -6,7 +6,10 @@ Heavy submodules are imported lazily, so ``import fusionnet_tf`` stays cheap
 and ``fusionnet --help`` answers quickly.
 """
 
+from fusionnet_tf.backend import use_tensorflow_backend
 from fusionnet_tf.lazy import lazy_attributes
+
+use_tensorflow_backend()  # before anything imports Keras (see fusionnet_tf.backend)
 
 __version__ = "0.1.0"
 

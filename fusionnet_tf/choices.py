@@ -45,3 +45,8 @@ ENGINES = ("auto", "plain", "frozen", "xla")
 # 8 = all rotations and flips (fusionnet_tf.inference.predictor)
 TTA_TRANSFORMS = {1: (0,), 4: (0, 2, 4, 6), 8: tuple(range(8))}
 TTA_VALUES = tuple(TTA_TRANSFORMS)
+# 3D affinity models: transform t = in-plane dihedral t % 8, then for t >= 8 a z-flip
+# (fusionnet_tf.inference.affinity_tta); 2 = identity and z-flip, 16 = all
+TTA_TRANSFORMS_3D = {1: (0,), 2: (0, 8), 4: (0, 2, 4, 6), 8: tuple(range(8)),
+                     16: tuple(range(16))}
+TTA_VALUES_3D = tuple(TTA_TRANSFORMS_3D)

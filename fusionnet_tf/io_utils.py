@@ -1,6 +1,27 @@
-"""Small file helpers shared by every writer: nothing is half-written."""
+"""File helpers shared by every writer: nothing is half-written, nothing of the user's is lost.
+
+The output guard (:func:`check_output_path`) is the one place that decides
+whether an output path may be written; every writer (TIFF, HDF5, PNG, PNG
+folder, zarr store) and every command (before any work) calls it. The rules:
+
+- the folder that will hold the output must exist and accept a new file
+  (probed by creating and removing an empty temporary file, so a read-only
+  mount or ``/proc`` is caught even for root);
+- a symbolic-link loop is refused with one line;
+- a file output (TIFF, HDF5, PNG) never replaces a folder;
+- a folder output (PNG folder, zarr store) replaces an existing folder only
+  when it is empty or an earlier output of the same kind
+  (``earlier_output(path)`` says so, e.g. a folder holding only
+  ``slice_NNNN.png`` files, or a zarr store carrying this command's
+  attributes). Anything else of the user's is refused, never deleted.
+
+:func:`check_output_not_input` refuses an output that would overwrite or
+live inside an input (a file, an HDF5 dataset, a zarr store, a folder).
+"""
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import tempfile
@@ -72,7 +93,7 @@ def atomic_path(path, copy_existing=False, fsync=False):
 
 
 def check_output_folder(path, what):
-    """Fail early unless the folder that will hold output ``path`` exists and is writable.
+    """Fail early unless the folder that will hold output ``path`` exists and accepts new files.
 
     Args:
         path: str or Path of the output file or folder.
@@ -80,12 +101,197 @@ def check_output_folder(path, what):
 
     Raises:
         FileNotFoundError / PermissionError: naming ``what`` and the folder.
+        ValueError: a symbolic-link loop in ``path`` or its folder.
     """
-    parent = Path(path).absolute().parent
+    check_no_symlink_loop(path, what)
+    parent = Path(os.path.abspath(path)).parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{what}: output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"{what}: output folder is not writable: {parent}")
+    try:  # os.access says yes to root on read-only mounts and /proc: try it
+        fd, probe = tempfile.mkstemp(prefix=".fusionnet-write-test.", dir=parent)
+    except OSError as error:
+        raise PermissionError(f"{what}: cannot write into the output folder {parent} "
+                              f"({error.strerror or error})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_no_symlink_loop(path, what):
+    """Raise ValueError naming ``what`` if ``path`` (or a folder on its way) is a symlink loop."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{what}: symbolic link loop at {path}") from None
+
+
+def check_output_path(path, what, folder_output=False, earlier_output=None):
+    """The output guard: fail unless output ``path`` may be written (see the module docstring).
+
+    Args:
+        path: str or Path of the output file or folder (an HDF5 file without
+            its ``:/key``).
+        what: how messages name it, e.g. ``"--output out.tif"`` (the flag and
+            the value the user typed).
+        folder_output: bool. The output is a folder (PNG folder, zarr store)
+            that replaces ``path`` as a whole. Defaults to False (a file).
+        earlier_output: callable ``Path -> bool`` for folder outputs: True if
+            the existing folder is an earlier output of the same kind, which
+            may be replaced. None: only a missing or empty folder may be used.
+
+    Raises:
+        IsADirectoryError: a file output naming an existing folder.
+        FileExistsError: a folder output over a file or over a folder that is
+            neither empty nor an earlier output.
+        FileNotFoundError / PermissionError / ValueError: see
+            :func:`check_output_folder`.
+    """
+    check_output_folder(path, what)
+    path = Path(path)
+    if not folder_output:
+        if path.is_dir():
+            raise IsADirectoryError(f"{what}: is an existing folder, expected a file")
+        return
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise FileExistsError(f"{what}: {path} exists and is not a folder this command wrote; "
+                              f"remove it or choose another path")
+    if any(path.iterdir()) and not (earlier_output is not None and earlier_output(path)):
+        raise FileExistsError(f"{what}: folder {path} exists and holds files this command did "
+                              f"not write; it is never replaced: remove it or choose another "
+                              f"path")
+
+
+def zarr_attributes(path):
+    """The root attributes of the zarr store at ``path`` (format 2 or 3), or ``{}``.
+
+    Reads the metadata JSON directly (no zarr import): ``zarr.json``'s
+    ``"attributes"`` or ``.zattrs``. ``{}`` for anything that is not a
+    readable zarr store.
+    """
+    path = Path(path)
+    for name, pick in (("zarr.json", lambda meta: meta.get("attributes")),
+                       (".zattrs", lambda meta: meta)):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attributes = pick(meta) if isinstance(meta, dict) else None
+        if isinstance(attributes, dict):
+            return attributes
+    return {}
+
+
+def replace_folder(new, folder):
+    """Move the finished folder ``new`` to ``folder``, removing what ``folder`` held.
+
+    The old folder is first renamed aside (into a temporary folder next to
+    it), so ``folder`` always names either the old or the new output; call
+    :func:`check_output_path` before writing ``new``.
+    """
+    folder = Path(folder)
+    aside = None
+    try:
+        if folder.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.",
+                                          dir=folder.absolute().parent))
+            os.replace(folder, aside / "old")
+        os.replace(new, folder)
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def hdf5_key(key):
+    """Canonical form of an HDF5 key: ``"/a//b/"`` and ``"a/b"`` -> ``"a/b"``."""
+    return "/".join(part for part in str(key).split("/") if part)
+
+
+def same_path(first, second):
+    """True if two paths name the same file or folder (existing or not)."""
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _contains(folder, path):
+    """True if ``path`` lies inside the existing folder ``folder`` (a folder, a zarr store)."""
+    if not folder.is_dir():
+        return False
+    folder, path = os.path.realpath(folder), os.path.realpath(path)
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def stored_in(spec):
+    """``(path, hdf5_key_or_None, kind)`` of the file or store that holds ``spec``.
+
+    ``kind`` is ``"hdf5"`` for ``file.h5[:/key]``, ``"zarr"`` for
+    ``store.zarr[:/key]`` (the path is the store's folder) and ``"file"``
+    otherwise.
+    """
+    from fusionnet_tf.data.readers import split_hdf5_spec
+
+    hdf5 = split_hdf5_spec(spec)
+    if hdf5 is not None:
+        return hdf5[0], hdf5[1], "hdf5"
+    text = str(spec)
+    index = text.lower().find(".zarr:")
+    if index >= 0:
+        return Path(text[:index + len(".zarr")]), None, "zarr"
+    head = text.rsplit(":", 1)[0]
+    if head != text and not os.path.exists(text) and os.path.isdir(head):
+        return Path(head), None, "zarr"  # a store named otherwise, "store:/key"
+    return Path(text), None, "zarr" if text.lower().rstrip("/").endswith(".zarr") else "file"
+
+
+def check_output_not_input(input_spec, output, input_name="INPUT", output_name="--output",
+                           default_key="prediction"):
+    """Refuse an output that would overwrite an input, before any work.
+
+    An output over the input's file, over the zarr store that holds it, over
+    a folder that contains it or inside the input's folder or store is
+    refused. Only an HDF5 output into the HDF5 file that holds the input is
+    allowed (the writers keep the file's other datasets), unless it names the
+    input dataset itself (or a link to it).
+
+    Args:
+        input_spec: the input spec (``file.tif``, ``file.h5:/key``,
+            ``store.zarr:/key``, a folder, ...).
+        output: the output spec.
+        input_name, output_name: how the error message calls them.
+        default_key: the HDF5 key the output is written to when it names none.
+
+    Raises:
+        ValueError: naming both (also for a symbolic-link loop).
+    """
+    from fusionnet_tf.data.readers import resolve_hdf5_key
+
+    input_path, input_key, input_kind = stored_in(input_spec)
+    output_path, output_key, output_kind = stored_in(output)
+    check_no_symlink_loop(input_path, f"{input_name} {input_spec}")
+    check_no_symlink_loop(output_path, f"{output_name} {output}")
+    inside = _contains(output_path, input_path) or _contains(input_path, output_path)
+    if not (same_path(input_path, output_path) or inside):
+        return
+    if inside or input_kind != "hdf5" or output_kind != "hdf5":
+        raise ValueError(f"{output_name} {output} would overwrite {input_name} {input_spec}; "
+                         f"choose another output path")
+    output_key = hdf5_key(output_key or default_key)
+    input_key = resolve_hdf5_key(input_path, input_key) if input_path.exists() else None
+    if input_key is not None and (hdf5_key(input_key) == output_key
+                                  or _same_hdf5_object(input_path, input_key, output_key)):
+        raise ValueError(f"{output_name} {output} is the {input_name} dataset ({input_spec}); "
+                         f"write to another key, e.g. {output_path}:/{output_key}_out")
+
+
+def _same_hdf5_object(path, key, other):
+    """True if ``key`` and ``other`` of HDF5 file ``path`` are one object (e.g. via a link)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        first, second = handle.get(key), handle.get(other)
+        return first is not None and second is not None and first == second
 
 
 def _fsync(path, directory=False):

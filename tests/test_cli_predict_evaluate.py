@@ -340,7 +340,7 @@ def test_output_that_cannot_be_written(files, tmp_path, capsys):
     (tmp_path / "full" / "keep.png").write_bytes(b"")
     code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "full"), "--model",
                          files.model] + SMALL, capsys)
-    assert code == 2 and "not empty" in err
+    assert code == 2 and "holds files this command did not write" in err
     code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "two.png"), "--model",
                          files.model] + SMALL, capsys)
     assert code == 2 and "one slice" in err and "2" in err

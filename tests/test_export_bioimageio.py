@@ -1,14 +1,17 @@
-"""bioimage.io packages: export, validation, bioimageio.core's test, halo, predict --model.
+"""bioimage.io packages: export, metadata, validation, bioimageio.core's test, halo, predict.
 
 One tiny FusionNet (base 4, depth 2) is exported once with the CLI; the
 package, and the .keras/.onnx/.tflite files of the same model, are shared by
-the tests. bioimageio.core's own test (slow: it reloads the model for every
-size it tries) is marked ``large``. No test touches the network: every httpx
-request is recorded and fails the test.
+the tests; a tiny U-Net is exported once (keras_v3 weights only) for the
+metadata tests. bioimageio.core's own test (slow: it runs in a child process
+and reloads the model for every size it tries) is marked ``large``. No test
+touches the network: every httpx request of this process is recorded and
+fails the test, and the test child processes get an unreachable proxy.
 """
 
 import io
 import json
+import os
 import zipfile
 
 import keras
@@ -19,11 +22,13 @@ from keras import layers
 
 pytest.importorskip("bioimageio.spec")
 
-from fusionnet_tf import build_fusionnet  # noqa: E402
+from fusionnet_tf import build_fusionnet, build_unet  # noqa: E402
 from fusionnet_tf.cli import main  # noqa: E402
 from fusionnet_tf.data import normalize, read_stack  # noqa: E402
 from fusionnet_tf.export import bioimageio as bio  # noqa: E402
 from fusionnet_tf.export.litert import export_litert  # noqa: E402
+from fusionnet_tf.export.model_card import (FUSIONNET_CITATION, UNET_CITATION,  # noqa: E402
+                                            architecture_knobs, detect_architecture)
 from fusionnet_tf.export.onnx import OnnxRunner, export_onnx  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
 from fusionnet_tf.pretrained import example_path  # noqa: E402
@@ -98,8 +103,11 @@ def test_package_is_valid_with_declared_axes_sizes_weights(files):
     assert description.weights.tensorflow_saved_model_bundle.parent == "keras_v3"
     assert description.weights.keras_v3.backend[0] == "tensorflow"
     assert description.weights.onnx.opset_version == bio.onnx_opset(files["onnx"])
-    assert [str(c.doi) for c in description.cite] == [
-        doi for _, doi in bio.CITATIONS + (bio.DATA_CITATION,)]
+    # a user's FusionNet: the FusionNet paper, no ISBI 2012 claims
+    assert [str(c.doi) for c in description.cite] == [FUSIONNET_CITATION[1]]
+    assert description.name == "tiny (FusionNet)"
+    assert "isbi2012" not in description.tags and "fusionnet" in description.tags
+    assert description.config.fusionnet_tf["training_data"] is None
     assert str(description.license) == "MIT"
     tolerance, = description.config.bioimageio.reproducibility_tolerance
     assert tolerance.absolute_tolerance == bio.REPRODUCIBILITY["absolute_tolerance"]
@@ -210,24 +218,218 @@ def test_cover_and_samples_are_images(files):
     np.testing.assert_array_equal(sample, raw[0, ..., 0])
 
 
+@pytest.fixture
+def untouched(monkeypatch, tmp_path):
+    """Run from an empty folder with ``os.chdir`` refused; returns a check of cwd and env.
+
+    Child processes get an unreachable proxy (no network). The check asserts
+    that the working folder and ``KERAS_BACKEND`` are as before and that
+    nothing was written into the working folder.
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def refuse(path):
+        raise AssertionError(f"os.chdir({str(path)!r}) during an export")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    before = (os.getcwd(), os.environ.get("KERAS_BACKEND"))
+
+    def check():
+        assert (os.getcwd(), os.environ.get("KERAS_BACKEND")) == before
+        assert list(cwd.iterdir()) == []
+
+    return check
+
+
 @pytest.mark.large
-def test_bioimageio_core_test_passes_for_every_weight_format(files, tmp_path):
-    summaries = bio.run_package_tests(files["package"], working_dir=tmp_path)
+def test_bioimageio_core_test_passes_for_every_weight_format(files, tmp_path, untouched):
+    work = tmp_path / "work"
+    work.mkdir()
+    summaries = bio.run_package_tests(files["package"], working_dir=work)
     assert sorted(summaries) == sorted(bio.WEIGHT_FORMATS)
     assert all(summary.status == "passed" for summary in summaries.values())
+    # bioimageio.core unpacked the SavedModel in the test's working folder, not in ours
+    assert (work / "bioimageio_unzipped_tf_weights").is_dir()
+    untouched()
 
 
 @pytest.mark.large
-def test_package_failing_its_test_is_not_written(files, tmp_path, monkeypatch):
+def test_package_failing_its_test_is_not_written(files, tmp_path, monkeypatch, untouched):
     def wrong_output(model, raw_tile):
         raw, output = make_test_tensors(model, raw_tile)
         return raw, output + 0.25
 
     make_test_tensors = bio.make_test_tensors
     monkeypatch.setattr(bio, "make_test_tensors", wrong_output)
+    out = tmp_path / "out"
     with pytest.raises(ValueError, match="test of the keras_v3 weights in .* failed"):
-        bio.export_bioimageio(files["model"], tmp_path, "broken", weight_formats=("keras_v3",))
-    assert list(tmp_path.iterdir()) == []
+        bio.export_bioimageio(files["model"], out, "broken", weight_formats=("keras_v3",))
+    assert list(out.iterdir()) == []
+    untouched()
+
+
+def test_export_whose_test_process_crashes_writes_nothing(unet, tmp_path, monkeypatch,
+                                                          untouched):
+    monkeypatch.setattr(bio, "_CHILD_CODE", "import sys; sys.exit('bioimageio.core exploded')")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="test process failed: bioimageio.core exploded"):
+        bio.export_bioimageio(unet["model"], out, "crash", weight_formats=("keras_v3",))
+    assert list(out.iterdir()) == []
+    untouched()
+
+
+@pytest.mark.parametrize("previous", [None, "tensorflow"])
+def test_importing_bioimageio_core_keeps_keras_backend(monkeypatch, previous):
+    """bioimageio.core's Keras adapter writes its default ("torch") into KERAS_BACKEND on import.
+
+    The adapter module is imported afresh (its module entry removed) with
+    bioimageio.core's setting at "torch"; the variable must come back as it
+    was, so later Keras processes (Dask, training workers) stay on TensorFlow.
+    """
+    import sys
+
+    import bioimageio.core
+    import bioimageio.core.backends
+
+    name = "bioimageio.core.backends.keras_backend"
+    monkeypatch.setattr(bioimageio.core.settings, "keras_backend", "torch")
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delattr(bioimageio.core.backends, "keras_backend", raising=False)
+    if previous is None:
+        monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("KERAS_BACKEND", previous)
+    assert bio.import_bioimageio_core() is bioimageio.core
+    assert name in sys.modules  # the adapter was imported, so it did set the variable
+    assert os.environ.get("KERAS_BACKEND") == previous
+
+
+# === What the package says about the model ===
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    """A user's tiny U-Net (base 2, depth 2): the model, its .keras file and ``my_unet.zip``.
+
+    The package has keras_v3 weights only and was not tested by bioimageio.core.
+    """
+    folder = tmp_path_factory.mktemp("unet")
+    keras.utils.set_random_seed(0)
+    model = build_unet(base_filters=2, depth=2)
+    model.save(folder / "unet.keras")
+    package = bio.export_bioimageio(model, folder, "my_unet", weight_formats=("keras_v3",),
+                                    tags=["lab-x"], test=False)
+    return {"model": model, "keras": folder / "unet.keras", "package": package}
+
+
+def _section(markdown, title):
+    return markdown.split(f"## {title}\n")[1].split("\n## ")[0].strip()
+
+
+def test_user_unet_is_described_as_a_unet_with_its_name(unet):
+    from bioimageio.spec import load_model_description
+
+    unet_package = unet["package"]
+    description = load_model_description(unet_package)
+    assert description.name == "my_unet (U-Net)"
+    assert description.config.bioimageio.architecture_type == "U-Net"
+    assert description.config.bioimageio.architecture_description.startswith(
+        "U-Net (Ronneberger et al. 2015)")
+    assert "U-Net" in description.description and "FusionNet" not in description.description
+    assert [str(c.doi) for c in description.cite] == [UNET_CITATION[1]]
+    assert {"unet", "lab-x", "electron-microscopy"} <= set(description.tags)
+    assert not {"fusionnet", "residual", "isbi2012", "connectomics", "neurons"} & set(
+        description.tags)
+    assert description.config.fusionnet_tf["training_data"] is None
+    assert [author.name for author in description.authors] == list(bio.UNKNOWN_AUTHORS)
+    docs = _member(unet_package, "README.md").decode()
+    assert docs.startswith("# my_unet (U-Net): membrane segmentation (U-Net, base 2, depth 2)")
+    assert "Not stated" in _section(docs, "Training data")
+    assert "ISBI" not in _section(docs, "Training data") + _section(docs, "Citations")
+    assert "Quan" not in docs and "Arganda" not in docs
+    card = json.loads((unet_package.parent / "my_unet.model_card.json").read_text())
+    assert card["model"]["family"] == "unet" and card["bioimageio"]["title"] == "U-Net"
+
+
+def test_shipped_model_keeps_its_isbi_metadata():
+    from fusionnet_tf.pretrained import load_pretrained
+
+    model = load_pretrained()
+    meta = bio.package_metadata(model, "fusionnet_isbi2012", shipped=True)
+    assert meta["name"] == "fusionnet_isbi2012 (FusionNet)"
+    assert meta["training_data"] == bio.TRAINING_DATA
+    assert "FusionNet (Quan et al. 2016)" in meta["description"] and "ISBI 2012" in meta[
+        "description"]
+    assert [doi for _, doi in meta["cite"]] == [FUSIONNET_CITATION[1], bio.ISBI_CITATION[1],
+                                                bio.DATA_CITATION[1]]
+    assert {"fusionnet", "isbi2012", "connectomics", "neurons", "onnx"} <= set(meta["tags"])
+    assert meta["authors"] == ["fusionnet-tf contributors"]
+    knobs = dict(architecture_knobs(model), keras="3")
+    halo = {"halo": 154, "tile": 1024, "tolerance": 1e-3}
+    docs = bio.documentation(knobs, halo, (320, 16), bio.WEIGHT_FORMATS, None, meta,
+                             "a real ISBI 2012 test tile")
+    assert _section(docs, "Training data").startswith("ISBI 2012 EM segmentation challenge: ")
+    assert "Arganda-Carreras" in _section(docs, "Citations")
+    # the same network exported as a user's model claims none of it
+    plain = bio.package_metadata(model, "fusionnet_isbi2012")
+    assert plain["training_data"] is None and plain["authors"] == list(bio.UNKNOWN_AUTHORS)
+    assert "isbi2012" not in plain["tags"] and "ISBI" not in plain["description"]
+    assert [doi for _, doi in plain["cite"]] == [FUSIONNET_CITATION[1]]
+
+
+def test_metadata_from_the_user_and_refusals(unet):
+    unet = unet["model"]
+    meta = bio.package_metadata(unet, "seg.v2", description="My membranes.",
+                                training_data="12 slices of my SBEM stack", tags=[" lab-x ", ""],
+                                authors=["A. User"], formats=("keras_v3",))
+    assert meta["name"] == "seg-v2 (U-Net)" and meta["description"] == "My membranes."
+    assert meta["training_data"] == {"description": "12 slices of my SBEM stack"}
+    assert meta["tags"][-1] == "lab-x" and "" not in meta["tags"] and "onnx" not in meta["tags"]
+    assert meta["authors"] == ["A. User"]
+    with pytest.raises(ValueError, match="shipped=True.*is a U-Net"):
+        bio.package_metadata(unet, "x", shipped=True)
+    with pytest.raises(ValueError, match="`description` must be a non-empty string"):
+        bio.package_metadata(unet, "x", description=" ")
+    renamed = keras.Model(unet.inputs, unet.outputs, name="functional_7")
+    assert detect_architecture(renamed) == "unet"  # the layers tell, not the name
+    inputs = keras.Input((None, None, 1))
+    custom = keras.Model(inputs, layers.Conv2D(1, 3, padding="same")(inputs), name="mine")
+    meta = bio.package_metadata(custom, "mine")
+    assert meta["architecture"] is None and meta["cite"] == [] and meta["title"] == "mine"
+
+
+def test_cli_states_isbi_only_for_the_shipped_model(unet, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    calls = []
+
+    def fake_export(model, output_dir, name, **kwargs):
+        calls.append(dict(kwargs, name=name, family=detect_architecture(model)))
+        return Path(output_dir) / f"{name}.zip"
+
+    monkeypatch.setattr(bio, "export_bioimageio", fake_export)
+    base = ["export", "--format", "bioimageio", "--output", str(tmp_path)]
+    assert main(base + ["--model", "pretrained"]) == 0
+    assert main(base + ["--model", str(unet["keras"]), "--name", "mine", "--description",
+                        "My membranes.", "--training-data", "my SBEM stack", "--tags",
+                        "lab-x, sbem ,", "--author", "A. User", "--author", "B. User"]) == 0
+    shipped, mine = calls
+    assert shipped["shipped"] is True and shipped["name"] == "fusionnet_isbi2012"
+    assert (shipped["description"], shipped["training_data"], shipped["tags"],
+            shipped["authors"]) == (None, None, [], None)
+    assert mine["shipped"] is False and mine["model_card"] is None and mine["family"] == "unet"
+    assert (mine["name"], mine["description"], mine["training_data"], mine["tags"],
+            mine["authors"]) == ("mine", "My membranes.", "my SBEM stack", ["lab-x", "sbem"],
+                                 ["A. User", "B. User"])
+    capsys.readouterr()
+    code = main(["export", "--model", str(unet["keras"]), "--format", "onnx", "--output",
+                 str(tmp_path), "--training-data", "x"])
+    assert code == 2 and "--training-data applies to --format bioimageio only" in (
+        capsys.readouterr().err)
 
 
 # === Bad input ===
@@ -360,18 +562,3 @@ def test_predict_model_errors_exit_2(files, predict_input, tmp_path, capsys):
                  "--model", str(files["onnx"]), "--precision", "mixed_bfloat16", "--quiet"])
     assert code == 2 and "Keras models only" in capsys.readouterr().err
     assert not (tmp_path / "out.tif").exists()
-
-
-def test_importing_bioimageio_core_keeps_keras_on_tensorflow():
-    """bioimageio.core sets KERAS_BACKEND=torch on import; later Keras subprocesses must not see it."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import os; from fusionnet_tf.export.bioimageio import import_bioimageio_core; "
-            "import_bioimageio_core(); import bioimageio.core.backends.keras_backend; "
-            "print(os.environ.get('KERAS_BACKEND'))")
-    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "tensorflow"

@@ -4,16 +4,19 @@ The viewer tests need napari (``pip install -e ".[napari]"``) and a display
 with OpenGL: CI runs this file on its own under ``xvfb-run`` with Mesa. They
 are skipped without napari or a display, unless FUSIONNET_REQUIRE_NAPARI=1
 (set by .ci/run), which turns that into a failure; and they skip themselves
-in a session that also runs other test files (see below: XLA there would
-crash on Mesa's LLVM).
+in a session that also runs other test files (see below).
 
-Mesa and TensorFlow both carry LLVM, and its symbols clash in one process:
-Mesa's llvmpipe crashes once TensorFlow is loaded, XLA crashes once Mesa's
-libLLVM is loaded, and a process that held a GL context aborts at exit in
-LLVM's static destructors. So these tests use
-Mesa's softpipe rasterizer without LLVM vertex shaders (set below, before any
-GL context), TensorFlow is imported first (conftest imports Keras), and a
-process that made a viewer ends with ``os._exit`` after pytest is done.
+Mesa's OpenGL driver and TensorFlow both carry LLVM, and its symbols clash
+in one process. The plugin never loads TensorFlow in the viewer's process
+(Predict runs the model in a worker process of its own), and
+``test_viewer_first_then_predict_with_no_special_settings`` runs a viewer
+exactly as a user's ``napari`` does, with Mesa's default llvmpipe and no
+settings. This test process itself is different: it imports TensorFlow
+(conftest, the ``fusionnet`` comparisons) next to its own viewers. So, for
+this process only, Mesa uses its softpipe rasterizer without LLVM vertex
+shaders (set below, before any GL context), the viewer tests stay away from
+the XLA of other test files, and the process ends with ``os._exit`` after
+pytest is done (LLVM's static destructors abort in that combination).
 """
 
 import atexit
@@ -26,8 +29,10 @@ import numpy as np
 import pytest
 import tifffile
 
-os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
-os.environ.setdefault("DRAW_USE_LLVM", "0")
+# this process only (see above); the viewer a user starts needs none of it
+TEST_PROCESS_GL = {"GALLIUM_DRIVER": "softpipe", "DRAW_USE_LLVM": "0"}
+for _name, _value in TEST_PROCESS_GL.items():
+    os.environ.setdefault(_name, _value)
 
 from fusionnet_tf.cli import main  # noqa: E402
 
@@ -110,6 +115,28 @@ def _exit_status_plugin():
     return recorder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _keep_the_prediction_engine():
+    """One prediction worker process for the whole file, not one per test's viewer.
+
+    Each viewer's Predict widget holds the shared engine while it lives, and
+    the last one to close stops its process; holding it here too keeps one
+    process (and TensorFlow's start-up) for all tests.
+    """
+    from fusionnet_tf.napari.engine import acquire_engine, release_engine
+
+    engine = acquire_engine()
+    yield engine
+    release_engine()
+
+
+def _require_display():
+    _require_napari()
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        _skip("no display: run the napari tests under xvfb-run")
+
+
 @pytest.fixture
 def viewer(request, make_napari_viewer_if_available):
     """A napari viewer (hidden) with the plugin's manifest registered."""
@@ -128,10 +155,7 @@ def qt(make_napari_viewer_if_available, request):
 
 @pytest.fixture
 def make_napari_viewer_if_available(request):
-    _require_napari()
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")):
-        _skip("no display: run the napari tests under xvfb-run")
+    _require_display()
     if any(item.path != request.path for item in request.session.items):
         pytest.skip("the viewer tests run in a process of their own (xvfb-run -a python -m "
                     "pytest tests/test_napari_plugin.py): once a canvas has loaded Mesa's LLVM, "
@@ -161,7 +185,7 @@ def dock(viewer, name):
     return widget
 
 
-def wait_for(qtbot, widget, timeout=180_000):
+def wait_for(qtbot, widget, timeout=300_000):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
 
 
@@ -232,12 +256,16 @@ def test_predict_on_the_sample_equals_fusionnet_predict(viewer, qt, tiny_model_p
     widget = dock(viewer, "Predict membranes")
     widget.model_path.value = tiny_model_path
     widget.tile_size.value, widget.overlap.value, widget.tta.value = 128, 32, 4
+    widget.engine.value = "plain"
     worker = widget()
     assert worker is not None
+    assert not widget.call_button.enabled  # one run at a time
     wait_for(qt, widget)
+    assert widget.call_button.enabled
     layer = viewer.layers["isbi2012 membranes"]
     assert layer.data.dtype == np.float32 and layer.data.shape == (3, 512, 512)
     assert widget.progress.value == widget.progress.max > 1
+    assert widget.prediction_engine.pid not in (None, os.getpid())  # another process
 
     out = tmp_path / "membranes.tif"
     assert main(["predict", str(example_path()), "-o", str(out), "--model", str(tiny_model_path),
@@ -255,6 +283,7 @@ def test_predict_with_the_shipped_model_on_a_2d_crop(viewer, qt):
     viewer.add_image(crop, name="crop")
     widget = dock(viewer, "Predict membranes")
     widget.tile_size.value, widget.overlap.value, widget.tta.value = 64, 16, 1
+    widget.engine.value = "plain"
     widget()
     wait_for(qt, widget)
     result = viewer.layers["crop membranes"].data
@@ -265,30 +294,72 @@ def test_predict_with_the_shipped_model_on_a_2d_crop(viewer, qt):
     np.testing.assert_allclose(result, expected, atol=1e-6)
 
 
-def test_cancelling_a_running_prediction_adds_no_layer(viewer, qt, tiny_model_path):
+def test_cancel_adds_no_layer_and_the_worker_process_is_reused(viewer, qt, tiny_model_path):
+    from fusionnet_tf.napari.engine import PredictionCancelled
+
     rng = np.random.default_rng(0)
     viewer.add_image(rng.integers(0, 255, (4, 256, 256), dtype=np.uint8), name="em")
     widget = dock(viewer, "Predict membranes")
     widget.model_path.value = tiny_model_path
     widget.tile_size.value, widget.overlap.value, widget.tta.value = 32, 8, 8
-    seen = {"steps": 0, "aborted": False, "returned": False}
+    widget.engine.value = "plain"
+    seen = {"steps": 0, "returned": [], "pids": set()}
 
     def step(counts):
         seen["steps"] += 1
+        seen["pids"].add(widget.prediction_engine.pid)
         if counts[0] > 0:
             widget.cancel_button.native.click()  # the user presses Cancel
 
     worker = widget()
     worker.yielded.connect(step)
-    worker.aborted.connect(lambda: seen.update(aborted=True))
-    worker.returned.connect(lambda _: seen.update(returned=True))
+    worker.returned.connect(seen["returned"].append)
     assert widget.cancel_button.enabled
     wait_for(qt, widget)
     qt.wait(50)
-    assert seen["aborted"] and not seen["returned"]
+    assert len(seen["returned"]) == 1 and isinstance(seen["returned"][0], PredictionCancelled)
     assert [layer.name for layer in viewer.layers] == ["em"]
     assert widget.progress.value < widget.progress.max
     assert not widget.cancel_button.enabled
+
+    # the next run goes to the same worker process: it stopped between tile groups
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 128, 16, 1
+    widget()
+    wait_for(qt, widget)
+    assert [layer.name for layer in viewer.layers] == ["em", "em membranes"]
+    assert seen["pids"] == {widget.prediction_engine.pid}
+
+
+def test_a_killed_worker_process_gives_one_notification_then_a_new_one_runs(viewer, qt,
+                                                                            tiny_model_path):
+    import signal
+
+    viewer.add_image(np.random.default_rng(0).random((4, 256, 256), dtype=np.float32),
+                     name="em")
+    widget = dock(viewer, "Predict membranes")
+    widget.model_path.value = tiny_model_path
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 32, 8, 8
+    widget.engine.value = "plain"
+    killed = []
+
+    def step(counts):
+        if counts[0] > 0 and not killed:  # the system kills it (out of memory, say)
+            killed.append(widget.prediction_engine.pid)
+            os.kill(killed[0], signal.SIGKILL)
+
+    before = len(error_notifications())
+    worker = widget()
+    worker.yielded.connect(step)
+    wait_for(qt, widget)
+    qt.wait(50)
+    messages = error_notifications()[before:]
+    assert len(messages) == 1 and "stopped unexpectedly" in messages[0], messages
+    assert [layer.name for layer in viewer.layers] == ["em"]
+    widget.tile_size.value, widget.tta.value = 256, 1
+    widget()
+    wait_for(qt, widget)
+    assert [layer.name for layer in viewer.layers] == ["em", "em membranes"]
+    assert widget.prediction_engine.pid not in (None, killed[0])
 
 
 @pytest.mark.parametrize("case", ["rgb", "4d", "missing_model"])
@@ -349,7 +420,15 @@ def test_errors_in_the_worker_give_one_notification_and_no_layer(viewer, qt, tin
 # --------------------------------------------------------------------------- #
 
 
-def test_segment_equals_fusionnet_segment_and_rerun_replaces(viewer, tmp_path, capsys):
+def segment_now(qtbot, widget):
+    """Run the "Segment neurons" widget and wait for its worker; return the worker."""
+    worker = widget()
+    assert worker is not None
+    wait_for(qtbot, widget)
+    return worker
+
+
+def test_segment_equals_fusionnet_segment_and_rerun_replaces(viewer, qt, tmp_path, capsys):
     from napari.layers import Labels
 
     from fusionnet_tf.segmentation import default_params, segment
@@ -358,8 +437,9 @@ def test_segment_equals_fusionnet_segment_and_rerun_replaces(viewer, tmp_path, c
     viewer.add_image(membrane, name="membranes")
     widget = dock(viewer, "Segment neurons")
     assert widget.merge_threshold.value == default_params().merge_threshold
-    layer = widget()
-    assert isinstance(layer, Labels) and layer.name == "membranes neurons"
+    segment_now(qt, widget)
+    layer = viewer.layers["membranes neurons"]
+    assert isinstance(layer, Labels)
     assert np.issubdtype(layer.data.dtype, np.integer) and layer.data.max() > 1
 
     tifffile.imwrite(tmp_path / "pred.tif", membrane)
@@ -370,20 +450,20 @@ def test_segment_equals_fusionnet_segment_and_rerun_replaces(viewer, tmp_path, c
     count = len(viewer.layers)
     widget.merge_threshold.value = 0.0
     widget.min_size.value = 0
-    again = widget()
-    assert again.name == layer.name  # the widget's viewer is napari's proxy: no identity
+    segment_now(qt, widget)
     assert len(viewer.layers) == count, [layer.name for layer in viewer.layers]
     expected, _ = segment(membrane, default_params().replace(merge_threshold=0.0, min_size=0))
     np.testing.assert_array_equal(layer.data, expected)
 
 
-def test_evaluate_shows_the_numbers_of_fusionnet_evaluate(viewer, tmp_path, capsys):
+def test_evaluate_shows_the_numbers_of_fusionnet_evaluate(viewer, qt, tmp_path, capsys):
     membrane, labels = cell_grid(seed=1)
     noisy = np.clip(membrane + np.random.default_rng(2).normal(0, 0.3, membrane.shape),
                     0, 1).astype(np.float32)
     viewer.add_image(noisy, name="membranes")
     viewer.add_labels(labels, name="gt")
-    segments = dock(viewer, "Segment neurons")()
+    segment_now(qt, dock(viewer, "Segment neurons"))
+    segments = viewer.layers["membranes neurons"]
     widget = dock(viewer, "Evaluate")
     tifffile.imwrite(tmp_path / "gt.tif", labels)
     tifffile.imwrite(tmp_path / "pred.tif", noisy)
@@ -435,24 +515,187 @@ def test_hdf5_writers_and_reader_round_trip(tmp_path):
         write_image_hdf5(str(tmp_path / "raw.h5"), labels.astype(np.float32) * 2, {})
 
 
-def test_predict_refuses_what_would_crash_next_to_mesa_llvm(viewer, tmp_path, monkeypatch):
-    """TensorFlow's first import or XLA after Mesa loaded its LLVM would crash: a message instead."""
-    from fusionnet_tf.napari.predict import import_tensorflow, mesa_llvm_loaded
 
-    maps = tmp_path / "maps"
-    maps.write_text("7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n")
-    assert mesa_llvm_loaded(maps) and not mesa_llvm_loaded(tmp_path / "missing")
-    import_tensorflow("plain", maps)  # TensorFlow already loaded, no XLA: fine
-    with pytest.raises(ValueError, match="choose engine 'plain'"):
-        import_tensorflow("xla", maps)
-    viewer.add_image(np.zeros((32, 32), np.float32), name="em")
-    widget = dock(viewer, "Predict membranes")
-    widget.engine.value = "auto"
-    before = len(error_notifications())
-    monkeypatch.setattr("fusionnet_tf.napari.predict.mesa_llvm_loaded", lambda *_: True)
-    assert widget() is None and widget.worker is None
-    assert "choose engine 'plain'" in error_notifications()[before:][0]
-    assert [layer.name for layer in viewer.layers] == ["em"]
-    monkeypatch.delitem(sys.modules, "tensorflow")  # restored after the test; never re-imported
-    with pytest.raises(ValueError, match="python -m fusionnet_tf.napari"):
-        import_tensorflow("plain", maps)
+
+# --------------------------------------------------------------------------- #
+# The viewer's process never runs TensorFlow; workers; remembered settings
+# --------------------------------------------------------------------------- #
+
+# A user's session: napari.Viewer() first (its canvas loads Mesa's OpenGL driver and, with
+# llvmpipe, Mesa's LLVM), then the sample and "Predict membranes" with the widget's defaults.
+# The guard matters: the worker process is spawned, and spawn imports the main script again.
+VIEWER_FIRST_SCRIPT = '''
+import json
+import os
+import sys
+import time
+
+
+def main(model, out):
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer()
+    for _ in range(10):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    with open("/proc/self/maps") as maps:
+        mesa_llvm = "libLLVM" in maps.read()
+    viewer.open_sample("fusionnet-tf", "isbi2012")
+    _, widget = viewer.window.add_plugin_dock_widget("fusionnet-tf", "Predict membranes")
+    defaults = {name: getattr(widget, name).value
+                for name in ("tile_size", "overlap", "tta", "precision", "engine")}
+    widget.model_path.value = model
+    worker = widget()
+    steps = []
+    worker.yielded.connect(steps.append)
+    started = time.monotonic()
+    while widget.worker is not None and time.monotonic() - started < 600:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    layers = [layer.name for layer in viewer.layers]
+    if "isbi2012 membranes" in layers:
+        np.save(out, viewer.layers["isbi2012 membranes"].data)
+    engine = widget.prediction_engine
+    worker_pid = engine.pid
+    viewer.close()
+    for _ in range(50):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    print(json.dumps({"mesa_llvm": mesa_llvm, "layers": layers, "defaults": defaults,
+                      "steps": [list(step) for step in steps],
+                      "tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                      "viewer_pid": os.getpid(), "worker_pid": worker_pid,
+                      "worker_after_close": engine.pid}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+'''
+
+
+def test_viewer_first_then_predict_with_no_special_settings(tiny_model_path, tmp_path):
+    """Issue 26: Mesa, a viewer made first, no settings: Predict adds the layer of `predict`."""
+    from fusionnet_tf.pretrained import example_path
+
+    _require_display()
+    script = tmp_path / "session.py"
+    script.write_text(VIEWER_FIRST_SCRIPT)
+    env = {name: value for name, value in os.environ.items()
+           if name not in TEST_PROCESS_GL and not name.startswith(("GALLIUM", "LIBGL", "MESA"))}
+    out = subprocess.run([sys.executable, str(script), str(tiny_model_path),
+                          str(tmp_path / "layer.npy")], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]  # no crash, no abort at exit
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["mesa_llvm"], "no Mesa LLVM in the viewer: this test needs Mesa's llvmpipe"
+    assert not report["tensorflow"] and not report["keras"]
+    assert report["defaults"] == {"tile_size": 512, "overlap": 64, "tta": 8,
+                                  "precision": "float32", "engine": "auto"}  # as the CLI's
+    assert report["layers"] == ["isbi2012", "isbi2012 membranes"]
+    assert report["steps"][-1][0] == report["steps"][-1][1] > 0
+    assert report["worker_pid"] not in (None, report["viewer_pid"])
+    assert report["worker_after_close"] is None  # closing the viewer stopped the process
+
+    assert main(["predict", str(example_path()), "-o", str(tmp_path / "cli.tif"),
+                 "--model", str(tiny_model_path), "--quiet"]) == 0
+    layer = np.load(tmp_path / "layer.npy")
+    assert layer.dtype == np.float32 and layer.shape == (3, 512, 512)
+    np.testing.assert_allclose(layer, tifffile.imread(tmp_path / "cli.tif"), atol=1e-6)
+
+
+class FakeWorkerEnd:
+    """The viewer's end of the worker's pipe, replaying replies (for ``PredictionEngine``)."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def poll(self, timeout):
+        return bool(self.replies)
+
+    def recv(self):
+        return self.replies.pop(0)
+
+
+class FakeProcess:
+    def is_alive(self):
+        return True
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_the_engine_relays_its_job_and_drops_a_result_after_cancel(cancelled):
+    """Replies of an earlier (abandoned) job are skipped; a result after Cancel is no result."""
+    from types import SimpleNamespace
+
+    from fusionnet_tf.napari.engine import PredictionCancelled, PredictionEngine
+
+    result = np.ones((2, 2), np.float32)
+    replies = [("progress", 1, (3, 4)), ("result", 1, np.zeros(1)), ("started", 2, 123),
+               ("progress", 2, (0, 2)), ("progress", 2, (2, 2)), ("result", 2, result)]
+    steps = PredictionEngine()._replies(2, FakeWorkerEnd(replies), FakeProcess(),
+                                        SimpleNamespace(value=2 if cancelled else 1))
+    seen = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            seen.append(next(steps))
+    assert seen == [(0, 2), (2, 2)]
+    if cancelled:
+        assert isinstance(stop.value.value, PredictionCancelled)
+    else:
+        assert stop.value.value is result
+
+
+def test_segment_runs_in_a_worker_thread(viewer, qt, monkeypatch):
+    import threading
+
+    import fusionnet_tf.napari.segment as segment_module
+
+    threads = []
+    run = segment_module.run_segmentation
+
+    def recording(*args):
+        threads.append(threading.current_thread())
+        return run(*args)
+
+    monkeypatch.setattr(segment_module, "run_segmentation", recording)
+    membrane, _ = cell_grid(count=1)
+    viewer.add_image(membrane, name="membranes")
+    widget = dock(viewer, "Segment neurons")
+    worker = widget()
+    assert worker is not None and not widget.call_button.enabled
+    wait_for(qt, widget)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert "membranes neurons" in viewer.layers and widget.call_button.enabled
+
+
+def test_widgets_remember_their_settings(qt, tiny_model_path, tmp_path, monkeypatch):
+    from fusionnet_tf.napari.evaluate import make_evaluate_widget
+    from fusionnet_tf.napari.predict import SETTINGS, make_predict_widget
+    from fusionnet_tf.napari.segment import make_segment_widget
+    from fusionnet_tf.napari.settings import settings_path
+
+    changes = {
+        make_predict_widget: {"model_path": tiny_model_path, "tile_size": 256, "overlap": 32,
+                              "tta": 4, "precision": "mixed_bfloat16", "engine": "xla",
+                              "normalization": "global"},
+        make_segment_widget: {"mode": "3d", "keep_boundaries": True, "merge_threshold": 0.25,
+                              "min_size": 7, "seed_method": "distance"},
+        make_evaluate_widget: {"label_convention": "membrane"},
+    }
+    for make, values in changes.items():
+        first = make()
+        defaults = {name: getattr(first, name).value for name in values}
+        assert defaults != values
+        for name, value in values.items():
+            getattr(first, name).value = value
+        first.close()
+        again = make()
+        assert {name: getattr(again, name).value for name in values} == values, make
+        again.close()
+    assert set(json.loads(settings_path("predict").read_text())) == set(SETTINGS)
+
+    monkeypatch.setenv("FUSIONNET_TF_CACHE_DIR", str(tmp_path / "elsewhere"))
+    fresh = make_predict_widget()
+    assert fresh.engine.value == "auto" and fresh.tile_size.value == 512
+    fresh.close()

@@ -279,7 +279,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, membrane, pred, capsys):
         (write_zarr(tmp_path / "high.zarr", membrane + 1), tmp_path / "o1.zarr", "[0, 1]"),
         (write_zarr(tmp_path / "labels.zarr", (membrane * 9).astype(np.uint32)),
          tmp_path / "o2.zarr", "uint32"),
-        (pred, pred, "is the input volume"),
+        (pred, pred, "would overwrite INPUT"),
         (str(tmp_path / "missing.zarr"), tmp_path / "o3.zarr", "not found"),
         (pred, tmp_path / "no" / "o4.zarr", "output folder does not exist"),
     ]

@@ -221,7 +221,7 @@ def test_existing_output_with_other_shape_or_settings(tmp_path):
                                           overwrite=True) is None
     (tmp_path / "notzarr").mkdir()
     (tmp_path / "notzarr" / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="notzarr exists and is not a zarr store"):
+    with pytest.raises(FileExistsError, match="notzarr exists and holds files this command did not write"):
         storage.open_output_for_resume(tmp_path / "notzarr", (3, 300, 500), BLOCK, settings,
                                        overwrite=True)
 
@@ -460,7 +460,7 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, 
     summary = predict_volume(spec, out, predictor, block_shape=(1, 64, 64), overwrite=True,
                              **OPTIONS)
     assert summary["blocks_computed"] == 2 * 4 and done_count(out) == 8
-    with pytest.raises(ValueError, match="is the input volume"):
+    with pytest.raises(ValueError, match="would overwrite INPUT"):
         predict_volume(spec, spec, predictor, block_shape=BLOCK, overwrite=True, **OPTIONS)
     assert zarr.open_array(spec, mode="r").shape == (1, 128, 200)  # input untouched
 

@@ -7,6 +7,7 @@ only) and ``run(args)`` (imports TensorFlow when it needs it), so
 
 import argparse
 import importlib
+import re
 import sys
 
 from fusionnet_tf import __version__
@@ -102,13 +103,38 @@ def build_parser():
     return parser
 
 
-def error_message(exc):
-    """One-line text for a user-facing exception."""
+# library parameter -> (argparse dest that must exist, the option the user typed); library
+# messages name parameters (`tile_shape`, batch_size=0), a command's messages name its options
+PARAMETER_OPTIONS = {
+    "tile_shape": ("tile_size", "--tile-size"), "tile": ("tile_size", "--tile-size"),
+    "batch_size": ("batch_size", "--batch-size"), "block_shape": ("block", "--block"),
+    "overlap": ("overlap", "--overlap"), "align": ("align", "--align"),
+    "threshold": ("label_threshold", "--label-threshold"),
+}
+
+
+def name_options(text, args=None):
+    """``text`` with the library parameters of ``PARAMETER_OPTIONS`` named as ``args``'s options.
+
+    ```tile_shape``` becomes ``--tile-size`` and ``tile_shape=30`` becomes
+    ``--tile-size 30``, for the parameters whose option the command has.
+    """
+    for name, (dest, option) in PARAMETER_OPTIONS.items():
+        if args is not None and hasattr(args, dest):
+            text = re.sub(rf"`{name}`", option, text)
+            text = re.sub(rf"(?<![\w.-]){name}=", f"{option} ", text)
+    return text
+
+
+def error_message(exc, args=None):
+    """One-line text for a user-facing exception, naming ``args``'s options (``name_options``)."""
     if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}"
-    return str(exc)
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    else:
+        text = str(exc)
+    return " ".join(name_options(text, args).split())
 
 
 def main(argv=None):
@@ -123,7 +149,7 @@ def main(argv=None):
     try:
         result = args.run(args)
     except USER_ERRORS + (CommandError,) as exc:
-        print(f"fusionnet {args.command}: error: {error_message(exc)}", file=sys.stderr)
+        print(f"fusionnet {args.command}: error: {error_message(exc, args)}", file=sys.stderr)
         return 2
     except ImportError as exc:
         module = missing_module(exc)

@@ -67,6 +67,18 @@ def add_parser(subparsers):
     parser.add_argument("--no-bioimageio-test", action="store_true",
                         help="bioimageio: skip bioimageio.core's test of each weight format "
                              "(default: test before the package is written).")
+    parser.add_argument("--description", default=None,
+                        help="bioimageio: one-line description of the model (default: one "
+                             "naming its architecture, read from the model's layers).")
+    parser.add_argument("--training-data", metavar="TEXT", default=None,
+                        help="bioimageio: what the model was trained on (default: ISBI 2012 "
+                             "for 'pretrained', else not stated).")
+    parser.add_argument("--tags", metavar="TAG,TAG", default=None,
+                        help="bioimageio: comma-separated tags added to the derived ones "
+                             "(EM, membranes, the architecture, the weight formats).")
+    parser.add_argument("--author", action="append", default=None, metavar="NAME",
+                        help="bioimageio: author of the model; repeat for several (default: "
+                             "fusionnet-tf contributors for 'pretrained', else unknown).")
     parser.set_defaults(run=run)
 
 
@@ -83,9 +95,10 @@ def check_args(args):
     if args.version is not None and args.format != "saved_model":
         raise ValueError(f"--version applies to --format saved_model only; received --format "
                          f"{args.format}")
-    if args.no_bioimageio_test and args.format != "bioimageio":
-        raise ValueError(f"--no-bioimageio-test applies to --format bioimageio only; received "
-                         f"--format {args.format}")
+    for option in ("no_bioimageio_test", "description", "training_data", "tags", "author"):
+        if getattr(args, option) not in (None, False) and args.format != "bioimageio":
+            raise ValueError(f"--{option.replace('_', '-')} applies to --format bioimageio only; "
+                             f"received --format {args.format}")
     for option in ("tile_size", "batch_size", "calibration_tiles"):
         if getattr(args, option) < 1:
             raise ValueError(f"--{option.replace('_', '-')} must be >= 1; received "
@@ -191,7 +204,8 @@ def export_tensorrt(args, model, extra):
 
 
 def export_bioimageio(args, model, extra):
-    """DIR/NAME.zip; a package of the shipped model also carries MODEL_CARD.md."""
+    """DIR/NAME.zip; only the shipped model's package states its ISBI 2012 training (and
+    carries MODEL_CARD.md); the rest is read from the model and the options."""
     from pathlib import Path
 
     from fusionnet_tf.export.bioimageio import export_bioimageio
@@ -199,10 +213,14 @@ def export_bioimageio(args, model, extra):
 
     model_card = None
     card = Path(__file__).resolve().parents[2] / "MODEL_CARD.md"  # in a source checkout
-    if Path(extra["source_model"]).resolve() == PRETRAINED_FILE and card.is_file():
+    shipped = Path(extra["source_model"]).resolve() == PRETRAINED_FILE
+    if shipped and card.is_file():
         model_card = card.read_text()
+    tags = [tag.strip() for tag in (args.tags or "").split(",") if tag.strip()]
     return export_bioimageio(model, args.output, args.name, model_card=model_card,
-                             test=not args.no_bioimageio_test, card_extra=extra)
+                             test=not args.no_bioimageio_test, card_extra=extra,
+                             shipped=shipped, description=args.description,
+                             training_data=args.training_data, tags=tags, authors=args.author)
 
 
 # --format -> function(args, model, card_extra) returning the artifact path

@@ -1,8 +1,10 @@
 """``fusionnet info``: architecture summary and parameter table."""
 
 HELP = "Print the FusionNet/U-Net/FCN parameter table or one model's summary."
-ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fcn16s", "fcn32s")
-TABLE_ARCHITECTURES = ("fusionnet", "unet", "fcn8s")
+ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fcn16s", "fcn32s", "fusionnet3d")
+TABLE_ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fusionnet3d")
+# fusionnet3d rows: two anisotropic levels, one output per default affinity offset
+TABLE_KNOBS = {"fusionnet3d": {"anisotropic_levels": 2, "out_channels": 10}}
 
 
 def add_parser(subparsers):
@@ -24,17 +26,18 @@ def parameter_table(bases=(16, 32, 64), depth=4):
 
     FCN rows use the VGG16 depth (5 poolings) and fc6/fc7 64 x base filters
     wide (4096 at base 64); FCN-16s/32s differ from FCN-8s by a few hundred
-    parameters. Counts come from ``models.count_parameters`` (small builds
+    parameters. fusionnet3d rows: two anisotropic levels, 10 affinity outputs. Counts come from ``models.count_parameters`` (small builds
     only), not from building the base-64 models.
     """
     from fusionnet_tf.models import build_model, count_parameters, model_depth
 
     rows = []
     for architecture in TABLE_ARCHITECTURES:
-        levels = model_depth(build_model(architecture, base_filters=1, depth=depth))
+        knobs = TABLE_KNOBS.get(architecture, {})
+        levels = model_depth(build_model(architecture, base_filters=1, depth=depth, **knobs))
         for base in bases:
             rows.append((architecture, base, levels,
-                         count_parameters(architecture, base_filters=base, depth=depth)))
+                         count_parameters(architecture, base_filters=base, depth=depth, **knobs)))
     return rows
 
 
@@ -43,7 +46,7 @@ def run(args):
 
     if args.architecture:
         model = build_model(args.architecture, base_filters=args.base_filters, depth=args.depth,
-                            fc_filters=args.fc_filters)
+                            fc_filters=args.fc_filters, **TABLE_KNOBS.get(args.architecture, {}))
         model.summary()
         return 0
     print(f"{'architecture':<12} {'base':>5} {'depth':>5} {'parameters':>14}")

@@ -9,6 +9,10 @@ Serving endpoint (``--serving-url``) or, by default, the shipped pretrained
 FusionNet.
 """
 
+from pathlib import Path
+
+from fusionnet_tf.io_utils import check_output_not_input, same_path, stored_in
+
 HELP = "Predict membrane probability maps (seamless tiles, 8-way TTA)."
 
 
@@ -22,7 +26,11 @@ def add_parser(subparsers):
                         help="TIFF stack, single image, folder of 2D slices or file.h5:/key.")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                         help="Output .tif/.tiff, .h5[:/key] (key default: prediction), "
-                             ".png (one slice) or a folder of PNGs (must be new or empty). "
+                             ".png (one slice) or a folder of PNGs (new, empty or an earlier "
+                             "PNG output, which is refreshed; any other folder is refused); "
+                             "with a 3D affinity model .tif/.tiff, .h5[:/key] (key default: "
+                             "affinities) or .zarr, (C, Z, Y, X) float32 with the offsets in "
+                             "the metadata. "
                              "Files are replaced atomically; in an existing HDF5 file only "
                              "the dataset KEY is replaced, other datasets are kept (but "
                              "never the INPUT dataset).")
@@ -45,13 +53,16 @@ def add_parser(subparsers):
                              "(default: float32; PNG is always uint8).")
     parser.add_argument("--overlay", metavar="PATH", default=None,
                         help="Also write image + predicted membrane overlays: a .png (one "
-                             "slice) or a new folder of PNGs (default: none).")
+                             "slice) or a folder of PNGs (as for OUTPUT) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar on stderr).")
     parser.add_argument("--segment", metavar="LABELS", default=None,
                         help="Also segment neurons from the prediction, as 'fusionnet segment' "
                              "does, and write the label image here: .tif (uint32), .h5[:/key] "
                              "or .zarr (default: no segmentation).")
+    parser.add_argument("--segment-overlay", metavar="DIR", default=None,
+                        help="With --segment: also write the segments in random colours over "
+                             "the image, one PNG per slice, into this folder (default: none).")
     from fusionnet_tf.cli.segment import add_segment_arguments
     from fusionnet_tf.cli.slices import add_slices_argument
 
@@ -78,9 +89,13 @@ def add_tiling_arguments(parser):
                              "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
-    parser.add_argument("--tta", type=int, choices=TTA_VALUES, default=8,
+    from fusionnet_tf.choices import TTA_VALUES_3D
+
+    parser.add_argument("--tta", type=int, choices=sorted(set(TTA_VALUES) | set(TTA_VALUES_3D)),
+                        default=8,
                         help="Test-time augmentation: 1 = none, 4 = mirrorings, "
-                             "8 = all rotations and flips (default: 8).")
+                             "8 = all rotations and flips; for 3D affinity models also "
+                             "2 = z-flip and 16 = 8 x z-flip (default: 8).")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="Network inputs (tiles x TTA variants) per call; every call is "
                              "padded to it (default: the TTA variants of as few tiles as make "
@@ -119,6 +134,44 @@ def add_tiling_arguments(parser):
                              "probabilities by ~1e-3 on average; mixed_float16 is for GPUs; "
                              "auto lets --engine auto also time mixed_bfloat16 where the "
                              "machine has those units (default: float32).")
+    add_affinity_arguments(parser)
+
+
+def add_affinity_arguments(parser):
+    """Options for 3D affinity models only: ``--tile-z``, ``--overlap-z``, ``--offsets``."""
+    group = parser.add_argument_group("3D affinity models (input (B, Z, Y, X, 1))")
+    group.add_argument("--tile-z", type=int, default=None,
+                       help="Tile depth in sections; --tile-size is the tile's height and "
+                            "width (default: 16).")
+    group.add_argument("--overlap-z", type=int, default=None,
+                       help="Minimum overlap of tiles along z; --overlap is the in-plane one "
+                            "(default: a quarter of the tile depth).")
+    group.add_argument("--offsets", default=None, metavar="JSON",
+                       help="The model's offsets, one (dz, dy, dx) per output channel, e.g. "
+                            "'[[-1,0,0],[0,-1,0],[0,0,-1]]' (default: read from MODEL.offsets.json "
+                            "beside the model, e.g. best.offsets.json for best.keras).")
+
+
+AFFINITY_ONLY_OPTIONS = ("tile_z", "overlap_z", "offsets")
+DEFAULT_TILE_Z = 16
+
+
+def parse_offsets(text):
+    """``--offsets`` JSON -> list of (dz, dy, dx) tuples; None for None.
+
+    Raises:
+        ValueError: not JSON, or not a list of int triples (one line).
+    """
+    import json
+
+    from fusionnet_tf.inference.affinity_tta import check_offsets
+
+    if text is None:
+        return None
+    try:
+        return check_offsets(json.loads(text))
+    except ValueError as exc:
+        raise ValueError(f"--offsets {text}: {exc}") from None
 
 
 def engine_argument(args):
@@ -133,12 +186,13 @@ def engine_argument(args):
 
 
 def check_output(spec, option="--output"):
-    """Fail early, before any prediction, if ``spec`` cannot be written.
+    """Fail early, before any prediction, if ``spec`` cannot be written (the output guard).
 
     Args:
         spec: the output spec.
-        option: ``"--output"`` (any prediction format) or ``"--overlay"``
-            (a ``.png`` or a folder only); named in the error messages.
+        option: ``"--output"`` (any prediction format) or an overlay option
+            (``"--overlay"``, ``"--segment-overlay"``: a ``.png`` or a folder
+            only); named in the error messages.
 
     Returns:
         The output kind: ``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"``.
@@ -146,33 +200,23 @@ def check_output(spec, option="--output"):
     Raises:
         ValueError: unknown output format, an overlay that is not a ``.png``
             or folder, or an HDF5 target that cannot take the dataset.
-        FileNotFoundError / PermissionError: missing or read-only parent folder.
-        FileExistsError: a PNG folder output that exists and is not empty.
+        FileNotFoundError / PermissionError: missing or unwritable parent folder.
+        FileExistsError: a PNG folder output over a folder that is not an
+            earlier PNG-folder output (see ``io_utils.check_output_path``).
         IsADirectoryError: a file output that names an existing folder.
     """
     from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, check_hdf5_target,
-                                                output_kind, overlay_kind, split_output_spec)
-    from fusionnet_tf.io_utils import check_output_folder
+                                                is_png_folder_output, output_kind,
+                                                overlay_kind, split_output_spec)
+    from fusionnet_tf.io_utils import check_output_path
 
-    kind = overlay_kind(spec, option) if option == "--overlay" else output_kind(spec)
+    kind = overlay_kind(spec, option) if option.endswith("overlay") else output_kind(spec)
     path, key = split_output_spec(spec)
-    if kind != "png_folder" and path.is_dir():
-        raise IsADirectoryError(f"{option} {spec}: is an existing folder, expected a file")
-    if kind == "png_folder" and path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{option} {spec}: output folder exists and is not empty: {path}")
-    check_output_folder(path, f"{option} {spec}")
+    check_output_path(path, f"{option} {spec}", folder_output=kind == "png_folder",
+                      earlier_output=is_png_folder_output)
     if kind == "hdf5":
         check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
     return kind
-
-
-def _same_path(first, second):
-    """True if two paths name the same file or folder (existing or not)."""
-    import os
-
-    if first.exists() and second.exists():
-        return os.path.samefile(first, second)
-    return first.resolve() == second.resolve()
 
 
 def check_not_input(input_spec, output, overlay=None):
@@ -185,106 +229,19 @@ def check_not_input(input_spec, output, overlay=None):
     Raises:
         ValueError: naming the option, the output and INPUT.
     """
-    from pathlib import Path
-
     check_output_not_input(input_spec, output)
     if overlay is None:
         return
-    overlay_path = Path(overlay)
-    if _same_path(_stored_in(input_spec)[0], overlay_path):
-        raise ValueError(f"--overlay {overlay} would overwrite INPUT {input_spec}; "
-                         f"choose another path")
-    if _same_path(_stored_in(output)[0], overlay_path):
+    check_output_not_input(input_spec, overlay, output_name="--overlay")
+    if same_path(stored_in(output)[0], Path(overlay)):
         raise ValueError(f"--overlay {overlay} is the same path as --output {output}; "
                          f"choose another path")
-
-
-def _stored_in(spec):
-    """``(path, hdf5_key_or_None, kind)`` of the file or store that holds ``spec``.
-
-    ``kind`` is ``"hdf5"`` for ``file.h5[:/key]``, ``"zarr"`` for
-    ``store.zarr[:/key]`` (the path is the store's folder) and ``"file"``
-    otherwise.
-    """
-    from pathlib import Path
-
-    from fusionnet_tf.data.readers import split_hdf5_spec
-
-    hdf5 = split_hdf5_spec(spec)
-    if hdf5 is not None:
-        return hdf5[0], hdf5[1], "hdf5"
-    text = str(spec)
-    index = text.lower().find(".zarr:")
-    if index >= 0:
-        return Path(text[:index + len(".zarr")]), None, "zarr"
-    return Path(text), None, "zarr" if text.lower().rstrip("/").endswith(".zarr") else "file"
-
-
-def check_output_not_input(input_spec, output, input_name="INPUT", output_name="--output",
-                           default_key=None):
-    """Refuse an output that would overwrite an input, before any work.
-
-    An output over the input's file, over the zarr store that holds it, over
-    a folder that contains it or inside the input's folder or store is
-    refused. Only an HDF5 output into the HDF5
-    file that holds the input is allowed (the writers keep the file's other
-    datasets), unless it names the input dataset itself (or a link to it).
-
-    Args:
-        input_spec: the input spec (``file.tif``, ``file.h5:/key``,
-            ``store.zarr:/key``, a folder, ...).
-        output: the output spec.
-        input_name, output_name: how the error message calls them.
-        default_key: the HDF5 key the output is written to when it names
-            none (default: ``fusionnet predict``'s).
-
-    Raises:
-        ValueError: naming both.
-    """
-    from fusionnet_tf.data.readers import resolve_hdf5_key
-    from fusionnet_tf.inference.writers import DEFAULT_HDF5_KEY, hdf5_key
-
-    input_path, input_key, input_kind = _stored_in(input_spec)
-    output_path, output_key, output_kind = _stored_in(output)
-    inside = _contains(output_path, input_path) or _contains(input_path, output_path)
-    if not (_same_path(input_path, output_path) or inside):
-        return
-    if inside or input_kind != "hdf5" or output_kind != "hdf5":
-        raise ValueError(f"{output_name} {output} would overwrite {input_name} {input_spec}; "
-                         f"choose another output path")
-    output_key = hdf5_key(output_key or default_key or DEFAULT_HDF5_KEY)
-    input_key = resolve_hdf5_key(input_path, input_key) if input_path.exists() else None
-    if input_key is not None and (hdf5_key(input_key) == output_key
-                                  or _same_hdf5_object(input_path, input_key, output_key)):
-        raise ValueError(f"{output_name} {output} is the {input_name} dataset ({input_spec}); "
-                         f"write to another key, e.g. {output_path}:/{output_key}_out")
-
-
-def _contains(folder, path):
-    """True if ``path`` lies inside the existing folder ``folder`` (a folder input, a zarr store)."""
-    import os
-
-    if not folder.is_dir():
-        return False
-    folder, path = os.path.realpath(folder), os.path.realpath(path)
-    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _same_hdf5_object(path, key, other):
-    """True if ``key`` and ``other`` of HDF5 file ``path`` are one object (e.g. via a link)."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        first, second = handle.get(key), handle.get(other)
-        return first is not None and second is not None and first == second
 
 
 def resolve_model(args):
     """The model or callable the Predictor runs, from --model / --serving-url."""
     if args.serving_url:
-        from fusionnet_tf.export.rest_client import ServingClient
-
-        return ServingClient(args.serving_url)
+        return serving_client(args.serving_url)
     if args.model:
         from fusionnet_tf.inference import load_model
 
@@ -294,34 +251,127 @@ def resolve_model(args):
     return load_pretrained()
 
 
+def serving_client(url):
+    """A ``ServingClient`` for ``--serving-url``, checked to answer (no TensorFlow needed).
+
+    Raises:
+        CommandError: the endpoint cannot be reached or answers an error (one line).
+    """
+    from fusionnet_tf.cli import CommandError
+    from fusionnet_tf.export.rest_client import ServingClient, ServingError
+
+    client = ServingClient(url)
+    try:
+        client.status()
+    except ServingError as exc:
+        raise CommandError(f"--serving-url {url}: {exc}") from None
+    return client
+
+
+def check_tiling_arguments(args):
+    """Range checks of the tiling options, naming them, before anything is loaded.
+
+    Raises:
+        ValueError: ``--tile-size`` < 1, ``--overlap`` < 0 or >= ``--tile-size``,
+            ``--batch-size`` < 1, ``--align`` < 1.
+    """
+    if args.tile_size < 1:
+        raise ValueError(f"--tile-size must be a positive number of pixels; received "
+                         f"{args.tile_size}")
+    if not 0 <= args.overlap < args.tile_size:
+        raise ValueError(f"--overlap must be at least 0 and less than --tile-size "
+                         f"{args.tile_size}; received {args.overlap}")
+    for option, value in (("--batch-size", args.batch_size), ("--align", args.align)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1; received {value}")
+
+
+# a tile may exceed the slices (it is padded) up to this side, the default --tile-size
+LARGEST_TILE_ALWAYS_ALLOWED = 512
+# tiles are refused beyond the slice side rounded up to this (more than any model's multiple)
+TILE_ROUNDING = 256
+
+
+def check_tile_size(tile, height, width, tta, option="--tile-size"):
+    """Refuse a tile far larger than the slices need, with its memory cost, before allocating.
+
+    A tile larger than a slice only adds padding: one tile of side
+    ``max(height, width)`` (rounded up to the model's multiple) covers it.
+    Tiles up to ``max(512, that side rounded up to 256)`` are allowed.
+
+    Raises:
+        ValueError: naming ``option``, the largest useful size and the memory
+            the tile would need (blend weights, one call's inputs and outputs).
+    """
+    side = max(height, width)
+    limit = max(LARGEST_TILE_ALWAYS_ALLOWED, -(-side // TILE_ROUNDING) * TILE_ROUNDING)
+    if tile <= limit:
+        return
+    needed = tile * tile * (8 + 2 * 4 * tta)
+    raise ValueError(f"{option} {tile} is larger than the {height}x{width} slices need (at most "
+                     f"{limit}: one tile covers a slice); it would need at least "
+                     f"{_size_text(needed)} of memory before the network runs")
+
+
+def _size_text(size):
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+        size /= 1024
+
+
 def run(args):
-    """Predict INPUT and write OUTPUT. Returns 0."""
+    """Predict INPUT and write OUTPUT. Returns 0.
+
+    Every check that needs no model (options, paths, the input's shape, a
+    serving endpoint) runs before TensorFlow is imported.
+    """
     import sys
 
     from fusionnet_tf.cli.slices import select_slices
     from fusionnet_tf.data import normalize, read_stack
     from fusionnet_tf.data.normalize import check_finite
-    from fusionnet_tf.inference import Predictor
-    from fusionnet_tf.inference.predictor import check_precision_applies
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
 
-    check_output(args.output)
+    check_tiling_arguments(args)
+    check_not_input(args.input, args.output, args.overlay)
+    affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
+    if affinity_store:  # a .zarr output is for affinities (refused below for a 2D model)
+        from fusionnet_tf.inference.writers import check_affinity_output
+
+        check_affinity_output(args.output)
+    else:
+        check_output(args.output)
     if args.overlay:
         check_output(args.overlay, "--overlay")
-    check_not_input(args.input, args.output, args.overlay)
+    offsets = parse_offsets(args.offsets)
     params = _check_segment_output(args)
     engine = engine_argument(args)
-    check_precision_applies(args.precision, args.serving_url or args.model)
     raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
-    images = normalize(raw, mode=args.normalization)
-    for option, spec in (("--output", args.output), ("--overlay", args.overlay)):
-        if spec and str(spec).lower().endswith(".png") and len(images) > 1:
+    check_tile_size(args.tile_size, raw.shape[1], raw.shape[2], args.tta)
+    for option, spec in (("--output", args.output), ("--overlay", args.overlay),
+                         ("--segment-overlay", args.segment_overlay)):
+        if spec and str(spec).lower().endswith(".png") and len(raw) > 1:
             raise ValueError(f"{option} {spec}: a .png holds one slice but INPUT has "
-                             f"{len(images)}; give a folder or a .tif")
+                             f"{len(raw)}; give a folder or a .tif")
+    from fusionnet_tf.inference.predictor import check_precision_applies, model_spatial_dims
+
+    check_precision_applies(args.precision, args.serving_url or args.model)
+    model = resolve_model(args) if args.serving_url else None  # reachable? (no TensorFlow)
+    from fusionnet_tf.inference import Predictor
+
+    images = normalize(raw, mode=args.normalization)
+    model = model or resolve_model(args)
+    if model_spatial_dims(model) == 3:
+        return predict_affinities(args, model, images, offsets, engine)
+    _refuse_affinity_options(args)
+    if affinity_store:
+        check_output(args.output)  # names the formats a membrane map can be written to
     predictor = Predictor(
-        resolve_model(args), tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
-        batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
-        align=args.align, precision=args.precision, engine=engine,
+        model, tile_shape=args.tile_size, overlap=args.overlap,
+        tta=args.tta, batch_size=args.batch_size, blending=args.blending,
+        progress=not args.quiet, align=args.align, precision=args.precision, engine=engine,
     )
     membrane = predictor.predict(images)
     variant = predictor.variant
@@ -341,7 +391,69 @@ def run(args):
     if args.segment:
         from fusionnet_tf.cli.segment import segment_and_write
 
-        segment_and_write(membrane, args.segment, args, params, args.input)
+        segment_and_write(membrane, args.segment, args, params, args.input, images=images,
+                          overlay=args.segment_overlay)
+    return 0
+
+
+def _refuse_affinity_options(args):
+    """A 2D model: the 3D-only options are an error (one line)."""
+    for name in AFFINITY_ONLY_OPTIONS:
+        if getattr(args, name) is not None:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} applies to 3D affinity models (input (B, Z, Y, X, 1)); "
+                             f"the model takes 2D images")
+
+
+def predict_affinities(args, model, images, offsets, engine):
+    """``fusionnet predict`` with a 3D affinity model: (C, Z, Y, X) float32 affinities.
+
+    Everything is checked before predicting: options that only apply to
+    membrane maps, the output, a single 2D section, the offsets (``--offsets``
+    or ``MODEL.offsets.json``; they must match the model's channels) and the
+    Predictor settings.
+    """
+    import sys
+
+    from fusionnet_tf.inference import Predictor
+    from fusionnet_tf.inference.predictor import read_model_offsets
+    from fusionnet_tf.inference.writers import check_affinity_output, write_affinities
+
+    for option, value in (("--isbi", args.isbi), ("--overlay", args.overlay),
+                          ("--segment", args.segment), ("--dtype uint8", args.dtype == "uint8")):
+        if value:
+            raise ValueError(f"{option} applies to membrane maps; the model predicts 3D "
+                             "affinities")
+    check_affinity_output(args.output)
+    if len(images) < 2:
+        raise ValueError(f"INPUT {args.input} is a single 2D image (shape "
+                         f"{tuple(images.shape[1:])}); a 3D model needs a (Z, Y, X) volume of "
+                         "several sections")
+    if offsets is None and args.model:
+        offsets = read_model_offsets(args.model)
+    if offsets is None:
+        raise ValueError(f"the offsets of the 3D model {args.model or args.serving_url} are "
+                         "unknown: give --offsets '[[dz,dy,dx], ...]' or write "
+                         "MODEL.offsets.json beside the model")
+    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
+    overlap_z = tile_z // 4 if args.overlap_z is None else args.overlap_z
+    predictor = Predictor(
+        model, tile_shape=(tile_z, args.tile_size, args.tile_size),
+        overlap=(overlap_z, args.overlap, args.overlap), tta=args.tta,
+        batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
+        align=args.align, precision=args.precision, engine=engine, offsets=offsets,
+    )
+    affinities = predictor.predict(images)
+    variant = predictor.variant
+    metadata = {
+        "input": str(args.input), "model": args.model or args.serving_url,
+        "tile": list(predictor.tile_shape), "overlap": list(predictor.overlap),
+        "tta": args.tta, "blending": args.blending, "normalization": args.normalization,
+        "precision": variant["precision"], "engine": variant["engine"],
+    }
+    write_affinities(args.output, affinities, predictor.offsets, metadata)
+    print(f"wrote {args.output}: {affinities.shape} float32 affinities for "
+          f"{len(predictor.offsets)} offsets", file=sys.stderr)
     return 0
 
 
@@ -352,11 +464,14 @@ def _check_segment_output(args):
         ``SegmentParams``, or None without ``--segment``.
     """
     if not args.segment:
+        if args.segment_overlay:
+            raise ValueError("--segment-overlay needs --segment")
         return None
     from fusionnet_tf.cli.segment import check_inputs_outputs, resolve_params
     from fusionnet_tf.segmentation.io import check_label_output
 
-    check_label_output(args.segment)
     check_inputs_outputs([("INPUT", args.input), ("--output", args.output),
-                          ("--overlay", args.overlay)], args.segment, option="--segment")
+                          ("--overlay", args.overlay)], args.segment, args.segment_overlay,
+                         option="--segment", overlay_option="--segment-overlay")
+    check_label_output(args.segment, "--segment")
     return resolve_params(args)

@@ -44,8 +44,9 @@ def add_parser(subparsers):
                         help="Block height and width in voxels = output chunk (default: 1024). "
                              "Blocks that split a slice re-predict the tiles straddling their "
                              "borders; blocks several tiles wide (or whole slices) waste less.")
-    parser.add_argument("--block-z", type=int, default=1,
-                        help="Slices per block (default: 1).")
+    parser.add_argument("--block-z", type=int, default=None,
+                        help="Slices per block (default: 1; for a 3D affinity model the tile "
+                             "depth, --tile-z).")
     add_tiling_arguments(parser)
     add_dask_arguments(parser, "INPUT, OUTPUT and --model")
     parser.add_argument("--tf-threads", type=int, default=None,
@@ -83,16 +84,25 @@ def run(args):
 
     from fusionnet_tf.cli import CommandError
 
-    from fusionnet_tf.cli.predict import engine_argument
+    from fusionnet_tf.cli.predict import check_tile_size, check_tiling_arguments, engine_argument
 
+    check_tiling_arguments(args)
+    for option, value in (("--block", args.block), ("--block-z", args.block_z)):
+        if value < 1:
+            raise ValueError(f"{option} must be a positive number of voxels; received {value}")
+    check_volume_paths(args.input, args.output)
+    shape = input_shape(args.input)
+    check_tile_size(args.tile_size, shape[1], shape[2], args.tta)
     engine = engine_argument(args)
+    tiling = _tiling(args)
     try:
         from fusionnet_tf.volumes import BlockFailures, format_summary, predict_volume
 
         summary = predict_volume(
             args.input, args.output, args.model,
-            block_shape=(args.block_z, args.block, args.block),
-            tile_shape=args.tile_size, overlap=args.overlap, tta=args.tta,
+            block_shape=(tiling["block_z"], args.block, args.block),
+            tile_shape=tiling["tile"], overlap=tiling["overlap"], offsets=tiling["offsets"],
+            tta=args.tta,
             batch_size=args.batch_size, blending=args.blending, align=args.align,
             engine=engine, precision=args.precision,
             normalization=args.normalization,
@@ -104,3 +114,50 @@ def run(args):
         raise CommandError(str(exc)) from exc
     print(f"predict-volume: {format_summary(summary)}", file=sys.stderr)
     return 0
+
+
+def _tiling(args):
+    """Tile, overlap, offsets and block depth: (z, y, x) tuples for a 3D affinity model.
+
+    Raises:
+        ValueError: a 3D-only option (--tile-z, --overlap-z, --offsets) with a 2D model.
+    """
+    from fusionnet_tf.cli.predict import DEFAULT_TILE_Z, _refuse_affinity_options, parse_offsets
+    from fusionnet_tf.volumes.runner import is_affinity_model
+
+    offsets = parse_offsets(args.offsets)
+    if not (args.model and is_affinity_model(args.model)):
+        _refuse_affinity_options(args)
+        return {"tile": args.tile_size, "overlap": args.overlap, "offsets": None,
+                "block_z": 1 if args.block_z is None else args.block_z}
+    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
+    overlap_z = tile_z // 4 if args.overlap_z is None else args.overlap_z
+    return {"tile": (tile_z, args.tile_size, args.tile_size),
+            "overlap": (overlap_z, args.overlap, args.overlap), "offsets": offsets,
+            "block_z": tile_z if args.block_z is None else args.block_z}
+
+
+def check_volume_paths(input_spec, output):
+    """The output guard of the block-wise commands, before any work.
+
+    OUTPUT must not be, contain or lie inside INPUT, and an existing OUTPUT
+    must be empty or an earlier output of a block-wise command (resumed or,
+    with ``--overwrite``, replaced); any other folder or zarr store is refused.
+    """
+    from fusionnet_tf.io_utils import check_output_not_input, check_output_path
+    from fusionnet_tf.volumes.storage import is_volume_output
+
+    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
+    check_output_path(output, f"OUTPUT {output}", folder_output=True,
+                      earlier_output=is_volume_output)
+
+
+def input_shape(spec):
+    """``(Z, Y, X)`` of the input volume (opened lazily and closed again)."""
+    from fusionnet_tf.data.readers import close_stack
+    from fusionnet_tf.volumes.storage import open_volume
+
+    volume, _ = open_volume(spec)
+    shape = tuple(int(n) for n in volume.shape)
+    close_stack(volume)
+    return shape

@@ -33,7 +33,8 @@ def add_parser(subparsers):
                              "or folder; float in [0, 1] or uint8 0-255 (1 = membrane).")
     parser.add_argument("-o", "--output", required=True, metavar="LABELS",
                         help="Label image: .tif (uint32), .h5[:/key] (key default: "
-                             "segmentation) or .zarr (uint64). Written atomically.")
+                             "segmentation) or .zarr (uint64; an existing store is replaced "
+                             "only if 'fusionnet segment' wrote it). Written atomically.")
     add_segment_arguments(parser)
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane; isbi: high = cell interior "
@@ -42,7 +43,8 @@ def add_parser(subparsers):
                         help="The EM image the map was predicted from, for --overlay.")
     parser.add_argument("--overlay", metavar="DIR", default=None,
                         help="Also write the segments in random colours over --image, one PNG "
-                             "per slice, into this new folder (default: none).")
+                             "per slice, into this folder (new, empty or an earlier overlay "
+                             "folder, which is refreshed) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
     from fusionnet_tf.cli.slices import add_slices_argument
@@ -101,30 +103,34 @@ def resolve_params(args):
     return SegmentParams.from_dict(values, source="--set")
 
 
-def check_inputs_outputs(inputs, output, overlay=None, option="--output"):
-    """Refuse an output that would overwrite an input, and a used overlay folder.
+def check_inputs_outputs(inputs, output, overlay=None, option="--output",
+                         overlay_option="--overlay"):
+    """Refuse an output that would overwrite an input, and an overlay folder the guard refuses.
 
     Args:
         inputs: list of ``(option, spec)`` that must not be overwritten
             (``spec`` None is skipped).
         output: the label output spec, given as ``option``.
-        overlay: optional overlay folder to check.
+        overlay: optional overlay folder to check, given as ``overlay_option``.
 
     Raises:
         ValueError: naming the options and paths (see
-            ``fusionnet_tf.cli.predict.check_output_not_input``).
+            ``fusionnet_tf.io_utils.check_output_not_input``).
     """
-    from fusionnet_tf.cli.predict import check_output, check_output_not_input
+    from fusionnet_tf.cli.predict import check_output
+    from fusionnet_tf.io_utils import check_output_not_input
     from fusionnet_tf.segmentation.io import DEFAULT_HDF5_KEY
 
     for name, spec in inputs:
         if spec:
             check_output_not_input(spec, output, input_name=name, output_name=option,
                                    default_key=DEFAULT_HDF5_KEY)
-            if overlay:
-                check_output_not_input(spec, overlay, input_name=name, output_name="--overlay")
-    if overlay:
-        check_output(overlay, "--overlay")
+    if not overlay:
+        return
+    for name, spec in inputs + [(option, output)]:
+        if spec:
+            check_output_not_input(spec, overlay, input_name=name, output_name=overlay_option)
+    check_output(overlay, overlay_option)
 
 
 def segment_and_write(membrane, output, args, params, source, images=None, overlay=None):
@@ -137,7 +143,8 @@ def segment_and_write(membrane, output, args, params, source, images=None, overl
     import time
 
     from fusionnet_tf.segmentation import segment
-    from fusionnet_tf.segmentation.io import write_label_overlays, write_labels
+    from fusionnet_tf.segmentation.io import (stored_label_dtype, write_label_overlays,
+                                              write_labels)
 
     began = time.perf_counter()
     labels, max_id = segment(membrane, params, mode=args.mode,
@@ -148,24 +155,30 @@ def segment_and_write(membrane, output, args, params, source, images=None, overl
     write_labels(output, labels, metadata)
     if overlay is not None:
         write_label_overlays(overlay, images, labels)
-    print(f"wrote {output}: {labels.shape} {labels.dtype}, {max_id} segments "
+    print(f"wrote {output}: {labels.shape} {stored_label_dtype(output, max_id)}, {max_id} segments "
           f"({seconds / len(labels):.2f} s per slice)", file=sys.stderr)
 
 
 def run(args):
     """Read PRED, segment, write LABELS. Returns 0."""
-    from fusionnet_tf.segmentation.io import check_label_output, read_membrane
+    import sys
+
+    from fusionnet_tf.segmentation.io import (check_label_output, raw_image_warning,
+                                              read_membrane)
 
     if (args.image is None) != (args.overlay is None):
         raise ValueError("--overlay needs --image (the EM image), and --image is only used "
                          "with --overlay")
-    check_label_output(args.output)
     check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
                          args.overlay)
     from fusionnet_tf.cli.slices import select_slices
 
+    check_label_output(args.output, "--output")
     params = resolve_params(args)
     membrane = select_slices(read_membrane(args.pred, args.pred_convention), args.slices)
+    warning = raw_image_warning(membrane, args.pred)
+    if warning:
+        print(f"fusionnet segment: warning: {warning}", file=sys.stderr)
     images = None
     if args.image is not None:
         from fusionnet_tf.data import normalize, read_stack

@@ -75,6 +75,9 @@ def run(args):
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0; received {args.workers}")
+    from fusionnet_tf.cli.predict_volume import check_volume_paths
+
+    check_volume_paths(args.pred, args.output)
     params = resolve_params(args)
     try:
         from fusionnet_tf.segmentation.blockwise import format_summary, segment_volume

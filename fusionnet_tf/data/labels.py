@@ -39,7 +39,7 @@ def _nonzero_mask(labels, threshold, name):
         return labels > threshold
     values = np.unique(labels)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
-        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+        shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
         raise ValueError(
             f"{name}: labels must be binary (0 and one other value); found {values.size} values: "
             f"[{shown}]; pass threshold=T to binarize as label > T"

@@ -24,6 +24,8 @@ as one slice per plane: its bytes are those of a
 common in EM work than real planar colour.
 """
 
+import contextlib
+import logging
 import re
 from pathlib import Path
 
@@ -135,10 +137,32 @@ def _grey(array, name):
     return array
 
 
+@contextlib.contextmanager
+def _tiff_errors(path):
+    """Name ``path`` in any error while reading it; keep tifffile's log lines off stderr.
+
+    A truncated or fake TIFF makes tifffile log a dozen lines and raise
+    errors such as ``not a TIFF file: header=b'hell'`` that do not say which
+    file; the error raised here does.
+    """
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, IndexError, KeyError, EOFError) as error:
+        if isinstance(error, FileNotFoundError) or str(path) in str(error):
+            raise
+        text = " ".join(str(error).split())
+        raise ValueError(f"{path}: cannot read this TIFF file ({text})") from error
+    finally:
+        logger.setLevel(level)
+
+
 def _read_tiff(path):
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tiff_errors(path), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ValueError(f"{path}: the TIFF file holds no images")
         series = tif.series[0]
@@ -337,12 +361,13 @@ def _lazy_folder(folder):
 def _lazy_tiff(path):
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tiff_errors(path), tifffile.TiffFile(path) as tif:
         colour = bool(tif.series) and "S" in tif.series[0].axes
     if colour:
         return _read_tiff(path)
     try:
-        return tifffile.memmap(path, mode="r")
+        with _tiff_errors(path):
+            return tifffile.memmap(path, mode="r")
     except Exception:  # compressed or otherwise not memory-mappable: load it
         return _read_tiff(path)
 

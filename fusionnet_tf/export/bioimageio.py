@@ -23,24 +23,34 @@ writes one from a Keras membrane model:
   with a ``halo`` measured by ``measure_halo`` (pixels near a tile border that
   differ from the same pixels predicted inside a larger image); no
   postprocessing (the sigmoid is in the network);
-- test tensors from a real tile of the shipped ISBI 2012 example slices,
-  ``.tif`` sample tensors, a cover (the tile and its predicted membranes),
-  documentation, citations, license, authors, tags, a training-data reference
-  (``TRAINING_DATA``) and the reproducibility tolerance (``REPRODUCIBILITY``).
+- test tensors from a real tile of the example slices (by default the shipped
+  ISBI 2012 test slices), ``.tif`` sample tensors, a cover (the tile and its
+  predicted membranes), documentation, license and the reproducibility
+  tolerance (``REPRODUCIBILITY``);
+- what the package states about the model (``package_metadata``): the
+  architecture read from the model's layers (FusionNet, U-Net or FCN, with
+  its paper), the user's name, description, training data, tags and authors,
+  and the ISBI 2012 training data, tags, description and data citations
+  (``SHIPPED``) only for the shipped model (``shipped=True``).
 
 The description is validated by ``bioimageio.spec`` while it is built and
 saved, and (``test=True``) every weight format is run by
 ``bioimageio.core.test_model`` on the package before it is renamed into
-place: a package that fails is never written.
+place: a package that fails is never written. The test runs in a child
+process whose working folder is a temporary one (bioimageio.core unpacks
+SavedModel bundles into the current folder); this process's working folder
+and environment are never changed.
 
 Needs ``pip install "fusionnet-tf[bioimageio]"`` (bioimageio.core 0.11 pins
 bioimageio.spec 0.5.12.0, which cannot save packages under pydantic >= 2.12).
 """
 
 import contextlib
-import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -67,30 +77,41 @@ REPRODUCIBILITY = {"absolute_tolerance": 1e-4, "relative_tolerance": 1e-3,
                    "mismatched_elements_per_million": 100}
 SCALE_RANGE_EPS = 1e-6
 DOCUMENTATION_NAME = "README.md"
-CITATIONS = (
-    ("Quan, T. M., Hildebrand, D. G. C. & Jeong, W.-K. (2016). FusionNet: A deep fully "
-     "residual convolutional neural network for image segmentation in connectomics. "
-     "arXiv:1612.05360", "10.48550/arXiv.1612.05360"),
-    ("Arganda-Carreras, I. et al. (2015). Crowdsourcing the creation of image segmentation "
-     "algorithms for connectomics. Frontiers in Neuroanatomy 9:142 (ISBI 2012 data and "
-     "metrics)", "10.3389/fnana.2015.00142"),
-)
+ISBI_CITATION = (
+    "Arganda-Carreras, I. et al. (2015). Crowdsourcing the creation of image segmentation "
+    "algorithms for connectomics. Frontiers in Neuroanatomy 9:142 (ISBI 2012 data and "
+    "metrics)", "10.3389/fnana.2015.00142")
 DATA_CITATION = (
     "Cardona, A. et al. (2010). An integrated micro- and macroarchitectural analysis of the "
     "Drosophila brain by computer-assisted serial section electron microscopy. PLoS Biology "
     "8(10): e1000502", "10.1371/journal.pbio.1000502")
 # The spec's ``training_data`` takes a bioimage.io dataset id or a full dataset
-# description (whose FAIR fields need URLs); ISBI 2012 is referenced here, in
-# ``config.fusionnet_tf.training_data``, the citations and the documentation.
+# description (whose FAIR fields need URLs); the training data is referenced
+# in ``config.fusionnet_tf.training_data``, the citations and the documentation.
 TRAINING_DATA = {
     "name": "ISBI 2012 EM segmentation challenge",
     "description": "ssTEM of the Drosophila first instar larva ventral nerve cord, 4 x 4 x 50 "
                    "nm voxels, 30 training slices of 512 x 512 with membrane labels (the "
                    "shipped model trained on slices 0-19, validated on 20-24)",
-    "doi": [CITATIONS[1][1], DATA_CITATION[1]],
+    "doi": [ISBI_CITATION[1], DATA_CITATION[1]],
 }
-TAGS = ("fusionnet", "unet", "residual", "electron-microscopy", "connectomics", "membranes",
-        "neurons", "semantic-segmentation", "2d", "keras", "tensorflow", "onnx", "isbi2012")
+# Tags of every package (the task, modality and weight formats); the
+# architecture's tags (``model_card.ARCHITECTURES``) and the user's are added.
+BASE_TAGS = ("electron-microscopy", "membranes", "semantic-segmentation", "2d", "keras",
+             "tensorflow")
+# What only the shipped model (fusionnet_tf/weights/fusionnet_isbi2012.keras)
+# states: its training data, ISBI tags, description and data citations.
+SHIPPED = {
+    "description": "Cell-membrane probability maps for 2D electron-microscopy images of "
+                   "neural tissue: FusionNet (Quan et al. 2016) trained on the ISBI 2012 "
+                   "challenge data (fusionnet-tf's shipped model).",
+    "training_data": TRAINING_DATA,
+    "tags": ("unet", "connectomics", "neurons", "isbi2012"),
+    "cite": (ISBI_CITATION, DATA_CITATION),
+    "authors": ("fusionnet-tf contributors",),
+}
+# Authors of a package whose exporter names none (it is not the shipped model).
+UNKNOWN_AUTHORS = ("unknown (exported with fusionnet-tf)",)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -134,6 +155,92 @@ def check_model(model):
                          f"model must accept any H and W; {model.name!r} has input shape "
                          f"{tuple(model.input_shape)}")
     return model
+
+
+# === Metadata (what the package says about its model) ===
+
+def _training_data(value):
+    """None, or a dict with ``description`` (free text) and optionally ``name`` and ``doi``."""
+    if value is None or isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`training_data` must be a non-empty description or a dict; received "
+                         f"{value!r}")
+    return {"description": value.strip()}
+
+
+def _display_name(name, title):
+    """bioimage.io ``name`` ``"NAME (TITLE)"``: letters, digits, ``_+- ()``, 5-64 characters."""
+    text = re.sub(r"[^A-Za-z0-9_+\- ()]+", "-", f"{name} ({title})")
+    return text[:64]
+
+
+def package_metadata(model, name, shipped=False, description=None, training_data=None,
+                     tags=(), authors=None, formats=WEIGHT_FORMATS):
+    """What a package states about its model: its card, the user's words, the shipped defaults.
+
+    The architecture (title, description, paper, tags) comes from the model's
+    layers (``model_card.detect_architecture``): a U-Net is described and
+    cited as a U-Net (Ronneberger 2015), an FCN as an FCN (Long 2015), a
+    FusionNet as a FusionNet (Quan 2016). The ISBI 2012 training data, tags,
+    description and data citations (``SHIPPED``) are stated only with
+    ``shipped=True``.
+
+    Args:
+        model: the exported ``keras.Model``.
+        name: str. The package's file stem, the user's name for the model.
+        shipped: bool. True only for the shipped ISBI 2012 FusionNet
+            (``load_pretrained()``). Defaults to False.
+        description: str or None. One-line description. None: ``SHIPPED``'s
+            for the shipped model, else one naming the architecture.
+        training_data: str (free text), dict (``name``, ``description``,
+            optional ``doi`` list) or None: ``SHIPPED``'s for the shipped
+            model, else not stated.
+        tags: iterable of str added after the derived tags.
+        authors: list of author names. None: ``SHIPPED``'s for the shipped
+            model, else ``UNKNOWN_AUTHORS``.
+        formats: weight formats in the package (``onnx`` adds its tag).
+
+    Returns:
+        dict with ``architecture`` (``ARCHITECTURES`` key or None),
+        ``title``, ``name`` (bioimage.io display name ``"NAME (TITLE)"``),
+        ``description``, ``architecture_description``, ``cite`` (list of
+        (text, doi)), ``tags`` (list of str), ``training_data`` (dict or None)
+        and ``authors`` (list of str).
+
+    Raises:
+        ValueError: ``shipped=True`` for a model that is not a FusionNet, or
+            an empty description or training data.
+    """
+    from fusionnet_tf.export.model_card import ARCHITECTURES, architecture_knobs
+
+    knobs = architecture_knobs(model)
+    family = ARCHITECTURES.get(knobs["family"])
+    title = family["title"] if family else model.name
+    if shipped and knobs["family"] != "fusionnet":
+        raise ValueError(f"`shipped=True` states the ISBI 2012 training of the shipped FusionNet; "
+                         f"{model.name!r} is a {title}")
+    if description is not None and (not isinstance(description, str) or not description.strip()):
+        raise ValueError(f"`description` must be a non-empty string; received {description!r}")
+    extra = SHIPPED if shipped else {}
+    derived = (f"Cell-membrane probability maps for 2D electron-microscopy images ({title}, base "
+               f"{knobs['base_filters']}, depth {knobs['depth']}), exported by fusionnet-tf.")
+    tag_list = [*BASE_TAGS, *(family["tags"] if family else ()),
+                *(("onnx",) if "onnx" in formats else ()), *extra.get("tags", ()),
+                *(str(tag).strip() for tag in tags)]
+    return {
+        "architecture": knobs["family"],
+        "title": title,
+        "name": _display_name(name, title),
+        "description": (description or extra.get("description") or derived).strip(),
+        "architecture_description": (family["description"] if family else
+                                     f"Keras model {model.name!r} (not one of fusionnet-tf's "
+                                     "builders)"),
+        "cite": [*(family["cite"] if family else ()), *extra.get("cite", ())],
+        "tags": list(dict.fromkeys(tag for tag in tag_list if tag)),
+        "training_data": _training_data(training_data) or extra.get("training_data"),
+        "authors": list(authors or extra.get("authors", UNKNOWN_AUTHORS)),
+    }
 
 
 # === Halo ===
@@ -260,15 +367,34 @@ def _markdown_for_package(text):
                   r"repository)", text)
 
 
-def documentation(knobs, halo, size, formats, model_card=None):
-    """The package's README.md (markdown str), with a ``## Validation`` section."""
+def _training_data_text(training_data):
+    """One markdown paragraph on the training data (``package_metadata``'s entry)."""
+    if not training_data:
+        return ("Not stated: the exporter was not told what this model was trained on "
+                "(`fusionnet export --training-data TEXT`).")
+    text = training_data["description"]
+    if training_data.get("name"):
+        text = f"{training_data['name']}: {text}"
+    if training_data.get("doi"):
+        text += " (doi:" + ", doi:".join(training_data["doi"]) + ")"
+    return text.rstrip(".") + "."
+
+
+def documentation(knobs, halo, size, formats, model_card=None, meta=None,
+                  test_tile="a real EM tile"):
+    """The package's README.md (markdown str), with a ``## Validation`` section.
+
+    ``meta`` is ``package_metadata``'s dict; ``test_tile`` says where the
+    test input comes from.
+    """
     tolerance = REPRODUCIBILITY
     lines = [
-        f"# FusionNet membrane segmentation ({knobs['architecture']}, base "
+        f"# {meta['name']}: membrane segmentation ({meta['title']}, base "
         f"{knobs['base_filters']}, depth {knobs['depth']})",
         "",
-        "Semantic segmentation of cell membranes in 2D electron-microscopy (EM) images of "
-        "neural tissue, for connectomics, exported by "
+        f"{meta['description']}",
+        "",
+        f"Architecture: {meta['architecture_description']}. Exported by "
         "[fusionnet-tf](https://pypi.org/project/fusionnet-tf/) "
         "(`fusionnet export --format bioimageio`).",
         "",
@@ -296,7 +422,7 @@ def documentation(knobs, halo, size, formats, model_card=None):
         "",
         "## Validation",
         "",
-        "The test input is a real ISBI 2012 test tile (raw intensities); the test output is "
+        f"The test input is {test_tile} (raw intensities); the test output is "
         "the Keras model's prediction on it. Every weight format was run on it by "
         "`bioimageio.core` when the package was written. Tolerance: absolute "
         f"{tolerance['absolute_tolerance']:g} + relative {tolerance['relative_tolerance']:g}, "
@@ -305,14 +431,13 @@ def documentation(knobs, halo, size, formats, model_card=None):
         "",
         "## Training data",
         "",
-        f"{TRAINING_DATA['name']}: {TRAINING_DATA['description']}."
-        + (" The model card below gives the split and the training recipe." if model_card
-           else ""),
+        _training_data_text(meta["training_data"])
+        + (" The model card below gives the training recipe." if model_card else ""),
         "",
         "## Citations",
         "",
     ]
-    lines += [f"- {text}. doi:{doi}" for text, doi in CITATIONS + (DATA_CITATION,)]
+    lines += [f"- {text}. doi:{doi}" for text, doi in meta["cite"]] or ["- none stated"]
     if model_card:
         lines += ["", "---", "", _markdown_for_package(model_card)]
     return "\n".join(lines) + "\n"
@@ -422,7 +547,7 @@ def _weights(spec, files, formats):
     return spec.WeightsDescr(**entries)
 
 
-def build_description(model, files, formats, halo, docs_path, authors=None, license="MIT",
+def build_description(model, files, formats, halo, docs_path, meta, license="MIT",
                       extra_config=None):
     """The ``bioimageio.spec`` 0.5 ``ModelDescr`` of the package (validated on creation).
 
@@ -432,7 +557,8 @@ def build_description(model, files, formats, halo, docs_path, authors=None, lice
         formats: weight formats present.
         halo: dict from ``measure_halo``.
         docs_path: Path of the documentation markdown.
-        authors: list of author names. Defaults to ``["fusionnet-tf contributors"]``.
+        meta: dict from ``package_metadata`` (name, description, architecture,
+            citations, tags, training data, authors).
         license: SPDX license id. Defaults to ``"MIT"``.
         extra_config: optional dict stored under ``config.fusionnet_tf``.
 
@@ -461,25 +587,21 @@ def build_description(model, files, formats, halo, docs_path, authors=None, lice
         data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
         test_tensor=spec.FileDescr(source=files["test_output"]),
         sample_tensor=spec.FileDescr(source=files["sample_output"]))]
-    citations = [spec.CiteEntry(text=text, doi=spec.Doi(doi))
-                 for text, doi in CITATIONS + (DATA_CITATION,)]
+    citations = [spec.CiteEntry(text=text, doi=spec.Doi(doi)) for text, doi in meta["cite"]]
     config = spec.Config(
         bioimageio=spec.BioimageioConfig(
             reproducibility_tolerance=[spec.ReproducibilityTolerance(**REPRODUCIBILITY)],
-            architecture_type=knobs["architecture"][:32],
-            architecture_description="FusionNet (Quan et al. 2016): a U-Net-like encoder-"
-                                     "decoder with residual blocks and summation skips",
+            architecture_type=meta["title"][:32],
+            architecture_description=meta["architecture_description"],
             modality="electron microscopy", target_structure=["cell membranes"],
             task="semantic segmentation", model_parameter_count=knobs["parameters"]),
         fusionnet_tf=dict(extra_config or {}, halo=halo, architecture=knobs,
-                          training_data=TRAINING_DATA))
+                          training_data=meta["training_data"]))
     return spec.ModelDescr(
-        name=f"FusionNet EM membranes base {knobs['base_filters']} depth {knobs['depth']}",
-        description="Cell-membrane probability maps for 2D electron-microscopy images of "
-                    "neural tissue (FusionNet, fusionnet-tf).",
+        name=meta["name"], description=meta["description"],
         covers=[spec.FileDescr(source=files["cover"])],
-        authors=[spec.Author(name=name) for name in (authors or ["fusionnet-tf contributors"])],
-        cite=citations, license=spec.LicenseId(license), tags=list(TAGS),
+        authors=[spec.Author(name=name) for name in meta["authors"]],
+        cite=citations, license=spec.LicenseId(license), tags=meta["tags"],
         documentation=spec.FileDescr(source=docs_path),
         inputs=inputs, outputs=outputs, weights=_weights(spec, files, formats), config=config)
 
@@ -491,75 +613,117 @@ def _one_line(text, limit=400):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-@contextlib.contextmanager
-def _quiet_in(folder):
-    """Run bioimageio.core quietly inside ``folder``.
-
-    bioimageio.core 0.11 unpacks SavedModel bundles into
-    ``./bioimageio_unzipped_tf_weights`` of the current directory and logs
-    with loguru; Keras prints progress bars to stdout.
-    """
-    from loguru import logger
-
-    cwd = os.getcwd()
-    logger.disable("bioimageio")
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        os.chdir(cwd)
-        logger.enable("bioimageio")
-
-
 def import_bioimageio_core():
-    """Import ``bioimageio.core`` without letting it switch Keras to PyTorch.
+    """Import ``bioimageio.core`` and its Keras adapter, keeping ``KERAS_BACKEND`` as it was.
 
-    bioimageio.core 0.11 sets ``os.environ["KERAS_BACKEND"]`` to its own
-    default, ``"torch"``, when its Keras adapter is imported. Every Keras
-    process started from this one afterwards (Dask workers, training workers,
-    subprocesses) would then look for PyTorch. Our packages declare the
-    TensorFlow backend, so the variable is set to ``"tensorflow"`` first
-    unless the user chose another one.
+    bioimageio.core 0.11 writes its own default, ``"torch"``, into
+    ``os.environ["KERAS_BACKEND"]`` when its Keras adapter is imported; every
+    Keras process started from this one afterwards (Dask workers, training
+    workers, subprocesses) would then look for PyTorch. The variable is put
+    back to its previous value (or removed, if it was unset) right after.
 
     Returns:
         the ``bioimageio.core`` module.
     """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import bioimageio.core
-
+    previous = os.environ.get("KERAS_BACKEND")
+    try:
+        import bioimageio.core
+        import bioimageio.core.backends.keras_backend  # noqa: F401  (sets KERAS_BACKEND)
+    finally:
+        if previous is None:
+            os.environ.pop("KERAS_BACKEND", None)
+        else:
+            os.environ["KERAS_BACKEND"] = previous
     return bioimageio.core
+
+
+# The child process run_package_tests starts; argv: results file, package, formats.
+_CHILD_CODE = "from fusionnet_tf.export.bioimageio import _test_in_child; _test_in_child()"
+RESULTS_NAME = "bioimageio_test_results.json"
+
+
+def _test_in_child():
+    """Child process: ``bioimageio.core.test_model`` per format, summaries to a JSON file.
+
+    ``sys.argv``: ``[-c, results_path, package_path, format, ...]``. Stops
+    after the first format that does not pass.
+    """
+    from loguru import logger
+
+    logger.disable("bioimageio")
+    test_model = import_bioimageio_core().test_model
+    results_path, package, *formats = sys.argv[1:]
+    results = {}
+    for fmt in formats:
+        summary = test_model(package, weight_format=fmt, stop_early=True)
+        results[fmt] = summary.model_dump(mode="json")
+        if summary.status != "passed":
+            break
+    Path(results_path).write_text(json.dumps(results))
+
+
+def _run_child(folder, args):
+    """Run ``_test_in_child`` with ``args`` in a child process whose working folder is ``folder``.
+
+    bioimageio.core unpacks SavedModel bundles into its current folder, so
+    the child runs in ``folder``; this process's working folder and
+    environment stay as they are. The child uses this copy of fusionnet_tf
+    and the TensorFlow Keras backend the packages declare.
+
+    Raises:
+        RuntimeError: the child crashed (its last line of stderr).
+    """
+    import fusionnet_tf
+
+    root = str(Path(fusionnet_tf.__file__).resolve().parents[1])
+    env = dict(os.environ, KERAS_BACKEND="tensorflow",
+               PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
+    done = subprocess.run([sys.executable, "-c", _CHILD_CODE, *args], cwd=folder, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise RuntimeError(f"the bioimage.io test process failed: {_one_line(lines[-1])}")
 
 
 def run_package_tests(path, weight_formats=None, working_dir=None):
     """Run ``bioimageio.core.test_model`` on a package for each weight format.
 
+    The test runs in a child process (``_run_child``), so bioimageio.core can
+    neither change this process's working folder or environment nor leave
+    files in it.
+
     Args:
         path: str or Path of the ``.zip``.
         weight_formats: formats to test. Defaults to all in the package.
-        working_dir: folder for bioimageio.core's unpacked SavedModel
-            (default: a temporary folder, removed afterwards).
+        working_dir: working folder of the test process, where bioimageio.core
+            unpacks the SavedModel (default: a temporary folder, removed
+            afterwards).
 
     Returns:
         dict weight format -> ``ValidationSummary`` (all passed).
 
     Raises:
         ValueError: naming the first weight format that failed and why.
+        RuntimeError: the test process crashed.
     """
-    test_model = import_bioimageio_core().test_model
+    from bioimageio.spec.summary import ValidationSummary
+
     path = Path(path).resolve()
     present = package_weight_formats(path)
-    formats = weight_formats or [fmt for fmt in WEIGHT_FORMATS if fmt in present]
-    summaries = {}
+    formats = list(weight_formats or [fmt for fmt in WEIGHT_FORMATS if fmt in present])
     with contextlib.ExitStack() as stack:
-        folder = working_dir or stack.enter_context(tempfile.TemporaryDirectory())
-        stack.enter_context(_quiet_in(folder))
-        for fmt in formats:
-            summary = test_model(path, weight_format=fmt, stop_early=True)
-            if summary.status != "passed":
-                raise ValueError(f"bioimage.io test of the {fmt} weights in {path.name} failed: "
-                                 f"{_one_line(_first_error(summary))}")
-            summaries[fmt] = summary
+        folder = Path(working_dir or stack.enter_context(tempfile.TemporaryDirectory()))
+        results_path = folder.resolve() / RESULTS_NAME
+        _run_child(folder, [str(results_path), str(path), *formats])
+        results = json.loads(results_path.read_text())
+        results_path.unlink()
+    summaries = {}
+    for fmt in formats:
+        summary = ValidationSummary.model_validate(results[fmt])
+        if summary.status != "passed":
+            raise ValueError(f"bioimage.io test of the {fmt} weights in {path.name} failed: "
+                             f"{_one_line(_first_error(summary))}")
+        summaries[fmt] = summary
     return summaries
 
 
@@ -599,25 +763,33 @@ def read_package_description(path):
 
 def export_bioimageio(model, output_dir, name="fusionnet", example=None,
                       weight_formats=WEIGHT_FORMATS, model_card=None, authors=None,
-                      license="MIT", test=True, card_extra=None):
+                      license="MIT", test=True, card_extra=None, shipped=False,
+                      description=None, training_data=None, tags=()):
     """Write ``<output_dir>/<name>.zip``, a bioimage.io model package (format 0.5).
 
     Args:
         model: ``keras.Model`` (B, H, W, 1) float32 in [0, 1] -> (B, H, W, 1)
             float32 membrane probability.
         output_dir: str or Path (created if missing).
-        name: str. File stem, no path separators. Defaults to ``"fusionnet"``.
+        name: str. File stem, no path separators; the package's display name
+            is ``"NAME (ARCHITECTURE)"``. Defaults to ``"fusionnet"``.
         example: (N, H, W) raw EM slices (uint8/uint16) for the halo
             measurement, test tensors and cover. Defaults to the shipped ISBI
             2012 test slices.
         weight_formats: subset of ``WEIGHT_FORMATS`` with ``"keras_v3"``.
         model_card: optional markdown text appended to the documentation.
-        authors: list of author names (default: fusionnet-tf contributors).
+        authors: list of author names (default: fusionnet-tf contributors for
+            the shipped model, else ``UNKNOWN_AUTHORS``).
         license: SPDX license id. Defaults to ``"MIT"``.
         test: bool. Run ``bioimageio.core``'s test for every weight format
             before the package is moved into place. Defaults to True.
         card_extra: optional dict (e.g. source model and its hash) stored in
             the description's ``config.fusionnet_tf``.
+        shipped: bool. True only for the shipped ISBI 2012 FusionNet: the
+            package then states its training data, ISBI tags, description and
+            data citations (``SHIPPED``). Defaults to False.
+        description, training_data, tags: what the package says about the
+            model (``package_metadata``); by default derived from the model.
 
     Returns:
         Path of the ``.zip``; the usual JSON model card is written next to it
@@ -631,8 +803,10 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
             "fusionnet-tf[bioimageio]"``).
 
     Example:
-    >>> export_bioimageio(load_pretrained(), "packages")
+    >>> export_bioimageio(load_pretrained(), "packages", shipped=True)
     PosixPath('packages/fusionnet.zip')
+    >>> export_bioimageio(my_unet, "packages", "my_unet", training_data="my EM stack")
+    PosixPath('packages/my_unet.zip')
     """
     from bioimageio.spec import save_bioimageio_package
     from pydantic import ValidationError
@@ -646,6 +820,8 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
     check_name(name)
     formats = check_weight_formats(weight_formats)
     check_model(model)
+    meta = package_metadata(model, name, shipped, description, training_data, tags, authors,
+                            formats)
     raw = np.asarray(read_stack(example_path()) if example is None else example)
     if raw.ndim == 2:
         raw = raw[None]
@@ -661,12 +837,13 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
         files = write_package_files(model, work / "files", formats, raw, halo)
         docs = work / "files" / DOCUMENTATION_NAME
         size = input_size(halo["halo"], knobs["input_multiple"])
-        docs.write_text(documentation(knobs, halo, size, formats, model_card))
+        test_tile = "a real ISBI 2012 test tile" if example is None else "a real EM tile"
+        docs.write_text(documentation(knobs, halo, size, formats, model_card, meta, test_tile))
         extra = dict(card_extra or {}, versions=library_versions(),
                      test_tile=files["test_side"])
         try:
-            description = build_description(model, files, formats, halo, docs, authors,
-                                            license, extra)
+            description = build_description(model, files, formats, halo, docs, meta, license,
+                                            extra)
         except ValidationError as exc:
             raise ValueError(f"the bioimage.io description is invalid: {_one_line(exc)}") from None
         with atomic_path(path) as tmp:
@@ -675,7 +852,7 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
                 run_package_tests(tmp, formats, working_dir=work)
     card = build_model_card(model, "bioimageio", path.name, tolerance=str(REPRODUCIBILITY),
                             extra=dict(card_extra or {}, halo=halo, weight_formats=list(formats),
-                                       tested_with_bioimageio_core=bool(test)))
+                                       tested_with_bioimageio_core=bool(test), bioimageio=meta))
     write_model_card(card, card_path_for(path))
     return path
 

@@ -20,6 +20,38 @@ OUTPUT_CONVENTION = ("float32 sigmoid membrane probability in [0, 1]; 1 = membra
 # File names looked for next to a .keras model when no training config is given.
 TRAINING_CONFIG_NAMES = ("config.yaml", "resolved_config.yaml", "train_config.yaml",
                          "config.json")
+FUSIONNET_CITATION = (
+    "Quan, T. M., Hildebrand, D. G. C. & Jeong, W.-K. (2016). FusionNet: A deep fully "
+    "residual convolutional neural network for image segmentation in connectomics. "
+    "arXiv:1612.05360", "10.48550/arXiv.1612.05360")
+UNET_CITATION = (
+    "Ronneberger, O., Fischer, P. & Brox, T. (2015). U-Net: Convolutional networks for "
+    "biomedical image segmentation. MICCAI 2015, LNCS 9351, 234-241",
+    "10.1007/978-3-319-24574-4_28")
+FCN_CITATION = (
+    "Long, J., Shelhamer, E. & Darrell, T. (2015). Fully convolutional networks for semantic "
+    "segmentation. CVPR 2015, 3431-3440", "10.1109/CVPR.2015.7298965")
+_FUSIONNET_TEXT = ("FusionNet (Quan et al. 2016): a U-Net-like encoder-decoder with residual "
+                   "blocks and summation skips")
+_FCN_TEXT = ("FCN-{0} (Long et al. 2015): a VGG16 encoder, convolutionalized classifier and "
+             "learned upsampling, fused with pool4{1} scores")
+# Architecture families fusionnet_tf.models builds: the title, one-line
+# description, paper (text, DOI) and tags a package or card states for them.
+ARCHITECTURES = {
+    "fusionnet": {"title": "FusionNet", "description": _FUSIONNET_TEXT,
+                  "cite": (FUSIONNET_CITATION,), "tags": ("fusionnet", "residual")},
+    "fusionnet3d": {"title": "FusionNet 3D", "description": "3D " + _FUSIONNET_TEXT,
+                    "cite": (FUSIONNET_CITATION,), "tags": ("fusionnet", "residual", "3d")},
+    "unet": {"title": "U-Net", "description": "U-Net (Ronneberger et al. 2015): an encoder-"
+             "decoder with concatenation skips", "cite": (UNET_CITATION,), "tags": ("unet",)},
+    "fcn8s": {"title": "FCN-8s", "description": _FCN_TEXT.format("8s", " and pool3"),
+              "cite": (FCN_CITATION,), "tags": ("fcn", "fcn8s", "vgg16")},
+    "fcn16s": {"title": "FCN-16s", "description": _FCN_TEXT.format("16s", ""),
+               "cite": (FCN_CITATION,), "tags": ("fcn", "fcn16s", "vgg16")},
+    "fcn32s": {"title": "FCN-32s", "description": "FCN-32s (Long et al. 2015): a VGG16 "
+               "encoder, convolutionalized classifier and one learned x32 upsampling",
+               "cite": (FCN_CITATION,), "tags": ("fcn", "fcn32s", "vgg16")},
+}
 
 
 def file_sha256(path):
@@ -44,8 +76,36 @@ def find_training_config(model_path):
     return None
 
 
+def detect_architecture(model):
+    """The ``ARCHITECTURES`` key of a built model, from its layers, else its name, else None.
+
+    The builders' layer names tell the families apart whatever the model is
+    called: FCN's ``score_fr`` (``fuse_pool3``: 8s, ``fuse_pool4``: 16s,
+    neither: 32s), U-Net's ``dec*_skip_concat``, FusionNet's
+    ``dec*_skip_add`` (``fusionnet3d`` with 3D convolutions).
+    """
+    from keras import layers
+
+    names = {layer.name for layer in model.layers}
+    decoders = {name.rsplit("_", 1)[-1] for name in names
+                if name.startswith("dec") and "_skip_" in name}
+    if "score_fr" in names:
+        return ("fcn8s" if "fuse_pool3" in names else
+                "fcn16s" if "fuse_pool4" in names else "fcn32s")
+    if decoders == {"concat"}:
+        return "unet"
+    if decoders == {"add"}:
+        three_d = any(isinstance(layer, layers.Conv3D) for layer in model.layers)
+        return "fusionnet3d" if three_d else "fusionnet"
+    return model.name if model.name in ARCHITECTURES else None
+
+
 def architecture_knobs(model):
-    """Architecture name, base filters, depth and parameter count of a built model."""
+    """Architecture name, family, base filters, depth and parameter count of a built model.
+
+    ``architecture`` is the Keras model's name; ``family`` its
+    ``ARCHITECTURES`` key (``detect_architecture``) or None.
+    """
     from keras import layers
 
     from fusionnet_tf.models import input_multiple, model_depth
@@ -53,6 +113,7 @@ def architecture_knobs(model):
     convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
     return {
         "architecture": model.name,
+        "family": detect_architecture(model),
         "base_filters": int(convs[0].filters) if convs else None,
         "depth": model_depth(model),
         "parameters": int(model.count_params()),

@@ -275,8 +275,9 @@ def inference_function(model, tile=None, jit_compile=False, constant_weights=Non
     Args:
         model: a built ``keras.Model`` with one (B, H, W, C) input, e.g.
             ``inference_copy(model)``.
-        tile: int or None. Spatial side of the inputs (square); None accepts
-            any height and width. Defaults to None.
+        tile: int, tuple or None. Spatial side of the inputs (square), one
+            side per spatial axis (e.g. ``(tz, ty, tx)`` for a 3D model), or
+            None: any size along each spatial axis. Defaults to None.
         jit_compile: bool. Compile with XLA. Defaults to False.
         constant_weights: bool or None. Bake the weights in as constants.
             None (default): yes unless ``jit_compile`` (XLA lays out its own
@@ -295,7 +296,11 @@ def inference_function(model, tile=None, jit_compile=False, constant_weights=Non
     import tensorflow as tf
 
     channels = model.input_shape[-1]
-    signature = [tf.TensorSpec((None, tile, tile, channels), tf.float32)]
+    if isinstance(tile, (tuple, list)):  # one side per spatial axis, e.g. (tz, ty, tx)
+        spatial = tuple(tile)
+    else:  # a square 2D side, or None: any size along each spatial axis of the model
+        spatial = (None,) * (len(model.input_shape) - 2) if tile is None else (tile, tile)
+    signature = [tf.TensorSpec((None,) + spatial + (channels,), tf.float32)]
     if constant_weights is None:
         constant_weights = not jit_compile and _weight_bytes(model) <= MAX_CONSTANT_BYTES
 

@@ -27,10 +27,24 @@ A Keras model runs on the engine ``engine`` chooses (``"auto"``: the fastest of
 plain oneDNN, frozen oneDNN (weights as graph constants) and XLA on this machine
 for the job, timed on the first batch and cached; see
 ``fusionnet_tf.inference.autotune``).
+
+3D affinity models (Keras input (B, Z, Y, X, 1), output (B, Z, Y, X, C)
+sigmoid, one channel per offset (dz, dy, dx)) run through the same class: the
+Predictor detects the 5D input. A (Z, Y, X) volume is predicted with 3D tiles
+``(tz, ty, tx)`` blended in z, y and x (the outer product of one window per
+axis); along an axis shorter than the tile, the tile shrinks to the volume
+size rounded up to the model's input multiple along that axis, and the volume
+is padded at the end to it (reflect; edge for a single section). The output
+is (C, Z, Y, X) float32. TTA for affinities maps every offset channel back to
+its direction and shifts reversed offsets (``affinity_tta``). Every network
+call holds ``batch_size`` inputs (default 1: 3D tiles are large). The auto
+engine does not time 3D models yet: they run plain (an explicit engine and
+precision are honoured).
 """
 
 import functools
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +55,8 @@ from fusionnet_tf.choices import TTA_TRANSFORMS  # noqa: F401
 from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
 from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
-from fusionnet_tf.inference import autotune, tiling
+from fusionnet_tf.inference import affinity_tta, autotune, tiling
+from fusionnet_tf.inference.affinity_tta import TTA_TRANSFORMS_3D
 
 
 # pixels one network call should hold at least, with the default batch size: measured on
@@ -103,9 +118,32 @@ def load_model(path):
         from fusionnet_tf.export.litert import LiteRTRunner
 
         return LiteRTRunner(path)
+    check_keras_file(path)
     import keras
 
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        text = " ".join(str(error).split())
+        raise ValueError(f"model {path} is not a valid Keras model file ({text})") from error
+
+
+def check_keras_file(path):
+    """Raise ValueError unless ``path`` looks like a Keras file (a ``.keras`` zip or HDF5 ``.h5``).
+
+    Keras itself says ``File not found`` for a ``.keras`` file that exists
+    but is not a zip archive.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ValueError(f"model {path} is not a valid model file: a .keras file is a zip "
+                         f"archive saved by Keras (model.save)")
+    if suffix == ".h5":
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise ValueError(f"model {path} is not a valid model file: a .h5 model is an HDF5 "
+                             f"file saved by Keras")
 
 
 class SavedModelFunction:
@@ -250,11 +288,17 @@ class Predictor:
         tile_shape: int. Tile side T in pixels; a multiple of the input
             multiple of a Keras model (``fusionnet_tf.models.input_multiple``:
             ``2**depth``, 16 for FusionNet depth 4, 32 for an FCN). Defaults
-            to 512 (one tile per ISBI slice).
-        overlap: int. Minimum overlap of neighbouring tiles in pixels.
-            Defaults to 64.
+            to 512 (one tile per ISBI slice). For a 3D model: ``(tz, ty, tx)`` (an int T is
+            (T, T, T)), each a multiple of the model's input multiple along
+            that axis (the product of its 3D pooling strides).
+        overlap: int or None. Minimum overlap of neighbouring tiles in
+            pixels. None (default): 64; for a 3D model a quarter of the tile
+            along each axis. A 3D model also takes one value per axis.
         tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
             flip W, flip H) or 8 (all dihedral transforms). Defaults to 1.
+            For a 3D model also 2 (z-flip) and 16 (8 in-plane x z-flip);
+            above 1 the offsets must be known and closed under the
+            transforms (``affinity_tta``).
         batch_size: int or None. Network inputs (tiles x TTA variants) per
             call; every call is padded to it. None (default): the TTA
             variants of as few tiles as give a call ~256 x 256 pixels, and no
@@ -300,6 +344,11 @@ class Predictor:
             (``fusionnet_tf.inference.autotune``); says what it chose on
             stderr when ``progress`` is on. Ignored for other callables.
             Defaults to ``"auto"``.
+        offsets: list of (dz, dy, dx) or None. 3D affinity models only: the
+            offset of each output channel (as many as the model's channels).
+            None: read from ``MODEL.offsets.json`` beside a model given as a
+            path (``read_model_offsets``), else unknown (then ``tta`` must
+            be 1).
 
     Attributes:
         network: the callable run on each (B, T, T, 1) float32 batch (for
@@ -310,7 +359,12 @@ class Predictor:
         blend_weights: (T, T) float32 blend weights, strictly positive.
         align: int. Alignment of the tile origins.
         input_multiple: int or None. The Keras model's input multiple (None
-            for other callables).
+            for other callables); ``(z, y, x)`` for a 3D model.
+        spatial_dims: 2, or 3 for a 3D model (detected from its 5D input; a
+            callable says so with a ``spatial_dims = 3`` attribute).
+        offsets: tuple of (dz, dy, dx) int tuples, or None (2D models, or
+            offsets unknown).
+        channels: output channels (1 for 2D models; None for a 3D callable).
 
     Raises:
         ValueError: for invalid settings, e.g. ``tile_shape`` not a multiple
@@ -322,12 +376,24 @@ class Predictor:
     (100, 90)
     """
 
-    def __init__(self, model, tile_shape=512, overlap=64, tta=1, batch_size=None,
+    def __init__(self, model, tile_shape=512, overlap=None, tta=1, batch_size=None,
                  blending="gaussian", progress=False, align=None, fold_batchnorm=True,
-                 jit_compile=False, precision="float32", engine="auto"):
+                 jit_compile=False, precision="float32", engine="auto", offsets=None):
+        model_path = None
         if isinstance(model, (str, Path)):
-            model = load_model(model)
+            model_path, model = Path(model), load_model(model)
+        if model_spatial_dims(model) == 3:
+            self._init_3d(model, model_path, dict(
+                tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
+                blending=blending, progress=progress, align=align, fold=fold_batchnorm,
+                jit_compile=jit_compile, precision=precision, engine=engine, offsets=offsets))
+            return
+        if offsets is not None:
+            raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); "
+                             "this model takes 2D (B, H, W, 1) inputs")
+        self.spatial_dims, self.offsets, self.channels = 2, None, 1
         self.tile_shape = _tile_side(tile_shape)
+        overlap = 64 if overlap is None else overlap
         self.overlap = overlap
         self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
@@ -356,6 +422,73 @@ class Predictor:
         self.align = align if align is not None else (multiple or 1)
         tiling.check_tile_args(self.tile_shape, overlap, self.align)
         self.blend_weights = tiling.blend_weights(self.tile_shape, blending)
+
+    def _init_3d(self, model, model_path, options):
+        """``__init__`` for a 3D affinity model (5D input); ``options`` are its arguments."""
+        self.spatial_dims = 3
+        self.tile_shape = tuple(check_int("tile_shape", t, 1) for t in
+                                tiling.per_axis("tile_shape", options["tile_shape"], 3))
+        overlap = options["overlap"]
+        overlap = tuple(t // 4 for t in self.tile_shape) if overlap is None else overlap
+        self.overlap = tuple(check_int("overlap", o, 0) for o in
+                             tiling.per_axis("overlap", overlap, 3))
+        self.tta = _check_choice("tta", options["tta"], TTA_TRANSFORMS_3D)
+        batch_size = options["batch_size"]
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self.blending = _check_choice("blending", options["blending"], tiling.BLENDINGS)
+        self.progress = bool(options["progress"])
+        check_precision_applies(options["precision"], model)
+        self.engine = _engine(options["engine"], options["jit_compile"])
+        self.precision = options["precision"]
+        self.depth = _keras_depth(model)
+        self.channels = _output_channels(model)
+        self.offsets = _resolve_offsets(options["offsets"], model_path, self.channels)
+        if self.tta > 1:
+            if self.offsets is None:
+                raise ValueError(f"tta={self.tta} for an affinity model needs its offsets: pass "
+                                 "offsets=[(dz, dy, dx), ...] or write MODEL.offsets.json beside "
+                                 "the model")
+            affinity_tta.check_tta_offsets(self.offsets, self.tta)
+        self.input_multiple = _input_multiples(model)
+        align = options["align"]
+        self.align = tuple(check_int("align", a, 1) for a in tiling.per_axis(
+            "align", align if align is not None else self.input_multiple, 3))
+        self._check_tile_3d(model)
+        if self.depth is not None:  # the auto engine does not time 3D models yet: plain
+            self._variant = autotune.candidate_variants(self.engine, self.precision)[0]
+            self.network = _build_keras_function(model, None, options["fold"], self._variant)
+        elif callable(model):
+            self._variant, self.network = None, model
+        else:
+            raise ValueError("`model` must be a keras.Model, a model path or a callable; "
+                             f"received model of type {type(model).__name__}")
+        self.blend_weights = tiling.blend_weights(self.tile_shape, self.blending)
+
+    def _check_tile_3d(self, model):
+        for axis, tile, multiple, overlap, align in zip(
+                "zyx", self.tile_shape, self.input_multiple, self.overlap, self.align):
+            if tile % multiple:
+                raise ValueError(f"`tile_shape` must be a multiple of the model's input multiple "
+                                 f"{self.input_multiple} along each axis; received "
+                                 f"tile_shape={self.tile_shape} ({axis}: {tile})")
+            tiling.check_tile_args(tile, overlap, align)
+        fixed = tuple(getattr(model, "input_shape", (None,) * 5)[1:4])
+        if None not in fixed and fixed != self.tile_shape:
+            raise ValueError(f"the model only accepts {fixed} inputs; received "
+                             f"tile_shape={self.tile_shape}")
+
+    def tile_for(self, shape):
+        """The (tz, ty, tx) tile a 3D model uses on a volume of ``shape`` (Z, Y, X).
+
+        Per axis ``min(tile, size rounded up to the input multiple)``: a volume
+        shorter than the tile along an axis is padded only to the model's
+        input multiple there, not to the whole tile.
+        """
+        return tuple(min(t, -(-int(n) // m) * m)
+                     for t, n, m in zip(self.tile_shape, shape, self.input_multiple))
+
+    def _overlap_for(self, tile):
+        return tuple(max(0, min(o, t - a)) for o, t, a in zip(self.overlap, tile, self.align))
 
     def _keras_network(self, model, fold):
         """A ``KerasFunction``, or an ``AutoNetwork`` when engine/precision leave a choice."""
@@ -434,8 +567,12 @@ class Predictor:
 
     # === Public building blocks ===
 
-    def tile_origins(self, height, width):
-        """Tile grid of one (height x width) slice.
+    def tile_origins(self, *shape):
+        """Tile grid of one (height x width) slice, or of a (Z, Y, X) volume for a 3D model.
+
+        For a 3D model: ``tile_origins(depth, height, width)`` gives the
+        ``(z, y, x)`` origins of ``tile_for(shape)`` tiles on the padded
+        volume (C order); the rest of this docstring is about 2D.
 
         A slice smaller than the tile along an axis is first reflect-padded at
         the bottom/right to the tile size (``tiling.pad_to_tile``); the grid
@@ -449,7 +586,18 @@ class Predictor:
 
         Returns:
             List of ``(y, x)`` top-left corners in raster order.
+
+        Raises:
+            ValueError: ``shape`` has another number of axes than the model.
         """
+        if len(shape) != self.spatial_dims:
+            raise ValueError(f"`shape` must have {self.spatial_dims} sizes for this "
+                             f"{self.spatial_dims}D model; received {shape}")
+        if self.spatial_dims == 3:
+            tile = self.tile_for(shape)
+            return tiling.tile_origins_nd(tiling.padded_shape_nd(shape, tile), tile,
+                                          self._overlap_for(tile), self.align)
+        height, width = shape
         padded_h, padded_w = tiling.padded_shape(height, width, self.tile_shape)
         return tiling.tile_origins(padded_h, padded_w, self.tile_shape, self.overlap, self.align)
 
@@ -473,8 +621,14 @@ class Predictor:
 
         Raises:
             ValueError: if ``tiles`` is not (B, T, T) with T = ``tile_shape``.
+
+        For a 3D model ``tiles`` is (B, tz, ty, tx) float32 and the result
+        (B, tz, ty, tx, C) float32 affinities, averaged over the TTA
+        transforms with each offset channel mapped back (``affinity_tta``).
         """
         tiles = np.asarray(tiles, np.float32)
+        if self.spatial_dims == 3:
+            return self._predict_tiles_3d(tiles, inputs_per_call)
         side = self.tile_shape
         if tiles.ndim != 3 or tiles.shape[1:] != (side, side):
             raise ValueError(
@@ -493,6 +647,23 @@ class Predictor:
             total += inverse_dihedral_np(output, k)
         return total[..., 0] / np.float32(len(transforms))
 
+    def _predict_tiles_3d(self, tiles, inputs_per_call):
+        if tiles.ndim != 4 or 0 in tiles.shape:
+            raise ValueError(f"`tiles` must have shape (B, tz, ty, tx) for a 3D model; "
+                             f"received shape {tiles.shape}")
+        size = check_int("inputs_per_call", inputs_per_call or self.inputs_per_call(), 1)
+        transforms = TTA_TRANSFORMS_3D[self.tta]
+        outputs = []
+        for t in transforms:  # one transform at a time: a quarter turn swaps ty and tx
+            variants = affinity_tta.transform_np(tiles[..., None], t)
+            outputs.append(np.concatenate([
+                self._run_full_batch(variants[start:start + size], size)
+                for start in range(0, len(variants), size)
+            ]))
+        if len(transforms) == 1:
+            return outputs[0]
+        return affinity_tta.merge_affinity_tta(outputs, transforms, self.offsets)
+
     def inputs_per_call(self, height=None, width=None):
         """Network inputs (tiles x TTA variants) per call for slices of ``height`` x ``width``.
 
@@ -509,6 +680,8 @@ class Predictor:
         """
         if self.batch_size is not None:
             return self.batch_size
+        if self.spatial_dims == 3:
+            return 1
         variants = len(TTA_TRANSFORMS[self.tta])
         tiles = max(1, -(-CALL_PIXELS // (variants * self.tile_shape ** 2)))
         if height is not None and width is not None:
@@ -531,6 +704,16 @@ class Predictor:
 
     def _run(self, batch):
         output = np.asarray(self.network(np.ascontiguousarray(batch)), np.float32)
+        if self.spatial_dims == 3:
+            channels = self.channels or (output.shape[-1] if output.ndim == 5 else None)
+            if output.shape != batch.shape[:4] + (channels,):
+                raise ValueError(f"the model must map (B, Z, Y, X, 1) to (B, Z, Y, X, C); "
+                                 f"received output shape {output.shape} for input shape "
+                                 f"{batch.shape}")
+            if self.offsets is not None and channels != len(self.offsets):
+                raise ValueError(f"the model predicts {channels} channels but "
+                                 f"{len(self.offsets)} offsets were given")
+            return output
         if output.shape == batch.shape[:3]:
             output = output[..., None]
         if output.shape != batch.shape:
@@ -547,13 +730,17 @@ class Predictor:
 
         Args:
             images: (H, W) or (N, H, W) float array, normalized to [0, 1]
-                (e.g. ``fusionnet_tf.data.normalize``). Any H, W.
+                (e.g. ``fusionnet_tf.data.normalize``). Any H, W. For a 3D
+                model: one (Z, Y, X) volume.
 
         Returns:
             float32 array of the same shape, membrane probability in [0, 1].
+            For a 3D model: (C, Z, Y, X) float32 affinities, channel c for
+            ``offsets[c]``.
 
         Raises:
-            ValueError: if ``images`` is not 2D/3D or not finite.
+            ValueError: if ``images`` is not 2D/3D or not finite (for a 3D
+                model: not a (Z, Y, X) volume, e.g. a 2D image).
             RuntimeError: if the model produced non-finite values.
         """
         return _run_to_end(self.predict_steps(images))
@@ -577,6 +764,8 @@ class Predictor:
             As ``predict``, when the generator is first advanced.
         """
         images = np.asarray(images, np.float32)
+        if self.spatial_dims == 3:
+            return (yield from self._predict_volume_3d(images))
         if images.ndim not in (2, 3) or 0 in images.shape:
             raise ValueError(
                 f"`images` must be (H, W) or (N, H, W) and non-empty; received shape {images.shape}"
@@ -596,8 +785,20 @@ class Predictor:
         variants = len(TTA_TRANSFORMS[self.tta])
         return math.lcm(self.inputs_per_call(height, width), variants) // variants
 
-    def weight_sum(self, height, width):
-        """(padded H, padded W) float32 sum of the blend weights over the grid."""
+    def weight_sum(self, *shape):
+        """(padded H, padded W) float32 sum of the blend weights over the grid.
+
+        For a 3D model ``weight_sum(depth, height, width)``: the padded
+        (Z, Y, X) sum of the ``tile_for(shape)`` weights.
+        """
+        if self.spatial_dims == 3:
+            tile = self.tile_for(shape)
+            weights = tiling.blend_weights(tile, self.blending)
+            total = np.zeros(tiling.padded_shape_nd(shape, tile), np.float32)
+            for origin in self.tile_origins(*shape):
+                total[_window(origin, tile)] += weights
+            return total
+        height, width = shape
         padded = tiling.padded_shape(height, width, self.tile_shape)
         total = np.zeros(padded, np.float32)
         side = self.tile_shape
@@ -632,6 +833,146 @@ class Predictor:
                 "float16 policy overflowing) and that the input is normalized to [0, 1]"
             )
         return result
+
+
+    def _predict_volume_3d(self, volume):
+        """Generator: (C, Z, Y, X) float32 affinities of a (Z, Y, X) volume (see ``predict``)."""
+        if volume.ndim != 3 or 0 in volume.shape:
+            what = "a 2D image of " if volume.ndim == 2 else ""
+            raise ValueError(f"this 3D model needs a (Z, Y, X) volume; received {what}shape "
+                             f"{volume.shape}")
+        check_finite(volume, "`images`")
+        tile = self.tile_for(volume.shape)
+        origins = self.tile_origins(*volume.shape)
+        padded = tiling.pad_to_tile(volume, tile)
+        weights = tiling.blend_weights(tile, self.blending)[..., None]
+        accumulator = None
+        chunk = self.inputs_per_call()
+        yield 0, len(origins)
+        with _progress_bar(len(origins), self.progress) as bar:
+            for start in range(0, len(origins), chunk):
+                batch = origins[start:start + chunk]
+                predictions = self.predict_tiles(np.stack([padded[_window(o, tile)]
+                                                           for o in batch]))
+                if accumulator is None:
+                    accumulator = np.zeros(padded.shape + predictions.shape[-1:], np.float32)
+                for origin, prediction in zip(batch, predictions):
+                    accumulator[_window(origin, tile)] += prediction * weights
+                bar.update(len(batch))
+                yield start + len(batch), len(origins)
+        depth, height, width = volume.shape
+        result = (accumulator / self.weight_sum(*volume.shape)[..., None])[:depth, :height, :width]
+        if not np.all(np.isfinite(result)):
+            raise RuntimeError("the prediction contains NaN or infinite values; check the model "
+                               "and that the input is normalized to [0, 1]")
+        return np.ascontiguousarray(np.moveaxis(result, -1, 0))
+
+
+def _window(origin, tile):
+    """Slices of the tile at ``origin`` (one per axis)."""
+    return tuple(slice(o, o + t) for o, t in zip(origin, tile))
+
+
+def model_spatial_dims(model):
+    """3 for a Keras model with a 5D input (or a callable with ``spatial_dims = 3``), else 2."""
+    if _keras_depth(model) is not None:
+        shape = model.input_shape
+        return 3 if isinstance(shape, tuple) and len(shape) == 5 else 2
+    return int(getattr(model, "spatial_dims", 2))
+
+
+def model_file_spatial_dims(path):
+    """Spatial axes (2 or 3) of the model stored at ``path``, cheaply where possible.
+
+    A ``.keras`` file: read from its ``config.json`` (the input layer's
+    ``batch_shape``) without loading the weights; other models are loaded
+    (``load_model``) unless they cannot be 3D (exported runtimes, SavedModels
+    and packages are 2D today).
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    if path.suffix.lower() != ".keras":
+        return 2
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        for layer in config["config"]["layers"]:
+            if layer.get("class_name") == "InputLayer":
+                return len(layer["config"]["batch_shape"]) - 2
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        pass
+    return model_spatial_dims(load_model(path))
+
+
+def _output_channels(model):
+    """Output channels of a Keras model, or None (other callables: known after a call)."""
+    if _keras_depth(model) is None:
+        return None
+    return model.output_shape[-1]
+
+
+def _input_multiples(model):
+    """(z, y, x) multiples a 3D model's input needs: the product of its pooling strides per axis.
+
+    Other callables: their ``input_multiple`` attribute (an int or 3 ints), else 1.
+    """
+    if _keras_depth(model) is None:
+        multiple = getattr(model, "input_multiple", None) or 1
+        return tiling.per_axis("input_multiple", multiple, 3)
+    import keras
+
+    multiples = [1, 1, 1]
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.MaxPooling3D, keras.layers.AveragePooling3D)):
+            multiples = [m * int(s) for m, s in zip(multiples, layer.strides)]
+    return tuple(multiples)
+
+
+def model_offsets_path(model_path):
+    """The offsets sidecar of a model file: ``MODEL.offsets.json`` (``best.keras`` ->
+    ``best.offsets.json``; a SavedModel folder ``saved`` -> ``saved.offsets.json``)."""
+    path = Path(model_path)
+    return path.with_name(path.stem + ".offsets.json") if path.suffix else \
+        path.with_name(path.name + ".offsets.json")
+
+
+def read_model_offsets(model_path):
+    """Offsets recorded beside a model (``model_offsets_path``), or None without a sidecar.
+
+    The sidecar is JSON: ``{"offsets": [[dz, dy, dx], ...]}`` (more keys are
+    ignored) or the bare list.
+
+    Raises:
+        ValueError: an unreadable sidecar or bad offsets, naming the file.
+    """
+    import json
+
+    sidecar = model_offsets_path(model_path)
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+        offsets = data["offsets"] if isinstance(data, dict) else data
+        return affinity_tta.check_offsets(offsets)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"offsets file {sidecar}: {exc}") from None
+
+
+def _resolve_offsets(offsets, model_path, channels):
+    """Explicit ``offsets``, else the model's sidecar, else None; checked against ``channels``."""
+    if offsets is None and model_path is not None:
+        offsets = read_model_offsets(model_path)
+        if offsets is None:
+            return None
+        try:
+            return affinity_tta.check_offsets(offsets, channels)
+        except ValueError as exc:
+            raise ValueError(f"offsets file {model_offsets_path(model_path)}: {exc}") from None
+    if offsets is None:
+        return None
+    return affinity_tta.check_offsets(offsets, channels)
 
 
 def _run_to_end(steps):
@@ -710,8 +1051,13 @@ def _progress_bar(total, enabled):
 
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict")
+    # off a terminal, tqdm prints every refresh on a new line: a bar drawn at 0/N before the
+    # engine line would be drawn at 0/N again after it, so wait for the first refresh
+    delay = 0 if sys.stderr.isatty() else 1e-9
+    return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict", delay=delay)
 
 
 __all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
-           "check_precision_applies"]
+           "check_precision_applies", "model_spatial_dims", "model_file_spatial_dims",
+           "read_model_offsets",
+           "model_offsets_path"]

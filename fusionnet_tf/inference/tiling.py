@@ -1,7 +1,8 @@
-"""Pure NumPy geometry of overlap-tile prediction.
+"""Pure NumPy geometry of overlap-tile prediction, in 2D and N-D.
 
-Tiles are square (``tile`` x ``tile``). Along each axis the tile origins are
-spaced evenly from 0 to ``size - tile``, so the first tile starts at the image
+2D tiles are square (``tile`` x ``tile``); N-D tiles (3D models) have one
+side per axis (``(tz, ty, tx)``), with overlap and alignment per axis. Along
+each axis the tile origins are spaced evenly from 0 to ``size - tile``, so the first tile starts at the image
 border and the last one ends exactly at the other border, and neighbouring
 tiles overlap by at least ``overlap`` pixels. Interior origins can be snapped
 to multiples of ``align`` (``2**depth`` for a network with ``depth`` pooling
@@ -10,13 +11,15 @@ last tile along an axis ends exactly at the border, so it shares that grid
 only when the image size is a multiple of ``align``.
 
 Overlapping tiles are blended with a smooth weight map that is largest at the
-tile centre (Gaussian or cosine window). Zero weights are clamped to the
+tile centre (Gaussian or cosine window; in N-D the outer product of one 1D
+window per axis). Zero weights are clamped to the
 smallest positive weight so that the summed weights can never be zero.
 
 Nothing here imports TensorFlow; ``tests/test_tiling.py`` tests it alone.
 """
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -112,9 +115,44 @@ def tile_origins(height, width, tile, overlap, align=1):
     >>> tile_origins(64, 96, 64, 16)
     [(0, 0), (0, 32)]
     """
-    ys = compute_steps(height, tile, overlap, align)
-    xs = compute_steps(width, tile, overlap, align)
-    return [(y, x) for y in ys for x in xs]
+    return tile_origins_nd((height, width), tile, overlap, align)
+
+
+def per_axis(name, value, ndim):
+    """``value`` as a tuple of ``ndim`` ints: an int is repeated, a sequence must have ``ndim``.
+
+    Raises:
+        ValueError: a sequence of another length, naming ``name``.
+    """
+    if isinstance(value, (tuple, list)):
+        if len(value) != ndim:
+            raise ValueError(f"`{name}` must be an int or {ndim} ints; received {name}={value!r}")
+        return tuple(value)
+    return (value,) * ndim
+
+
+def tile_origins_nd(shape, tile, overlap, align=1):
+    """Origins of all tiles covering a (padded) array of ``shape``, any number of axes.
+
+    The grid is the product of ``compute_steps`` along each axis.
+
+    Args:
+        shape: sequence of ints, each >= the tile side along that axis.
+        tile, overlap, align: an int (every axis) or one int per axis; see
+            ``compute_steps``.
+
+    Returns:
+        List of int tuples (one coordinate per axis) in C order (last axis fastest).
+
+    Example:
+    >>> tile_origins_nd((8, 64, 96), (8, 64, 64), (0, 16, 16))
+    [(0, 0, 0), (0, 0, 32)]
+    """
+    ndim = len(shape)
+    steps = [compute_steps(size, t, o, a) for size, t, o, a in
+             zip(shape, per_axis("tile", tile, ndim), per_axis("overlap", overlap, ndim),
+                 per_axis("align", align, ndim))]
+    return [tuple(origin) for origin in itertools.product(*steps)]
 
 
 def padded_shape(height, width, tile):
@@ -126,26 +164,32 @@ def padded_shape(height, width, tile):
     Returns:
         ``(max(height, tile), max(width, tile))``.
     """
-    return max(int(height), tile), max(int(width), tile)
+    return padded_shape_nd((height, width), tile)
+
+
+def padded_shape_nd(shape, tile):
+    """``shape`` with every axis shorter than the tile grown to it (int or one per axis)."""
+    return tuple(max(int(n), int(t)) for n, t in zip(shape, per_axis("tile", tile, len(shape))))
 
 
 def pad_to_tile(image, tile):
-    """Reflect-pad a 2D image at the bottom/right to at least ``tile`` x ``tile``.
+    """Reflect-pad an array at the end of each axis to at least the tile size.
 
     Args:
-        image: (H, W) array.
-        tile: int.
+        image: (H, W) array, or any N-D array with a per-axis ``tile``.
+        tile: int (every axis) or one int per axis.
 
     Returns:
-        (max(H, tile), max(W, tile)) array of the same dtype; ``image`` itself
-        when no padding is needed. The top-left (H, W) block equals ``image``.
+        Array of shape ``padded_shape_nd(image.shape, tile)`` and the same
+        dtype; ``image`` itself when no padding is needed. The leading block
+        of ``image.shape`` equals ``image``. Reflect padding, or edge padding
+        (repeat the last row/section) when any axis has a single element.
     """
-    height, width = image.shape
-    pad_h, pad_w = padded_shape(height, width, tile)
-    if (pad_h, pad_w) == (height, width):
+    padded = padded_shape_nd(image.shape, tile)
+    if padded == tuple(image.shape):
         return image
-    mode = "reflect" if min(height, width) > 1 else "edge"
-    return np.pad(image, ((0, pad_h - height), (0, pad_w - width)), mode=mode)
+    mode = "reflect" if min(image.shape) > 1 else "edge"
+    return np.pad(image, [(0, p - n) for n, p in zip(image.shape, padded)], mode=mode)
 
 
 def _clamp_zeros(weights):
@@ -156,26 +200,48 @@ def _clamp_zeros(weights):
     return weights
 
 
-def gaussian_weights(tile, sigma_scale=0.125):
-    """Gaussian blend weights, 1 at the centre, sigma = ``sigma_scale * tile``.
-
-    Returns:
-        Read-only (tile, tile) float32 array, strictly positive, max 1.
-    """
+def _gaussian_axis(tile, sigma_scale=0.125):
     centre = (tile - 1) / 2
     sigma = sigma_scale * tile
-    axis = np.exp(-0.5 * ((np.arange(tile) - centre) / sigma) ** 2)
-    return _clamp_zeros(np.outer(axis, axis))
+    return np.exp(-0.5 * ((np.arange(tile) - centre) / sigma) ** 2)
+
+
+def _cosine_axis(tile):
+    return 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(tile) + 0.5) / tile)
+
+
+def _sides(tile):
+    """Tile sides: an int is a square 2D tile, a sequence gives one side per axis."""
+    return tuple(tile) if isinstance(tile, (tuple, list)) else (tile, tile)
+
+
+def _outer(axes):
+    """Outer product of 1D windows: an array with one axis per window (float64)."""
+    return functools.reduce(np.multiply.outer, axes)
+
+
+def gaussian_weights(tile, sigma_scale=0.125):
+    """Gaussian blend weights, 1 at the centre, sigma = ``sigma_scale * tile`` per axis.
+
+    Args:
+        tile: int (a square (tile, tile) map) or one int per axis.
+
+    Returns:
+        Read-only float32 array of the tile's shape, strictly positive, max 1.
+    """
+    return _clamp_zeros(_outer([_gaussian_axis(t, sigma_scale) for t in _sides(tile)]))
 
 
 def cosine_weights(tile):
     """Separable raised-cosine (Hann) window sampled at pixel centres.
 
+    Args:
+        tile: int (a square (tile, tile) map) or one int per axis.
+
     Returns:
-        Read-only (tile, tile) float32 array, strictly positive, max <= 1.
+        Read-only float32 array of the tile's shape, strictly positive, max <= 1.
     """
-    axis = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(tile) + 0.5) / tile)
-    return _clamp_zeros(np.outer(axis, axis))
+    return _clamp_zeros(_outer([_cosine_axis(t) for t in _sides(tile)]))
 
 
 @functools.lru_cache(maxsize=16)
@@ -183,21 +249,23 @@ def blend_weights(tile, blending="gaussian"):
     """Cached blend weight map for one tile.
 
     Args:
-        tile: int. Tile side.
-        blending: ``"gaussian"`` (sigma = tile / 8), ``"cosine"`` or
+        tile: int (a square 2D tile) or a tuple of ints, one per axis (e.g.
+            ``(tz, ty, tx)``): the map is the outer product of one 1D window
+            per axis.
+        blending: ``"gaussian"`` (sigma = side / 8 per axis), ``"cosine"`` or
             ``"constant"`` (plain averaging).
 
     Returns:
-        Read-only (tile, tile) float32 array, strictly positive.
+        Read-only float32 array of shape (tile, tile) or ``tile``, strictly positive.
 
     Raises:
         ValueError: for an unknown ``blending``.
     """
-    tile = check_int("tile", tile, 1)
+    sides = tuple(check_int("tile", t, 1) for t in _sides(tile))
     if blending == "gaussian":
-        return gaussian_weights(tile)
+        return gaussian_weights(sides)
     if blending == "cosine":
-        return cosine_weights(tile)
+        return cosine_weights(sides)
     if blending == "constant":
-        return _clamp_zeros(np.ones((tile, tile)))
+        return _clamp_zeros(np.ones(sides))
     raise ValueError(f"`blending` must be one of {BLENDINGS}; received blending={blending!r}")

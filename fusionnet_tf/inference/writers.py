@@ -25,6 +25,7 @@ folder.
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +36,8 @@ import numpy as np
 # (high = membrane, or high = cell interior as in ISBI); both re-exported
 from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
-from fusionnet_tf.io_utils import atomic_path, default_permissions
+from fusionnet_tf.io_utils import (atomic_path, check_output_path, default_permissions,
+                                   hdf5_key, replace_folder)
 
 DEFAULT_HDF5_KEY = "prediction"
 
@@ -70,9 +72,20 @@ def split_output_spec(path):
     return split_hdf5_spec(path) or (Path(str(path)), None)
 
 
-def hdf5_key(key):
-    """Canonical form of an HDF5 key: ``"/a//b/"`` and ``"a/b"`` -> ``"a/b"``."""
-    return "/".join(part for part in str(key).split("/") if part)
+# a PNG-folder output holds only these names, so re-running a command may refresh it
+_PNG_FOLDER_ENTRY = re.compile(r"^slice_\d{4,}\.png$|^prediction\.json$")
+
+
+def is_png_folder_output(folder):
+    """True if ``folder`` holds only what ``write_png_folder`` writes (an earlier output).
+
+    Only such a folder (``slice_NNNN.png`` files and an optional
+    ``prediction.json``, nothing else, no subfolders) may be replaced by a new
+    PNG-folder output; any other folder of the user's is refused.
+    """
+    entries = list(Path(folder).iterdir())
+    return bool(entries) and all(entry.is_file() and not entry.is_symlink()
+                                 and _PNG_FOLDER_ENTRY.match(entry.name) for entry in entries)
 
 
 def output_kind(path):
@@ -195,7 +208,7 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
         ValueError: unknown dtype or format, a multi-slice ``.png``, or an
             HDF5 target that ``check_hdf5_target`` refuses.
         FileNotFoundError / PermissionError: missing or read-only folder.
-        FileExistsError: a PNG output folder that exists and is not empty.
+        FileExistsError: a PNG output folder that is neither empty nor an earlier output.
 
     Example:
     >>> write_prediction("pred.tif", predictor.predict(images))
@@ -226,6 +239,7 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
 def _write_tiff(path, data, metadata):
     import tifffile
 
+    check_output_path(path, f"output {path}")
     with atomic_path(path, fsync=True) as tmp:
         # minisblack: without it tifffile stores 3- and 4-slice stacks as planar RGB(A)
         tifffile.imwrite(tmp, data, photometric="minisblack", description=json.dumps(metadata),
@@ -233,10 +247,14 @@ def _write_tiff(path, data, metadata):
     return path
 
 
-def _write_hdf5(path, key, data, metadata):
-    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects."""
+def _write_hdf5(path, key, data, metadata, chunks=None):
+    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects.
+
+    ``chunks``: the HDF5 chunk shape; None = one slice (``(1,) + data.shape[1:]``).
+    """
     import h5py
 
+    check_output_path(path, f"output {path}")
     check_hdf5_target(path, key)
     name = hdf5_key(key)
     with atomic_path(path, copy_existing=True, fsync=True) as tmp:
@@ -246,7 +264,7 @@ def _write_hdf5(path, key, data, metadata):
             if name in handle:
                 del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
             dataset = handle.create_dataset(name, data=data, compression="gzip",
-                                            chunks=(1,) + data.shape[1:])
+                                            chunks=chunks or (1,) + data.shape[1:])
             for attr, value in metadata.items():
                 plain = isinstance(value, (str, int, float, bool))
                 dataset.attrs[attr] = value if plain else json.dumps(value)
@@ -260,16 +278,19 @@ def _png_bytes_writer(path, image):
 
 
 def _write_png(path, image):
+    check_output_path(path, f"output {path}")
     with atomic_path(path, fsync=True) as tmp:
         _png_bytes_writer(tmp, image)
     return path
 
 
 def write_png_folder(folder, slices, metadata=None):
-    """Write uint8 slices as ``slice_0000.png``... into a new folder, atomically.
+    """Write uint8 slices as ``slice_0000.png``... into a folder, atomically.
 
     Args:
-        folder: Path of a folder that does not exist or is empty.
+        folder: Path of a folder that does not exist, is empty or is an
+            earlier PNG-folder output (``is_png_folder_output``; it is
+            replaced as a whole).
         slices: (N, H, W) uint8 (or (N, H, W, 3) RGB) array.
         metadata: optional dict written to ``prediction.json``.
 
@@ -277,25 +298,20 @@ def write_png_folder(folder, slices, metadata=None):
         ``folder``.
 
     Raises:
-        FileExistsError: if ``folder`` exists and is not empty.
+        FileExistsError: ``folder`` exists and is neither empty nor an earlier output.
         FileNotFoundError / PermissionError: if its parent is missing or read-only.
     """
     folder = Path(folder)
-    parent = folder.parent if str(folder.parent) else Path(".")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"output folder exists and is not empty: {folder}")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent} (for {folder})")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder is not writable: {parent} (for {folder})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    check_output_path(folder, f"output {folder}", folder_output=True,
+                      earlier_output=is_png_folder_output)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.absolute().parent))
     try:
         for index, image in enumerate(slices):
             _png_bytes_writer(tmp / f"slice_{index:04d}.png", np.asarray(image))
         if metadata is not None:
             (tmp / "prediction.json").write_text(json.dumps(metadata, indent=2) + "\n")
         default_permissions(tmp, directory=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -344,7 +360,7 @@ def write_overlays(path, images, membrane_prob, threshold=0.5):
     Raises:
         ValueError: ``path`` is neither a ``.png`` nor a folder (see
             ``overlay_kind``), or a ``.png`` for several slices.
-        FileExistsError: a folder that exists and is not empty.
+        FileExistsError: a folder that is neither empty nor an earlier output.
     """
     kind = overlay_kind(path)
     images = _check_prob(images)
@@ -420,3 +436,144 @@ def membrane_from_array(data, spec, convention="membrane"):
             f"{data.dtype} (an integer label image is not a probability map)"
         )
     return 1.0 - prob if convention == "isbi" else prob
+
+
+# === 3D affinities (C, Z, Y, X) ===
+# A minimal writer until fusionnet_tf/data/affinity_io.py (issue 22, agglomeration work)
+# lands; the coordinator folds it into that module. Metadata keys as in the shared contract.
+
+DEFAULT_AFFINITY_HDF5_KEY = "affinities"
+AFFINITY_KIND = "affinities"
+
+
+def affinity_output_kind(spec):
+    """``"tiff"``, ``"hdf5"`` or ``"zarr"`` for an affinity output spec.
+
+    Raises:
+        ValueError: any other output (PNGs cannot hold (C, Z, Y, X) floats).
+    """
+    file_path, _ = split_output_spec(spec)
+    if str(file_path).lower().rstrip("/").endswith(".zarr"):
+        return "zarr"
+    suffix = file_path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    raise ValueError(f"--output {spec}: affinities are written to a .tif/.tiff, .h5[:/key] or "
+                     ".zarr output")
+
+
+def check_affinity_output(spec):
+    """Fail before any work if the affinity output ``spec`` cannot be written.
+
+    Raises:
+        ValueError: unknown format, an HDF5 target that cannot take the
+            dataset, or an existing path that is not a zarr store (for .zarr).
+        FileNotFoundError: missing parent folder.
+        IsADirectoryError: a TIFF/HDF5 output that names an existing folder.
+    """
+    from fusionnet_tf.io_utils import check_output_path
+
+    kind = affinity_output_kind(spec)
+    path, key = split_output_spec(spec)
+    check_output_path(path, f"--output {spec}", folder_output=kind == "zarr",
+                      earlier_output=is_affinity_store)
+    if kind == "hdf5":
+        check_hdf5_target(path, key or DEFAULT_AFFINITY_HDF5_KEY)
+    return kind
+
+
+def is_affinity_store(path):
+    """True if ``path`` is a zarr store an earlier affinity prediction wrote (``kind`` attribute)."""
+    from fusionnet_tf.io_utils import zarr_attributes
+
+    return (zarr_attributes(path) or {}).get("kind") == "affinities"
+
+
+def affinity_metadata(offsets, extra=None):
+    """``{"kind": "affinities", "offsets": [[dz, dy, dx], ...], **extra}`` (JSON-able)."""
+    return {**(extra or {}), "kind": AFFINITY_KIND,
+            "offsets": [[int(v) for v in offset] for offset in offsets]}
+
+
+def write_affinities(spec, affinities, offsets, metadata=None):
+    """Write (C, Z, Y, X) float32 affinities with their offsets, atomically.
+
+    Formats by ``spec``:
+
+    - ``.tif``/``.tiff``: C * Z float32 pages (channel-major); the first
+      page's ImageDescription is JSON ``{"kind": "affinities", "offsets":
+      [...], "shape": [C, Z, Y, X], ...}``;
+    - ``.h5[:/key]`` (default key ``affinities``): a float32 dataset with
+      attributes ``kind`` (str) and ``offsets`` (a JSON string), chunked like zarr; other
+      datasets of an existing file are kept;
+    - ``.zarr``: a float32 zarr array at the store root, chunked one channel
+      and up to (16, 256, 256) voxels, with attributes ``kind`` and
+      ``offsets`` (a list). Written to a temporary store beside it and
+      renamed; an existing store at ``spec`` is replaced.
+
+    Args:
+        spec: output spec.
+        affinities: (C, Z, Y, X) float array.
+        offsets: C (dz, dy, dx) int triples.
+        metadata: optional JSON-able dict stored too (e.g. the model, tiling).
+
+    Returns:
+        Path of the written file or store.
+
+    Raises:
+        ValueError: not 4D, offsets not matching the channels, or a bad
+            output (``check_affinity_output``).
+    """
+    data = np.asarray(affinities, np.float32)
+    if data.ndim != 4 or 0 in data.shape:
+        raise ValueError(f"affinities must be (C, Z, Y, X) and non-empty; received shape "
+                         f"{data.shape}")
+    if len(offsets) != data.shape[0]:
+        raise ValueError(f"{len(offsets)} offsets do not match the {data.shape[0]} affinity "
+                         "channels")
+    meta = affinity_metadata(offsets, metadata)
+    kind = check_affinity_output(spec)
+    path, key = split_output_spec(spec)
+    if kind == "tiff":
+        return _write_tiff(path, data.reshape((-1,) + data.shape[2:]),
+                           {**meta, "shape": list(data.shape)})
+    if kind == "hdf5":
+        return _write_hdf5(path, key or DEFAULT_AFFINITY_HDF5_KEY, data, meta,
+                           chunks=_affinity_chunks(data.shape))
+    return _write_zarr(path, data, meta)
+
+
+def _affinity_chunks(shape):
+    """One channel and at most (16, 256, 256) voxels per chunk of a (C, Z, Y, X) array."""
+    return (1,) + tuple(min(n, c) for n, c in zip(shape[1:], (16, 256, 256)))
+
+
+def _write_zarr(path, data, metadata):
+    """A new zarr array at ``path`` holding ``data``; written beside it and renamed."""
+    import zarr
+
+    path = Path(path)
+    parent = path.absolute().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    old = None
+    try:
+        array = zarr.open_array(str(tmp), mode="w", shape=data.shape,
+                                chunks=_affinity_chunks(data.shape),
+                                dtype="float32")
+        array[...] = data
+        array.attrs.update(metadata)
+        default_permissions(tmp, directory=True)
+        if path.exists():  # an earlier store (check_affinity_output refused anything else)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
+            os.replace(path, old / "store")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old is not None:
+            if not path.exists():  # the new store did not arrive: put the old one back
+                os.replace(old / "store", path)
+            shutil.rmtree(old)
+    return path

@@ -1,4 +1,4 @@
-"""Model builders: FusionNet, the U-Net baseline and FCN-32s/16s/8s."""
+"""Model builders: FusionNet (2D and anisotropic 3D), the U-Net baseline and FCN-32s/16s/8s."""
 
 import functools
 
@@ -6,15 +6,17 @@ from keras import layers
 
 from fusionnet_tf.models.fcn import build_fcn, build_fcn8s, build_fcn16s, build_fcn32s
 from fusionnet_tf.models.fusionnet import build_fusionnet
+from fusionnet_tf.models.fusionnet3d import build_fusionnet3d
 from fusionnet_tf.models.unet import build_unet
 
 BUILDERS = {"fusionnet": build_fusionnet, "unet": build_unet, "fcn8s": build_fcn8s,
-            "fcn16s": build_fcn16s, "fcn32s": build_fcn32s}
+            "fcn16s": build_fcn16s, "fcn32s": build_fcn32s, "fusionnet3d": build_fusionnet3d}
 # Knobs of the shared training config that an architecture does not have;
 # build_model drops them (FCN's VGG16 has a fixed depth and no normalization).
 _FCN_UNUSED = ("depth", "residual_convs", "normalization")
 UNUSED_KNOBS = {"fusionnet": ("fc_filters",), "unet": ("residual_convs", "fc_filters"),
-                "fcn8s": _FCN_UNUSED, "fcn16s": _FCN_UNUSED, "fcn32s": _FCN_UNUSED}
+                "fcn8s": _FCN_UNUSED, "fcn16s": _FCN_UNUSED, "fcn32s": _FCN_UNUSED,
+                "fusionnet3d": ("fc_filters",)}
 
 
 def build_model(architecture="fusionnet", **kwargs):
@@ -85,8 +87,9 @@ def _sample_counts(architecture, knobs):
 
 
 def model_depth(model):
-    """Number of 2x2 pooling levels of a built model (H, W must divide 2**depth)."""
-    return sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+    """Number of pooling levels of a built model (H, W must divide 2**depth; 3D models too)."""
+    return sum(isinstance(layer, (layers.MaxPooling2D, layers.MaxPooling3D))
+               for layer in model.layers)
 
 
 def input_multiple(model):
@@ -103,5 +106,5 @@ def input_multiple(model):
     return multiple
 
 
-__all__ = ["build_fusionnet", "build_unet", "build_fcn", "build_model", "model_depth",
+__all__ = ["build_fusionnet", "build_fusionnet3d", "build_unet", "build_fcn", "build_model", "model_depth",
            "input_multiple", "count_parameters", "BUILDERS"]

@@ -36,7 +36,7 @@ def normalization_layer(normalization, filters, name):
     )
 
 
-def conv_bn_relu(x, filters, name, normalization="batch", kernel_size=3):
+def conv_bn_relu(x, filters, name, normalization="batch", kernel_size=3, conv=layers.Conv2D):
     """Conv (3x3, 'same') -> normalization -> ReLU.
 
     The convolution has no bias when a normalization layer follows it (the
@@ -48,13 +48,16 @@ def conv_bn_relu(x, filters, name, normalization="batch", kernel_size=3):
         name: str. Prefix for the three layer names (``name``,
             ``name + "_bn"``, ``name + "_relu"``).
         normalization: str. ``"batch"``, ``"group"`` or ``"none"``.
-        kernel_size: int. Square kernel size.
+        kernel_size: int or tuple. Kernel size (a tuple such as (1, 3, 3)
+            for a 3D ``conv``).
+        conv: the convolution layer class: ``layers.Conv2D`` (default) or
+            ``layers.Conv3D`` (then x is (batch, Z, H, W, C)).
 
     Returns:
-        Tensor of shape (batch, H, W, filters).
+        Tensor of shape (batch, H, W, filters) (or (batch, Z, H, W, filters)).
     """
     norm = normalization_layer(normalization, filters, f"{name}_bn")
-    x = layers.Conv2D(
+    x = conv(
         filters,
         kernel_size,
         padding="same",
@@ -67,7 +70,8 @@ def conv_bn_relu(x, filters, name, normalization="batch", kernel_size=3):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def residual_block(x, filters, name, residual_convs=3, normalization="batch"):
+def residual_block(x, filters, name, residual_convs=3, normalization="batch", kernel_size=3,
+                   conv=layers.Conv2D):
     """``residual_convs`` conv-BN-ReLU layers whose output is added to ``x``.
 
     Args:
@@ -76,17 +80,19 @@ def residual_block(x, filters, name, residual_convs=3, normalization="batch"):
         name: str. Prefix: layers are ``{name}_conv{i}`` and ``{name}_add``.
         residual_convs: int. Number of convolutions inside the block.
         normalization: str. See ``conv_bn_relu``.
+        kernel_size, conv: see ``conv_bn_relu`` (2D 3x3 by default).
 
     Returns:
         Tensor of shape (batch, H, W, filters).
     """
     y = x
     for i in range(1, residual_convs + 1):
-        y = conv_bn_relu(y, filters, f"{name}_conv{i}", normalization)
+        y = conv_bn_relu(y, filters, f"{name}_conv{i}", normalization, kernel_size, conv)
     return layers.Add(name=f"{name}_add")([x, y])
 
 
-def conv_res_conv(x, filters, name, residual_convs=3, normalization="batch"):
+def conv_res_conv(x, filters, name, residual_convs=3, normalization="batch", kernel_size=3,
+                  conv=layers.Conv2D):
     """FusionNet's conv-res-conv block.
 
     conv3x3-BN-ReLU, then a residual block of ``residual_convs`` such layers
@@ -99,13 +105,15 @@ def conv_res_conv(x, filters, name, residual_convs=3, normalization="batch"):
             ``{name}_res_add``, ``{name}_conv_out``.
         residual_convs: int. Convolutions in the residual block.
         normalization: str. See ``conv_bn_relu``.
+        kernel_size, conv: see ``conv_bn_relu`` (2D 3x3 by default; the 3D
+            FusionNet passes ``layers.Conv3D`` and (1, 3, 3) or (3, 3, 3)).
 
     Returns:
         Tensor of shape (batch, H, W, filters).
     """
-    x = conv_bn_relu(x, filters, f"{name}_conv_in", normalization)
-    x = residual_block(x, filters, f"{name}_res", residual_convs, normalization)
-    return conv_bn_relu(x, filters, f"{name}_conv_out", normalization)
+    x = conv_bn_relu(x, filters, f"{name}_conv_in", normalization, kernel_size, conv)
+    x = residual_block(x, filters, f"{name}_res", residual_convs, normalization, kernel_size, conv)
+    return conv_bn_relu(x, filters, f"{name}_conv_out", normalization, kernel_size, conv)
 
 
 def double_conv(x, filters, name, normalization="batch"):
@@ -124,7 +132,8 @@ def double_conv(x, filters, name, normalization="batch"):
     return conv_bn_relu(x, filters, f"{name}_conv2", normalization)
 
 
-def upsample(x, filters, name, normalization="batch"):
+def upsample(x, filters, name, normalization="batch", strides=2,
+             transpose=layers.Conv2DTranspose):
     """Conv2DTranspose 2x2 stride 2 -> normalization -> ReLU.
 
     Args:
@@ -132,15 +141,17 @@ def upsample(x, filters, name, normalization="batch"):
         filters: int. Output channels.
         name: str. Prefix: ``{name}``, ``{name}_bn``, ``{name}_relu``.
         normalization: str. See ``conv_bn_relu``.
+        strides: int or tuple. Kernel size and stride (e.g. (1, 2, 2) for 3D).
+        transpose: ``layers.Conv2DTranspose`` (default) or ``layers.Conv3DTranspose``.
 
     Returns:
         Tensor of shape (batch, 2H, 2W, filters).
     """
     norm = normalization_layer(normalization, filters, f"{name}_bn")
-    x = layers.Conv2DTranspose(
+    x = transpose(
         filters,
-        2,
-        strides=2,
+        strides,
+        strides=strides,
         padding="same",
         use_bias=norm is None,
         kernel_initializer="he_normal",
@@ -151,7 +162,7 @@ def upsample(x, filters, name, normalization="batch"):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def output_head(x, num_classes, output_activation):
+def output_head(x, num_classes, output_activation, conv=layers.Conv2D):
     """1x1 conv to ``num_classes`` channels and a float32 activation.
 
     The activation layer always computes in float32, so under a mixed
@@ -161,11 +172,12 @@ def output_head(x, num_classes, output_activation):
         x: tensor of shape (batch, H, W, C).
         num_classes: int. Output channels.
         output_activation: ``"sigmoid"``, ``"softmax"`` or ``None`` (logits).
+        conv: ``layers.Conv2D`` (default) or ``layers.Conv3D``.
 
     Returns:
         float32 tensor of shape (batch, H, W, num_classes).
     """
-    x = layers.Conv2D(num_classes, 1, name="output_conv")(x)
+    x = conv(num_classes, 1, name="output_conv")(x)
     return layers.Activation(
         output_activation or "linear", dtype="float32", name="output"
     )(x)

@@ -3,17 +3,19 @@
 Declared to napari by ``napari.yaml`` (an npe2 manifest, plugin name
 ``fusionnet-tf``) through the ``napari.manifest`` entry point; install it
 with ``pip install -e ".[napari]"`` and open Plugins > fusionnet-tf
-(``python -m fusionnet_tf.napari`` on Linux with Mesa OpenGL: see
-``__main__``).
+(or ``python -m fusionnet_tf.napari [FILES]``, which opens it).
 
 - ``predict.PredictWidget``: "Predict membranes", an image layer -> a
-  membrane probability layer, in a worker thread with progress and cancel;
+  membrane probability layer, with progress and cancel; the model runs in
+  ``engine``'s worker process, so TensorFlow never loads in the viewer's
+  process (its LLVM would clash with Mesa's OpenGL driver's);
 - ``segment.SegmentWidget``: "Segment neurons", a probability layer -> a
-  labels layer (``fusionnet segment``);
+  labels layer (``fusionnet segment``), in a worker thread;
 - ``evaluate.EvaluateWidget``: "Evaluate", the ISBI 2012 and segmentation
   scores of ``fusionnet evaluate`` in a table;
 - ``sample.isbi2012_sample``: the shipped ISBI 2012 example slices;
-- ``hdf5``: reader and writer for HDF5 datasets (``file.h5:/key``).
+- ``hdf5``: reader and writer for HDF5 datasets (``file.h5:/key``);
+- ``settings``: the widgets remember their last settings.
 
 Nothing here is imported by ``import fusionnet_tf`` or the ``fusionnet``
 command line; the submodules import napari, magicgui and Qt when napari

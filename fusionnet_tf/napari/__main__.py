@@ -1,22 +1,15 @@
-"""``python -m fusionnet_tf.napari [FILES]``: napari with the plugin, safe on Mesa OpenGL.
+"""``python -m fusionnet_tf.napari [FILES]``: napari with the "Predict membranes" widget open.
 
-TensorFlow is imported before napari makes its OpenGL context, and Mesa uses
-its softpipe rasterizer without LLVM vertex shaders: TensorFlow's bundled
-LLVM clashes with Mesa's libLLVM otherwise (a crash when TensorFlow loads or
-when the canvas draws). The process ends with ``os._exit`` once the window
-closes, skipping LLVM's static destructors, which abort in that combination.
+A plain launcher, the same as ``napari [FILES]`` then Plugins > fusionnet-tf >
+Predict membranes: the plugin needs no special start-up, since TensorFlow runs
+in a worker process of its own (``engine``), never in the viewer's.
 """
 
-import os
 import sys
 
 
 def main(argv=None):
     """Open napari (with ``argv`` files) and the "Predict membranes" widget; returns 0."""
-    os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
-    os.environ.setdefault("DRAW_USE_LLVM", "0")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # noqa: F401 (TensorFlow before any OpenGL context)
     import napari
 
     viewer = napari.Viewer()
@@ -28,7 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(main())

@@ -16,6 +16,7 @@ from napari.layers import Image, Labels, Layer
 
 from fusionnet_tf.choices import LABEL_CONVENTIONS
 from fusionnet_tf.napari.layers import as_stack, layer_array, report_errors
+from fusionnet_tf.napari.settings import remember_settings
 
 TITLE = "Evaluate"
 COLUMNS = ("metric", "score", "threshold")
@@ -81,7 +82,8 @@ class EvaluateWidget(FunctionGui):
     """The "Evaluate" dock widget (a magicgui ``FunctionGui``) with a score table.
 
     Calling it (``widget()``) scores the chosen layer and fills ``table``;
-    returns the scores dict (None if the input was refused).
+    returns the scores dict (None if the input was refused). The ground-truth
+    convention is remembered (``settings``).
 
     Attributes:
         table: magicgui ``Table`` with columns metric, score, threshold.
@@ -95,6 +97,7 @@ class EvaluateWidget(FunctionGui):
                                         "tooltip": "isbi: 0 = membrane; membrane: nonzero = "
                                                    "membrane"}}
         super().__init__(self.evaluate, call_button=TITLE, param_options=options)
+        remember_settings(self, ["label_convention"], "evaluate")
         self.scores = None
         self.table = Table(value={"data": [], "columns": list(COLUMNS)})
         self.append(self.table)

@@ -2,11 +2,14 @@
 
 The image is checked and normalized in the viewer's thread exactly as
 ``fusionnet predict`` does it (``check_finite``, then ``normalize`` per slice
-by default); the model is loaded and run in a napari worker thread through
-``Predictor.predict_steps``, which reports ``(done, total)`` tiles to the
-progress bar. Cancel quits the worker at the next step, and nothing is added
-then. Errors (bad layer, missing model file, a tile size the model refuses)
-become napari notifications.
+by default); the model is loaded and run by the prediction engine
+(``engine``): a worker process of its own, so TensorFlow never loads in the
+viewer's process, where its LLVM would clash with that of Mesa's OpenGL
+driver. A napari worker thread relays the engine's ``(done, total)`` tiles to
+the progress bar. Cancel stops the run at its next tile group, and nothing is
+added then. Errors (bad layer, missing model file, a tile size the model
+refuses) become napari notifications. The widget remembers its last settings
+(``settings``).
 """
 
 from pathlib import Path
@@ -18,15 +21,15 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 
 from fusionnet_tf.choices import ENGINES, NORMALIZATION_MODES, PRECISIONS, TTA_VALUES
+from fusionnet_tf.napari.engine import (PredictionCancelled, PredictionFailed, acquire_engine,
+                                        release_engine)
 from fusionnet_tf.napari.layers import add_or_replace, layer_array, report_errors, show_error
+from fusionnet_tf.napari.settings import remember_settings
 
 TITLE = "Predict membranes"
-# the Predictor engines that never compile with XLA (safe next to Mesa's LLVM)
-NO_XLA_ENGINES = ("plain", "frozen")
 OUTPUT_SUFFIX = " membranes"  # the output layer is "<image name> membranes"
 
-# Defaults are those of `fusionnet predict` (cli/predict.py add_tiling_arguments), except
-# engine: "plain" here, since XLA (LLVM) crashes a process whose OpenGL driver is Mesa's.
+# Defaults are those of `fusionnet predict` (cli/predict.py add_tiling_arguments).
 OPTIONS = {
     "image": {"label": "image"},
     "model_path": {"label": "model", "mode": "r",
@@ -39,13 +42,14 @@ OPTIONS = {
             "tooltip": "Test-time augmentation: 1 none, 4 mirrorings, 8 all rotations/flips."},
     "precision": {"choices": list(PRECISIONS)},
     "engine": {"choices": list(ENGINES),
-               "tooltip": "plain: TensorFlow's oneDNN kernels; frozen: the same with the "
-                          "weights as constants (faster calls for wide models, slower start); "
-                          "xla / auto (times plain, frozen and XLA) compile with XLA, whose "
-                          "LLVM clashes with Mesa's OpenGL driver (software or Intel/AMD "
-                          "graphics) in the viewer's process."},
+               "tooltip": "auto: on long jobs, times plain, frozen and XLA and keeps the "
+                          "fastest (the choice is cached); plain: TensorFlow's oneDNN kernels; "
+                          "frozen: the same with the weights as constants (faster calls for "
+                          "wide models, slower start); xla: compiled with XLA."},
     "normalization": {"choices": list(NORMALIZATION_MODES)},
 }
+# the parameters the widget remembers between sessions (settings.py)
+SETTINGS = ("model_path", "tile_size", "overlap", "tta", "precision", "engine", "normalization")
 
 
 def model_spec(model_path):
@@ -80,107 +84,30 @@ def prepare_images(layer, normalization):
     return normalize(raw, mode=normalization)
 
 
-def mesa_llvm_loaded(maps_file="/proc/self/maps"):
-    """True if this process has loaded an LLVM library (Mesa's OpenGL driver does).
-
-    TensorFlow bundles its own LLVM, and the two clash in one process: a
-    first TensorFlow import, and any XLA compilation, crash once Mesa's
-    libLLVM is loaded (software rendering, Intel/AMD graphics). False where
-    ``maps_file`` cannot be read (not Linux).
-    """
-    try:
-        with open(maps_file) as handle:
-            return "libLLVM" in handle.read()
-    except OSError:
-        return False
-
-
-def import_tensorflow(engine="plain", maps_file="/proc/self/maps"):
-    """Import TensorFlow and Keras in the viewer's thread, or refuse what would crash.
-
-    Args:
-        engine: the Predictor engine the run will use; ``"xla"`` and
-            ``"auto"`` compile with XLA (``"plain"`` and ``"frozen"`` do not).
-        maps_file: where the loaded libraries are listed (Linux).
-
-    Raises:
-        ValueError: naming the way out, if Mesa's LLVM is loaded and
-            TensorFlow is not yet (start napari with
-            ``python -m fusionnet_tf.napari``) or ``engine`` needs XLA.
-    """
-    import sys
-
-    needs_xla = engine not in NO_XLA_ENGINES
-    if (needs_xla or "tensorflow" not in sys.modules) and mesa_llvm_loaded(maps_file):
-        if "tensorflow" not in sys.modules:
-            raise ValueError("TensorFlow cannot start in this napari process: its LLVM clashes "
-                             "with the one Mesa's OpenGL driver has loaded. Start napari with "
-                             "'python -m fusionnet_tf.napari' (it loads TensorFlow first)")
-        raise ValueError(f"engine {engine!r} compiles with XLA, whose LLVM clashes with the one "
-                         "Mesa's OpenGL driver has loaded in this process; choose engine "
-                         "'plain' or 'frozen'")
-    import keras  # noqa: F401
-    import tensorflow  # noqa: F401
-
-
-class PredictionFailed:
-    """What the worker returns instead of a result when the user's input was refused.
-
-    Attributes:
-        error: the ``ValueError`` / ``OSError`` / ``ImportError`` raised.
-    """
-
-    def __init__(self, error):
-        self.error = error
-
-
-def prediction_steps(model, images, **predictor_options):
-    """Generator run by the worker: load ``model``, then ``Predictor.predict_steps``.
-
-    User errors (a corrupt model file, a tile size or overlap the Predictor
-    refuses) are returned as ``PredictionFailed`` rather than raised, so the
-    widget shows one readable notification and napari no traceback; other
-    exceptions (bugs) propagate.
-
-    Args:
-        model: None (the shipped model) or a path for ``load_model``.
-        images: (H, W) or (N, H, W) float32 in [0, 1].
-        **predictor_options: ``Predictor`` arguments (tile_shape, overlap, ...).
-
-    Yields:
-        ``(done, total)`` tile counts.
-
-    Returns:
-        float32 membrane probability of ``images``' shape, or ``PredictionFailed``.
-    """
-    from fusionnet_tf.inference import Predictor, load_model
-    from fusionnet_tf.pretrained import load_pretrained
-
-    try:
-        network = load_pretrained() if model is None else load_model(model)
-        predictor = Predictor(network, **predictor_options)
-        return (yield from predictor.predict_steps(images))
-    except (ValueError, OSError, ImportError) as exc:
-        return PredictionFailed(exc)
-
-
 class PredictWidget(FunctionGui):
     """The "Predict membranes" dock widget (a magicgui ``FunctionGui``).
 
     Calling it (``widget()``) starts a prediction with the current settings
     and returns its napari worker (None if the input was refused); the new
     layer "<image> membranes" appears when the worker returns (replacing the
-    data of an existing layer of that name). ``cancel()`` stops it.
+    data of an existing layer of that name). ``cancel()`` stops it. The
+    model runs in the shared prediction engine's process (started on the
+    first run, kept for the next, stopped when the last Predict widget closes).
 
     Attributes:
-        worker: the running worker, or None.
+        worker: the running napari worker (a thread relaying the engine's
+            progress), or None.
+        prediction_engine: the shared ``engine.PredictionEngine``.
         progress: the progress bar (tiles done of total).
         cancel_button: the Cancel button.
     """
 
     def __init__(self):
         super().__init__(self.predict_membranes, call_button=TITLE, param_options=OPTIONS)
+        remember_settings(self, SETTINGS, "predict")
         self.worker = None
+        self.prediction_engine = acquire_engine()
+        self.native.destroyed.connect(release_engine)  # the dock (or the viewer) closed
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
@@ -188,7 +115,7 @@ class PredictWidget(FunctionGui):
 
     def predict_membranes(self, viewer: napari.viewer.Viewer, image: Image,
                           model_path: Path = Path(""), tile_size: int = 512, overlap: int = 64,
-                          tta: int = 8, precision: str = "float32", engine: str = "plain",
+                          tta: int = 8, precision: str = "float32", engine: str = "auto",
                           normalization: str = "slice"):
         """Check the input, then start the worker; returns it (None if refused)."""
         if self.worker is not None:
@@ -202,29 +129,27 @@ class PredictWidget(FunctionGui):
             images = prepare_images(image, normalization)
             options = {"tile_shape": tile_size, "overlap": overlap, "tta": tta,
                        "precision": precision, "engine": engine}
-            import_tensorflow(engine)
             return self.start(viewer or napari.current_viewer(), image, images, model, options)
         return None
 
     def start(self, viewer, image, images, model, options):
-        """Run ``prediction_steps`` in a worker; connect progress, result and errors."""
-        worker = create_worker(prediction_steps, model, images, **options,
+        """Run the engine in a napari worker; connect progress, result and errors."""
+        worker = create_worker(self.prediction_engine.run, model, images, options,
                                _connect={"errored": self._errored}, _start_thread=False)
         worker.yielded.connect(self._step)
         worker.returned.connect(lambda result: self._returned(viewer, image, result))
-        worker.aborted.connect(lambda: show_info(f"{TITLE}: cancelled; no layer added"))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.progress.value = 0
         self.cancel_button.enabled = True
-        self._call_button.enabled = False
+        self.call_button.enabled = False
         worker.start()
         return worker
 
     def cancel(self, *_):
-        """Stop the running prediction at its next step (no layer is added)."""
+        """Stop the running prediction at its next tile group (no layer is added)."""
         if self.worker is not None:
-            self.worker.quit()
+            self.prediction_engine.cancel()
 
     def _step(self, counts):
         done, total = counts
@@ -234,7 +159,9 @@ class PredictWidget(FunctionGui):
     @classmethod
     def _returned(cls, viewer, image, result):
         if isinstance(result, PredictionFailed):
-            cls._errored(result.error)
+            show_error(f"{TITLE}: {result.message}")
+        elif isinstance(result, PredictionCancelled):
+            show_info(f"{TITLE}: cancelled; no layer added")
         else:
             cls._add_layer(viewer, image, result)
 
@@ -251,7 +178,7 @@ class PredictWidget(FunctionGui):
     def _finished(self):
         self.worker = None
         self.cancel_button.enabled = False
-        self._call_button.enabled = True
+        self.call_button.enabled = True
 
 
 def make_predict_widget():

@@ -17,14 +17,14 @@ Label images are written as:
 Every write goes to a temporary file or folder that is renamed when complete.
 """
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.io_utils import check_output_folder, default_permissions
+from fusionnet_tf.io_utils import (check_output_path, default_permissions, replace_folder,
+                                   zarr_attributes)
 from fusionnet_tf.segmentation.segmenter import label_dtype
 
 DEFAULT_HDF5_KEY = "segmentation"
@@ -69,6 +69,36 @@ def read_membrane(spec, convention="membrane"):
     return read_probability_map(spec, convention)
 
 
+# a membrane map is mostly near 0 (cell interior) or 1 (membrane); an EM image is mostly grey
+MID_GREY = (0.15, 0.85)
+RAW_IMAGE_SHARE = 0.5
+
+
+def raw_image_warning(membrane, spec):
+    """A one-line warning if ``membrane`` looks like a raw EM image, else None.
+
+    A probability map from ``fusionnet predict`` has few mid-grey pixels
+    (the shipped example's map: 12%); an EM image read as a map has most of
+    its pixels there (the shipped example itself: 95%).
+
+    Args:
+        membrane: (N, H, W) float32 membrane probability in [0, 1].
+        spec: the PRED file, named in the warning.
+
+    Returns:
+        str or None.
+    """
+    membrane = np.asarray(membrane)
+    step = max(1, membrane.size // 1_000_000)  # a sample is enough for a share
+    values = membrane.reshape(-1)[::step]
+    share = float(np.mean((values > MID_GREY[0]) & (values < MID_GREY[1])))
+    if share <= RAW_IMAGE_SHARE:
+        return None
+    return (f"PRED {spec} looks like a raw EM image, not a membrane probability map "
+            f"({share:.0%} of its pixels are mid-grey); segment what 'fusionnet predict' "
+            f"writes, e.g. fusionnet predict {spec} -o membranes.tif --segment neurons.tif")
+
+
 def read_segments(spec, option="--seg"):
     """Read a label image (TIFF, HDF5, zarr, PNG folder) as an integer (N, H, W) array.
 
@@ -107,21 +137,46 @@ def label_kind(spec):
     return kind
 
 
-def check_label_output(spec):
-    """Fail before any work if the label output ``spec`` cannot be written."""
+# the zarr attribute that marks a store as a label output of 'fusionnet segment'
+LABELS_ATTRS_KEY = "fusionnet_segment"
+
+
+def is_label_store(path):
+    """True if ``path`` is a zarr store that ``write_labels`` wrote (an earlier output).
+
+    Reads the store's metadata JSON only (no zarr import). Only such a store
+    may be replaced by a new label output; any other folder or zarr store
+    (e.g. a user's group with ``raw`` and ``pred``) is refused.
+    """
+    return LABELS_ATTRS_KEY in zarr_attributes(path)
+
+
+def check_label_output(spec, option="labels output"):
+    """Fail before any work if the label output ``spec`` cannot be written (the output guard).
+
+    Args:
+        spec: the label output spec.
+        option: how messages name it, e.g. ``"--output"`` or ``"--segment"``.
+
+    Returns:
+        ``label_kind(spec)``.
+    """
     from fusionnet_tf.inference.writers import check_hdf5_target, split_output_spec
 
     kind = label_kind(spec)
     path, key = (Path(spec), None) if kind == "zarr" else split_output_spec(spec)
-    check_output_folder(path, f"labels output {spec}")
+    check_output_path(path, f"{option} {spec}", folder_output=kind == "zarr",
+                      earlier_output=is_label_store)
     if kind == "hdf5":
         check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
-    elif kind == "tiff" and path.is_dir():
-        raise IsADirectoryError(f"labels output {spec}: is an existing folder, expected a file")
-    elif kind == "zarr" and path.exists() and not is_zarr_spec(path) and (
-            path.is_file() or any(path.iterdir())):
-        raise FileExistsError(f"labels output {spec} exists and is not a zarr store")
     return kind
+
+
+def stored_label_dtype(spec, max_id):
+    """The dtype ``write_labels`` stores ids up to ``max_id`` as in ``spec``'s format."""
+    kind = label_kind(spec)
+    return np.dtype(np.uint64 if kind == "zarr" else
+                    np.uint32 if kind == "tiff" else label_dtype(max_id))
 
 
 def write_labels(spec, labels, metadata=None):
@@ -146,16 +201,16 @@ def write_labels(spec, labels, metadata=None):
     max_id = int(labels.max()) if labels.size else 0
     metadata = dict(metadata or {}, max_id=max_id)
     kind = label_kind(spec)
+    labels = labels.astype(stored_label_dtype(spec, max_id))
     if kind == "tiff":
         if label_dtype(max_id) != np.uint32:
             raise ValueError(f"labels output {spec}: ids up to {max_id} do not fit a uint32 "
                              f"TIFF; write .h5 or .zarr")
-        return _write_tiff(Path(spec), labels.astype(np.uint32), metadata)
+        return _write_tiff(Path(spec), labels, metadata)
     if kind == "hdf5":
         path, key = split_output_spec(spec)
-        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels.astype(label_dtype(max_id)),
-                           metadata)
-    return _write_zarr(Path(spec), labels.astype(np.uint64), metadata)
+        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels, metadata)
+    return _write_zarr(Path(spec), labels, metadata)
 
 
 def _write_zarr(path, labels, metadata):
@@ -163,23 +218,19 @@ def _write_zarr(path, labels, metadata):
     from fusionnet_tf.volumes.storage import import_zarr
 
     zarr = import_zarr()
-    parent = path.absolute().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
-    old = None
+    check_output_path(path, f"labels output {path}", folder_output=True,
+                      earlier_output=is_label_store)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
     try:
         array = zarr.open_array(str(tmp), mode="w", shape=labels.shape, dtype="uint64",
                                 chunks=(1,) + labels.shape[1:], fill_value=0)
         array[...] = labels
-        array.attrs["fusionnet_segment"] = metadata
+        array.attrs[LABELS_ATTRS_KEY] = metadata
         default_permissions(tmp, directory=True)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
-            os.replace(path, old / "store")
-        os.replace(tmp, path)
+        replace_folder(tmp, path)
     finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover)
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return path
 
 

@@ -29,7 +29,8 @@ from fusionnet_tf.data.labels import LABEL_CONVENTIONS
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
 from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
 
-ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fcn16s", "fcn32s")
+ARCHITECTURES = ("fusionnet", "unet", "fcn8s", "fcn16s", "fcn32s", "fusionnet3d")
+ARCHITECTURES_3D = ("fusionnet3d",)  # affinity models on (Z, Y, X) patches
 FCN_INPUT_MULTIPLE = 32  # fusionnet_tf.models.fcn.INPUT_MULTIPLE (no Keras import here)
 NORMALIZATIONS = ("batch", "group", "none")
 LOSSES = ("bce", "dice", "bce_dice", "weighted_bce")
@@ -66,6 +67,7 @@ class ModelConfig:
     dropout: float = 0.0
     normalization: str = "batch"
     fc_filters: typing.Optional[int] = None
+    anisotropic_levels: int = 2  # fusionnet3d: levels with (1,3,3) kernels, (1,2,2) pooling
     init: typing.Optional[str] = None
     freeze: str = "none"
 
@@ -102,6 +104,11 @@ class DataConfig:
     normalization: str = "slice"
     tile_size: int = 256
     val_tile_size: typing.Optional[int] = None
+    # fusionnet3d only: [Z, P, P] patches, affinity offsets [[dz, dy, dx], ...]
+    # (null: fusionnet_tf.data.affinities.DEFAULT_OFFSETS_3D); labels are instance ids
+    patch_shape: typing.Optional[typing.List[int]] = None
+    val_patch_shape: typing.Optional[typing.List[int]] = None
+    offsets: typing.Optional[typing.List[typing.List[int]]] = None
 
 
 @dataclasses.dataclass
@@ -557,7 +564,10 @@ def check_config(config):
         FileNotFoundError: a data path that does not exist, naming its key.
     """
     check_values(config)
-    check_augment(config.augment)
+    if is_3d(config):
+        check_config_3d(config)
+    else:
+        check_augment(config.augment)
     d = config.data
     _check_divisible("data.tile_size", d.tile_size, config.model)
     _check_divisible("data.val_tile_size", d.val_tile_size, config.model)
@@ -602,3 +612,80 @@ def check_augment(augment):
 def has_validation(config):
     """True if ``config`` defines validation data (other file or slices)."""
     return config.data.val_images is not None or config.data.val_slices is not None
+
+
+# ---------------------------------------------------------------- 3D affinity models
+
+
+def is_3d(config):
+    """True if ``config`` trains a 3D affinity model (``model.architecture`` in ARCHITECTURES_3D)."""
+    return config.model.architecture in ARCHITECTURES_3D
+
+
+def affinity_offsets(config):
+    """The configured offsets as (dz, dy, dx) tuples (``DEFAULT_OFFSETS_3D`` when null)."""
+    from fusionnet_tf.data.affinities import DEFAULT_OFFSETS_3D, check_offsets
+
+    if config.data.offsets is None:
+        return DEFAULT_OFFSETS_3D
+    try:
+        return check_offsets(config.data.offsets)
+    except ValueError:
+        raise ValueError("config key 'data.offsets' must be a list of [dz, dy, dx] int triples "
+                         f"other than [0, 0, 0]; received {config.data.offsets!r}") from None
+
+
+def patch_multiple(model_config):
+    """(z, y, x) multiples of a fusionnet3d patch: 2**isotropic levels, 2**depth, 2**depth."""
+    isotropic = max(model_config.depth - model_config.anisotropic_levels, 0)
+    return (2**isotropic, 2**model_config.depth, 2**model_config.depth)
+
+
+def check_config_3d(config):
+    """The fusionnet3d-specific checks: patch shapes, offsets, loss, augmentation.
+
+    Raises:
+        ValueError: naming the key and its value.
+    """
+    m, d = config.model, config.data
+    if not 0 <= m.anisotropic_levels <= m.depth:
+        raise ValueError("config key 'model.anisotropic_levels' must be in [0, model.depth="
+                         f"{m.depth}]; received {m.anisotropic_levels!r}")
+    multiple = patch_multiple(m)
+    for key in ("patch_shape", "val_patch_shape"):
+        shape = getattr(d, key)
+        if shape is None and key == "val_patch_shape":
+            continue
+        if (shape is None or len(shape) != 3 or shape[1] != shape[2]
+                or any(s < 1 or s % k for s, k in zip(shape, multiple))):
+            raise ValueError(
+                f"config key 'data.{key}' must be [Z, P, P] with Z a multiple of {multiple[0]} "
+                f"and P of {multiple[1]} (model.depth={m.depth}, model.anisotropic_levels="
+                f"{m.anisotropic_levels}); received {shape!r}")
+    affinity_offsets(config)
+    from fusionnet_tf.training.losses import AFFINITY_LOSSES
+
+    if config.loss.name not in AFFINITY_LOSSES:
+        raise ValueError(f"config key 'loss.name' must be one of {list(AFFINITY_LOSSES)} for "
+                         f"{m.architecture}; received {config.loss.name!r}")
+    if config.isbi_eval_every:
+        raise ValueError(f"config key 'isbi_eval_every' must be 0 for {m.architecture} "
+                         f"(2D membrane scores); received {config.isbi_eval_every!r}")
+    if config.checkpoint_monitor in ("dice", "val_dice"):
+        raise ValueError(f"config key 'checkpoint_monitor' must be 'loss' or 'val_loss' for "
+                         f"{m.architecture}; received {config.checkpoint_monitor!r}")
+    check_augment_3d(config.augment)
+
+
+def check_augment_3d(augment):
+    """Check the ``augment`` section against ``Augment3DConfig`` (imports TensorFlow).
+
+    Raises:
+        ValueError: unknown option or bad value, prefixed with the config key.
+    """
+    from fusionnet_tf.data.pipeline3d import as_augment3d_config
+
+    try:
+        return as_augment3d_config(augment)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config key 'augment': {exc}") from None

@@ -13,6 +13,8 @@ Predictions are membrane probabilities; a pixel is membrane where
 import keras
 from keras import ops
 
+from fusionnet_tf.training.losses import split_affinity_target
+
 
 class _MembraneCounts(keras.metrics.Metric):
     """Accumulates TP, FP, FN of the membrane class over an epoch."""
@@ -82,3 +84,31 @@ def fit_metrics(threshold=0.5):
         MembraneDice(threshold),
         MembraneIoU(threshold),
     ]
+
+
+@keras.saving.register_keras_serializable(package="fusionnet_tf")
+class MaskedAffinityAccuracy(keras.metrics.Metric):
+    """Fraction of masked affinity voxels predicted on the right side of 0.5, over an epoch."""
+
+    def __init__(self, name="accuracy", dtype="float32"):
+        super().__init__(name=name, dtype=dtype)
+        self.correct = self.add_variable((), initializer="zeros", name="correct")
+        self.counted = self.add_variable((), initializer="zeros", name="counted")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        affs, mask = split_affinity_target(y_true)
+        right = ops.cast(ops.equal(ops.cast(y_pred, "float32") > 0.5, affs > 0.5), "float32")
+        self.correct.assign_add(ops.sum(mask * right))
+        self.counted.assign_add(ops.sum(mask))
+
+    def result(self):
+        return self.correct / ops.maximum(self.counted, 1.0)
+
+    def reset_state(self):
+        for variable in self.variables:
+            variable.assign(0.0)
+
+
+def affinity_fit_metrics():
+    """The metrics ``train`` compiles a 3D affinity model with: masked ``accuracy``."""
+    return [MaskedAffinityAccuracy()]

@@ -49,7 +49,8 @@ def _is_eligible(layer, inputs, mask):
     axis = layer.axis if isinstance(layer.axis, int) else (
         layer.axis[0] if len(layer.axis) == 1 else None)
     return (mask is None and not layer.renorm and not layer.synchronized
-            and inputs.shape.rank == 4 and axis in (3, -1) and inputs.shape[-1] is not None
+            and inputs.shape.rank in (4, 5) and axis in (inputs.shape.rank - 1, -1)
+            and inputs.shape[-1] is not None
             and inputs.dtype in FUSED_DTYPES)
 
 
@@ -73,6 +74,10 @@ def _fused_call(layer, inputs, training=None, mask=None):
         # exactly like the same model reloaded from its .keras file
         return type(layer).call(layer, inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
+    shape_5d = None
+    if inputs.shape.rank == 5:  # (B, Z, H, W, C) as (B, Z * H, W, C): same per-channel statistics
+        shape_5d = tf.shape(inputs)
+        inputs = tf.reshape(inputs, [shape_5d[0], shape_5d[1] * shape_5d[2], shape_5d[3], channels])
     gamma = layer.gamma if layer.scale else tf.ones([channels], tf.float32)
     beta = layer.beta if layer.center else tf.zeros([channels], tf.float32)
     gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
@@ -84,6 +89,8 @@ def _fused_call(layer, inputs, training=None, mask=None):
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1.0 - momentum))
     layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1.0 - momentum))
+    if shape_5d is not None:
+        outputs = tf.reshape(outputs, shape_5d)
     return tf.cast(outputs, layer.compute_dtype)
 
 

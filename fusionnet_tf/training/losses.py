@@ -167,3 +167,74 @@ def get_loss(name, membrane_weight=1.0, dice_weight=1.0, smooth=1.0):
         "`name` must be one of ['bce', 'dice', 'bce_dice', 'weighted_bce']; "
         f"received name={name!r}"
     )
+
+
+# ---------------------------------------------------------------- affinities (3D)
+
+AFFINITY_LOSSES = ("bce", "dice", "bce_dice")
+
+
+def split_affinity_target(y_true):
+    """(B, ..., 2C) packed target -> (affinities, mask), each (B, ..., C) float32.
+
+    The 3D pipeline (``fusionnet_tf.data.pipeline3d``) packs the C affinity
+    channels first, then the C mask channels (1 = the pair is inside the patch).
+    """
+    y_true = ops.cast(y_true, "float32")
+    channels = y_true.shape[-1] // 2
+    return y_true[..., :channels], y_true[..., channels:]
+
+
+@keras.saving.register_keras_serializable(package="fusionnet_tf")
+class MaskedAffinityLoss(keras.losses.Loss):
+    """Masked BCE and/or soft Dice on affinities, per sample.
+
+    ``y_true`` is (B, Z, Y, X, 2C): affinities then mask; ``y_pred`` is
+    (B, Z, Y, X, C) sigmoid affinities. Per sample:
+    ``bce_weight * sum(mask * bce) / max(sum(mask), 1)
+    + dice_weight * (1 - (2 sum(m p y) + s) / (sum(m p) + sum(m y) + s))``.
+    Voxels whose pair leaves the patch (mask 0) do not count.
+
+    Args:
+        bce_weight: float >= 0.
+        dice_weight: float >= 0.
+        smooth: float. Dice smoothing.
+    """
+
+    def __init__(self, bce_weight=1.0, dice_weight=1.0, smooth=1.0, name="affinity_loss",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.bce_weight = float(bce_weight)
+        self.dice_weight = float(dice_weight)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        affs, mask = split_affinity_target(y_true)
+        pred = ops.cast(y_pred, "float32")
+        axes = tuple(range(1, len(pred.shape)))
+        loss = 0.0
+        if self.bce_weight:
+            p = ops.clip(pred, EPSILON, 1.0 - EPSILON)
+            bce = -(affs * ops.log(p) + (1.0 - affs) * ops.log(1.0 - p))
+            counted = ops.maximum(ops.sum(mask, axis=axes), 1.0)
+            loss = loss + self.bce_weight * ops.sum(mask * bce, axis=axes) / counted
+        if self.dice_weight:
+            intersection = ops.sum(mask * pred * affs, axis=axes)
+            total = ops.sum(mask * pred, axis=axes) + ops.sum(mask * affs, axis=axes)
+            dice = 1.0 - (2.0 * intersection + self.smooth) / (total + self.smooth)
+            loss = loss + self.dice_weight * dice
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "bce_weight": self.bce_weight,
+                "dice_weight": self.dice_weight, "smooth": self.smooth}
+
+
+def get_affinity_loss(name, dice_weight=1.0, smooth=1.0):
+    """The masked affinity loss for ``name`` in ``AFFINITY_LOSSES`` (``bce``, ``dice``, ``bce_dice``)."""
+    weights = {"bce": (1.0, 0.0), "dice": (0.0, 1.0), "bce_dice": (1.0, dice_weight)}
+    if name not in weights:
+        raise ValueError(f"`name` must be one of {list(AFFINITY_LOSSES)} for affinities; "
+                         f"received name={name!r}")
+    return MaskedAffinityLoss(*weights[name], smooth=smooth)
+

@@ -135,6 +135,10 @@ def load_data(config):
 
     Validation arrays are None when the config defines no validation data.
     """
+    if config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        return run3d.load_data(config)
     d = config.data
     train = load_split(d.train_images, d.train_labels, d.train_slices, "data.train_slices", d)
     if not config_lib.has_validation(config):
@@ -163,6 +167,10 @@ def make_datasets(config, arrays, batch_size, start_batch=0):
 
 def make_validation_dataset(config, arrays, batch_size):
     """The fixed validation tiles as a finite ``tf.data.Dataset``, or None without validation slices."""
+    if config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        return run3d.make_validation_dataset(config, arrays, batch_size)
     from fusionnet_tf.data import validation_dataset
 
     _, _, val_images, val_labels = arrays
@@ -178,6 +186,10 @@ def train_element_spec(config, batch_size):
     """``element_spec`` of the training stream, without building it: (image, label) specs."""
     import tensorflow as tf
 
+    if config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        return run3d.train_element_spec(config, batch_size)
     side = config.data.tile_size
     spec = tf.TensorSpec((batch_size, side, side, 1), tf.float32)
     return (spec, spec)
@@ -185,6 +197,10 @@ def train_element_spec(config, batch_size):
 
 def make_train_stream(config, arrays, batch_size, start_batch=0):
     """The endless training ``tf.data.Dataset``, starting at batch ``start_batch``."""
+    if config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        return run3d.make_train_stream(config, arrays, batch_size, start_batch)
     from fusionnet_tf.data import train_dataset
 
     train_images, train_labels = arrays[:2]
@@ -244,16 +260,23 @@ def build_and_compile(config):
     from fusionnet_tf.training.losses import get_loss
 
     m = config.model
-    model = build_model(m.architecture, base_filters=m.base_filters, depth=m.depth,
-                        residual_convs=m.residual_convs, dropout=m.dropout,
-                        normalization=m.normalization, fc_filters=m.fc_filters)
+    if config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        model = run3d.build_model(config)
+        loss, metrics = run3d.loss_and_metrics(config)
+    else:
+        model = build_model(m.architecture, base_filters=m.base_filters, depth=m.depth,
+                            residual_convs=m.residual_convs, dropout=m.dropout,
+                            normalization=m.normalization, fc_filters=m.fc_filters)
+        loss = get_loss(config.loss.name, membrane_weight=config.loss.membrane_weight,
+                        dice_weight=config.loss.dice_weight, smooth=config.loss.smooth)
+        metrics = fit_metrics()
     freeze(model, m.freeze, m.architecture)  # before compiling: the optimizer skips frozen weights
-    loss = get_loss(config.loss.name, membrane_weight=config.loss.membrane_weight,
-                    dice_weight=config.loss.dice_weight, smooth=config.loss.smooth)
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.epochs * config.steps_per_epoch),
         loss=loss,
-        metrics=fit_metrics(),
+        metrics=metrics,
         jit_compile=config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
@@ -469,6 +492,10 @@ def train(config, callbacks=(), verbose="auto"):
         initialize_from(model, init_model, config.model.init)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if chief and config_lib.is_3d(config):
+        from fusionnet_tf.training import run3d
+
+        run3d.write_offsets_sidecars(config, out)
     epoch, step = backup.restore(model)  # after init: a backup's weights always win
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:

@@ -33,6 +33,8 @@ class PredictorSpec:
             passes an explicit engine and precision, so workers never time).
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
+        offsets: the offsets of a 3D affinity model, or None. A 3D model
+            takes ``tile_shape``, ``overlap`` and ``align`` as (z, y, x) tuples.
     """
 
     model: str
@@ -46,6 +48,7 @@ class PredictorSpec:
     precision: str = "float32"
     tf_threads: int = 0
     engine: str = "auto"
+    offsets: tuple = None  # 3D affinity models: ((dz, dy, dx), ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +106,8 @@ def worker_predictor(spec):
                                       tta=spec.tta, batch_size=spec.batch_size,
                                       blending=spec.blending, align=spec.align,
                                       jit_compile=spec.jit_compile, precision=spec.precision,
-                                      engine=spec.engine, progress=False)
+                                      engine=spec.engine, progress=False,
+                                      offsets=spec.offsets)
         _LOADS["count"] += 1
     return _PREDICTORS[spec]
 
@@ -300,7 +304,12 @@ def process_block(job, block, lo, hi, predictor=None, hook=None):
         predictor = worker_predictor(job.predictor)
     volume, _ = storage.open_volume(job.input_spec)
     try:
-        result, stats = predict_block(volume, block, predictor, lo, hi)
+        if getattr(predictor, "spatial_dims", 2) == 3:  # lo, hi: the whole volume's bounds
+            from fusionnet_tf.volumes.affinities import predict_block_3d
+
+            result, stats = predict_block_3d(volume, block, predictor, lo, hi)
+        else:
+            result, stats = predict_block(volume, block, predictor, lo, hi)
     finally:
         close_stack(volume)
     if hook is not None:

@@ -1,6 +1,7 @@
 """``predict_volume``: plan the blocks, run them locally or on Dask, resume, report."""
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -315,8 +316,15 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
                    normalization="slice",
                    workers=0, scheduler=None,
                    tf_threads=None,
-                   zarr_format=3, overwrite=False, progress=False, block_hook=None):
+                   zarr_format=3, overwrite=False, progress=False, block_hook=None,
+                   offsets=None):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
+
+    With a 3D affinity model (5D input) the output is (C, Z, Y, X) float32
+    affinities with ``kind`` and ``offsets`` attributes, predicted from 3D
+    tiles with halos in z, y and x (``fusionnet_tf.volumes.affinities``);
+    ``tile_shape``, ``overlap`` and ``align`` are then per axis (z, y, x), and
+    ``offsets`` (else ``MODEL.offsets.json``) names the channels.
 
     Every 2D slice gets the result ``Predictor.predict`` gives for the whole
     slice (same global tile grid, TTA, blending and per-slice normalization),
@@ -356,6 +364,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
         progress: show a progress bar over blocks on stderr.
         block_hook: optional ``hook(block)`` run before each block is written
             (``workers=0`` only; for fault-injection tests).
+        offsets: 3D affinity models only: list of (dz, dy, dx), or None.
 
     Returns:
         dict: ``blocks_total``, ``blocks_skipped`` (done before), ``blocks_computed``,
@@ -386,6 +395,14 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                    blending=blending, align=align, precision=precision,
                    engine=_engine(engine, jit_compile))
+    if is_affinity_model(model):
+        return _predict_affinities(input_spec, output, model, options, offsets, dict(
+            block_shape=block_shape, normalization=normalization, workers=workers,
+            scheduler=scheduler, tf_threads=tf_threads, zarr_format=zarr_format,
+            overwrite=overwrite, progress=progress, block_hook=block_hook))
+    if offsets is not None:
+        raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); the "
+                         "model takes 2D images")
     model_path, live_model, model_name, distributed_run = _check_run(
         model, options, normalization, workers, scheduler, block_hook)
     shape, name = _input_shape(input_spec, output)
@@ -433,6 +450,57 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     if failures:
         raise BlockFailures(summary, failures)
     return summary
+
+
+def is_affinity_model(model):
+    """True for a 3D affinity model: a path, keras.Model, callable or Predictor."""
+    from fusionnet_tf.inference.predictor import model_file_spatial_dims, model_spatial_dims
+
+    if model is None:
+        return False  # the shipped model is 2D
+    if _is_predictor(model):
+        return getattr(model, "spatial_dims", 2) == 3
+    if isinstance(model, (str, Path)):
+        return Path(model).exists() and model_file_spatial_dims(model) == 3
+    return model_spatial_dims(model) == 3
+
+
+def _predict_affinities(input_spec, output, model, options, offsets, run):
+    """``predict_volume`` with a 3D affinity model; ``run`` holds the run's other arguments."""
+    from fusionnet_tf.inference import Predictor, load_model
+    from fusionnet_tf.inference.predictor import read_model_offsets
+    from fusionnet_tf.volumes import affinities
+
+    if run["normalization"] not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
+                         f"normalization={run['normalization']!r}")
+    workers = check_int("workers", run["workers"], 0)
+    model_path, live_model, model_name = _resolve_model(model)
+    distributed_run = bool(run["scheduler"]) or workers > 0
+    if distributed_run and model_path is None:
+        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
+                         f"each worker loads it once; received model of type "
+                         f"{type(model).__name__}")
+    if run["block_hook"] is not None and distributed_run:
+        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    if offsets is None and model_path is not None:
+        offsets = read_model_offsets(model_path)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    threads = _tf_threads(run["tf_threads"], workers, run["scheduler"])
+    if _is_predictor(live_model):
+        predictor = live_model
+    elif live_model is not None:
+        predictor = Predictor(live_model, progress=False, offsets=offsets, **options)
+    elif distributed_run:  # checked here; each worker loads its own
+        predictor = Predictor(load_model(model_path), progress=False, offsets=offsets, **options)
+    else:
+        predictor = blockwise.worker_predictor(blockwise.PredictorSpec(
+            model=model_path, **options, tf_threads=threads,
+            offsets=None if offsets is None else tuple(tuple(o) for o in offsets)))
+    return affinities.predict_affinity_volume(
+        input_spec, output, predictor, model_path, model_name, tf_threads=threads,
+        **{k: run[k] for k in ("block_shape", "normalization", "workers", "scheduler",
+                               "zarr_format", "overwrite", "progress", "block_hook")})
 
 
 def _check_run(model, options, normalization, workers, scheduler, block_hook):
@@ -519,12 +587,10 @@ def _complete_summary(summary, blocks_total, blocks_todo, seconds, output, execu
 
 
 def check_not_input(output, input_spec):
-    """Refuse an output that is, or contains, the input (--overwrite would delete it)."""
-    source = storage.split_spec(input_spec)[0].resolve()
-    target = Path(output).resolve()
-    if source == target or target in source.parents:
-        raise ValueError(f"output {output} is the input volume or contains it "
-                         f"({input_spec}); choose another output path")
+    """Refuse an output that is, contains or lies inside the input (see ``io_utils``)."""
+    from fusionnet_tf.io_utils import check_output_not_input
+
+    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
 
 
 def _block_task(predictor, hook):
@@ -575,7 +641,8 @@ def _run_blocks(executor, task, items, progress):
         summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
         summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
                                              info["loads"])
-        summary["halo"] = tuple(max(a, b) for a, b in zip(summary["halo"], info["halo"]))
+        summary["halo"] = tuple(max(a, b) for a, b in itertools.zip_longest(
+            summary["halo"], info["halo"], fillvalue=0))  # (y, x), or (z, y, x) in 3D
         summary["tiles_predicted"] += info["tiles"]
         summary["tiles_share"] += info["tiles_share"]
     return summary, failures
@@ -591,5 +658,5 @@ def format_summary(summary):
             f"of whole-slice prediction -> {summary['output']}")
 
 
-__all__ = ["predict_volume", "BlockFailures", "intensity_ranges", "format_summary",
-           "dask_executor", "NORMALIZATIONS"]
+__all__ = ["predict_volume", "is_affinity_model", "BlockFailures", "intensity_ranges",
+           "format_summary", "dask_executor", "NORMALIZATIONS"]

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, split_hdf5_spec
+from fusionnet_tf.io_utils import zarr_attributes
 
 DONE_DIR = ".fusionnet-done"
 ATTRS_KEY = "fusionnet_volume"
@@ -195,6 +196,15 @@ def _looks_like_zarr(path):
     return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
 
+def is_volume_output(path):
+    """True if ``path`` is a zarr store a block-wise command wrote (it carries ``ATTRS_KEY``).
+
+    Only such a store may be resumed or replaced (``--overwrite``); another
+    zarr store or folder of the user's is never touched.
+    """
+    return ATTRS_KEY in zarr_attributes(path)
+
+
 def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
     """Reopen an existing output to continue the same run, if there is one.
 
@@ -213,16 +223,17 @@ def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
 
     Raises:
         FileExistsError: ``path`` exists but is a file or a non-empty folder
-            that is not a zarr store (never replaced, even with ``overwrite``).
+            that is not an earlier output of a block-wise command (never
+            replaced, even with ``overwrite``; see ``io_utils.check_output_path``).
         ValueError: the existing output has another shape, chunking or settings.
     """
+    from fusionnet_tf.io_utils import check_output_path
+
     zarr = import_zarr()
     path = Path(path)
+    check_output_path(path, f"output {path}", folder_output=True, earlier_output=is_volume_output)
     if not path.exists():
         return None
-    if path.is_file() or (not _looks_like_zarr(path) and any(path.iterdir())):
-        raise FileExistsError(f"output {path} exists and is not a zarr store; choose another "
-                              f"output path")
     if overwrite or not _looks_like_zarr(path):
         return None
     try:
@@ -335,10 +346,12 @@ def write_block(path, block, data):
     Args:
         path: the output zarr store.
         block: ``geometry.Block``.
-        data: float32 array of ``block.shape``.
+        data: float32 array of ``block.shape`` (or (C,) + ``block.shape`` for
+            affinities).
     """
     output = import_zarr().open_array(str(path), mode="r+")
-    output[slice(*block.z), slice(*block.y), slice(*block.x)] = data
+    # (Z, Y, X) membranes or (C, Z, Y, X) affinities: the block spans all leading axes
+    output[..., slice(*block.z), slice(*block.y), slice(*block.x)] = data
 
 
 def mark_done(path, block, info):
