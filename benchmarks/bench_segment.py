@@ -13,6 +13,20 @@ the shipped parameters were tuned on all of 20-24.
 
 Run: ``python benchmarks/bench_segment.py --data ../shared/data/isbi2012 [--cross-validate]``.
 The last line printed is one JSON object.
+
+``--cv`` (issue 23) is the honest figure over all 25 labelled slices, with
+out-of-fold maps: fold k's model (``--runs``, default
+``/work/runs/isbi_cv/fold{k}``, its ``latest.keras``; trained on the other
+slices, validated on the slices its ``config.yaml`` names as ``val_slices``,
+5k..5k+4) predicts its held-out slices with 8-way TTA; the 25 out-of-fold maps
+are pooled and ``fusionnet tune-segment --cv K`` runs on them (the same folds).
+It prints, per fold and pooled, the best-threshold V_rand / V_info of the map
+and the held-out segmentation scores, and whether the goals hold
+(segmentation V_rand >= 0.988 and V_info >= 0.992 pooled, segmentation >=
+threshold + 0.003 in every fold):
+
+    python benchmarks/bench_segment.py --cv [--runs '/work/runs/isbi_cv/fold{k}'] [--folds 5]
+        [--budget 60] [--oof oof.tif] [--out DIR]
 """
 
 import argparse
@@ -42,7 +56,22 @@ def parse_args():
     parser.add_argument("--cross-validate", action="store_true",
                         help="Also tune on 20-22 / score 23-24 and the reverse.")
     parser.add_argument("--budget", type=int, default=60,
-                        help="Tuning budget per fold with --cross-validate (default: 60).")
+                        help="Tuning budget per fold with --cross-validate / --cv (default: 60).")
+    parser.add_argument("--cv", action="store_true",
+                        help="Out-of-fold maps of all labelled slices from the fold runs, "
+                             "then tune-segment --cv on them (see the module docstring).")
+    parser.add_argument("--runs", default="/work/runs/isbi_cv/fold{k}",
+                        help="--cv: fold run folders, {k} = fold (default: %(default)s).")
+    parser.add_argument("--checkpoint", default="latest.keras",
+                        help="--cv: model file in each run folder (default: %(default)s).")
+    parser.add_argument("--folds", type=int, default=5, help="--cv: folds (default: 5).")
+    parser.add_argument("--oof", default=None,
+                        help="--cv: out-of-fold map file; reused if it exists, else written.")
+    parser.add_argument("--out", default="bench_segment_cv",
+                        help="--cv: folder for the maps and the tuned params.json "
+                             "(default: %(default)s).")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="--cv: use only the top-left CROP x CROP pixels (quick checks).")
     return parser.parse_args()
 
 
@@ -107,8 +136,124 @@ def cross_validate(membrane, labels, budget):
     return folds
 
 
+def fold_slices(run, k, folds):
+    """The held-out slices of fold run ``run``: its config's ``val_slices``, else 5k..5k+4."""
+    import yaml
+
+    from fusionnet_tf.checks import parse_slices
+
+    config = os.path.join(run, "config.yaml")
+    if os.path.isfile(config):
+        with open(config) as handle:
+            spec = (yaml.safe_load(handle).get("data") or {}).get("val_slices")
+        if spec is not None:
+            return parse_slices(spec, 30, key=f"{config}: data.val_slices")
+    per_fold = 25 // folds
+    return list(range(k * per_fold, (k + 1) * per_fold))
+
+
+def out_of_fold_maps(args, images):
+    """(N, H, W) membrane maps of the labelled slices, each from the fold model that never saw it.
+
+    Returns:
+        ``(membrane, folds)``: the map (slices in index order) and the list of
+        each fold's slice indices.
+    """
+    import numpy as np
+    import tifffile
+
+    from fusionnet_tf.inference import Predictor, load_model
+
+    runs = [args.runs.format(k=k) for k in range(args.folds)]
+    folds = [fold_slices(run, k, args.folds) for k, run in enumerate(runs)]
+    order = sorted(i for fold in folds for i in fold)
+    if order != list(range(len(order))):
+        raise SystemExit(f"the folds' held-out slices {folds} are not 0..N-1 exactly once")
+    if args.oof and os.path.isfile(args.oof):
+        return tifffile.imread(args.oof).astype(np.float32), folds
+    membrane = np.zeros((len(order),) + images.shape[1:], np.float32)
+    for run, fold in zip(runs, folds):
+        began = time.perf_counter()
+        model = load_model(os.path.join(run, args.checkpoint))
+        tile = min(512, images.shape[1])
+        predictor = Predictor(model, tile_shape=tile, overlap=min(64, tile // 4), tta=args.tta,
+                              progress=False)
+        membrane[fold] = predictor.predict(images[fold])
+        print(f"predicted slices {fold[0]}-{fold[-1]} with {run} "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
+    if args.oof:
+        tifffile.imwrite(args.oof, membrane, photometric="minisblack")
+    return membrane, folds
+
+
+def run_cv(args):
+    """``--cv``: out-of-fold maps, threshold scores and ``tune-segment --cv``; one JSON line."""
+    import tifffile
+
+    from fusionnet_tf.cli import main as fusionnet
+    from fusionnet_tf.data import get_isbi2012_paths, normalize, read_labels, read_stack
+    from fusionnet_tf.metrics import isbi_scores
+
+    paths = get_isbi2012_paths(args.data)
+    labels = read_labels(paths["train_labels"])
+    images = normalize(read_stack(paths["train_images"]))
+    if args.crop:
+        labels, images = labels[:, :args.crop, :args.crop], images[:, :args.crop, :args.crop]
+    os.makedirs(args.out, exist_ok=True)
+    args.oof = args.oof or os.path.join(args.out, "oof_membrane.tif")
+    membrane, folds = out_of_fold_maps(args, images)
+    labels = labels[:len(membrane)]
+    label_file = os.path.join(args.out, "labels.tif")
+    tifffile.imwrite(label_file, (1 - labels) * 255, photometric="minisblack")  # ISBI convention
+    params_file = os.path.join(args.out, "params.json")
+    if os.path.exists(params_file):
+        os.remove(params_file)
+    began = time.perf_counter()
+    code = fusionnet(["tune-segment", "--pred", args.oof, "--labels", label_file, "-o",
+                      params_file, "--cv", str(args.folds), "--budget", str(args.budget)])
+    if code:
+        raise SystemExit(f"tune-segment --cv failed with exit code {code}")
+    tune_seconds = time.perf_counter() - began
+    with open(params_file) as handle:
+        tuned = json.load(handle)
+    per_fold = []
+    for fold, held in zip(folds, tuned["cv"]["folds"]):
+        if held["slices"] != fold:
+            raise SystemExit(f"tune-segment's fold {held['slices']} is not the model fold {fold}")
+        threshold = isbi_scores(membrane[fold], labels[fold])
+        per_fold.append({
+            "slices": f"{fold[0]}-{fold[-1]}",
+            "threshold": {"v_rand": round(threshold["v_rand"], 5),
+                          "v_info": round(threshold["v_info"], 5)},
+            "segmentation": {"v_rand": round(held["v_rand"], 5),
+                             "v_info": round(held["v_info"], 5)},
+            "params": held["params"],
+        })
+    threshold = isbi_scores(membrane, labels)
+    pooled = tuned["cv"]["pooled_held_out"]
+    margins = [row["segmentation"]["v_rand"] - row["threshold"]["v_rand"] for row in per_fold]
+    result = {
+        "folds": per_fold,
+        "pooled": {"threshold": {"v_rand": round(threshold["v_rand"], 5),
+                                 "v_info": round(threshold["v_info"], 5)},
+                   "segmentation": rounded(pooled)},
+        "goals": {"pooled_v_rand_0.988": pooled["v_rand"] >= 0.988,
+                  "pooled_v_info_0.992": pooled["v_info"] >= 0.992,
+                  "every_fold_seg_ge_threshold_plus_0.003": min(margins) >= 0.003,
+                  "worst_fold_margin": round(min(margins), 5)},
+        "chosen_params": tuned["params"], "chosen": tuned["cv"]["chosen"],
+        "runs": args.runs, "checkpoint": args.checkpoint, "tta": args.tta,
+        "budget_per_fold": args.budget, "tune_seconds": round(tune_seconds, 1),
+        "crop": args.crop, "params_file": params_file,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), **cpu_flags(),
+    }
+    print(json.dumps(result))
+
+
 def main():
     args = parse_args()
+    if args.cv:
+        return run_cv(args)
     from fusionnet_tf.data import get_isbi2012_paths, normalize, read_labels, read_stack
     from fusionnet_tf.metrics import isbi_scores, segmentation_scores_report
     from fusionnet_tf.segmentation import default_params, segment

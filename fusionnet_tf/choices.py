@@ -8,8 +8,9 @@ free of NumPy and TensorFlow. The library modules re-export these names
 """
 
 # how a label file reads (fusionnet_tf.data.labels): "isbi" = 0 is membrane,
-# nonzero is cell interior; "membrane" = nonzero is membrane
-LABEL_CONVENTIONS = ("isbi", "membrane")
+# nonzero is cell interior; "membrane" = nonzero is membrane; "instance" = one id
+# per cell (0 = gap, e.g. SNEMI3D), boundaries where the id changes
+LABEL_CONVENTIONS = ("isbi", "membrane", "instance")
 
 # how a stored probability map reads (fusionnet_tf.inference.writers):
 # high = membrane, or high = cell interior (ISBI 2012 submissions, predict --isbi)

@@ -33,13 +33,18 @@ def add_parser(subparsers):
 
     parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
                         help="isbi: 0 = membrane, nonzero = interior; membrane: nonzero = "
-                             "membrane (default: isbi).")
+                             "membrane; instance: cell ids, 1-px boundaries where the id "
+                             "changes or is 0 (default: isbi).")
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane (fusionnet predict's default); isbi: "
                              "high = cell interior (predict --isbi) (default: membrane).")
     parser.add_argument("--label-threshold", type=float, default=None,
                         help="Binarize non-binary labels as label > T (default: labels must "
                              "have two values).")
+    from fusionnet_tf.cli.slices import add_slices_argument
+
+    add_slices_argument(parser, "LABELS, and of PRED/SEGMENTS when they hold the whole stack "
+                                "(one that holds only the selected slices is used as it is)")
     parser.add_argument("--json", action="store_true",
                         help="Print one JSON object instead of a table (default: table).")
     parser.add_argument("--volume", action="store_true",
@@ -123,6 +128,7 @@ def _report(args, scores, shape, format_function):
 
 def run(args):
     """Read labels and prediction (or segmentation), print the scores. Returns 0."""
+    from fusionnet_tf.cli.slices import select_matching
     from fusionnet_tf.data import read_labels
 
     if args.volume:
@@ -133,6 +139,7 @@ def run(args):
         from fusionnet_tf.segmentation.io import read_segments
 
         segments = read_segments(args.seg, "--seg")
+        labels, segments = select_matching(labels, segments, args.slices)
         _check_shapes(args, labels, segments, "--seg", args.seg)
         return _report(args, segmentation_scores_report(labels, segments), labels.shape,
                        format_segmentation_table)
@@ -140,5 +147,6 @@ def run(args):
     from fusionnet_tf.metrics import isbi_scores
 
     membrane = read_probability_map(args.pred, args.pred_convention)
+    labels, membrane = select_matching(labels, membrane, args.slices)
     _check_shapes(args, labels, membrane, "--pred", args.pred)
     return _report(args, isbi_scores(membrane, labels), labels.shape, format_table)

@@ -64,7 +64,9 @@ def add_parser(subparsers):
                         help="With --segment: also write the segments in random colours over "
                              "the image, one PNG per slice, into this folder (default: none).")
     from fusionnet_tf.cli.segment import add_segment_arguments
+    from fusionnet_tf.cli.slices import add_slices_argument
 
+    add_slices_argument(parser, "INPUT (the outputs hold only those)")
     add_segment_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -327,6 +329,7 @@ def run(args):
     """
     import sys
 
+    from fusionnet_tf.cli.slices import select_slices
     from fusionnet_tf.data import normalize, read_stack
     from fusionnet_tf.data.normalize import check_finite
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
@@ -345,7 +348,7 @@ def run(args):
     offsets = parse_offsets(args.offsets)
     params = _check_segment_output(args)
     engine = engine_argument(args)
-    raw = check_finite(read_stack(args.input), f"INPUT {args.input}")
+    raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
     check_tile_size(args.tile_size, raw.shape[1], raw.shape[2], args.tta)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay),
                          ("--segment-overlay", args.segment_overlay)):
@@ -378,6 +381,8 @@ def run(args):
         "blending": args.blending, "normalization": args.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
     }
+    if args.slices:
+        metadata["slices"] = args.slices
     write_prediction(args.output, membrane, dtype=args.dtype, isbi=args.isbi, metadata=metadata)
     if args.overlay:
         write_overlays(args.overlay, images, membrane)

@@ -50,6 +50,9 @@ def add_parser(subparsers):
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
     add_method_argument(parser)
+    from fusionnet_tf.cli.slices import add_slices_argument
+
+    add_slices_argument(parser, "PRED (and --image; LABELS holds only those)")
     parser.set_defaults(run=run)
 
 
@@ -187,6 +190,9 @@ def run(args):
     if affinity_metadata(args.pred) is not None:
         from fusionnet_tf.cli.affinity_segment import run_segment
 
+        if args.slices is not None:
+            raise ValueError(f"--slices applies to 2D membrane maps; PRED {args.pred} holds "
+                             "3D affinities (segmented as one volume)")
         return run_segment(args)
     if args.method is not None:
         raise ValueError(f"--method applies to affinity files; PRED {args.pred} is not one "
@@ -196,9 +202,11 @@ def run(args):
                          "with --overlay")
     check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
                          args.overlay)
+    from fusionnet_tf.cli.slices import select_slices
+
     check_label_output(args.output, "--output")
     params = resolve_params(args)
-    membrane = read_membrane(args.pred, args.pred_convention)
+    membrane = select_slices(read_membrane(args.pred, args.pred_convention), args.slices)
     warning = raw_image_warning(membrane, args.pred)
     if warning:
         print(f"fusionnet segment: warning: {warning}", file=sys.stderr)
@@ -206,7 +214,7 @@ def run(args):
     if args.image is not None:
         from fusionnet_tf.data import normalize, read_stack
 
-        images = normalize(read_stack(args.image))
+        images = normalize(select_slices(read_stack(args.image), args.slices))
         if images.shape != membrane.shape:
             raise ValueError(f"--image {args.image} has shape {images.shape} but PRED "
                              f"{args.pred} has {membrane.shape}")

@@ -32,6 +32,14 @@ def add_parser(subparsers):
     parser.add_argument("--output-dir", default=None,
                         help="Shortcut for --set output_dir=DIR (default: the config's "
                              "output_dir).")
+    parser.add_argument("--init", metavar="MODEL", default=None,
+                        help="Fine-tune: start from this .keras model's weights, or "
+                             "'isbi2012' for the shipped model (= --set model.init=MODEL; the "
+                             "architecture must match). Unless set explicitly, the learning "
+                             "rate becomes 1e-4 with 50 warm-up steps (default: from scratch).")
+    parser.add_argument("--freeze", choices=("none", "encoder"), default=None,
+                        help="encoder: do not train the encoder (contracting path) "
+                             "(= --set model.freeze=encoder) (default: the config's, none).")
     parser.add_argument("--check", action="store_true",
                         help="Only load and check the config (paths, sizes, types), print "
                              "the resolved config and exit (default: off).")
@@ -41,6 +49,8 @@ def add_parser(subparsers):
 
 
 def run(args):
+    import json
+
     import yaml
 
     from fusionnet_tf.training.config import check_config, config_to_dict, load_config
@@ -48,6 +58,10 @@ def run(args):
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.init:
+        overrides.append(f"model.init={json.dumps(args.init)}")  # a YAML string, whatever the path
+    if args.freeze:
+        overrides.append(f"model.freeze={args.freeze}")
     config = load_config(args.config, overrides)
     check_config(config)
     if args.check:

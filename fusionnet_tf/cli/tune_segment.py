@@ -10,11 +10,21 @@ search (random grid points, then one parameter at a time from the best).
 Prints a table of the best settings tried and writes the best as JSON for
 'fusionnet segment --params'. Tune on validation slices, not on the slices you
 report scores for.
+
+With --cv K the slices are split into K contiguous folds: for each fold the
+search runs on the other K-1 folds and its winner is scored on the held-out
+fold. It prints each fold's held-out score and the pooled held-out score (the
+figures to expect on new slices) and writes the setting that scores best by its
+WORST fold among all settings tried (a flat optimum beats one that wins on most
+slices and fails on some). The JSON records the held-out figures, not
+in-sample ones.
 """
 
 EPILOG = """\
 example:
   fusionnet tune-segment --pred val_membranes.tif --labels val_labels.tif -o params.json --budget 80
+  fusionnet tune-segment --pred oof_membranes.tif --labels train-labels.tif -o params.json --cv 5
+  fusionnet tune-segment --pred pred.tif --labels train-labels.tif --slices 20-24 -o params.json
 """
 
 
@@ -43,7 +53,9 @@ def add_parser(subparsers):
     parser.add_argument("--start", metavar="FILE", default=None,
                         help="Parameters to start from (default: the shipped model's).")
     parser.add_argument("--label-convention", choices=LABEL_CONVENTIONS, default="isbi",
-                        help="isbi: 0 = membrane; membrane: nonzero = membrane (default: isbi).")
+                        help="isbi: 0 = membrane; membrane: nonzero = membrane; instance: "
+                             "cell ids, 1-px boundaries where the id changes or is 0 "
+                             "(default: isbi).")
     parser.add_argument("--pred-convention", choices=PRED_CONVENTIONS, default="membrane",
                         help="membrane: high = membrane; isbi: high = cell interior "
                              "(predict --isbi) (default: membrane).")
@@ -52,6 +64,14 @@ def add_parser(subparsers):
     from fusionnet_tf.cli.segment import add_method_argument
 
     add_method_argument(parser)  # affinity files: --labels are then 3D ids, scored in 3D
+    parser.add_argument("--cv", type=int, default=None, metavar="K",
+                        help="Cross-validate over K contiguous folds of slices (K >= 2; "
+                             "--budget settings per fold) and write the setting with the "
+                             "best worst-fold V_rand (default: no cross-validation; tune "
+                             "and report in-sample).")
+    from fusionnet_tf.cli.slices import add_slices_argument
+
+    add_slices_argument(parser, "--labels, and of --pred when it holds the whole stack")
     parser.set_defaults(run=run)
 
 
@@ -73,6 +93,7 @@ def run(args):
 
     from tqdm import tqdm
 
+    from fusionnet_tf.cli.slices import select_matching
     from fusionnet_tf.data import read_labels
     from fusionnet_tf.segmentation import default_params, load_params, save_params
     from fusionnet_tf.segmentation.io import read_membrane
@@ -80,21 +101,30 @@ def run(args):
 
     if args.budget < 1:
         raise ValueError(f"--budget must be >= 1; received {args.budget}")
+    if args.cv is not None and args.cv < 2:
+        raise ValueError(f"--cv must be >= 2 folds; received {args.cv}")
     check_params_output(args)
     from fusionnet_tf.data.affinity_io import affinity_metadata
 
     if affinity_metadata(args.pred) is not None:
         from fusionnet_tf.cli.affinity_segment import run_tune
 
+        for option, value in (("--cv", args.cv), ("--slices", args.slices)):
+            if value is not None:
+                raise ValueError(f"{option} applies to 2D membrane maps; --pred {args.pred} "
+                                 "holds 3D affinities (tuned on the whole volume)")
         return run_tune(args)
     if args.method is not None:
         raise ValueError(f"--method applies to affinity files; --pred {args.pred} is not one")
     start = load_params(args.start) if args.start else default_params()
     labels = read_labels(args.labels, args.label_convention)
     membrane = read_membrane(args.pred, args.pred_convention)
+    labels, membrane = select_matching(labels, membrane, args.slices)
     if labels.shape != membrane.shape:
         raise ValueError(f"--labels {args.labels} has shape {labels.shape} but --pred "
                          f"{args.pred} has {membrane.shape}")
+    if args.cv is not None:
+        return run_cross_validation(args, membrane, labels, start)
     with tqdm(total=args.budget, desc="tune-segment", unit="setting", file=sys.stderr) as bar:
         best, rows = tune(membrane, labels, budget=args.budget, mode=args.mode, start=start,
                           seed=args.seed, callback=lambda row: bar.update(1))
@@ -103,7 +133,35 @@ def run(args):
     save_params(args.output, best, extra={
         "v_rand": top["v_rand"], "v_info": top["v_info"], "mode": args.mode,
         "pred": str(args.pred), "labels": str(args.labels), "slices": int(len(labels)),
-        "settings_tried": len(rows)})
+        "slice_spec": args.slices, "settings_tried": len(rows)})
     print(f"wrote {args.output}: V_rand {top['v_rand']:.4f}, V_info {top['v_info']:.4f}",
           file=sys.stderr)
+    return 0
+
+
+def run_cross_validation(args, membrane, labels, start):
+    """``--cv K``: cross-validated tuning; print the held-out scores, write the choice. Returns 0."""
+    import sys
+
+    from tqdm import tqdm
+
+    from fusionnet_tf.segmentation import save_params
+    from fusionnet_tf.segmentation.tune import CV_RULE_TEXT, cross_validate, format_cv_report
+
+    if args.cv > len(labels):
+        raise ValueError(f"--cv {args.cv}: more folds than the {len(labels)} slices of "
+                         f"--labels {args.labels}")
+    with tqdm(total=args.budget * args.cv, desc="tune-segment --cv", unit="setting",
+              file=sys.stderr) as bar:
+        best, report = cross_validate(membrane, labels, folds=args.cv, budget=args.budget,
+                                      mode=args.mode, start=start, seed=args.seed,
+                                      callback=lambda row: bar.update(1))
+    print(format_cv_report(report))
+    save_params(args.output, best, extra={
+        "cv": dict(report, k=args.cv, rule_text=CV_RULE_TEXT), "mode": args.mode,
+        "pred": str(args.pred), "labels": str(args.labels), "slices": int(len(labels)),
+        "slice_spec": args.slices, "budget_per_fold": args.budget})
+    pooled = report["pooled_held_out"]
+    print(f"wrote {args.output}: pooled held-out V_rand {pooled['v_rand']:.4f}, "
+          f"V_info {pooled['v_info']:.4f}", file=sys.stderr)
     return 0

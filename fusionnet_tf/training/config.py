@@ -24,6 +24,7 @@ import re
 import typing
 from pathlib import Path
 
+from fusionnet_tf.checks import parse_slices  # noqa: F401 (re-exported)
 from fusionnet_tf.data.labels import LABEL_CONVENTIONS
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
 from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
@@ -49,6 +50,14 @@ class ModelConfig:
     ``fc_filters`` (width of fc6/fc7, null = 64 x base_filters) and ``dropout``
     and ignore ``depth``, ``residual_convs`` and ``normalization``;
     FusionNet and U-Net ignore ``fc_filters``.
+
+    Fine-tuning (``fusionnet_tf.training.finetune``): ``init`` is a ``.keras``
+    file or ``isbi2012`` (the shipped model) whose weights the run starts from
+    (its architecture must match; not re-applied when a run resumes);
+    ``freeze`` is ``none`` or ``encoder`` (the contracting path is not
+    trained). With ``init`` set, ``optimizer.learning_rate`` defaults to 1e-4
+    and ``optimizer.warmup_steps`` to 50 (``FINETUNE_DEFAULTS``) unless given
+    explicitly: by ``--set``, or in the same config file that sets ``init``.
     """
 
     architecture: str = "fusionnet"
@@ -59,6 +68,8 @@ class ModelConfig:
     normalization: str = "batch"
     fc_filters: typing.Optional[int] = None
     anisotropic_levels: int = 2  # fusionnet3d: levels with (1,3,3) kernels, (1,2,2) pooling
+    init: typing.Optional[str] = None
+    freeze: str = "none"
 
 
 @dataclasses.dataclass
@@ -70,6 +81,15 @@ class DataConfig:
     default to the training files, so one stack can be split by slices.
     Slice specs are ``"0-19"``, ``"0,2,5-7"``, a list of ints, or null for all
     slices. ``val_slices: null`` with no ``val_images`` means no validation.
+
+    ``label_convention``: ``isbi`` (0 = membrane), ``membrane`` (nonzero =
+    membrane) or ``instance``: one id per cell, 2D or 3D (SNEMI3D: 0 = thin
+    gap, ids often touch), turned into membrane targets
+    ``boundary_width`` pixels wide: a pixel is membrane if its id is 0 or
+    differs from its right/lower neighbour's nonzero id (one side of each
+    touching pair, so the line is 1 px), dilated to ``boundary_width``
+    (``fusionnet_tf.data.labels.instance_boundaries``). ``boundary_width``
+    applies to ``instance`` labels only.
     """
 
     train_images: str = ""
@@ -80,6 +100,7 @@ class DataConfig:
     val_slices: SliceSpec = None
     label_convention: str = "isbi"
     label_threshold: typing.Optional[float] = None
+    boundary_width: int = 1
     normalization: str = "slice"
     tile_size: int = 256
     val_tile_size: typing.Optional[int] = None
@@ -279,9 +300,37 @@ def config_from_dict(mapping):
     Raises:
         ValueError: unknown key, wrong type or invalid choice, naming the key.
     """
-    config = _build(TrainConfig, mapping or {})
+    config = _build(TrainConfig, apply_finetune_defaults(mapping or {}))
     check_values(config)
     return config
+
+
+def apply_finetune_defaults(mapping, explicit=None):
+    """A copy of ``mapping`` with the fine-tuning optimizer defaults when ``model.init`` is set.
+
+    Args:
+        mapping: nested config dict.
+        explicit: set of dotted keys (``"optimizer.learning_rate"``) the user
+            set on purpose; None: the optimizer keys present in ``mapping``.
+
+    Returns:
+        dict; ``optimizer.learning_rate`` / ``optimizer.warmup_steps`` set to
+        ``FINETUNE_DEFAULTS`` unless explicit. Unchanged without ``model.init``.
+    """
+    from fusionnet_tf.training.finetune import FINETUNE_DEFAULTS
+
+    model = mapping.get("model") if isinstance(mapping, dict) else None
+    if not isinstance(model, dict) or not model.get("init"):
+        return mapping
+    mapping = dict(mapping)
+    optimizer = dict(mapping.get("optimizer") or {})
+    if explicit is None:
+        explicit = {f"optimizer.{key}" for key in optimizer}
+    for key, value in FINETUNE_DEFAULTS.items():
+        if f"optimizer.{key}" not in explicit:
+            optimizer[key] = value
+    mapping["optimizer"] = optimizer
+    return mapping
 
 
 def config_to_dict(config):
@@ -392,7 +441,12 @@ def load_config(path=None, overrides=()):
     >>> cfg = load_config("training/configs/smoke.yaml", ["epochs=1"])
     """
     mapping = read_config_file(path) if path is not None else {}
-    return config_from_dict(apply_overrides(mapping, overrides))
+    # fine-tuning defaults yield to --set, and to the optimizer of a file that sets init itself
+    explicit = {".".join(parse_override(text)[0]) for text in overrides or ()}
+    if isinstance(mapping.get("model"), dict) and mapping["model"].get("init"):
+        explicit |= {f"optimizer.{key}" for key in (mapping.get("optimizer") or {})}
+    merged = apply_overrides(mapping, overrides)
+    return config_from_dict(apply_finetune_defaults(merged, explicit))
 
 
 def save_config(config, path):
@@ -418,57 +472,6 @@ def _check_min(key, value, minimum):
         raise ValueError(f"config key '{key}' must be >= {minimum}; received {value!r}")
 
 
-def parse_slices(spec, num_slices, key="slices"):
-    """Turn a slice spec into a sorted list of slice indices.
-
-    Args:
-        spec: None (all slices), an int, a list of ints, or a string such as
-            ``"0-19"``, ``"3"`` or ``"0,2,5-7"`` (ranges include both ends).
-        num_slices: int. Number of slices in the stack, for bounds checks.
-        key: str. Config key named in error messages.
-
-    Returns:
-        list of int in ``[0, num_slices)``.
-
-    Raises:
-        ValueError: malformed spec, empty selection or index out of range.
-
-    Example:
-    >>> parse_slices("0-2,5", 10)
-    [0, 1, 2, 5]
-    """
-    if spec is None:
-        return list(range(num_slices))
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        indices = [spec]
-    elif isinstance(spec, (list, tuple)):
-        indices = list(spec)
-    elif isinstance(spec, str):
-        indices = []
-        for part in spec.replace(" ", "").split(","):
-            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not match:
-                raise ValueError(
-                    f"config key '{key}' must look like '0-19' or '0,2,5-7'; received {spec!r}"
-                )
-            start = int(match.group(1))
-            stop = int(match.group(2)) if match.group(2) is not None else start
-            if stop < start:
-                raise ValueError(f"config key '{key}' has a decreasing range; received {spec!r}")
-            indices.extend(range(start, stop + 1))
-    else:
-        raise ValueError(f"config key '{key}' must be a string or a list of ints; received {spec!r}")
-    if not indices:
-        raise ValueError(f"config key '{key}' selects no slices; received {spec!r}")
-    bad = [i for i in indices if not isinstance(i, int) or not 0 <= i < num_slices]
-    if bad:
-        raise ValueError(
-            f"config key '{key}' selects slice(s) {bad} outside the stack's "
-            f"{num_slices} slices; received {spec!r}"
-        )
-    return sorted(set(indices))
-
-
 def check_values(config):
     """Check choices and ranges of ``config`` (no file system access).
 
@@ -482,9 +485,11 @@ def check_values(config):
     _check_min("model.depth", m.depth, 1)
     _check_min("model.residual_convs", m.residual_convs, 1)
     _check_min("model.fc_filters", m.fc_filters, 1)
+    _check_choice("model.freeze", m.freeze, ("none", "encoder"))
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
     _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)
+    _check_min("data.boundary_width", d.boundary_width, 1)
     _check_choice("data.normalization", d.normalization, INTENSITY_MODES)
     _check_min("data.tile_size", d.tile_size, 1)
     _check_min("data.val_tile_size", d.val_tile_size, 1)

@@ -120,7 +120,7 @@ def load_split(images_spec, labels_spec, slices, key, data):
 
     images = read_stack(images_spec)
     labels = read_labels(labels_spec, convention=data.label_convention,
-                         threshold=data.label_threshold)
+                         threshold=data.label_threshold, boundary_width=data.boundary_width)
     if images.shape != labels.shape:
         raise ValueError(
             f"images {images_spec} have shape {images.shape} but labels "
@@ -255,6 +255,7 @@ def build_and_compile(config):
     (from each replica's share of the batch) and the chief's are saved.
     """
     from fusionnet_tf.models import build_model
+    from fusionnet_tf.training.finetune import freeze
     from fusionnet_tf.training.fit_metrics import fit_metrics
     from fusionnet_tf.training.losses import get_loss
 
@@ -271,6 +272,7 @@ def build_and_compile(config):
         loss = get_loss(config.loss.name, membrane_weight=config.loss.membrane_weight,
                         dice_weight=config.loss.dice_weight, smooth=config.loss.smooth)
         metrics = fit_metrics()
+    freeze(model, m.freeze, m.architecture)  # before compiling: the optimizer skips frozen weights
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.epochs * config.steps_per_epoch),
         loss=loss,
@@ -479,18 +481,22 @@ def train(config, callbacks=(), verbose="auto"):
     from fusionnet_tf.training import callbacks as cb
 
     strategy, batch_size, chief = setup_run(config)
+    init_model = _init_model(config, strategy)
     arrays = load_data(config)
     keras.utils.set_random_seed(config.seed)
     val_ds = make_validation_dataset(config, arrays, batch_size)
+    model, backup = build_for_run(config, strategy, batch_size, Path(config.output_dir))
+    if init_model is not None:  # before anything is written: a mismatch leaves no run folder
+        from fusionnet_tf.training.finetune import initialize_from
+
+        initialize_from(model, init_model, config.model.init)
     out = prepare_output_dir(config, write=chief) if chief else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if chief and config_lib.is_3d(config):
         from fusionnet_tf.training import run3d
 
         run3d.write_offsets_sidecars(config, out)
-
-    model, backup = build_for_run(config, strategy, batch_size, out)
-    epoch, step = backup.restore(model)
+    epoch, step = backup.restore(model)  # after init: a backup's weights always win
     state = cb.read_backup_state(backup.backup_path) or {}
     if chief:
         cb.truncate_csv_log(out / CSV_FILE, epoch)
@@ -513,6 +519,22 @@ def train(config, callbacks=(), verbose="auto"):
         initial_epoch=epoch,
         initial_step=step,
     )
+
+
+def _init_model(config, strategy):
+    """The ``model.init`` model to start from, or None (no init, or a run that resumes).
+
+    A run folder with a backup resumes from its own weights: ``init`` is
+    applied once, when the run starts, never over resumed weights.
+    """
+    from fusionnet_tf.training import callbacks as cb
+    from fusionnet_tf.training.finetune import load_init_model
+
+    if not config.model.init:
+        return None
+    if cb.read_backup_state(_backup_dir(Path(config.output_dir), strategy)) is not None:
+        return None
+    return load_init_model(config.model.init)
 
 
 def _history(csv_path):
