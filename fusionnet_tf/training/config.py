@@ -595,16 +595,24 @@ def check_config(config):
         )
 
 
-def check_augment(augment):
-    """Check the ``augment`` section against ``AugmentConfig`` (imports TensorFlow).
+def check_augment(augment, volume=False):
+    """Check the ``augment`` section against its dataclass (imports TensorFlow).
+
+    Args:
+        augment: the config's ``augment`` mapping or dataclass.
+        volume: bool. A 3D (``fusionnet3d``) run: ``Augment3DConfig``;
+            otherwise ``AugmentConfig``.
 
     Raises:
         ValueError: unknown option or bad value, prefixed with the config key.
     """
-    from fusionnet_tf.data.augment import as_augment_config
+    if volume:
+        from fusionnet_tf.data.pipeline3d import as_augment3d_config as as_config
+    else:
+        from fusionnet_tf.data.augment import as_augment_config as as_config
 
     try:
-        return as_augment_config(augment)
+        return as_config(augment)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config key 'augment': {exc}") from None
 
@@ -674,18 +682,4 @@ def check_config_3d(config):
     if config.checkpoint_monitor in ("dice", "val_dice"):
         raise ValueError(f"config key 'checkpoint_monitor' must be 'loss' or 'val_loss' for "
                          f"{m.architecture}; received {config.checkpoint_monitor!r}")
-    check_augment_3d(config.augment)
-
-
-def check_augment_3d(augment):
-    """Check the ``augment`` section against ``Augment3DConfig`` (imports TensorFlow).
-
-    Raises:
-        ValueError: unknown option or bad value, prefixed with the config key.
-    """
-    from fusionnet_tf.data.pipeline3d import as_augment3d_config
-
-    try:
-        return as_augment3d_config(augment)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config key 'augment': {exc}") from None
+    check_augment(config.augment, volume=True)

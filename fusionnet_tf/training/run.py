@@ -135,16 +135,15 @@ def load_data(config):
 
     Validation arrays are None when the config defines no validation data.
     """
+    split = load_split
     if config_lib.is_3d(config):
-        from fusionnet_tf.training import run3d
-
-        return run3d.load_data(config)
+        from fusionnet_tf.training.run3d import load_split as split
     d = config.data
-    train = load_split(d.train_images, d.train_labels, d.train_slices, "data.train_slices", d)
+    train = split(d.train_images, d.train_labels, d.train_slices, "data.train_slices", d)
     if not config_lib.has_validation(config):
         return (*train, None, None)
-    val = load_split(d.val_images or d.train_images, d.val_labels or d.train_labels,
-                     d.val_slices, "data.val_slices", d)
+    val = split(d.val_images or d.train_images, d.val_labels or d.train_labels,
+                d.val_slices, "data.val_slices", d)
     return (*train, *val)
 
 

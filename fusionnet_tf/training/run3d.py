@@ -34,24 +34,13 @@ def load_split(images_spec, labels_spec, slices, key, data):
             np.asarray(labels[index]))
 
 
-def load_data(config):
-    """``(train_images, train_labels, val_images, val_labels)``; validation None without it."""
-    d = config.data
-    train = load_split(d.train_images, d.train_labels, d.train_slices, "data.train_slices", d)
-    if not config_lib.has_validation(config):
-        return (*train, None, None)
-    val = load_split(d.val_images or d.train_images, d.val_labels or d.train_labels,
-                     d.val_slices, "data.val_slices", d)
-    return (*train, *val)
-
-
 def make_train_stream(config, arrays, batch_size, start_batch=0):
     """The endless 3D training dataset, starting at batch ``start_batch``."""
     from fusionnet_tf.data.pipeline3d import train_dataset_3d
 
     return train_dataset_3d(arrays[0], arrays[1], config.data.patch_shape, batch_size,
                             offsets=config_lib.affinity_offsets(config),
-                            augment=config_lib.check_augment_3d(config.augment),
+                            augment=config_lib.check_augment(config.augment, volume=True),
                             seed=config.seed, start_batch=start_batch)
 
 
