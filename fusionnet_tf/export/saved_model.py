@@ -230,6 +230,23 @@ def is_3d_model(model):
     return isinstance(shape, tuple) and len(shape) == 5
 
 
+# formats that take 3D affinity models (5D input); the others are 2D runtimes
+FORMATS_3D = ("saved_model", "onnx", "bioimageio")
+
+
+def refuse_3d_message(runtime):
+    """One line: ``runtime`` exports 2D models only, and which formats take 3D ones."""
+    return (f"--format {runtime} exports 2D models only; a 3D affinity model (input (B, Z, Y, "
+            f"X, 1)) exports with --format {', '.join(FORMATS_3D)}")
+
+
+def check_2d_model(model, runtime):
+    """ValueError (``refuse_3d_message``) if ``model`` is 3D; the 2D-only exporters call it."""
+    if is_3d_model(model):
+        raise ValueError(refuse_3d_message(runtime))
+    return model
+
+
 def write_offsets_sidecar(path, offsets):
     """Write ``{"offsets": [[dz, dy, dx], ...]}`` to ``path`` atomically; return the path.
 
@@ -354,18 +371,23 @@ def export_plain_saved_model(model, path, endpoints=("serving_default",)):
         endpoints: names of the endpoints, each the same function returning
             ``{"membrane_probability": (B, H, W, 1) float32}``. Defaults to
             ``("serving_default",)``; bioimage.io bundles add ``"serve"``,
-            the endpoint ``keras.layers.TFSMLayer`` calls by default.
+            the endpoint ``keras.layers.TFSMLayer`` calls by default. A 3D
+            model's endpoints take (B, Z, Y, X, 1) and return
+            ``{"affinities": (B, Z, Y, X, C)}``.
 
     Returns:
         Path of the SavedModel folder.
     """
+    output_name = AFFINITY_OUTPUT_NAME if is_3d_model(model) else OUTPUT_NAME
+    rank = len(model.input_shape)
+
     def serve(image):
-        return {OUTPUT_NAME: tf.cast(model(image, training=False), tf.float32)}
+        return {output_name: tf.cast(model(image, training=False), tf.float32)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     for endpoint in endpoints:
         archive.add_endpoint(endpoint, serve, input_signature=[
-            tf.TensorSpec([None, None, None, 1], tf.float32, name="image")])
+            tf.TensorSpec([None] * (rank - 1) + [1], tf.float32, name="image")])
     archive.write_out(str(path), verbose=False)
     return Path(path)
