@@ -37,8 +37,9 @@ from fusionnet_tf.io_utils import atomic_path
 
 INPUT_ID = bio.INPUT_ID
 OUTPUT_ID = "affinities"
-# Measurement tiles (z, yx) tried in turn (rounded up to twice the input multiples).
-HALO_TILES_3D = ((8, 64), (16, 128), (32, 256))
+# Measurement tiles (z, yx) tried in turn (rounded up to twice the input multiples); z
+# grows with yx because (3, 3, 3) levels give 3D FusionNets a deep receptive field in z.
+HALO_TILES_3D = ((16, 64), (32, 128), (64, 256))
 # (z, yx) of the test tensor (rounded up to a size the package accepts).
 TEST_SHAPE_3D = (8, 128)
 BASE_TAGS_3D = ("electron-microscopy", "affinities", "instance-segmentation", "connectomics",

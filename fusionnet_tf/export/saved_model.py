@@ -193,8 +193,8 @@ class FusionNet3DExportModule:
         return tf.TensorSpec([None, None, None, None, 1], tf.float32, name="image")
 
     def _check_multiples(self, image):
-        message = (f"image Z, Y and X must be multiples of {self.multiples} (the model's "
-                   "pooling); pad or crop")
+        zm, ym, xm = self.multiples
+        message = f"image Z, Y and X must be multiples of {zm}, {ym}, {xm} (pooling); pad or crop"
         shape = tf.shape(image)
         checks = [tf.debugging.assert_equal(shape[axis + 1] % multiple, 0, message=message)
                   for axis, multiple in enumerate(self.multiples)]
