@@ -188,32 +188,34 @@ def export_onnx(args, model, extra):
                        offsets=extra.get("offsets"))
 
 
-def check_3d_format(args):
-    """A 3D --model with a 2D-only --format: one-line error before anything is loaded."""
+def check_3d_model(args):
+    """The offsets of a 3D --model (None for 2D), checked before anything is loaded.
+
+    A 3D model read from a ``.keras`` file (its config only) with a 2D-only
+    --format, or without its ``MODEL.offsets.json``, is a one-line error.
+    """
     from pathlib import Path
 
     from fusionnet_tf.cli import CommandError
-    from fusionnet_tf.export.saved_model import FORMATS_3D, refuse_3d_message
+    from fusionnet_tf.export.model_card import FORMATS_3D, refuse_3d_message
     from fusionnet_tf.inference.predictor import model_file_spatial_dims
 
     path = Path(args.model)
-    if args.format in FORMATS_3D or args.model == "pretrained" or not path.is_file():
-        return
-    if model_file_spatial_dims(path) == 3:
+    if args.model == "pretrained" or not path.is_file() or model_file_spatial_dims(path) != 3:
+        return None
+    if args.format not in FORMATS_3D:
         raise CommandError(f"--model {args.model}: {refuse_3d_message(args.format)}")
+    return model_offsets(path)
 
 
-def model_offsets(model, model_path):
-    """The offsets of a 3D --model from its MODEL.offsets.json (None for 2D models).
+def model_offsets(model_path):
+    """The offsets in a 3D model's MODEL.offsets.json.
 
     Raises:
-        ValueError: a 3D model without the sidecar (every 3D export carries its offsets).
+        ValueError: no sidecar (every 3D export carries its offsets).
     """
-    from fusionnet_tf.export.saved_model import is_3d_model
     from fusionnet_tf.inference.predictor import model_offsets_path, read_model_offsets
 
-    if not is_3d_model(model):
-        return None
     offsets = read_model_offsets(model_path)
     if offsets is None:
         raise ValueError(f"--model {model_path} is a 3D affinity model without its offsets "
@@ -291,9 +293,10 @@ def run(args):
     from tqdm import tqdm
 
     from fusionnet_tf.cli import CommandError
+    from fusionnet_tf.export.model_card import is_3d_model
 
     check_args(args)
-    check_3d_format(args)
+    offsets = check_3d_model(args)
     if args.format == "tensorrt":
         from fusionnet_tf.export.tensorrt import tensorrt_missing_reason
 
@@ -311,7 +314,8 @@ def run(args):
             args.name = default_name(args.format, model, model_path)
         bar.update()
         extra = card_extra(args, model_path)
-        offsets = model_offsets(model, model_path)
+        if offsets is None and is_3d_model(model):  # a 3D model whose file did not say so
+            offsets = model_offsets(model_path)
         if offsets is not None:
             extra["offsets"] = [list(o) for o in offsets]
         path = export(args, model, extra)

@@ -827,7 +827,7 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
                                                 write_model_card)
     from fusionnet_tf.pretrained import example_path
 
-    from fusionnet_tf.export.saved_model import is_3d_model
+    from fusionnet_tf.export.model_card import is_3d_model
 
     if is_3d_model(model):
         from fusionnet_tf.export.bioimageio3d import export_bioimageio_3d

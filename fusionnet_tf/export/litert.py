@@ -127,7 +127,8 @@ def export_litert(model, output_dir, name="fusionnet", quant_type="none",
         ValueError: a 3D model (5D input); LiteRT exports are 2D only.
     """
     from fusionnet_tf.export.model_card import build_model_card, card_path_for, write_model_card
-    from fusionnet_tf.export.saved_model import check_2d_model, export_plain_saved_model
+    from fusionnet_tf.export.model_card import check_2d_model
+    from fusionnet_tf.export.saved_model import export_plain_saved_model
 
     check_2d_model(model, "litert")
     check_quant_type(quant_type)

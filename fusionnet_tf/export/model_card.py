@@ -101,6 +101,29 @@ def detect_architecture(model):
     return model.name if model.name in ARCHITECTURES else None
 
 
+def is_3d_model(model):
+    """True for a Keras model with a 5D input (B, Z, Y, X, C): a 3D affinity model."""
+    shape = model.input_shape
+    return isinstance(shape, tuple) and len(shape) == 5
+
+
+# formats that take 3D affinity models (5D input); the others are 2D runtimes
+FORMATS_3D = ("saved_model", "onnx", "bioimageio")
+
+
+def refuse_3d_message(runtime):
+    """One line: ``runtime`` exports 2D models only, and which formats take 3D ones."""
+    return (f"--format {runtime} exports 2D models only; a 3D affinity model (input (B, Z, Y, "
+            f"X, 1)) exports with --format {', '.join(FORMATS_3D)}")
+
+
+def check_2d_model(model, runtime):
+    """ValueError (``refuse_3d_message``) if ``model`` is 3D; the 2D-only exporters call it."""
+    if is_3d_model(model):
+        raise ValueError(refuse_3d_message(runtime))
+    return model
+
+
 def input_multiples_3d(model):
     """(z, y, x) multiples a 3D model's input needs: the product of its pooling strides per axis."""
     from keras import layers

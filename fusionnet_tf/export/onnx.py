@@ -50,7 +50,8 @@ def export_onnx(model, output_dir, name="fusionnet", card_extra=None, offsets=No
     # An explicit signature: a model fresh from a .keras file counts as "never called".
     import tensorflow as tf
 
-    from fusionnet_tf.export.saved_model import is_3d_model, write_offsets_sidecar
+    from fusionnet_tf.export.model_card import is_3d_model
+    from fusionnet_tf.export.saved_model import write_offsets_sidecar
     from fusionnet_tf.inference.affinity_tta import check_offsets
     from fusionnet_tf.inference.predictor import model_offsets_path
 

@@ -40,9 +40,9 @@ import tensorflow as tf
 
 from fusionnet_tf.checks import check_int
 from fusionnet_tf.export import whole_image
-from fusionnet_tf.export.model_card import (AFFINITY_OUTPUT_NAME, build_model_card,
-                                            input_multiples_3d, offsets_field,
-                                            write_model_card)
+from fusionnet_tf.export.model_card import (  # noqa: F401  (FORMATS_3D, ... re-exported)
+    AFFINITY_OUTPUT_NAME, FORMATS_3D, build_model_card, check_2d_model, input_multiples_3d,
+    is_3d_model, offsets_field, refuse_3d_message, write_model_card)
 from fusionnet_tf.inference import tiling
 from fusionnet_tf.models import input_multiple, model_depth
 
@@ -222,29 +222,6 @@ class FusionNet3DExportModule:
             "input_multiple": list(self.multiples)}
 
     archive = FusionNetExportModule.archive
-
-
-def is_3d_model(model):
-    """True for a Keras model with a 5D input (B, Z, Y, X, C): a 3D affinity model."""
-    shape = model.input_shape
-    return isinstance(shape, tuple) and len(shape) == 5
-
-
-# formats that take 3D affinity models (5D input); the others are 2D runtimes
-FORMATS_3D = ("saved_model", "onnx", "bioimageio")
-
-
-def refuse_3d_message(runtime):
-    """One line: ``runtime`` exports 2D models only, and which formats take 3D ones."""
-    return (f"--format {runtime} exports 2D models only; a 3D affinity model (input (B, Z, Y, "
-            f"X, 1)) exports with --format {', '.join(FORMATS_3D)}")
-
-
-def check_2d_model(model, runtime):
-    """ValueError (``refuse_3d_message``) if ``model`` is 3D; the 2D-only exporters call it."""
-    if is_3d_model(model):
-        raise ValueError(refuse_3d_message(runtime))
-    return model
 
 
 def write_offsets_sidecar(path, offsets):

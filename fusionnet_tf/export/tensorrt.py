@@ -100,7 +100,7 @@ def export_tensorrt(model, output_dir, name="fusionnet", route="tf-trt", precisi
     Example:
     >>> export_tensorrt(model, "trt", route="onnx", precision="fp16")
     """
-    from fusionnet_tf.export.saved_model import check_2d_model
+    from fusionnet_tf.export.model_card import check_2d_model
 
     check_2d_model(model, "tensorrt")
     _check_args(route, precision, tile_size, batch_size)
