@@ -103,7 +103,7 @@ def detect_architecture(model):
 
 def is_3d_model(model):
     """True for a Keras model with a 5D input (B, Z, Y, X, C): a 3D affinity model."""
-    shape = model.input_shape
+    shape = getattr(model, "input_shape", None)
     return isinstance(shape, tuple) and len(shape) == 5
 
 
