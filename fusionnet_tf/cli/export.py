@@ -177,13 +177,51 @@ def export_saved_model(args, model, extra):
     from fusionnet_tf.export.saved_model import export_saved_model
 
     return export_saved_model(model, args.output, args.name, args.version, args.tile_size,
-                              args.overlap, args.batch_size, card_extra=extra)
+                              args.overlap, args.batch_size, card_extra=extra,
+                              offsets=extra.get("offsets"))
 
 
 def export_onnx(args, model, extra):
     from fusionnet_tf.export.onnx import export_onnx
 
-    return export_onnx(model, args.output, args.name, card_extra=extra)
+    return export_onnx(model, args.output, args.name, card_extra=extra,
+                       offsets=extra.get("offsets"))
+
+
+def check_3d_model(args):
+    """The offsets of a 3D --model (None for 2D), checked before anything is loaded.
+
+    A 3D model read from a ``.keras`` file (its config only) with a 2D-only
+    --format, or without its ``MODEL.offsets.json``, is a one-line error.
+    """
+    from pathlib import Path
+
+    from fusionnet_tf.cli import CommandError
+    from fusionnet_tf.export.model_card import FORMATS_3D, refuse_3d_message
+    from fusionnet_tf.inference.predictor import model_file_spatial_dims
+
+    path = Path(args.model)
+    if args.model == "pretrained" or not path.is_file() or model_file_spatial_dims(path) != 3:
+        return None
+    if args.format not in FORMATS_3D:
+        raise CommandError(f"--model {args.model}: {refuse_3d_message(args.format)}")
+    return model_offsets(path)
+
+
+def model_offsets(model_path):
+    """The offsets in a 3D model's MODEL.offsets.json.
+
+    Raises:
+        ValueError: no sidecar (every 3D export carries its offsets).
+    """
+    from fusionnet_tf.inference.predictor import model_offsets_path, read_model_offsets
+
+    offsets = read_model_offsets(model_path)
+    if offsets is None:
+        raise ValueError(f"--model {model_path} is a 3D affinity model without its offsets "
+                         f"file {model_offsets_path(model_path)} ({{\"offsets\": [[dz, dy, "
+                         "dx], ...]}, written by training); exports carry the offsets")
+    return offsets
 
 
 def export_litert(args, model, extra):
@@ -220,7 +258,8 @@ def export_bioimageio(args, model, extra):
     return export_bioimageio(model, args.output, args.name, model_card=model_card,
                              test=not args.no_bioimageio_test, card_extra=extra,
                              shipped=shipped, description=args.description,
-                             training_data=args.training_data, tags=tags, authors=args.author)
+                             training_data=args.training_data, tags=tags, authors=args.author,
+                             offsets=extra.get("offsets"))
 
 
 # --format -> function(args, model, card_extra) returning the artifact path
@@ -254,8 +293,10 @@ def run(args):
     from tqdm import tqdm
 
     from fusionnet_tf.cli import CommandError
+    from fusionnet_tf.export.model_card import is_3d_model
 
     check_args(args)
+    offsets = check_3d_model(args)
     if args.format == "tensorrt":
         from fusionnet_tf.export.tensorrt import tensorrt_missing_reason
 
@@ -272,7 +313,12 @@ def run(args):
         if args.name is None:
             args.name = default_name(args.format, model, model_path)
         bar.update()
-        path = export(args, model, card_extra(args, model_path))
+        extra = card_extra(args, model_path)
+        if offsets is None and is_3d_model(model):  # a 3D model whose file did not say so
+            offsets = model_offsets(model_path)
+        if offsets is not None:
+            extra["offsets"] = [list(o) for o in offsets]
+        path = export(args, model, extra)
         bar.update()
     print(path)
     return 0

@@ -176,7 +176,8 @@ def _display_name(name, title):
 
 
 def package_metadata(model, name, shipped=False, description=None, training_data=None,
-                     tags=(), authors=None, formats=WEIGHT_FORMATS):
+                     tags=(), authors=None, formats=WEIGHT_FORMATS, base_tags=BASE_TAGS,
+                     derived=None):
     """What a package states about its model: its card, the user's words, the shipped defaults.
 
     The architecture (title, description, paper, tags) comes from the model's
@@ -200,6 +201,9 @@ def package_metadata(model, name, shipped=False, description=None, training_data
         authors: list of author names. None: ``SHIPPED``'s for the shipped
             model, else ``UNKNOWN_AUTHORS``.
         formats: weight formats in the package (``onnx`` adds its tag).
+        base_tags: the task's tags (default ``BASE_TAGS``, 2D membranes).
+        derived: the default description (None: one for 2D membrane maps
+            naming the architecture).
 
     Returns:
         dict with ``architecture`` (``ARCHITECTURES`` key or None),
@@ -223,9 +227,10 @@ def package_metadata(model, name, shipped=False, description=None, training_data
     if description is not None and (not isinstance(description, str) or not description.strip()):
         raise ValueError(f"`description` must be a non-empty string; received {description!r}")
     extra = SHIPPED if shipped else {}
-    derived = (f"Cell-membrane probability maps for 2D electron-microscopy images ({title}, base "
-               f"{knobs['base_filters']}, depth {knobs['depth']}), exported by fusionnet-tf.")
-    tag_list = [*BASE_TAGS, *(family["tags"] if family else ()),
+    derived = derived or (f"Cell-membrane probability maps for 2D electron-microscopy images "
+                          f"({title}, base {knobs['base_filters']}, depth {knobs['depth']}), "
+                          "exported by fusionnet-tf.")
+    tag_list = [*base_tags, *(family["tags"] if family else ()),
                 *(("onnx",) if "onnx" in formats else ()), *extra.get("tags", ()),
                 *(str(tag).strip() for tag in tags)]
     return {
@@ -527,7 +532,7 @@ def _axes(spec, size, halo=None):
     return [spec.BatchAxis(), *space, spec.ChannelAxis(channel_names=[spec.Identifier(channel)])]
 
 
-def _weights(spec, files, formats):
+def _weights(spec, files, formats, output_id=OUTPUT_ID):
     import keras
     import tensorflow as tf
 
@@ -539,7 +544,7 @@ def _weights(spec, files, formats):
         entries["tensorflow_saved_model_bundle"] = spec.TensorflowSavedModelBundleWeightsDescr(
             source=files["tensorflow_saved_model_bundle"], tensorflow_version=tf_version,
             parent="keras_v3", comment="zipped SavedModel; endpoints 'serve' and "
-            f"'serving_default' return {{'{OUTPUT_ID}': tensor}}")
+            f"'serving_default' return {{'{output_id}': tensor}}")
     if "onnx" in formats:
         entries["onnx"] = spec.OnnxWeightsDescr(
             source=files["onnx"], opset_version=files["opset"], parent="keras_v3",
@@ -764,8 +769,12 @@ def read_package_description(path):
 def export_bioimageio(model, output_dir, name="fusionnet", example=None,
                       weight_formats=WEIGHT_FORMATS, model_card=None, authors=None,
                       license="MIT", test=True, card_extra=None, shipped=False,
-                      description=None, training_data=None, tags=()):
+                      description=None, training_data=None, tags=(), offsets=None):
     """Write ``<output_dir>/<name>.zip``, a bioimage.io model package (format 0.5).
+
+    A 3D affinity model (input (B, Z, Y, X, 1)) is packaged by
+    ``bioimageio3d.export_bioimageio_3d`` (z, y, x axes, one output channel
+    per offset, ``offsets`` required); ``shipped`` does not apply to it.
 
     Args:
         model: ``keras.Model`` (B, H, W, 1) float32 in [0, 1] -> (B, H, W, 1)
@@ -790,6 +799,7 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
             data citations (``SHIPPED``). Defaults to False.
         description, training_data, tags: what the package says about the
             model (``package_metadata``); by default derived from the model.
+        offsets: 3D affinity models only: their (dz, dy, dx) offsets.
 
     Returns:
         Path of the ``.zip``; the usual JSON model card is written next to it
@@ -817,6 +827,18 @@ def export_bioimageio(model, output_dir, name="fusionnet", example=None,
                                                 write_model_card)
     from fusionnet_tf.pretrained import example_path
 
+    from fusionnet_tf.export.model_card import is_3d_model
+
+    if is_3d_model(model):
+        from fusionnet_tf.export.bioimageio3d import export_bioimageio_3d
+
+        return export_bioimageio_3d(
+            model, output_dir, name, offsets, example, weight_formats, model_card, authors,
+            license, test, card_extra, shipped=shipped, description=description,
+            training_data=training_data, tags=tags)
+    if offsets is not None:
+        raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); this "
+                         "model takes 2D (B, H, W, 1) inputs")
     check_name(name)
     formats = check_weight_formats(weight_formats)
     check_model(model)
@@ -869,7 +891,9 @@ def load_package_model(path):
     """The ``keras.Model`` of a bioimage.io package's ``keras_v3`` weights.
 
     Only packages that ``fusionnet predict`` can run exactly are accepted:
-    one input and one output with axes (batch, y, x, channel), one channel,
+    one input and one output with axes (batch, y, x, channel) (or (batch, z,
+    y, x, channel): a 3D affinity model, its offsets in ``NAME.offsets.json``
+    beside the package), one input channel,
     and either no preprocessing or per-sample min-max (``scale_range`` 0-100
     over y, x), which is ``--normalization slice``. Reads ``rdf.yaml`` with
     PyYAML; bioimageio.spec is not needed.
@@ -904,9 +928,13 @@ def _check_package_layout(description, path):
     for tensor in (inputs[0], outputs[0]):
         axes = [axis.get("type") for axis in tensor.get("axes") or []]
         ids = [axis.get("id", axis.get("type")) for axis in tensor.get("axes") or []]
-        if axes != ["batch", "space", "space", "channel"] or ids[1:3] != ["y", "x"]:
+        planar = axes == ["batch", "space", "space", "channel"] and ids[1:3] == ["y", "x"]
+        volume = (axes == ["batch", "space", "space", "space", "channel"]
+                  and ids[1:4] == ["z", "y", "x"])
+        if not (planar or volume):
             raise ValueError(f"bioimage.io package {path}: tensor {tensor.get('id')!r} has axes "
-                             f"{ids}; fusionnet predict needs (batch, y, x, channel)")
+                             f"{ids}; fusionnet predict needs (batch, y, x, channel) or (batch, "
+                             "z, y, x, channel)")
     for step in inputs[0].get("preprocessing") or []:
         kwargs = step.get("kwargs") or {}
         if step.get("id") == "ensure_dtype":

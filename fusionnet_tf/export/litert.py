@@ -122,10 +122,15 @@ def export_litert(model, output_dir, name="fusionnet", quant_type="none",
 
     Returns:
         Path of the ``.tflite`` file.
+
+    Raises:
+        ValueError: a 3D model (5D input); LiteRT exports are 2D only.
     """
     from fusionnet_tf.export.model_card import build_model_card, card_path_for, write_model_card
+    from fusionnet_tf.export.model_card import check_2d_model
     from fusionnet_tf.export.saved_model import export_plain_saved_model
 
+    check_2d_model(model, "litert")
     check_quant_type(quant_type)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

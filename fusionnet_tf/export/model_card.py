@@ -15,6 +15,7 @@ from fusionnet_tf.io_utils import atomic_path
 
 NORMALIZATION = ("per-slice min-max to float32 [0, 1]: (x - min) / (max - min), constant "
                  "slices -> 0; fusionnet_tf.data.normalize(stack, mode='slice')")
+AFFINITY_OUTPUT_NAME = "affinities"
 OUTPUT_CONVENTION = ("float32 sigmoid membrane probability in [0, 1]; 1 = membrane, "
                      "0 = cell interior")
 # File names looked for next to a .keras model when no training config is given.
@@ -100,24 +101,62 @@ def detect_architecture(model):
     return model.name if model.name in ARCHITECTURES else None
 
 
+def is_3d_model(model):
+    """True for a Keras model with a 5D input (B, Z, Y, X, C): a 3D affinity model."""
+    shape = getattr(model, "input_shape", None)
+    return isinstance(shape, tuple) and len(shape) == 5
+
+
+# formats that take 3D affinity models (5D input); the others are 2D runtimes
+FORMATS_3D = ("saved_model", "onnx", "bioimageio")
+
+
+def refuse_3d_message(runtime):
+    """One line: ``runtime`` exports 2D models only, and which formats take 3D ones."""
+    return (f"--format {runtime} exports 2D models only; a 3D affinity model (input (B, Z, Y, "
+            f"X, 1)) exports with --format {', '.join(FORMATS_3D)}")
+
+
+def check_2d_model(model, runtime):
+    """ValueError (``refuse_3d_message``) if ``model`` is 3D; the 2D-only exporters call it."""
+    if is_3d_model(model):
+        raise ValueError(refuse_3d_message(runtime))
+    return model
+
+
+def input_multiples_3d(model):
+    """(z, y, x) multiples a 3D model's input needs: the product of its pooling strides per axis."""
+    from keras import layers
+
+    multiples = [1, 1, 1]
+    for layer in model.layers:
+        if isinstance(layer, (layers.MaxPooling3D, layers.AveragePooling3D)):
+            multiples = [m * int(s) for m, s in zip(multiples, layer.strides)]
+    return tuple(multiples)
+
+
 def architecture_knobs(model):
     """Architecture name, family, base filters, depth and parameter count of a built model.
 
     ``architecture`` is the Keras model's name; ``family`` its
-    ``ARCHITECTURES`` key (``detect_architecture``) or None.
+    ``ARCHITECTURES`` key (``detect_architecture``) or None; ``input_multiple``
+    an int (2D) or the [z, y, x] multiples of a 3D model.
     """
     from keras import layers
 
     from fusionnet_tf.models import input_multiple, model_depth
 
-    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    convs = [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.Conv3D))]
+    multiple = input_multiple(model)
+    if len(model.input_shape) == 5:  # 3D: (z, y, x) multiples
+        multiple = list(input_multiples_3d(model))
     return {
         "architecture": model.name,
         "family": detect_architecture(model),
         "base_filters": int(convs[0].filters) if convs else None,
         "depth": model_depth(model),
         "parameters": int(model.count_params()),
-        "input_multiple": input_multiple(model),
+        "input_multiple": multiple,
     }
 
 
@@ -177,11 +216,36 @@ def build_model_card(model, fmt, artifact, signatures=None, quantization="none",
         "training_config_sha256": None,
         "versions": library_versions(),
     }
+    if len(model.input_shape) == 5:  # a 3D affinity model; its offsets come in ``extra``
+        card.update(affinity_card_fields(model, (extra or {}).get("offsets")))
     if training_config is not None:
         card["training_config"] = str(training_config)
         card["training_config_sha256"] = file_sha256(training_config)
     card.update(extra or {})
     return card
+
+
+def affinity_card_fields(model, offsets):
+    """Model card fields of a 3D affinity model: input/output spec, offsets, input multiple."""
+    channels = int(model.output_shape[-1])
+    zm, ym, xm = input_multiples_3d(model)
+    return {
+        "input": {"name": "image", "dtype": "float32", "layout": "NDHWC",
+                  "shape": ["batch", "Z", "Y", "X", 1],
+                  "constraint": f"Z, Y, X multiples of {zm}, {ym}, {xm}", "range": [0.0, 1.0]},
+        "output": {"name": AFFINITY_OUTPUT_NAME, "dtype": "float32",
+                   "shape": ["batch", "Z", "Y", "X", channels],
+                   "convention": "float32 sigmoid affinity in [0, 1]; channel c = probability "
+                                 "that voxel p and p + offsets[c] belong to the same object"},
+        "offsets": None if offsets is None else [[int(v) for v in o] for o in offsets],
+        "input_multiple_zyx": [zm, ym, xm],
+    }
+
+
+def offsets_field(holder):
+    """``{"offsets": [[dz, dy, dx], ...]}`` of an object with known ``offsets``, else ``{}``."""
+    offsets = getattr(holder, "offsets", None)
+    return {} if offsets is None else {"offsets": [[int(v) for v in o] for o in offsets]}
 
 
 def card_path_for(artifact):

@@ -2,6 +2,9 @@
 
 Checked with onnxruntime on CPU: matches Keras within 1e-5. The graph keeps
 dynamic (batch, H, W); the input is named ``image``, float32 NHWC in [0, 1].
+A 3D affinity model exports the same way with a 5D input (batch, Z, Y, X, 1)
+-> (batch, Z, Y, X, C) NDHWC, and its offsets go to ``NAME.offsets.json``
+beside ``NAME.onnx`` (where ``Predictor`` reads them) and the model card.
 """
 
 from pathlib import Path
@@ -13,7 +16,7 @@ from fusionnet_tf.io_utils import atomic_path
 TOLERANCE = "max abs difference <= 1e-5 (onnxruntime CPU)"
 
 
-def export_onnx(model, output_dir, name="fusionnet", card_extra=None):
+def export_onnx(model, output_dir, name="fusionnet", card_extra=None, offsets=None):
     """Export ``model`` to ``<output_dir>/<name>.onnx`` plus a model card.
 
     Args:
@@ -21,6 +24,9 @@ def export_onnx(model, output_dir, name="fusionnet", card_extra=None):
         output_dir: str or Path (created if missing).
         name: str. File stem. Defaults to ``"fusionnet"``.
         card_extra: optional dict merged into the model card.
+        offsets: 3D affinity models (5D input) only: their C (dz, dy, dx)
+            offsets, written to ``<output_dir>/<name>.offsets.json`` and the
+            model card (None: unknown, no sidecar).
 
     Returns:
         Path of the ``.onnx`` file.
@@ -44,10 +50,24 @@ def export_onnx(model, output_dir, name="fusionnet", card_extra=None):
     # An explicit signature: a model fresh from a .keras file counts as "never called".
     import tensorflow as tf
 
-    signature = [tf.TensorSpec([None, None, None, model.input_shape[-1]], tf.float32,
+    from fusionnet_tf.export.model_card import is_3d_model
+    from fusionnet_tf.export.saved_model import write_offsets_sidecar
+    from fusionnet_tf.inference.affinity_tta import check_offsets
+    from fusionnet_tf.inference.predictor import model_offsets_path
+
+    if offsets is not None:
+        if not is_3d_model(model):
+            raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); "
+                             "this model takes 2D (B, H, W, 1) inputs")
+        offsets = check_offsets(offsets, model.output_shape[-1])
+    rank = len(model.input_shape)
+    signature = [tf.TensorSpec([None] * (rank - 1) + [model.input_shape[-1]], tf.float32,
                                name="image")]
     with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
         model.export(str(tmp), format="onnx", verbose=False, input_signature=signature)
+    if offsets is not None:
+        write_offsets_sidecar(model_offsets_path(path), offsets)
+        card_extra = dict(card_extra or {}, offsets=[list(o) for o in offsets])
     card = build_model_card(model, "onnx", path.name, tolerance=TOLERANCE, extra=card_extra)
     card["runtime"] = "onnxruntime (CPUExecutionProvider) or TensorRT"
     write_model_card(card, card_path_for(path))
@@ -59,24 +79,29 @@ def onnx_input_multiple(path):
 
     H and W must be multiples of it, and tiles aligned to it see the pooling
     grid of the whole image (``fusionnet_tf.models.input_multiple`` of the
-    Keras model). None if the ``onnx`` package is missing.
+    Keras model). A 3D graph (3D pooling) gives the (z, y, x) multiples as a
+    tuple. None if the ``onnx`` package is missing.
     """
     try:
         import onnx
     except ImportError:
         return None
-    multiple = 1
+    multiples = None
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         if node.op_type in ("MaxPool", "AveragePool"):
-            strides = [list(attr.ints) for attr in node.attribute if attr.name == "strides"]
-            multiple *= strides[0][0] if strides and strides[0] else 1
-    return multiple
+            strides = next((list(attr.ints) for attr in node.attribute if attr.name == "strides"),
+                           None) or [1]
+            multiples = [m * int(s) for m, s in zip(multiples or [1] * len(strides), strides)]
+    if multiples is None:
+        return 1
+    return tuple(multiples) if len(multiples) == 3 else multiples[0]
 
 
 class OnnxRunner:
-    """Run an ``.onnx`` membrane model with onnxruntime on float32 batches.
+    """Run an ``.onnx`` membrane (or 3D affinity) model with onnxruntime on float32 batches.
 
-    ``input_multiple`` (int or None): see ``onnx_input_multiple``.
+    ``input_multiple`` (int, (z, y, x) for 3D, or None): see
+    ``onnx_input_multiple``; ``spatial_dims``: 2, or 3 for a 5D input.
 
     Args:
         path: str or Path of the ``.onnx`` file.
@@ -94,8 +119,13 @@ class OnnxRunner:
         self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
         self.input_multiple = onnx_input_multiple(path)
+        # 3 for a 5D (B, Z, Y, X, 1) input: the Predictor then tiles volumes
+        self.spatial_dims = len(self.session.get_inputs()[0].shape) - 2
 
     def __call__(self, batch):
-        """(B, H, W, 1) float32 -> (B, H, W, 1) float32 membrane probability."""
+        """(B, H, W, 1) float32 -> (B, H, W, 1) float32 membrane probability.
+
+        A 3D model: (B, Z, Y, X, 1) float32 -> (B, Z, Y, X, C) float32 affinities.
+        """
         batch = np.ascontiguousarray(batch, np.float32)
         return self.session.run(None, {self.input_name: batch})[0]

@@ -5,7 +5,10 @@ plugs into ``fusionnet_tf.inference.Predictor`` in place of a Keras model:
 the Predictor tiles, the server runs the network on each batch of tiles, and
 the Predictor blends exactly as for local inference. Only the standard
 library is used (``urllib``), so the client needs neither TensorFlow nor
-``requests``.
+``requests``. A 3D affinity model exported by ``fusionnet export`` (5D
+``serving_default``) works the same way: the client sends (B, Z, Y, X, 1)
+tiles, gets (B, Z, Y, X, C) affinities, and reports ``spatial_dims`` 3 (read
+once from the signature metadata), so the Predictor tiles volumes.
 """
 
 import base64
@@ -75,16 +78,35 @@ class ServingClient:
         payload = {"signature_name": signature_name or self.signature_name, "inputs": inputs}
         return self._request(self.url + ":predict", payload)["outputs"]
 
+    @property
+    def spatial_dims(self):
+        """3 if the signature's input is 5D (B, Z, Y, X, 1), else 2 (also if the server is down)."""
+        if getattr(self, "_spatial_dims", None) is None:
+            try:
+                signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
+                inputs = signatures[self.signature_name]["inputs"]
+                dims = next(iter(inputs.values()))["tensor_shape"]["dim"]
+                self._spatial_dims = 3 if len(dims) == 5 else 2
+            except (ServingError, KeyError, TypeError, StopIteration):
+                return 2  # the first predict call reports what is wrong
+        return self._spatial_dims
+
     def __call__(self, batch):
-        """(B, H, W, 1) float32 in [0, 1] -> (B, H, W, 1) float32 membrane probability."""
+        """(B, H, W, 1) float32 in [0, 1] -> (B, H, W, 1) float32 membrane probability.
+
+        A 3D model: (B, Z, Y, X, 1) float32 -> (B, Z, Y, X, C) float32 affinities.
+        """
         batch = np.asarray(batch, np.float32)
-        if batch.ndim != 4 or batch.shape[-1] != 1:
-            raise ValueError(f"batch must be (B, H, W, 1) float32; received shape {batch.shape}")
+        if batch.ndim not in (4, 5) or batch.shape[-1] != 1:
+            raise ValueError(f"batch must be (B, H, W, 1) or (B, Z, Y, X, 1) float32; received "
+                             f"shape {batch.shape}")
         outputs = self.predict(batch.tolist())
         if isinstance(outputs, dict):
             outputs = outputs.get("membrane_probability", next(iter(outputs.values())))
         result = np.asarray(outputs, np.float32)
-        if result.shape != batch.shape:
+        same = (result.shape[:-1] == batch.shape[:-1] if batch.ndim == 5 else
+                result.shape == batch.shape)
+        if not same:
             raise ServingError(f"{self.url} returned shape {result.shape} for a batch of "
                                f"shape {batch.shape}")
         return result

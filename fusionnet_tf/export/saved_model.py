@@ -18,6 +18,14 @@ Signatures (one ``tf.function`` per input kind, each with explicit
   grayscale PNG (JPEG/BMP/GIF also decode); in JSON send TF Serving's
   ``{"b64": "<base64 of the file bytes>"}``. Output as ``whole_image``; all
   images in one request must have the same size.
+
+A 3D affinity model (Keras input (B, Z, Y, X, 1), ``FusionNet3DExportModule``)
+has one signature, ``serving_default``: input ``image`` float32 (batch, Z, Y,
+X, 1) in [0, 1], Z, Y and X multiples of the model's per-axis input multiple;
+output ``affinities`` float32 (batch, Z, Y, X, C), channel c the affinity along
+``offsets[c]``. Its offsets are written beside the version folder
+(``<base>/<name>/<version>.offsets.json``, where ``Predictor`` reads them) and
+into the model card.
 """
 
 import os
@@ -32,7 +40,9 @@ import tensorflow as tf
 
 from fusionnet_tf.checks import check_int
 from fusionnet_tf.export import whole_image
-from fusionnet_tf.export.model_card import build_model_card, write_model_card
+from fusionnet_tf.export.model_card import (  # noqa: F401  (FORMATS_3D, ... re-exported)
+    AFFINITY_OUTPUT_NAME, FORMATS_3D, build_model_card, check_2d_model, input_multiples_3d,
+    is_3d_model, offsets_field, refuse_3d_message, write_model_card)
 from fusionnet_tf.inference import tiling
 from fusionnet_tf.models import input_multiple, model_depth
 
@@ -154,6 +164,81 @@ class FusionNetExportModule:
         return archive
 
 
+class FusionNet3DExportModule:
+    """The serving function of a 3D affinity model: one 5D ``serving_default``.
+
+    The whole-image signatures of ``FusionNetExportModule`` are 2D only (they
+    tile (N, H, W) slices); a volume is tiled by the client (``Predictor``).
+
+    Args:
+        model: ``keras.Model`` mapping (B, Z, Y, X, 1) float32 in [0, 1] to
+            (B, Z, Y, X, C) float32 affinities.
+        offsets: C (dz, dy, dx) int triples, or None when unknown.
+
+    Example:
+    >>> module = FusionNet3DExportModule(build_fusionnet3d(base_filters=2, depth=2))
+    >>> module.serve_float(tf.zeros((1, 2, 16, 16, 1)))["affinities"].shape
+    TensorShape([1, 2, 16, 16, 3])
+    """
+
+    def __init__(self, model, offsets=None):
+        from fusionnet_tf.inference.affinity_tta import check_offsets
+
+        self.model = model
+        self.channels = int(model.output_shape[-1])
+        self.offsets = None if offsets is None else check_offsets(offsets, self.channels)
+        self.multiples = input_multiples_3d(model)
+
+    def float_spec(self):
+        return tf.TensorSpec([None, None, None, None, 1], tf.float32, name="image")
+
+    def _check_multiples(self, image):
+        zm, ym, xm = self.multiples
+        message = f"image Z, Y and X must be multiples of {zm}, {ym}, {xm} (pooling); pad or crop"
+        shape = tf.shape(image)
+        checks = [tf.debugging.assert_equal(shape[axis + 1] % multiple, 0, message=message)
+                  for axis, multiple in enumerate(self.multiples)]
+        with tf.control_dependencies(checks):
+            return tf.identity(image)
+
+    def serve_float(self, image):
+        """(B, Z, Y, X, 1) float32 in [0, 1] -> {"affinities": (B, Z, Y, X, C) float32}."""
+        image = self._check_multiples(image)
+        return {AFFINITY_OUTPUT_NAME: tf.cast(self.model(image, training=False), tf.float32)}
+
+    def signatures(self):
+        """Signature name -> (function, [TensorSpec])."""
+        return {"serving_default": (self.serve_float, [self.float_spec()])}
+
+    def signature_summary(self):
+        """JSON-ready description of the signature for the model card."""
+        zm, ym, xm = self.multiples
+        return {"serving_default": {
+            "inputs": {"image": f"float32 [batch, Z, Y, X, 1] in [0, 1]; Z, Y, X multiples "
+                                f"of {zm}, {ym}, {xm}"},
+            "outputs": {AFFINITY_OUTPUT_NAME: f"float32 [batch, Z, Y, X, {self.channels}] "
+                                              "affinities, channel c along offsets[c]"}},
+            "offsets": None if self.offsets is None else [list(o) for o in self.offsets],
+            "input_multiple": list(self.multiples)}
+
+    archive = FusionNetExportModule.archive
+
+
+def write_offsets_sidecar(path, offsets):
+    """Write ``{"offsets": [[dz, dy, dx], ...]}`` to ``path`` atomically; return the path.
+
+    The file ``Predictor`` reads beside a model (``model_offsets_path``).
+    """
+    import json
+
+    from fusionnet_tf.io_utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"offsets": [[int(v) for v in o] for o in offsets]}) + "\n")
+    return path
+
+
 def list_versions(model_dir):
     """Sorted integer versions present in ``model_dir`` (TF Serving layout)."""
     model_dir = Path(model_dir)
@@ -188,7 +273,8 @@ def _check_version(version, model_dir):
 
 
 def export_saved_model(model, base_dir, name="fusionnet", version=None, tile_size=512,
-                       overlap=64, batch_size=4, blending="gaussian", card_extra=None):
+                       overlap=64, batch_size=4, blending="gaussian", card_extra=None,
+                       offsets=None):
     """Export ``model`` as ``<base_dir>/<name>/<version>/`` for TF Serving.
 
     The SavedModel is written to a hidden temporary folder next to the final
@@ -204,6 +290,10 @@ def export_saved_model(model, base_dir, name="fusionnet", version=None, tile_siz
             tiling (see ``FusionNetExportModule``).
         card_extra: optional dict merged into the model card (e.g. the
             training config hash, source model path).
+        offsets: 3D affinity models (5D input) only: their C (dz, dy, dx)
+            offsets, written to ``<base_dir>/<name>/<version>.offsets.json``
+            and the model card (None: unknown, no sidecar). The whole-image
+            arguments do not apply to them (see ``FusionNet3DExportModule``).
 
     Returns:
         Path of the version folder.
@@ -216,7 +306,13 @@ def export_saved_model(model, base_dir, name="fusionnet", version=None, tile_siz
     >>> export_saved_model(model, "models", name="fusionnet")
     PosixPath('models/fusionnet/1')
     """
-    module = FusionNetExportModule(model, tile_size, overlap, batch_size, blending)
+    if is_3d_model(model):
+        module = FusionNet3DExportModule(model, offsets)
+    elif offsets is not None:
+        raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); this "
+                         "model takes 2D (B, H, W, 1) inputs")
+    else:
+        module = FusionNetExportModule(model, tile_size, overlap, batch_size, blending)
     model_dir = Path(base_dir) / _check_name(name)
     model_dir.mkdir(parents=True, exist_ok=True)
     version = _check_version(version, model_dir)
@@ -226,10 +322,13 @@ def export_saved_model(model, base_dir, name="fusionnet", version=None, tile_siz
         module.archive().write_out(str(tmp), verbose=False)
         card = build_model_card(model, "saved_model", artifact=final.name,
                                 signatures=module.signature_summary(),
-                                extra=dict(card_extra or {}, name=name, version=version))
+                                extra=dict(card_extra or {}, name=name, version=version,
+                                           **offsets_field(module)))
         write_model_card(card, tmp / MODEL_CARD_NAME)
         if final.exists():
             raise FileExistsError(f"version {version} appeared while exporting: {final}")
+        if getattr(module, "offsets", None) is not None:  # beside the version, where Predictor looks
+            write_offsets_sidecar(model_dir / f"{version}.offsets.json", module.offsets)
         os.rename(tmp, final)
     finally:
         if tmp.exists():
@@ -249,18 +348,23 @@ def export_plain_saved_model(model, path, endpoints=("serving_default",)):
         endpoints: names of the endpoints, each the same function returning
             ``{"membrane_probability": (B, H, W, 1) float32}``. Defaults to
             ``("serving_default",)``; bioimage.io bundles add ``"serve"``,
-            the endpoint ``keras.layers.TFSMLayer`` calls by default.
+            the endpoint ``keras.layers.TFSMLayer`` calls by default. A 3D
+            model's endpoints take (B, Z, Y, X, 1) and return
+            ``{"affinities": (B, Z, Y, X, C)}``.
 
     Returns:
         Path of the SavedModel folder.
     """
+    output_name = AFFINITY_OUTPUT_NAME if is_3d_model(model) else OUTPUT_NAME
+    rank = len(model.input_shape)
+
     def serve(image):
-        return {OUTPUT_NAME: tf.cast(model(image, training=False), tf.float32)}
+        return {output_name: tf.cast(model(image, training=False), tf.float32)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     for endpoint in endpoints:
         archive.add_endpoint(endpoint, serve, input_signature=[
-            tf.TensorSpec([None, None, None, 1], tf.float32, name="image")])
+            tf.TensorSpec([None] * (rank - 1) + [1], tf.float32, name="image")])
     archive.write_out(str(path), verbose=False)
     return Path(path)

@@ -93,12 +93,16 @@ def export_tensorrt(model, output_dir, name="fusionnet", route="tf-trt", precisi
         Path of the artifact (SavedModel folder or ``.plan`` file).
 
     Raises:
-        ValueError: unknown route or precision.
+        ValueError: unknown route or precision, or a 3D model (TensorRT
+            exports are 2D only).
         TensorRTUnavailable: TensorRT is missing for this route.
 
     Example:
     >>> export_tensorrt(model, "trt", route="onnx", precision="fp16")
     """
+    from fusionnet_tf.export.model_card import check_2d_model
+
+    check_2d_model(model, "tensorrt")
     _check_args(route, precision, tile_size, batch_size)
     reason = tensorrt_missing_reason(route)
     if reason:

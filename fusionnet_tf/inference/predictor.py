@@ -76,7 +76,11 @@ def load_model(path):
             Keras, a bioimage.io package ``.zip`` (its ``keras_v3`` weights),
             an ``.onnx`` or ``.tflite`` file written by ``fusionnet export``,
             or a TensorFlow SavedModel directory (with a ``serving_default``
-            signature taking (B, H, W, 1) float32).
+            signature taking (B, H, W, 1) float32). SavedModels and ``.onnx``
+            files of 3D affinity models (5D input (B, Z, Y, X, 1)) load too:
+            their callables have ``spatial_dims = 3`` and (z, y, x)
+            ``input_multiple``; their offsets are read from
+            ``MODEL.offsets.json`` beside them (``read_model_offsets``).
 
     Returns:
         A ``keras.Model`` for Keras files and packages; otherwise a callable
@@ -153,6 +157,10 @@ class SavedModelFunction:
         path: SavedModel directory.
 
     Call with a (B, H, W, 1) float32 NumPy array; returns (B, H, W, 1) float32.
+    A SavedModel whose signature takes a 5D (B, Z, Y, X, 1) input (a 3D
+    affinity model from ``fusionnet export``) has ``spatial_dims`` 3 and
+    returns (B, Z, Y, X, C); its ``input_multiple`` (z, y, x) is read from the
+    ``model_card.json`` the export writes inside the folder (else None).
     """
 
     def __init__(self, path):
@@ -164,12 +172,27 @@ class SavedModelFunction:
             raise ValueError(f"SavedModel has no 'serving_default' signature: {path}")
         self._signature = self._loaded.signatures["serving_default"]
         self._input_name = next(iter(self._signature.structured_input_signature[1]))
+        spec = self._signature.structured_input_signature[1][self._input_name]
+        rank = spec.shape.rank
+        self.spatial_dims = 3 if rank == 5 else 2
+        self.input_multiple = _card_input_multiple(self.path) if rank == 5 else None
 
     def __call__(self, batch):
         import tensorflow as tf
 
         outputs = self._signature(**{self._input_name: tf.convert_to_tensor(batch, tf.float32)})
         return next(iter(outputs.values())).numpy()
+
+
+def _card_input_multiple(folder):
+    """(z, y, x) ``input_multiple_zyx`` of the ``model_card.json`` in an exported folder, or None."""
+    import json
+
+    try:
+        card = json.loads((Path(folder) / "model_card.json").read_text())
+        return tuple(int(m) for m in card["input_multiple_zyx"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class KerasFunction:
@@ -885,14 +908,16 @@ def model_file_spatial_dims(path):
     """Spatial axes (2 or 3) of the model stored at ``path``, cheaply where possible.
 
     A ``.keras`` file: read from its ``config.json`` (the input layer's
-    ``batch_shape``) without loading the weights; other models are loaded
-    (``load_model``) unless they cannot be 3D (exported runtimes, SavedModels
-    and packages are 2D today).
+    ``batch_shape``) without loading the weights; ``.onnx`` files and
+    SavedModel folders are loaded (``load_model``: 3D when their input is 5D);
+    other files (``.tflite``, ``.h5``, packages) are 2D.
     """
     import json
     import zipfile
 
     path = Path(path)
+    if path.suffix.lower() == ".onnx" or path.is_dir():
+        return model_spatial_dims(load_model(path))
     if path.suffix.lower() != ".keras":
         return 2
     try:
