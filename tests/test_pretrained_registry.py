@@ -155,3 +155,4 @@ def test_registry_files():
     assert snemi.offsets_path.name == "fusionnet3d_snemi3d.offsets.json"
     assert snemi.params_path.name == "fusionnet3d_snemi3d.segment.json"
     assert pretrained.resolve_model_spec("some/model.keras") == ("some/model.keras", None)
+    assert pretrained.resolve_model_spec("isbi2012") == (str(isbi.weights_path), "isbi2012")
