@@ -156,3 +156,19 @@ def test_registry_files():
     assert snemi.params_path.name == "fusionnet3d_snemi3d.segment.json"
     assert pretrained.resolve_model_spec("some/model.keras") == ("some/model.keras", None)
     assert pretrained.resolve_model_spec("isbi2012") == (str(isbi.weights_path), "isbi2012")
+
+
+def test_predict_volume_by_name_then_segment_uses_the_shipped_params(shipped, registry,
+                                                                     tmp_path, capsys):
+    import h5py
+
+    root, raw = shipped
+    with h5py.File(tmp_path / "em.h5", "w") as handle:
+        handle["raw"] = raw
+    affs, out = tmp_path / "aff.zarr", tmp_path / "seg.tif"
+    code, err = run_cli(["predict-volume", f"{tmp_path}/em.h5:/raw", affs, "--model", "tiny3d",
+                         "--workers", "0", "--block", "16"] + TILING, capsys)
+    assert code == 0, err
+    code, err = run_cli(["segment", affs, "-o", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert label_metadata(out)[1]["params"] == AffinityParams.from_dict(SHIPPED).to_dict()
