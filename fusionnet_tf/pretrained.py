@@ -79,8 +79,8 @@ def pretrained_model(name):
         ValueError: an unknown name, listing the known ones (one line).
     """
     if name not in REGISTRY:
-        raise ValueError(f"unknown pretrained model {name!r}; known names: "
-                         f"{', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"unknown pretrained model {name!r} (and no file of that name); "
+                         f"known names: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
