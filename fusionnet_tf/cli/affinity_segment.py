@@ -9,14 +9,62 @@ import sys
 import time
 
 
-def resolve_affinity_params(args):
-    """``AffinityParams`` from ``--params``, ``--set`` and ``--method`` (in that order)."""
+def resolve_affinity_params(args, model=None):
+    """``AffinityParams`` from ``--params``, ``--set`` and ``--method`` (in that order).
+
+    Without ``--params`` the defaults are the parameters shipped with the
+    pretrained model ``model`` (a registry name or its weights path; see
+    ``fusionnet_tf.pretrained``) if it ships some, else ``AffinityParams()``.
+    """
     from fusionnet_tf.cli.segment import resolve_params
     from fusionnet_tf.segmentation.affinity_params import AffinityParams
 
-    params = resolve_params(args, AffinityParams)
+    params = resolve_params(args, AffinityParams, default=shipped_params(model))
     method = getattr(args, "method", None)
     return params.replace(method=method) if method else params
+
+
+def shipped_params(model):
+    """``AffinityParams`` shipped with the pretrained model ``model``, or None.
+
+    Args:
+        model: a registry name, a model path (matched against the registry's
+            weights), or None. Unknown models and models whose parameters are
+            not shipped give None.
+    """
+    from fusionnet_tf.pretrained import REGISTRY, pretrained_name_of
+    from fusionnet_tf.segmentation import load_params
+    from fusionnet_tf.segmentation.affinity_params import AffinityParams
+
+    name = model if model in REGISTRY else pretrained_name_of(model)
+    if name is None or REGISTRY[name].kind != "affinities":
+        return None
+    path = REGISTRY[name].params_path
+    return load_params(path, AffinityParams) if path is not None and path.is_file() else None
+
+
+def predicting_model(metadata):
+    """The model named in an affinity file's metadata (``predict``'s or ``predict-volume``'s)."""
+    metadata = metadata or {}
+    volume = metadata.get("fusionnet_volume")
+    if isinstance(volume, dict) and volume.get("model"):
+        return volume["model"]
+    return metadata.get("model")
+
+
+def segment_and_write_affinities(affs, offsets, output, params, source):
+    """Segment (C, Z, Y, X) affinities with ``params``; write ``output``; one line on stderr."""
+    from fusionnet_tf.segmentation.affinities import segment_affinities
+    from fusionnet_tf.segmentation.io import write_labels
+
+    began = time.perf_counter()
+    labels, max_id = segment_affinities(affs, offsets, params)
+    seconds = time.perf_counter() - began
+    write_labels(output, labels, {"source": str(source), "kind": "segmentation",
+                                  "method": params.method, "params": params.to_dict()})
+    print(f"wrote {output}: {labels.shape} {labels.dtype}, {max_id} segments "
+          f"({params.method}, {labels.size / max(seconds, 1e-9) / 1e6:.2f} M voxels/s)",
+          file=sys.stderr)
 
 
 def _refuse_membrane_options(args):
@@ -34,23 +82,15 @@ def _refuse_membrane_options(args):
 def run_segment(args):
     """``fusionnet segment AFF -o LABELS``: read, segment in 3D, write. Returns 0."""
     from fusionnet_tf.cli.segment import check_inputs_outputs
-    from fusionnet_tf.data.affinity_io import read_affinities
-    from fusionnet_tf.segmentation.affinities import segment_affinities
-    from fusionnet_tf.segmentation.io import check_label_output, write_labels
+    from fusionnet_tf.data.affinity_io import affinity_metadata, read_affinities
+    from fusionnet_tf.segmentation.io import check_label_output
 
     _refuse_membrane_options(args)
     check_label_output(args.output)
     check_inputs_outputs([("PRED", args.pred)], args.output)
-    params = resolve_affinity_params(args)
+    params = resolve_affinity_params(args, model=predicting_model(affinity_metadata(args.pred)))
     affs, offsets = read_affinities(args.pred)
-    began = time.perf_counter()
-    labels, max_id = segment_affinities(affs, offsets, params)
-    seconds = time.perf_counter() - began
-    write_labels(args.output, labels, {"source": str(args.pred), "kind": "segmentation",
-                                       "method": params.method, "params": params.to_dict()})
-    print(f"wrote {args.output}: {labels.shape} {labels.dtype}, {max_id} segments "
-          f"({params.method}, {labels.size / max(seconds, 1e-9) / 1e6:.2f} M voxels/s)",
-          file=sys.stderr)
+    segment_and_write_affinities(affs, offsets, args.output, params, args.pred)
     return 0
 
 

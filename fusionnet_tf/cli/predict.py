@@ -35,10 +35,11 @@ def add_parser(subparsers):
                              "the dataset KEY is replaced, other datasets are kept (but "
                              "never the INPUT dataset).")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="PATH", default=None,
-                        help="A .keras file, a bioimage.io package .zip (its keras_v3 weights), "
-                             "an .onnx or .tflite file from 'fusionnet export', or a SavedModel "
-                             "folder (default: the shipped pretrained ISBI 2012 FusionNet).")
+    source.add_argument("--model", metavar="PATH|NAME", default=None,
+                        help="A shipped model by name (isbi2012: 2D membranes; snemi3d: 3D "
+                             "affinities, see MODEL_CARD.md), a .keras file, a bioimage.io "
+                             "package .zip (its keras_v3 weights), an .onnx or .tflite file from "
+                             "'fusionnet export', or a SavedModel folder (default: isbi2012).")
     source.add_argument("--serving-url", metavar="URL", default=None,
                         help="Predict through a TF Serving REST endpoint, "
                              "http://HOST:PORT/v1/models/NAME (default: not used).")
@@ -334,7 +335,10 @@ def run(args):
     from fusionnet_tf.data.normalize import check_finite
     from fusionnet_tf.inference.writers import write_overlays, write_prediction
 
+    from fusionnet_tf.pretrained import resolve_model_spec
+
     check_tiling_arguments(args)
+    args.model, args.model_name = resolve_model_spec(args.model)  # a name -> its weights
     check_not_input(args.input, args.output, args.overlay)
     affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
     if affinity_store:  # a .zarr output is for affinities (refused below for a 2D model)
@@ -346,7 +350,7 @@ def run(args):
     if args.overlay:
         check_output(args.overlay, "--overlay")
     offsets = parse_offsets(args.offsets)
-    params = _check_segment_output(args)
+    params = args.segment_params = _check_segment_output(args)
     engine = engine_argument(args)
     raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
     check_tile_size(args.tile_size, raw.shape[1], raw.shape[2], args.tta)
@@ -376,7 +380,8 @@ def run(args):
     membrane = predictor.predict(images)
     variant = predictor.variant
     metadata = {
-        "input": str(args.input), "model": args.model or args.serving_url or "pretrained",
+        "input": str(args.input),
+        "model": args.model_name or args.model or args.serving_url or "pretrained",
         "tile": args.tile_size, "overlap": args.overlap, "tta": args.tta,
         "blending": args.blending, "normalization": args.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
@@ -420,7 +425,7 @@ def predict_affinities(args, model, images, offsets, engine):
     from fusionnet_tf.data.affinity_io import check_affinity_output, write_affinities
 
     for option, value in (("--isbi", args.isbi), ("--overlay", args.overlay),
-                          ("--segment", args.segment), ("--dtype uint8", args.dtype == "uint8")):
+                          ("--dtype uint8", args.dtype == "uint8")):
         if value:
             raise ValueError(f"{option} applies to membrane maps; the model predicts 3D "
                              "affinities")
@@ -446,7 +451,7 @@ def predict_affinities(args, model, images, offsets, engine):
     affinities = predictor.predict(images)
     variant = predictor.variant
     metadata = {
-        "input": str(args.input), "model": args.model or args.serving_url,
+        "input": str(args.input), "model": args.model_name or args.model or args.serving_url,
         "tile": list(predictor.tile_shape), "overlap": list(predictor.overlap),
         "tta": args.tta, "blending": args.blending, "normalization": args.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
@@ -454,6 +459,11 @@ def predict_affinities(args, model, images, offsets, engine):
     write_affinities(args.output, affinities, predictor.offsets, metadata)
     print(f"wrote {args.output}: {affinities.shape} float32 affinities for "
           f"{len(predictor.offsets)} offsets", file=sys.stderr)
+    if args.segment:
+        from fusionnet_tf.cli.affinity_segment import segment_and_write_affinities
+
+        segment_and_write_affinities(affinities, predictor.offsets, args.segment,
+                                     args.segment_params, args.output)
     return 0
 
 
@@ -461,7 +471,8 @@ def _check_segment_output(args):
     """With ``--segment``: check LABELS and the parameters before predicting.
 
     Returns:
-        ``SegmentParams``, or None without ``--segment``.
+        ``SegmentParams`` (``AffinityParams`` for a 3D affinity model: ``--params``,
+        else those shipped with a named model), or None without ``--segment``.
     """
     if not args.segment:
         if args.segment_overlay:
@@ -474,4 +485,24 @@ def _check_segment_output(args):
                           ("--overlay", args.overlay)], args.segment, args.segment_overlay,
                          option="--segment", overlay_option="--segment-overlay")
     check_label_output(args.segment, "--segment")
+    if _is_affinity_model_file(args):
+        from fusionnet_tf.cli.affinity_segment import resolve_affinity_params
+
+        for option, given in (("--mode 3d", args.mode != "2d"),
+                              ("--keep-boundaries", args.keep_boundaries),
+                              ("--segment-overlay", args.segment_overlay)):
+            if given:
+                raise ValueError(f"{option} applies to membrane maps; the model "
+                                 f"{args.model_name or args.model} predicts 3D affinities "
+                                 "(segmented in 3D; choose the method with --set method=mws)")
+        return resolve_affinity_params(args, model=args.model)
     return resolve_params(args)
+
+
+def _is_affinity_model_file(args):
+    """True if ``--model`` is a 3D affinity model file (read cheaply, no TensorFlow)."""
+    if not args.model or args.serving_url:
+        return False
+    from fusionnet_tf.inference.predictor import model_file_spatial_dims
+
+    return model_file_spatial_dims(args.model) == 3

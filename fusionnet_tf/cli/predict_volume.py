@@ -37,9 +37,9 @@ def add_parser(subparsers):
     parser.add_argument("output", metavar="OUTPUT",
                         help="Output zarr store (float32 membrane probability, 1 = membrane). "
                              "An existing output of the same run is resumed.")
-    parser.add_argument("--model", default=None,
-                        help="Model file (.keras) or SavedModel folder "
-                             "(default: the shipped pretrained FusionNet).")
+    parser.add_argument("--model", default=None, metavar="PATH|NAME",
+                        help="A shipped model by name (isbi2012, snemi3d), a model file "
+                             "(.keras) or SavedModel folder (default: isbi2012).")
     parser.add_argument("--block", type=int, default=1024,
                         help="Block height and width in voxels = output chunk (default: 1024). "
                              "Blocks that split a slice re-predict the tiles straddling their "
@@ -86,7 +86,10 @@ def run(args):
 
     from fusionnet_tf.cli.predict import check_tile_size, check_tiling_arguments, engine_argument
 
+    from fusionnet_tf.pretrained import resolve_model_spec
+
     check_tiling_arguments(args)
+    args.model, _ = resolve_model_spec(args.model)  # a shipped name -> its weights
     for option, value in (("--block", args.block), ("--block-z", args.block_z)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")

@@ -80,9 +80,12 @@ def add_segment_arguments(parser, keep_boundaries=True):
                        help="2d: each slice on its own (serial-section EM such as ISBI 2012); "
                             "3d: one id per cell through the stack (a 3D watershed for "
                             "anisotropy < 3, else 2D sections linked by overlap) (default: 2d).")
-    group.add_argument("--params", metavar="FILE", default=None,
-                       help="JSON parameters from 'fusionnet tune-segment' (default: the "
-                            "parameters tuned for the shipped model).")
+    group.add_argument("--params", metavar="FILE|NAME", default=None,
+                       help="JSON parameters from 'fusionnet tune-segment', or a shipped "
+                            "model's name (isbi2012, snemi3d) for the parameters tuned for it "
+                            "(default: those of the model that predicted PRED if it is a "
+                            "shipped one, else isbi2012's for membrane maps and the "
+                            "AffinityParams defaults for affinities).")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="Override one parameter, e.g. --set merge_threshold=0.6 "
                             "(repeatable; keys: see SegmentParams).")
@@ -92,11 +95,12 @@ def add_segment_arguments(parser, keep_boundaries=True):
                                 "(default: every pixel belongs to a segment).")
 
 
-def resolve_params(args, cls=None):
+def resolve_params(args, cls=None, default=None):
     """``SegmentParams`` from ``--params`` (or the shipped ones) and ``--set`` overrides.
 
     With ``cls`` (e.g. ``AffinityParams``) the file holds ``cls`` parameters
-    and the defaults are ``cls()``.
+    and the defaults are ``default`` or ``cls()``. ``--params NAME`` reads the
+    parameters shipped with the pretrained model NAME (``fusionnet_tf.pretrained``).
 
     Raises:
         ValueError: unknown keys or bad values, naming them.
@@ -105,10 +109,15 @@ def resolve_params(args, cls=None):
 
     from fusionnet_tf.segmentation import SegmentParams, default_params, load_params
 
+    from fusionnet_tf.pretrained import is_model_name, pretrained_params_path
+
+    source = args.params
+    if source is not None and is_model_name(source):
+        source = pretrained_params_path(source)
     if cls is not None:
-        params = load_params(args.params, cls) if args.params else cls()
+        params = load_params(source, cls) if source else (default or cls())
     else:
-        params = load_params(args.params) if args.params else default_params()
+        params = load_params(source) if source else default_params()
     if not args.set:
         return params
     values = params.to_dict()

@@ -324,18 +324,25 @@ def inference_function(model, tile=None, jit_compile=False, constant_weights=Non
     return tf.function(run, input_signature=signature, jit_compile=bool(jit_compile))
 
 
-def conv_flops(model, height, width, batch=1):
+# layers whose FLOPs ``conv_flops`` counts
+COUNTED_CONVS = ("Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose")
+
+
+def conv_flops(model, height, width, batch=1, depth=None):
     """Analytic FLOPs of the convolutions of one forward pass.
 
-    Counts ``2 * kh * kw * cin / groups * cout * H_out * W_out`` per Conv2D
-    and ``2 * kh * kw * cin * cout * H_in * W_in`` per Conv2DTranspose (a
-    multiply-add = 2 FLOPs); normalization, activations, additions and
-    pooling are not counted (they are memory bound and cost well under 1%).
+    Counts ``2 * kernel volume * cin / groups * cout`` per output pixel (voxel)
+    of each Conv2D/Conv3D and ``2 * kernel volume * cin * cout`` per input
+    pixel (voxel) of each Conv2DTranspose/Conv3DTranspose (a multiply-add =
+    2 FLOPs); normalization, activations, additions and pooling are not
+    counted (they are memory bound and cost well under 1%).
 
     Args:
-        model: functional ``keras.Model`` taking (batch, H, W, C).
+        model: functional ``keras.Model`` taking (batch, H, W, C), or
+            (batch, Z, H, W, C) with ``depth``.
         height, width: int. Input size.
         batch: int. Batch size. Defaults to 1.
+        depth: int or None. Input depth Z of a 3D model. Defaults to None (2D).
 
     Returns:
         int FLOPs.
@@ -343,6 +350,8 @@ def conv_flops(model, height, width, batch=1):
     Example:
     >>> conv_flops(build_fusionnet(base_filters=64), 512, 512) / 1e9   # about 829 GFLOP
     """
+    import math
+
     import keras
 
     total = 0
@@ -351,17 +360,16 @@ def conv_flops(model, height, width, batch=1):
         nonlocal total
         spec = layer.compute_output_spec(*args, **kwargs)
         kind = type(layer).__name__
-        if kind in FOLDABLE:
-            kh, kw = layer.kernel_size
-            cin = args[0].shape[-1]
-            if kind == "Conv2D":
-                images, out_h, out_w, cout = spec.shape
-                total += 2 * kh * kw * (cin // layer.groups) * cout * out_h * out_w * images
+        if kind in COUNTED_CONVS:
+            taps = math.prod(layer.kernel_size)
+            cin, cout = args[0].shape[-1], spec.shape[-1]
+            if kind.endswith("Transpose"):
+                total += 2 * taps * cin * cout * math.prod(args[0].shape[:-1])
             else:
-                images, in_h, in_w, _ = args[0].shape
-                total += 2 * kh * kw * cin * spec.shape[-1] * in_h * in_w * images
+                total += 2 * taps * (cin // layer.groups) * cout * math.prod(spec.shape[:-1])
         return spec
 
-    inputs = keras.KerasTensor((batch, height, width, model.input_shape[-1]), dtype="float32")
+    spatial = (height, width) if depth is None else (depth, height, width)
+    inputs = keras.KerasTensor((batch,) + spatial + (model.input_shape[-1],), dtype="float32")
     run_through_graph(model, inputs, count)
     return int(total)
