@@ -147,7 +147,11 @@ def check_affinity_output(spec, option="--output"):
     """
     from fusionnet_tf.io_utils import check_hdf5_target, check_output_path
 
-    kind, path, key = affinity_format(spec)
+    try:
+        kind, path, key = affinity_format(spec)
+    except ValueError:
+        raise ValueError(f"{option} {spec}: affinities are written to a .tif/.tiff, .h5[:/key] "
+                         "or .zarr") from None
     if kind == "zarr" and key is not None:
         raise ValueError(f"{option} {spec}: a zarr output is a whole store (e.g. aff.zarr), "
                          "not a key inside one")
