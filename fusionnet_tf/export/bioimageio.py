@@ -135,8 +135,8 @@ def check_weight_formats(weight_formats):
     return formats
 
 
-def check_model(model):
-    """ValueError unless ``model`` maps one (B, H, W, 1) image to one (B, H, W, 1) map."""
+def check_single_io_model(model):
+    """ValueError unless ``model`` is a ``keras.Model`` with one input and one output."""
     import keras
 
     if not isinstance(model, keras.Model):
@@ -145,6 +145,11 @@ def check_model(model):
         raise ValueError(f"a bioimage.io package needs a single-input single-output model; "
                          f"{model.name!r} has {len(model.inputs)} inputs and "
                          f"{len(model.outputs)} outputs")
+
+
+def check_model(model):
+    """ValueError unless ``model`` maps one (B, H, W, 1) image to one (B, H, W, 1) map."""
+    check_single_io_model(model)
     for what, shape in (("input", model.input_shape), ("output", model.output_shape)):
         if len(shape) != 4 or shape[-1] != 1:
             raise ValueError(f"a bioimage.io package needs a 2D one-channel network, "

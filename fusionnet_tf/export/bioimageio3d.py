@@ -49,14 +49,7 @@ OFFSETS_NAME = "offsets.json"
 
 def check_model_3d(model):
     """ValueError unless ``model`` maps one (B, Z, Y, X, 1) volume to one (B, Z, Y, X, C) map."""
-    import keras
-
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model; received {type(model).__name__}")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"a bioimage.io package needs a single-input single-output model; "
-                         f"{model.name!r} has {len(model.inputs)} inputs and "
-                         f"{len(model.outputs)} outputs")
+    bio.check_single_io_model(model)
     if len(model.input_shape) != 5 or model.input_shape[-1] != 1 or len(model.output_shape) != 5:
         raise ValueError(f"a 3D bioimage.io package needs (batch, z, y, x, 1) -> (batch, z, y, "
                          f"x, C); {model.name!r} has input shape {tuple(model.input_shape)} and "
