@@ -135,6 +135,23 @@ def check_weight_formats(weight_formats):
     return formats
 
 
+def readme_header(meta, knobs, task):
+    """The first lines of a package README: title, description, architecture, "Input and output"."""
+    return [
+        f"# {meta['name']}: {task} ({meta['title']}, base {knobs['base_filters']}, "
+        f"depth {knobs['depth']})",
+        "",
+        meta["description"],
+        "",
+        f"Architecture: {meta['architecture_description']}. Exported by "
+        "[fusionnet-tf](https://pypi.org/project/fusionnet-tf/) "
+        "(`fusionnet export --format bioimageio`).",
+        "",
+        "## Input and output",
+        "",
+    ]
+
+
 def check_single_io_model(model):
     """ValueError unless ``model`` is a ``keras.Model`` with one input and one output."""
     import keras
@@ -398,18 +415,7 @@ def documentation(knobs, halo, size, formats, model_card=None, meta=None,
     test input comes from.
     """
     tolerance = REPRODUCIBILITY
-    lines = [
-        f"# {meta['name']}: membrane segmentation ({meta['title']}, base "
-        f"{knobs['base_filters']}, depth {knobs['depth']})",
-        "",
-        f"{meta['description']}",
-        "",
-        f"Architecture: {meta['architecture_description']}. Exported by "
-        "[fusionnet-tf](https://pypi.org/project/fusionnet-tf/) "
-        "(`fusionnet export --format bioimageio`).",
-        "",
-        "## Input and output",
-        "",
+    lines = readme_header(meta, knobs, "membrane segmentation") + [
         f"- Input `{INPUT_ID}`: axes (batch, y, x, channel), one channel, raw EM intensities "
         "as float32 (uint8 or uint16 images cast to float). y and x: "
         f"{size[0]} + n x {size[1]} pixels (the network pools {knobs['depth']} times).",

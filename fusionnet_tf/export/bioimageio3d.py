@@ -232,18 +232,7 @@ def documentation_3d(knobs, halo, sizes, formats, offsets, meta, model_card=None
     table = [f"| {c} | `{channel_name(o)}` | {tuple(o)} |" for c, o in enumerate(offsets)]
     size_text = ", ".join(f"{axis}: {minimum} + n x {step}"
                           for axis, (minimum, step) in zip("zyx", sizes))
-    lines = [
-        f"# {meta['name']}: 3D affinities ({meta['title']}, base {knobs['base_filters']}, "
-        f"depth {knobs['depth']})",
-        "",
-        meta["description"],
-        "",
-        f"Architecture: {meta['architecture_description']}. Exported by "
-        "[fusionnet-tf](https://pypi.org/project/fusionnet-tf/) "
-        "(`fusionnet export --format bioimageio`).",
-        "",
-        "## Input and output",
-        "",
+    lines = bio.readme_header(meta, knobs, "3D affinities") + [
         f"- Input `{INPUT_ID}`: axes (batch, z, y, x, channel), one channel, raw EM "
         f"intensities as float32. Sizes: {size_text}.",
         "- Preprocessing: `scale_range` with percentiles 0 and 100 over (y, x): per-section "
