@@ -395,6 +395,10 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
                    blending=blending, align=align, precision=precision,
                    engine=_engine(engine, jit_compile))
+    from fusionnet_tf.inference.predictor import check_precision_applies
+
+    if not _is_predictor(model):  # before any model is loaded; a Predictor keeps its own
+        check_precision_applies(precision, model)
     if is_affinity_model(model):
         return _predict_affinities(input_spec, output, model, options, offsets, dict(
             block_shape=block_shape, normalization=normalization, workers=workers,
