@@ -167,3 +167,12 @@ def test_init_isbi2012_resolves_to_the_shipped_model():
     from fusionnet_tf.training.finetune import resolve_init
 
     assert resolve_init("isbi2012") == PRETRAINED_FILE
+
+
+def test_init_snemi3d_resolves_to_the_shipped_3d_model():
+    from fusionnet_tf.pretrained import REGISTRY
+    from fusionnet_tf.training.finetune import resolve_init
+
+    assert resolve_init("snemi3d") == REGISTRY["snemi3d"].weights_path
+    with pytest.raises(FileNotFoundError, match="isbi2012, snemi3d"):
+        resolve_init("no-such-model")

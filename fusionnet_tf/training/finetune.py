@@ -1,7 +1,8 @@
 """Fine-tuning: start a training run from a trained model's weights, optionally with a frozen encoder.
 
 ``model.init`` (``fusionnet train --init``) names a ``.keras`` file or a
-shipped model (``isbi2012``: ``fusionnet_tf.load_pretrained``'s file). The
+shipped model by its registry name (``isbi2012``, ``snemi3d``; see
+``fusionnet_tf.pretrained``). The
 freshly built model must have the same architecture: the same layers in the
 same order, of the same classes with the same weight shapes; the first layer
 that differs is named in a one-line ``ValueError``. Its weights (BatchNorm
@@ -36,27 +37,26 @@ DEFAULT_ENCODER_PREFIXES = ("enc",)
 
 
 def shipped_models():
-    """Name -> path of the models that ``model.init`` accepts by name."""
-    from fusionnet_tf.pretrained import PRETRAINED_FILE
+    """The names that ``model.init`` accepts: the registry of ``fusionnet_tf.pretrained``."""
+    from fusionnet_tf.pretrained import REGISTRY
 
-    return {"isbi2012": PRETRAINED_FILE}
+    return tuple(REGISTRY)
 
 
 def resolve_init(spec):
-    """Path of the ``model.init`` file: a shipped name or a path.
+    """Path of the ``model.init`` file: a shipped name (``isbi2012``, ``snemi3d``) or a path.
 
     Raises:
         FileNotFoundError: neither a shipped name nor an existing file, naming both.
     """
-    shipped = shipped_models()
-    if spec in shipped:
-        from fusionnet_tf.pretrained import pretrained_path
+    from fusionnet_tf.pretrained import REGISTRY, pretrained_path
 
-        return pretrained_path()
+    if spec in REGISTRY:
+        return pretrained_path(spec)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"model.init {spec}: no such file, and not a shipped model "
-                                f"name ({', '.join(shipped)})")
+                                f"name ({', '.join(shipped_models())})")
     return path
 
 
