@@ -140,7 +140,7 @@ def test_cli_refuses_a_mismatched_model_and_a_non_model_file(stack_files, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "notes.keras: not a Keras model file" in err
     assert _cli(stack_files, tmp_path, "--init", "nonexistent-name") == 2
-    assert "not a shipped model name (isbi2012)" in capsys.readouterr().err
+    assert "not a shipped model name (isbi2012, snemi3d)" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
 
 
