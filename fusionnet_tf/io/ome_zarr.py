@@ -87,8 +87,8 @@ def _import(name):
 # ------------------------------------------------------------------ names and options
 
 def is_ome_zarr_name(spec):
-    """True if an output spec asks for OME-Zarr by its name (``*.ome.zarr``)."""
-    return str(spec).lower().rstrip("/").endswith(SUFFIX)
+    """True if a spec asks for OME-Zarr by its name: ``*.ome.zarr`` or ``IMAGE/labels/NAME``."""
+    return str(spec).lower().rstrip("/").endswith(SUFFIX) or parent_image(spec) is not None
 
 
 def wants_ome_zarr(spec, output_format=None):
@@ -668,7 +668,7 @@ class OutputPlan:
 
 def parent_image(path):
     """``IMAGE`` if ``path`` is ``IMAGE/labels/NAME`` with IMAGE an OME-Zarr image, else None."""
-    path = Path(path)
+    path = Path(str(path))
     if path.parent.name == "labels" and is_ome_zarr(path.parent.parent):
         return path.parent.parent
     return None
@@ -870,7 +870,7 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
     return path
 
 
-def output_plan_for(args, kind, command, input_spec=None):
+def output_plan_for(args, kind, command, input_spec=None, output=None):
     """An ``OutputPlan`` from the CLI options; the voxel size defaults to the input's.
 
     Args:
@@ -882,25 +882,37 @@ def output_plan_for(args, kind, command, input_spec=None):
     """
     voxel_size = parse_voxel_size(getattr(args, "voxel_size", None))
     unit = DEFAULT_UNIT
+    version = check_ngff_version(getattr(args, "ngff_version", DEFAULT_NGFF_VERSION))
+    image = parent_image(output or getattr(args, "output", ""))
+    if image is not None:  # labels under an image: its version, its voxel size by default
+        version = read_multiscale(image).version
+        if version not in NGFF_VERSIONS:
+            raise ValueError(f"OUTPUT {output}: the image {image} is OME-Zarr {version}; "
+                             f"labels can be added to {' or '.join(NGFF_VERSIONS)} images")
+        input_spec = image if voxel_size is None else input_spec
     if voxel_size is None and input_spec is not None:
         voxel_size, unit = input_metadata(input_spec)
         unit = unit or DEFAULT_UNIT
-    return OutputPlan(kind=kind, ngff_version=check_ngff_version(
-        getattr(args, "ngff_version", DEFAULT_NGFF_VERSION)),
+    return OutputPlan(kind=kind, ngff_version=version,
         voxel_size=voxel_size or DEFAULT_VOXEL_SIZE, unit=unit,
         levels=getattr(args, "pyramid_levels", None),
         label_method=getattr(args, "label_downsampling", "mode"), command=command,
-        name=Path(str(getattr(args, "output", "fusionnet"))).name.split(".")[0] or "fusionnet")
+        name=Path(str(output or getattr(args, "output", None) or "fusionnet")).name.split(".")[0]
+        or "fusionnet")
 
 
-def add_arguments(parser, labels=False):
-    """The OME-Zarr options of a command: --format, --ngff-version, --voxel-size, ... ."""
-    group = parser.add_argument_group("OME-Zarr output (an OUTPUT named *.ome.zarr, or "
-                                      "--format ome-zarr)")
-    group.add_argument("--format", dest="output_format", choices=("auto", "ome-zarr"),
-                       default="auto",
-                       help="Output format: 'auto' follows the name (*.ome.zarr is OME-Zarr), "
-                            "'ome-zarr' forces it (default: auto).")
+def add_arguments(parser, labels=False, formats=True):
+    """The OME-Zarr options of a command: --format, --ngff-version, --voxel-size, ... .
+
+    ``formats=False`` leaves out ``--format`` (the output name alone decides).
+    """
+    group = parser.add_argument_group("OME-Zarr output (an output named *.ome.zarr"
+                                      + (", or --format ome-zarr)" if formats else ")"))
+    if formats:
+        group.add_argument("--format", dest="output_format", choices=("auto", "ome-zarr"),
+                           default="auto",
+                           help="Output format: 'auto' follows the name (*.ome.zarr is "
+                                "OME-Zarr), 'ome-zarr' forces it (default: auto).")
     group.add_argument("--ngff-version", choices=NGFF_VERSIONS, default=DEFAULT_NGFF_VERSION,
                        help="OME-Zarr version: 0.4 (zarr v2) or 0.5 (zarr v3) (default: "
                             f"{DEFAULT_NGFF_VERSION}).")
@@ -936,7 +948,7 @@ def check_cli_options(args, output, input_spec, kind, command):
                 raise ValueError(f"{option} applies to an OME-Zarr output (*.ome.zarr or "
                                  f"--format ome-zarr); OUTPUT {output} is not one")
         return None
-    return output_plan_for(args, kind, command, input_spec)
+    return output_plan_for(args, kind, command, input_spec, output)
 
 
 __all__ = ["read_ome_zarr", "read_multiscale", "write_ome_zarr", "start_output",
