@@ -567,8 +567,14 @@ def _compute(store_call, scheduler=None, workers=1):
     """Run a dask ``store`` on a scheduler address, else on ``workers`` threads."""
     if scheduler:
         distributed = _import("distributed")
-        with distributed.Client(scheduler):
-            return store_call({})
+        try:  # a client of this scheduler in this process (e.g. a benchmark's): reuse it
+            client = distributed.default_client()
+            if client.scheduler.address == scheduler:
+                return store_call({"scheduler": client.get})
+        except ValueError:
+            pass
+        with distributed.Client(scheduler) as client:
+            return store_call({"scheduler": client.get})
     return store_call({"scheduler": "threads", "num_workers": max(1, int(workers or 1))})
 
 
