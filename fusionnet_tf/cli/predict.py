@@ -9,6 +9,7 @@ Serving endpoint (``--serving-url``) or, by default, the shipped pretrained
 FusionNet.
 """
 
+import dataclasses
 from pathlib import Path
 
 from fusionnet_tf.io_utils import check_output_not_input, same_path, stored_in
@@ -69,6 +70,10 @@ def add_parser(subparsers):
 
     add_slices_argument(parser, "INPUT (the outputs hold only those)")
     add_segment_arguments(parser)
+    from fusionnet_tf.io import ome_zarr
+
+    ome_zarr.add_level_argument(parser)
+    ome_zarr.add_arguments(parser, labels=True)
     parser.set_defaults(run=run)
 
 
@@ -337,11 +342,20 @@ def run(args):
 
     from fusionnet_tf.pretrained import resolve_model_spec
 
+    from fusionnet_tf.io import ome_zarr
+
     check_tiling_arguments(args)
     args.model, args.model_name = resolve_model_spec(args.model)  # a name -> its weights
+    args.input = ome_zarr.level_spec(args.input, args.level)
     check_not_input(args.input, args.output, args.overlay)
     affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
-    if affinity_store:  # a .zarr output is for affinities (refused below for a 2D model)
+    ome_plan = ome_zarr.check_cli_options(
+        args, args.output, args.input,
+        "affinities" if _is_affinity_model_file(args) else "probability", "predict")
+    if ome_plan is not None:
+        ome_zarr.check_output(args.output, "predict", "--output")
+        affinity_store = False
+    elif affinity_store:  # a .zarr output is for affinities (refused below for a 2D model)
         from fusionnet_tf.data.affinity_io import check_affinity_output
 
         check_affinity_output(args.output)
@@ -372,6 +386,8 @@ def run(args):
     _refuse_affinity_options(args)
     if affinity_store:
         check_output(args.output)  # names the formats a membrane map can be written to
+    if ome_plan is not None and ome_plan.kind != "probability":
+        ome_plan = dataclasses.replace(ome_plan, kind="probability")
     predictor = Predictor(
         model, tile_shape=args.tile_size, overlap=args.overlap,
         tta=args.tta, batch_size=args.batch_size, blending=args.blending,
@@ -388,7 +404,15 @@ def run(args):
     }
     if args.slices:
         metadata["slices"] = args.slices
-    write_prediction(args.output, membrane, dtype=args.dtype, isbi=args.isbi, metadata=metadata)
+    if ome_plan is not None:
+        from fusionnet_tf.inference.writers import to_isbi, to_uint8
+
+        stored = to_isbi(membrane) if args.isbi else membrane
+        ome_zarr.write_ome_zarr(args.output, to_uint8(stored) if args.dtype == "uint8"
+                                else stored.astype("float32"), ome_plan)
+    else:
+        write_prediction(args.output, membrane, dtype=args.dtype, isbi=args.isbi,
+                         metadata=metadata)
     if args.overlay:
         write_overlays(args.overlay, images, membrane)
     what = "1 - membrane probability (ISBI)" if args.isbi else "membrane probability"
@@ -429,7 +453,10 @@ def predict_affinities(args, model, images, offsets, engine):
         if value:
             raise ValueError(f"{option} applies to membrane maps; the model predicts 3D "
                              "affinities")
-    check_affinity_output(args.output)
+    from fusionnet_tf.io import ome_zarr
+
+    if not ome_zarr.wants_ome_zarr(args.output, args.output_format):
+        check_affinity_output(args.output)
     if len(images) < 2:
         raise ValueError(f"INPUT {args.input} is a single 2D image (shape "
                          f"{tuple(images.shape[1:])}); a 3D model needs a (Z, Y, X) volume of "
@@ -456,7 +483,13 @@ def predict_affinities(args, model, images, offsets, engine):
         "tta": args.tta, "blending": args.blending, "normalization": args.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
     }
-    write_affinities(args.output, affinities, predictor.offsets, metadata)
+    from fusionnet_tf.io import ome_zarr
+
+    if ome_zarr.wants_ome_zarr(args.output, args.output_format):
+        plan = ome_zarr.output_plan_for(args, "affinities", "predict", args.input)
+        ome_zarr.write_ome_zarr(args.output, affinities, plan)
+    else:
+        write_affinities(args.output, affinities, predictor.offsets, metadata)
     print(f"wrote {args.output}: {affinities.shape} float32 affinities for "
           f"{len(predictor.offsets)} offsets", file=sys.stderr)
     if args.segment:

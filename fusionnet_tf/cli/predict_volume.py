@@ -59,6 +59,10 @@ def add_parser(subparsers):
                              "(default: resume).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over blocks on stderr).")
+    from fusionnet_tf.io import ome_zarr
+
+    ome_zarr.add_level_argument(parser)
+    ome_zarr.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -93,16 +97,24 @@ def run(args):
     for option, value in (("--block", args.block), ("--block-z", args.block_z)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")
-    check_volume_paths(args.input, args.output)
+    from fusionnet_tf.io import ome_zarr
+    from fusionnet_tf.volumes.runner import is_affinity_model
+
+    args.input = ome_zarr.level_spec(args.input, args.level)
+    kind = "affinities" if args.model and is_affinity_model(args.model) else "probability"
+    plan = ome_zarr.check_cli_options(args, args.output, args.input, kind, "predict-volume")
+    check_volume_paths(args.input, args.output, plan)
     shape = input_shape(args.input)
     check_tile_size(args.tile_size, shape[1], shape[2], args.tta)
     engine = engine_argument(args)
     tiling = _tiling(args)
+    output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
+                                                                     args.overwrite)
     try:
         from fusionnet_tf.volumes import BlockFailures, format_summary, predict_volume
 
         summary = predict_volume(
-            args.input, args.output, args.model,
+            args.input, output, args.model,
             block_shape=(tiling["block_z"], args.block, args.block),
             tile_shape=tiling["tile"], overlap=tiling["overlap"], offsets=tiling["offsets"],
             tta=args.tta,
@@ -116,7 +128,23 @@ def run(args):
     except BlockFailures as exc:
         raise CommandError(str(exc)) from exc
     print(f"predict-volume: {format_summary(summary)}", file=sys.stderr)
+    finish_ome_output(args, plan)
     return 0
+
+
+def finish_ome_output(args, plan):
+    """Build the pyramid and metadata of an OME-Zarr OUTPUT (nothing for plain zarr)."""
+    import sys
+
+    if plan is None:
+        return
+    from fusionnet_tf.io import ome_zarr
+
+    shapes = ome_zarr.finish_output(args.output, scheduler=args.scheduler,
+                                    workers=max(1, args.workers))
+    print(f"{plan.command}: OME-Zarr {plan.ngff_version} {plan.kind}, {len(shapes)} levels "
+          f"{shapes[0]} .. {shapes[-1]}, voxel size {plan.voxel_size} {plan.unit} -> "
+          f"{args.output}", file=sys.stderr)
 
 
 def _tiling(args):
@@ -140,17 +168,24 @@ def _tiling(args):
             "block_z": tile_z if args.block_z is None else args.block_z}
 
 
-def check_volume_paths(input_spec, output):
+def check_volume_paths(input_spec, output, ome_plan=None):
     """The output guard of the block-wise commands, before any work.
 
     OUTPUT must not be, contain or lie inside INPUT, and an existing OUTPUT
     must be empty or an earlier output of a block-wise command (resumed or,
     with ``--overwrite``, replaced); any other folder or zarr store is refused.
+    An OME-Zarr OUTPUT (``ome_plan``) must be new, empty or an earlier output
+    of the same command.
     """
     from fusionnet_tf.io_utils import check_output_not_input, check_output_path
     from fusionnet_tf.volumes.storage import is_volume_output
 
     check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
+    if ome_plan is not None:
+        from fusionnet_tf.io import ome_zarr
+
+        ome_zarr.check_output(output, ome_plan.command)
+        return
     check_output_path(output, f"OUTPUT {output}", folder_output=True,
                       earlier_output=is_volume_output)
 

@@ -51,8 +51,11 @@ def add_parser(subparsers):
                         help="No progress bar (default: progress bar over slices on stderr).")
     add_method_argument(parser)
     from fusionnet_tf.cli.slices import add_slices_argument
+    from fusionnet_tf.io import ome_zarr
 
     add_slices_argument(parser, "PRED (and --image; LABELS holds only those)")
+    ome_zarr.add_level_argument(parser)
+    ome_zarr.add_arguments(parser, labels=True, formats=False)
     parser.set_defaults(run=run)
 
 
@@ -181,7 +184,12 @@ def segment_and_write(membrane, output, args, params, source, images=None, overl
     seconds = time.perf_counter() - began
     metadata = {"source": str(source), "mode": args.mode, "params": params.to_dict(),
                 "keep_boundaries": bool(args.keep_boundaries)}
-    write_labels(output, labels, metadata)
+    plan = None
+    from fusionnet_tf.io import ome_zarr
+
+    if ome_zarr.is_ome_zarr_name(output):
+        plan = ome_zarr.output_plan_for(args, "labels", "segment", source, output)
+    write_labels(output, labels, metadata, ome_plan=plan)
     if overlay is not None:
         write_label_overlays(overlay, images, labels)
     print(f"wrote {output}: {labels.shape} {stored_label_dtype(output, max_id)}, {max_id} segments "
@@ -193,8 +201,12 @@ def run(args):
     import sys
 
     from fusionnet_tf.data.affinity_io import affinity_metadata
+    from fusionnet_tf.io import ome_zarr
     from fusionnet_tf.segmentation.io import (check_label_output, raw_image_warning,
                                               read_membrane)
+
+    args.pred = ome_zarr.level_spec(args.pred, args.level)
+    ome_zarr.check_cli_options(args, args.output, args.pred, "labels", "segment")
 
     if affinity_metadata(args.pred) is not None:
         from fusionnet_tf.cli.affinity_segment import run_segment

@@ -56,6 +56,10 @@ def add_parser(subparsers):
                              "(default: resume).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bars (default: one bar per pass on stderr).")
+    from fusionnet_tf.io import ome_zarr
+
+    ome_zarr.add_level_argument(parser)
+    ome_zarr.add_arguments(parser, labels=True)
     parser.set_defaults(run=run)
 
 
@@ -75,19 +79,25 @@ def run(args):
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0; received {args.workers}")
-    from fusionnet_tf.cli.predict_volume import check_volume_paths
+    from fusionnet_tf.cli.predict_volume import check_volume_paths, finish_ome_output
+    from fusionnet_tf.io import ome_zarr
 
-    check_volume_paths(args.pred, args.output)
+    args.pred = ome_zarr.level_spec(args.pred, args.level)
+    plan = ome_zarr.check_cli_options(args, args.output, args.pred, "labels", "segment-volume")
+    check_volume_paths(args.pred, args.output, plan)
     params = resolve_params(args)
+    output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
+                                                                     args.overwrite)
     try:
         from fusionnet_tf.segmentation.blockwise import format_summary, segment_volume
         from fusionnet_tf.volumes import BlockFailures
 
-        summary = segment_volume(args.pred, args.output, params, args.mode,
+        summary = segment_volume(args.pred, output, params, args.mode,
                                  block_shape=(block_z, args.block, args.block), halo=args.halo,
                                  workers=args.workers, scheduler=args.scheduler,
                                  overwrite=args.overwrite, progress=not args.quiet)
     except BlockFailures as exc:
         raise CommandError(str(exc)) from exc
     print(f"segment-volume: {format_summary(summary)}", file=sys.stderr)
+    finish_ome_output(args, plan)
     return 0

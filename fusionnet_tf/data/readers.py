@@ -377,6 +377,26 @@ def _lazy_tiff(path):
 # --------------------------------------------------------------------------- #
 
 
+def _open_ome_zarr(spec):
+    """A (Z, Y, X) level of an OME-Zarr image (``image.ome.zarr`` = level 0, or
+    ``image.ome.zarr:/DATASET``), or None for any other spec."""
+    from fusionnet_tf.io import ome_zarr
+
+    text = str(spec)
+    path, key = Path(text), None
+    if not path.exists() and ":" in text:
+        head, key = text.rsplit(":", 1)
+        path, key = Path(head), key.strip("/")
+    if not ome_zarr.is_ome_zarr(path):
+        if path.is_dir() and ome_zarr.is_ome_zarr_name(path):
+            ome_zarr.read_multiscale(path)  # raises: no multiscales metadata
+        return None
+    opened = ome_zarr.open_level(path, key)
+    if opened is None:
+        raise ValueError(f"{spec}: {path} has no resolution level '{key}'")
+    return opened[0]
+
+
 def read_stack(spec, allow_bool=False):
     """Read an EM stack into memory as an (N, H, W) array in its native dtype.
 
@@ -445,6 +465,9 @@ def open_stack(spec, allow_bool=False):
         except BaseException:
             close_stack(dataset)
             raise
+    ome = _open_ome_zarr(spec)
+    if ome is not None:
+        return check_stack(ome, str(spec), allow_bool)
     path = Path(spec)
     _check_exists(path)
     if path.is_dir():

@@ -556,7 +556,7 @@ def create_label_array(path, shape, chunks, dtype, attrs=None):
     zarr = storage.import_zarr()
     storage.clear_done_markers(path)
     array = zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks),
-                            dtype=dtype, fill_value=0)
+                            dtype=dtype, fill_value=0, **storage.array_options(path))
     for key, value in (attrs or {}).items():
         array.attrs[key] = value
     return array

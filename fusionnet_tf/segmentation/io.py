@@ -124,7 +124,10 @@ def label_kind(spec):
         ValueError: any other suffix, naming ``spec``.
     """
     from fusionnet_tf.inference.writers import output_kind
+    from fusionnet_tf.io.ome_zarr import is_ome_zarr_name
 
+    if is_ome_zarr_name(spec):
+        return "ome-zarr"
     if is_zarr_spec(spec):
         if (ZARR_SUFFIX + ":") in str(spec).lower():
             raise ValueError(f"labels output {spec}: a zarr output is a whole store (e.g. "
@@ -164,6 +167,11 @@ def check_label_output(spec, option="labels output"):
     from fusionnet_tf.inference.writers import check_hdf5_target, split_output_spec
 
     kind = label_kind(spec)
+    if kind == "ome-zarr":
+        from fusionnet_tf.io.ome_zarr import check_output
+
+        check_output(spec, "segment", option)
+        return kind
     path, key = (Path(spec), None) if kind == "zarr" else split_output_spec(spec)
     check_output_path(path, f"{option} {spec}", folder_output=kind == "zarr",
                       earlier_output=is_label_store)
@@ -176,10 +184,10 @@ def stored_label_dtype(spec, max_id):
     """The dtype ``write_labels`` stores ids up to ``max_id`` as in ``spec``'s format."""
     kind = label_kind(spec)
     return np.dtype(np.uint64 if kind == "zarr" else
-                    np.uint32 if kind == "tiff" else label_dtype(max_id))
+                    np.uint32 if kind == "tiff" else label_dtype(max_id))  # hdf5, ome-zarr
 
 
-def write_labels(spec, labels, metadata=None):
+def write_labels(spec, labels, metadata=None, ome_plan=None):
     """Write an (N, H, W) label image atomically; the format follows ``spec``.
 
     Args:
@@ -187,6 +195,8 @@ def write_labels(spec, labels, metadata=None):
         labels: (N, H, W) or (H, W) non-negative integer array.
         metadata: optional JSON-able dict (TIFF description, HDF5 attributes
             or zarr attributes).
+        ome_plan: ``io.ome_zarr.OutputPlan`` of a ``*.ome.zarr`` output (None:
+            its defaults, NGFF 0.5, voxel size 1).
 
     Returns:
         Path written.
@@ -210,6 +220,11 @@ def write_labels(spec, labels, metadata=None):
     if kind == "hdf5":
         path, key = split_output_spec(spec)
         return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels, metadata)
+    if kind == "ome-zarr":
+        from fusionnet_tf.io import ome_zarr
+
+        plan = ome_plan or ome_zarr.OutputPlan(kind="labels", command="segment")
+        return ome_zarr.write_ome_zarr(spec, labels, plan)
     return _write_zarr(Path(spec), labels, metadata)
 
 

@@ -114,6 +114,11 @@ def _zarr_arrays(group):
 
 
 def _open_zarr(path, key):
+    from fusionnet_tf.io import ome_zarr
+
+    level = ome_zarr.open_level(path, key)  # an OME-Zarr image: level 0, or the level named
+    if level is not None:
+        return level
     zarr = import_zarr()
     try:
         node = zarr.open(str(path), mode="r")
@@ -271,16 +276,29 @@ def create_output(path, shape, chunks, settings, zarr_format=3):
         raise FileNotFoundError(f"output folder does not exist: {path.absolute().parent} "
                                 f"(for {path})")
     kwargs = dict(mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="float32",
-                  fill_value=0.0)
-    if zarr_major_version() >= 3:
-        kwargs["zarr_format"] = zarr_format
-    elif zarr_format != 2:
-        raise ValueError(f"zarr-python {zarr.__version__} writes only zarr_format=2; "
-                         f"received zarr_format={zarr_format}")
+                  fill_value=0.0, **array_options(path, zarr_format))
     clear_done_markers(path)
     array = zarr.open_array(str(path), **kwargs)
     array.attrs[ATTRS_KEY] = settings
     return array
+
+
+def array_options(path, zarr_format=3):
+    """zarr creation options of a new output array at ``path``.
+
+    Level 0 of an OME-Zarr output (``OUTPUT/0`` under a group that
+    ``io.ome_zarr.start_output`` made) takes the group's zarr format, chunk
+    keys and dimension names; any other output ``zarr_format`` (2 or 3).
+    """
+    from fusionnet_tf.io.ome_zarr import level_array_options
+
+    options = level_array_options(path) or {"zarr_format": zarr_format}
+    if zarr_major_version() < 3:
+        if options["zarr_format"] != 2:
+            raise ValueError(f"zarr-python {import_zarr().__version__} writes only "
+                             f"zarr_format=2; received zarr_format={options['zarr_format']}")
+        options = {k: v for k, v in options.items() if k in ("dimension_separator",)}
+    return options
 
 
 def check_resumable(array, path, shape, chunks, settings):

@@ -1,0 +1,963 @@
+"""OME-Zarr (NGFF) in and out: multiscale images, probabilities, affinities and labels.
+
+Reading (any NGFF 0.4 / 0.5 image; only this module parses the metadata):
+
+- :func:`read_multiscale` parses an image group's ``multiscales`` (axes, units,
+  per-level paths and scales); :func:`read_ome_zarr` opens one level lazily
+  and returns it with its voxel size; :func:`level_spec` turns
+  ``image.ome.zarr`` + ``--level N`` into the ``path:/dataset`` spec the
+  block-wise readers (``volumes.storage.open_volume``) already understand.
+- Leading axes of size 1 (``t``, ``c``) are dropped, so (1, 1, Z, Y, X) data
+  read as (Z, Y, X); a 2D (Y, X) image reads as (1, Y, X).
+
+Writing (NGFF 0.4 = zarr format 2 with ``/`` chunk keys, NGFF 0.5 = zarr
+format 3 with ``dimension_names``):
+
+- ``image`` (raw EM), ``probability`` (float32 membranes) and ``labels``
+  (segment ids) are ``(z, y, x)``; ``affinities`` are ``(c, z, y, x)`` with a
+  channel axis. Spatial axes carry the unit (``nanometer`` unless the input
+  said otherwise) and a ``scale`` = voxel size x the level's downsampling,
+  plus the ``translation`` of a coarse voxel's centre (none for ``nearest``).
+- The pyramid is built level by level from the one before, block-wise on
+  Dask (:func:`build_pyramid`): ``mean`` for images, probabilities and
+  affinities, ``mode`` (most frequent id in each window; ties go to the
+  smallest id) or ``nearest`` (the window's first voxel) for labels. In-plane
+  axes halve at every level; ``z`` halves once the in-plane voxels have grown
+  to at least half of it (``pyramid_factors``), so a 30 x 6 x 6 nm volume gets
+  (1, 2, 2), (1, 2, 2), (2, 2, 2), ...
+- Labels are an NGFF *image-label* (``image-label`` metadata with a colour per
+  id up to ``MAX_COLOURS``, 0 transparent): as a container of their own
+  (``neurons.ome.zarr``, the label multiscales at its root), or under an
+  existing image's ``labels/`` group when the output path is
+  ``IMAGE.ome.zarr/labels/NAME`` (NAME is added to ``labels/``' list).
+- Metadata are written by ``ome_zarr.writer`` (``write_multiscales_metadata``,
+  ``add_metadata``), not by hand.
+
+Every output carries the attribute ``MARKER`` (``{"command", "kind", ...}``)
+at its root; only a folder with the marker of the same command may be resumed
+or replaced. The ``multiscales`` metadata are written last, so an interrupted
+output is never mistaken for a finished image. Block-wise commands write level
+0 into ``OUTPUT/0`` with the machinery of ``volumes.storage`` (done-markers,
+resume), then :func:`finish_output` builds the pyramid (a done-marker per
+level) and writes the metadata. In-memory writes (:func:`write_ome_zarr`) go
+to a temporary folder that is renamed when complete.
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fusionnet_tf.io_utils import (atomic_path, check_output_folder, check_output_path,
+                                   default_permissions,
+                                   replace_folder, zarr_attributes)
+
+NGFF_VERSIONS = ("0.4", "0.5")
+DEFAULT_NGFF_VERSION = "0.5"
+ZARR_FORMAT = {"0.4": 2, "0.5": 3}
+KINDS = ("image", "probability", "labels", "affinities")
+LABEL_METHODS = ("mode", "nearest")
+DEFAULT_UNIT = "nanometer"
+DEFAULT_VOXEL_SIZE = (1.0, 1.0, 1.0)
+SUFFIX = ".ome.zarr"
+MARKER = "fusionnet_ome_zarr"
+PYRAMID_DONE = ".fusionnet-pyramid"
+# automatic pyramids stop once the largest in-plane extent is at most this many voxels
+MIN_PYRAMID_EXTENT = 256
+MAX_LEVELS = 12
+# image-label colours are listed for ids 1..MAX_COLOURS (viewers colour the rest themselves)
+MAX_COLOURS = 4096
+EXTRA_HINT = "install the volumes extra: pip install 'fusionnet-tf[volumes]'"
+
+
+def _import(name):
+    """Import an optional module, or raise ImportError naming the ``[volumes]`` extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ImportError(f"OME-Zarr needs {name} ({exc}); {EXTRA_HINT}") from exc
+
+
+# ------------------------------------------------------------------ names and options
+
+def is_ome_zarr_name(spec):
+    """True if a spec asks for OME-Zarr by its name: ``*.ome.zarr`` or ``IMAGE/labels/NAME``."""
+    return str(spec).lower().rstrip("/").endswith(SUFFIX) or parent_image(spec) is not None
+
+
+def wants_ome_zarr(spec, output_format=None):
+    """True for an OME-Zarr output: ``--format ome-zarr`` or a ``*.ome.zarr`` name."""
+    return output_format == "ome-zarr" or (output_format in (None, "auto")
+                                           and is_ome_zarr_name(spec))
+
+
+def check_ngff_version(version):
+    """Return ``version`` as ``"0.4"`` / ``"0.5"``; raise ValueError otherwise."""
+    text = str(version)
+    if text not in NGFF_VERSIONS:
+        raise ValueError(f"--ngff-version must be one of {', '.join(NGFF_VERSIONS)}; "
+                         f"received {version!r}")
+    return text
+
+
+def parse_voxel_size(text, option="--voxel-size"):
+    """``"30,6,6"`` (or 3 numbers) -> ``(30.0, 6.0, 6.0)``: (z, y, x), all positive.
+
+    Raises:
+        ValueError: not exactly 3 finite positive numbers (naming ``option``).
+    """
+    if text is None:
+        return None
+    parts = [p for p in str(text).replace("x", ",").split(",")] if isinstance(text, str) \
+        else list(text)
+    try:
+        values = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{option} must be 3 positive numbers z,y,x (e.g. 30,6,6); "
+                         f"received {text!r}")
+    return values
+
+
+# ------------------------------------------------------------------ reading
+
+def ngff_attributes(path):
+    """The NGFF metadata dict of a group: ``attributes["ome"]`` (0.5) or the attributes (0.4)."""
+    attributes = zarr_attributes(path)
+    ome = attributes.get("ome")
+    return ome if isinstance(ome, dict) else attributes
+
+
+def is_ome_zarr(path):
+    """True if ``path`` is a zarr group with NGFF ``multiscales`` metadata."""
+    return Path(path).is_dir() and "multiscales" in ngff_attributes(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Multiscale:
+    """Parsed ``multiscales[0]`` of an NGFF image.
+
+    Attributes:
+        path: Path of the image group.
+        version: NGFF version string (``"0.4"``, ``"0.5"``, ...).
+        axes: axis names, e.g. ``("z", "y", "x")``.
+        units: unit per axis (None where not given).
+        datasets: per level ``(path, scale, translation)``; scale and
+            translation are tuples over all axes (global transforms applied).
+    """
+
+    path: Path
+    version: str
+    axes: tuple
+    units: tuple
+    datasets: tuple
+
+    def spatial(self):
+        """Indices of the spatial axes z, y, x present (in order)."""
+        return tuple(i for i, name in enumerate(self.axes) if name in ("z", "y", "x"))
+
+    def voxel_size(self, level):
+        """``(z, y, x)`` voxel size of ``level`` (1.0 for a missing z axis)."""
+        scale = dict(zip(self.axes, self.datasets[level][1]))
+        return tuple(float(scale.get(name, 1.0)) for name in ("z", "y", "x"))
+
+    def unit(self):
+        """The unit of the spatial axes (the first given), or None."""
+        for index in self.spatial():
+            if self.units[index]:
+                return self.units[index]
+        return None
+
+
+def _transform(transforms, kind, ndim):
+    for transform in transforms or ():
+        if transform.get("type") == kind and kind in transform:
+            return tuple(float(v) for v in transform[kind])
+    return (1.0 if kind == "scale" else 0.0,) * ndim
+
+
+def read_multiscale(path):
+    """Parse the first multiscale image of the OME-Zarr group ``path``.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ValueError: not a zarr group with ``multiscales`` metadata, or
+            metadata that cannot be parsed (one line naming ``path``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"OME-Zarr image not found: {path}")
+    meta = ngff_attributes(path)
+    multiscales = meta.get("multiscales")
+    if not multiscales:
+        raise ValueError(f"{path} is not an OME-Zarr image: its zarr group has no "
+                         f"'multiscales' metadata")
+    try:
+        first = multiscales[0]
+        axes = [a if isinstance(a, str) else a["name"] for a in first.get("axes", [])] \
+            or ["z", "y", "x"][-len(_level_shape(path, first["datasets"][0]["path"])):]
+        units = [None if isinstance(a, str) else a.get("unit") for a in first.get("axes", [])] \
+            or [None] * len(axes)
+        ndim = len(axes)
+        global_scale = _transform(first.get("coordinateTransformations"), "scale", ndim)
+        datasets = []
+        for dataset in first["datasets"]:
+            transforms = dataset.get("coordinateTransformations")
+            scale = _transform(transforms, "scale", ndim)
+            translation = _transform(transforms, "translation", ndim)
+            datasets.append((str(dataset["path"]),
+                             tuple(s * g for s, g in zip(scale, global_scale)), translation))
+        version = str(first.get("version") or meta.get("version") or "0.5")
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read its OME-Zarr 'multiscales' metadata "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if not datasets:
+        raise ValueError(f"{path}: its OME-Zarr 'multiscales' lists no datasets (levels)")
+    return Multiscale(path, version, tuple(axes), tuple(units), tuple(datasets))
+
+
+def _level_shape(path, dataset):
+    for name, key in (("zarr.json", "shape"), (".zarray", "shape")):
+        try:
+            return json.loads((Path(path) / dataset / name).read_text())[key]
+        except (OSError, ValueError, KeyError):
+            continue
+    return [0, 0, 0]
+
+
+def check_level(multiscale, level, option="--level"):
+    """Return ``level`` as an int if the image has it; ValueError otherwise."""
+    count = len(multiscale.datasets)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) \
+            or not 0 <= level < count:
+        raise ValueError(f"{option} {level}: {multiscale.path} has {count} resolution level"
+                         f"{'s' if count != 1 else ''} (0..{count - 1})")
+    return int(level)
+
+
+class SqueezedArray:
+    """A read-only (Z, Y, X) view of an array whose other axes have size 1.
+
+    Supports ``shape``, ``dtype``, ``ndim`` and basic NumPy indexing of the
+    three kept axes; reading slices the underlying (lazy) array.
+    """
+
+    def __init__(self, array, keep):
+        self.array, self.keep = array, tuple(keep)
+        full = tuple(array.shape)
+        self.shape = (1,) * (3 - len(self.keep)) + tuple(full[i] for i in self.keep)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 3
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        key = () if key is Ellipsis else (key if isinstance(key, tuple) else (key,))
+        key = tuple(k for k in key if k is not Ellipsis)
+        key = key + (slice(None),) * (3 - len(key))
+        missing = 3 - len(self.keep)  # 1 for a 2D (y, x) image: a virtual z axis of size 1
+        index = [0] * len(self.array.shape)
+        for axis, item in zip(self.keep, key[missing:]):
+            index[axis] = item
+        data = np.asarray(self.array[tuple(index)])
+        return np.expand_dims(data, 0)[key[:1]] if missing else data
+
+
+@dataclasses.dataclass(frozen=True)
+class OmeImage:
+    """One level of an OME-Zarr image, opened lazily (see :func:`read_ome_zarr`).
+
+    Attributes:
+        array: (Z, Y, X) array-like (a zarr array, or ``SqueezedArray``).
+        voxel_size: ``(z, y, x)`` floats in ``unit``.
+        unit: unit of the spatial axes (None if the file gives none).
+        axes: the stored axis names, e.g. ``("z", "y", "x")``.
+        level: the level read; ``dataset``: its path inside the group.
+        version: NGFF version of the file.
+    """
+
+    array: object
+    voxel_size: tuple
+    unit: object
+    axes: tuple
+    level: int
+    dataset: str
+    version: str
+
+
+def read_ome_zarr(path, level=0):
+    """Open ``level`` of the OME-Zarr image at ``path`` lazily as (Z, Y, X).
+
+    Args:
+        path: the image group (``image.ome.zarr`` or ``IMAGE/labels/NAME``).
+        level: resolution level, 0 = full resolution. Defaults to 0.
+
+    Returns:
+        ``OmeImage``.
+
+    Raises:
+        FileNotFoundError, ValueError: no such folder, no ``multiscales``, a
+            level that does not exist, or axes other than z, y, x that are
+            not of size 1.
+    """
+    multiscale = read_multiscale(path)
+    level = check_level(multiscale, level)
+    dataset = multiscale.datasets[level][0]
+    zarr = _import("zarr")
+    try:
+        array = zarr.open_array(str(Path(path) / dataset), mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types
+        raise ValueError(f"{path}: level {level} ('{dataset}') is not a readable zarr array "
+                         f"({exc})") from exc
+    return OmeImage(squeeze_to_zyx(array, multiscale.axes, f"{path}"),
+                    multiscale.voxel_size(level), multiscale.unit(), multiscale.axes, level,
+                    dataset, multiscale.version)
+
+
+def squeeze_to_zyx(array, axes, name):
+    """The array as (Z, Y, X): drop non-spatial axes of size 1 (ValueError otherwise)."""
+    if tuple(axes) == ("z", "y", "x"):
+        return array
+    keep = []
+    for index, (axis, size) in enumerate(zip(axes, array.shape)):
+        if axis in ("z", "y", "x"):
+            keep.append(index)
+        elif size != 1:
+            raise ValueError(f"{name}: axis '{axis}' has {size} entries; only (z, y, x) "
+                             f"images (other axes of size 1) are supported")
+    if len(keep) not in (2, 3):
+        raise ValueError(f"{name}: axes {tuple(axes)}; expected spatial axes (z,) y, x")
+    return SqueezedArray(array, keep)
+
+
+def level_spec(spec, level=None):
+    """The ``path:/dataset`` spec of a level of an OME-Zarr input; other specs unchanged.
+
+    Args:
+        spec: the input as typed (``image.ome.zarr`` or any other spec).
+        level: ``--level`` (None: full resolution).
+
+    Raises:
+        ValueError: ``--level`` with an input that is not an OME-Zarr image,
+            an OME-Zarr-named input without multiscales, or a missing level.
+    """
+    path = Path(str(spec))
+    if not is_ome_zarr(path):
+        if path.is_dir() and (is_ome_zarr_name(path) or level is not None):
+            read_multiscale(path)  # raises: no multiscales
+        if level is not None:
+            raise ValueError(f"--level {level} applies to an OME-Zarr image; INPUT {spec} "
+                             f"is not one")
+        return str(spec)
+    multiscale = read_multiscale(path)
+    number = check_level(multiscale, 0 if level is None else level)
+    if level is None:  # open_volume reads level 0 of an OME-Zarr group by itself
+        return str(spec)
+    return f"{path}:/{multiscale.datasets[number][0]}"
+
+
+def input_metadata(spec):
+    """``(voxel_size, unit)`` of an OME-Zarr input spec (``path`` or ``path:/dataset``).
+
+    ``(None, None)`` for anything else (another format, or an array that is
+    not a level of a multiscale image).
+    """
+    text = str(spec)
+    path, dataset = Path(text), None
+    if not path.exists() and ":" in text:
+        head, key = text.rsplit(":", 1)
+        path, dataset = Path(head), key.strip("/")
+    if not is_ome_zarr(path):
+        return None, None
+    multiscale = read_multiscale(path)
+    paths = [d[0] for d in multiscale.datasets]
+    level = paths.index(dataset) if dataset in paths else (0 if dataset is None else None)
+    if level is None:
+        return None, None
+    return multiscale.voxel_size(level), multiscale.unit()
+
+
+def open_level(path, key):
+    """The array ``open_volume`` reads from an OME-Zarr group: level 0, or the dataset ``key``.
+
+    Returns:
+        ``(array, key)`` with the array as (Z, Y, X), or None when ``path`` is
+        no OME-Zarr image (the caller reads it as a plain zarr group).
+    """
+    if not is_ome_zarr(path):
+        return None
+    multiscale = read_multiscale(path)
+    paths = [d[0] for d in multiscale.datasets]
+    if key is None:
+        key = paths[0]
+    if key not in paths:
+        return None
+    zarr = _import("zarr")
+    array = zarr.open_array(str(Path(path) / key), mode="r")
+    return squeeze_to_zyx(array, multiscale.axes, f"{path}:/{key}"), key
+
+
+# ------------------------------------------------------------------ pyramid math
+
+def axes_for(kind):
+    """Axis names of a kind: (c, z, y, x) for affinities, else (z, y, x)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}; received {kind!r}")
+    return ("c", "z", "y", "x") if kind == "affinities" else ("z", "y", "x")
+
+
+def pyramid_factors(shape, voxel_size, levels=None):
+    """Per-level downsampling factors ``(z, y, x)`` relative to the level before.
+
+    y and x halve at every level; z halves once its voxel size is less than
+    twice the in-plane one at that level; an axis of extent 1 stays.
+
+    Args:
+        shape: ``(Z, Y, X)`` of level 0.
+        voxel_size: ``(z, y, x)`` of level 0.
+        levels: total levels including 0; None = until the largest in-plane
+            extent is at most ``MIN_PYRAMID_EXTENT`` (at most ``MAX_LEVELS``).
+
+    Returns:
+        list of ``levels - 1`` tuples of ints (1 or 2).
+    """
+    if levels is not None and (isinstance(levels, bool) or int(levels) != levels
+                               or levels < 1):
+        raise ValueError(f"--pyramid-levels must be a positive integer; received {levels!r}")
+    shape, size = list(shape), list(voxel_size)
+    factors = []
+    while True:
+        if levels is not None and len(factors) + 1 >= levels:
+            break
+        if levels is None and (max(shape[1:]) <= MIN_PYRAMID_EXTENT
+                               or len(factors) + 1 >= MAX_LEVELS):
+            break
+        finest = min(size[1:])
+        step = tuple(1 if n == 1 else (2 if axis > 0 or size[0] < 2 * finest else 1)
+                     for axis, n in enumerate(shape))
+        factors.append(step)
+        shape = [-(-n // f) for n, f in zip(shape, step)]
+        size = [s * f for s, f in zip(size, step)]
+    return factors
+
+
+def level_shapes(shape, factors):
+    """Shapes of all levels: level 0 ``shape`` then ceil-divided by each factor."""
+    shapes = [tuple(shape)]
+    for step in factors:
+        shapes.append(tuple(-(-n // f) for n, f in zip(shapes[-1], step)))
+    return shapes
+
+
+def _windows(block, factors):
+    """``(windows, valid)``: block cut into windows, shape ``out_shape + (prod(factors),)``.
+
+    Edge windows are padded; ``valid`` marks the voxels that exist.
+    """
+    pad = [(0, (-n) % f) for n, f in zip(block.shape, factors)]
+    padded = np.pad(block, pad)
+    valid = np.pad(np.ones(block.shape, bool), pad)
+    out = tuple(n // f for n, f in zip(padded.shape, factors))
+    split = [v for pair in zip(out, factors) for v in pair]
+    order = tuple(range(0, 2 * len(out), 2)) + tuple(range(1, 2 * len(out), 2))
+    cut = (lambda a: a.reshape(split).transpose(order).reshape(out + (-1,)))
+    return cut(padded), cut(valid)
+
+
+def downsample_mean(block, factors):
+    """Mean of each window (partial edge windows: of the voxels present); dtype kept.
+
+    Integers are rounded to the nearest value.
+    """
+    windows, valid = _windows(np.asarray(block), factors)
+    mean = (windows * valid).sum(-1, dtype=np.float64) / valid.sum(-1)
+    if np.issubdtype(block.dtype, np.integer):
+        return np.rint(mean).astype(block.dtype)
+    return mean.astype(block.dtype)
+
+
+def downsample_mode(block, factors):
+    """Most frequent id in each window (ties: the smallest id); edge windows as present."""
+    windows, valid = _windows(np.asarray(block), factors)
+    first = windows[..., :1]
+    uniform = np.all((windows == first) | ~valid, axis=-1)
+    result = first[..., 0].copy()
+    mixed = ~uniform
+    if mixed.any():
+        w, v = windows[mixed], valid[mixed]  # (n, k)
+        counts = ((w[:, :, None] == w[:, None, :]) & v[:, :, None] & v[:, None, :]).sum(1)
+        best = counts.max(1, keepdims=True)
+        top = np.iinfo(w.dtype).max if np.issubdtype(w.dtype, np.integer) else np.inf
+        result[mixed] = np.where((counts == best) & v, w, top).min(1)
+    return result
+
+
+def downsample_nearest(block, factors):
+    """The first voxel of each window."""
+    return np.asarray(block)[tuple(slice(None, None, f) for f in factors)]
+
+
+def downsampler(kind, label_method="mode"):
+    """The window function of a kind: mean, or (labels) mode / nearest."""
+    if kind != "labels":
+        return downsample_mean
+    if label_method not in LABEL_METHODS:
+        raise ValueError(f"--label-downsampling must be one of {LABEL_METHODS}; received "
+                         f"{label_method!r}")
+    return downsample_mode if label_method == "mode" else downsample_nearest
+
+
+def _downsample_block(block, factors, function):
+    return function(block, factors)
+
+
+# ------------------------------------------------------------------ writing
+
+def array_options(version, axes):
+    """zarr array creation options for a level: format, chunk keys, dimension names."""
+    if ZARR_FORMAT[version] == 2:
+        return {"zarr_format": 2, "dimension_separator": "/"}
+    return {"zarr_format": 3, "dimension_names": tuple(axes)}
+
+
+def level_array_options(level_path):
+    """Options for the array at ``OUTPUT/0`` of an OME-Zarr output being written, or ``{}``.
+
+    ``volumes.storage`` asks this when it creates a block-wise output, so
+    level 0 gets the zarr format, chunk keys and dimension names of the group.
+    """
+    level_path = Path(level_path)
+    marker = zarr_attributes(level_path.parent).get(MARKER)
+    if not isinstance(marker, dict) or level_path.name != "0":
+        return {}
+    return array_options(marker["ngff_version"], marker["axes"])
+
+
+def _format(version):
+    formats = _import("ome_zarr.format")
+    return formats.FormatV04() if version == "0.4" else formats.FormatV05()
+
+
+def _open_group(path, version, mode="a"):
+    zarr = _import("zarr")
+    return zarr.open_group(str(path), mode=mode, zarr_format=ZARR_FORMAT[version])
+
+
+def _create_level(path, shape, chunks, dtype, version, axes):
+    zarr = _import("zarr")
+    chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+    return zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=chunks,
+                           dtype=dtype, fill_value=0, **array_options(version, axes))
+
+
+def _spatial_factors(kind, step):
+    return ((1,) if kind == "affinities" else ()) + tuple(step)
+
+
+def _compute(store_call, scheduler=None, workers=1):
+    """Run a dask ``store`` on a scheduler address, else on ``workers`` threads."""
+    if scheduler:
+        distributed = _import("distributed")
+        try:  # a client of this scheduler in this process (e.g. a benchmark's): reuse it
+            client = distributed.default_client()
+            if client.scheduler.address == scheduler:
+                return store_call({"scheduler": client.get})
+        except ValueError:
+            pass
+        with distributed.Client(scheduler) as client:
+            return store_call({"scheduler": client.get})
+    return store_call({"scheduler": "threads", "num_workers": max(1, int(workers or 1))})
+
+
+def downsample_level(source, target, factors, function, scheduler=None, workers=1):
+    """Write ``target`` = ``source`` downsampled window-wise by ``factors``, block by block.
+
+    Each Dask task reads ``target.chunks * factors`` voxels of ``source`` and
+    writes one chunk of ``target`` (no two tasks write the same chunk).
+    """
+    da = _import("dask.array")
+    chunks = tuple(c * f for c, f in zip(target.chunks, factors))
+    src = da.from_zarr(source, chunks=chunks)
+    out_chunks = tuple(tuple(-(-n // f) for n in axis) for axis, f in zip(src.chunks, factors))
+    result = src.map_blocks(_downsample_block, factors, function, dtype=source.dtype,
+                            chunks=out_chunks)
+    _compute(lambda kw: da.store(result, target, lock=False, compute=True, **kw),
+             scheduler, workers)
+
+
+def _datasets(kind, voxel_size, factors, label_method):
+    """The NGFF ``datasets`` list: path, scale and (for window averages) translation."""
+    datasets, cumulative = [], (1, 1, 1)
+    for level in range(len(factors) + 1):
+        if level:
+            cumulative = tuple(c * f for c, f in zip(cumulative, factors[level - 1]))
+        scale = [v * c for v, c in zip(voxel_size, cumulative)]
+        shift = [0.5 * (c - 1) * v for v, c in zip(voxel_size, cumulative)]
+        lead = [1.0] if kind == "affinities" else []
+        transforms = [{"type": "scale", "scale": lead + scale}]
+        if level and (kind != "labels" or label_method == "mode"):
+            transforms.append({"type": "translation", "translation": [0.0] * len(lead) + shift})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    return datasets
+
+
+def label_colours(max_id):
+    """NGFF image-label ``colors``: id 0 transparent, ids 1..min(max_id, MAX_COLOURS) RGBA.
+
+    The colours are those of ``segmentation.io.label_colours`` (the same
+    golden-ratio hash), so every tool of the package shows an id alike.
+    """
+    ids = np.arange(1, min(int(max_id), MAX_COLOURS) + 1, dtype=np.uint64)
+    mixed = ids * np.uint64(0x9E3779B97F4A7C15)
+    rgb = [38 + (((mixed >> np.uint64(s)) & np.uint64(0xFF)).astype(np.int64) * 217) // 255
+           for s in (16, 32, 48)]
+    colours = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    colours += [{"label-value": int(i), "rgba": [int(r), int(g), int(b), 255]}
+                for i, r, g, b in zip(ids, *rgb)]
+    return colours
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPlan:
+    """Everything that decides an OME-Zarr output's layout (recorded in its ``MARKER``).
+
+    Attributes:
+        kind: one of ``KINDS``.
+        ngff_version: ``"0.4"`` or ``"0.5"``.
+        voxel_size: ``(z, y, x)`` of level 0; ``unit``: their unit.
+        levels: total pyramid levels (None: automatic).
+        label_method: ``"mode"`` or ``"nearest"`` (labels only).
+        command: the command writing it (only its own outputs are replaced).
+        name: the multiscale's name.
+    """
+
+    kind: str
+    ngff_version: str = DEFAULT_NGFF_VERSION
+    voxel_size: tuple = DEFAULT_VOXEL_SIZE
+    unit: str = DEFAULT_UNIT
+    levels: object = None
+    label_method: str = "mode"
+    command: str = "fusionnet"
+    name: str = "fusionnet"
+
+    def __post_init__(self):
+        axes_for(self.kind)
+        check_ngff_version(self.ngff_version)
+        object.__setattr__(self, "voxel_size", parse_voxel_size(self.voxel_size))
+        downsampler(self.kind, self.label_method)
+        if self.levels is not None:
+            pyramid_factors((1, 2, 2), (1, 1, 1), self.levels)
+
+    def marker(self):
+        """The JSON dict stored under ``MARKER``."""
+        return {"command": self.command, "kind": self.kind, "ngff_version": self.ngff_version,
+                "axes": list(axes_for(self.kind)), "voxel_size": list(self.voxel_size),
+                "unit": self.unit, "levels": self.levels, "label_method": self.label_method,
+                "name": self.name}
+
+    @classmethod
+    def from_marker(cls, marker):
+        """The plan recorded by ``marker()``."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if k == "voxel_size" else v)
+                      for k, v in marker.items() if k in fields})
+
+
+def parent_image(path):
+    """``IMAGE`` if ``path`` is ``IMAGE/labels/NAME`` with IMAGE an OME-Zarr image, else None."""
+    path = Path(str(path))
+    if path.parent.name == "labels" and is_ome_zarr(path.parent.parent):
+        return path.parent.parent
+    return None
+
+
+def is_output_of(path, command):
+    """True if ``path`` is an OME-Zarr output that ``command`` wrote (resumable/replaceable)."""
+    marker = zarr_attributes(path).get(MARKER)
+    return isinstance(marker, dict) and marker.get("command") == command
+
+
+def check_output(path, command, option="OUTPUT"):
+    """The output guard for an OME-Zarr output (before any work).
+
+    A new path, an empty folder or an earlier output of ``command`` is fine;
+    anything else is refused (``io_utils.check_output_path``). Under an
+    image's ``labels/`` group the NAME must be new or an earlier label output.
+    """
+    path = Path(path)
+    if parent_image(path) is not None:
+        if not path.parent.exists():  # the image's labels/ group is created with the labels
+            check_output_folder(path.parent, f"{option} {path}")
+            return
+        if not any((path.parent / name).exists() for name in ("zarr.json", ".zgroup")):
+            raise FileExistsError(f"{option} {path}: {path.parent} exists and is not a zarr "
+                                  f"group")
+    check_output_path(path, f"{option} {path}", folder_output=True,
+                      earlier_output=lambda p: is_output_of(p, command))
+
+
+def start_output(path, plan, overwrite=False):
+    """Create (or reopen, to resume) an OME-Zarr output for block-wise writing of level 0.
+
+    Args:
+        path: the output group (see ``parent_image`` for labels under an image).
+        plan: ``OutputPlan``.
+        overwrite: start again even if an earlier run of the same plan exists.
+
+    Returns:
+        ``Path`` of level 0 (``path / "0"``), where the block-wise command
+        writes; the group's ``MARKER`` records the plan.
+
+    Raises:
+        ValueError: an earlier output of other settings (resume with the
+            same, or pass --overwrite), or labels whose image is another shape.
+    """
+    path = Path(path)
+    check_output(path, plan.command)
+    marker = zarr_attributes(path).get(MARKER)
+    if path.exists() and isinstance(marker, dict) and not overwrite:
+        if marker != plan.marker():
+            different = sorted(k for k in plan.marker() if marker.get(k) != plan.marker()[k])
+            raise ValueError(f"OUTPUT {path} was started with other OME-Zarr settings ("
+                             + "; ".join(f"{k}: {marker.get(k)!r} -> {plan.marker()[k]!r}"
+                                         for k in different[:3])
+                             + "); resume with the same settings or pass --overwrite")
+        return path / "0"
+    if path.exists():
+        shutil.rmtree(path)
+    image = parent_image(path)
+    if image is not None:
+        labels = _open_group(path.parent, plan.ngff_version)
+        del labels  # the labels/ group exists (in the image's zarr format)
+    group = _open_group(path, plan.ngff_version, mode="w")
+    group.attrs[MARKER] = plan.marker()
+    return path / "0"
+
+
+def finish_output(path, scheduler=None, workers=1):
+    """Build the pyramid of a finished level 0 and write the NGFF metadata (resumable).
+
+    Levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
+    kept; the ``multiscales`` (and ``image-label``) metadata are written last.
+
+    Returns:
+        list of the level shapes.
+    """
+    path = Path(path)
+    plan = OutputPlan.from_marker(zarr_attributes(path)[MARKER])
+    zarr = _import("zarr")
+    base = zarr.open_array(str(path / "0"), mode="r")
+    spatial = tuple(base.shape[-3:])
+    factors = pyramid_factors(spatial, plan.voxel_size, plan.levels)
+    function = downsampler(plan.kind, plan.label_method)
+    axes = axes_for(plan.kind)
+    done = path / PYRAMID_DONE
+    source = base
+    for level, step in enumerate(factors, start=1):
+        marker = done / f"{level}.json"
+        full = _spatial_factors(plan.kind, step)
+        if marker.is_file():
+            source = zarr.open_array(str(path / str(level)), mode="r")
+            continue
+        shape = tuple(-(-n // f) for n, f in zip(source.shape, full))
+        target = _create_level(path / str(level), shape, base.chunks, base.dtype,
+                               plan.ngff_version, axes)
+        downsample_level(source, target, full, function, scheduler, workers)
+        done.mkdir(exist_ok=True)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps({"level": level, "factors": list(full)}))
+        source = target
+    max_id = _max_label(path, len(factors)) if plan.kind == "labels" else 0
+    write_metadata(path, plan, factors, max_id)
+    shutil.rmtree(done, ignore_errors=True)
+    return [tuple(base.shape)] + [tuple(zarr.open_array(str(path / str(level)), mode="r").shape)
+                                  for level in range(1, len(factors) + 1)]
+
+
+def _max_label(path, coarsest):
+    """Largest id of the finest level of at most 2**24 voxels (the colours cover ids up to it)."""
+    zarr = _import("zarr")
+    for level in range(coarsest + 1):
+        array = zarr.open_array(str(Path(path) / str(level)), mode="r")
+        if level == coarsest or math.prod(array.shape) <= 2 ** 24:
+            data = np.asarray(array[...])
+            return int(data.max()) if data.size else 0
+    return 0
+
+
+def write_metadata(path, plan, factors, max_id=0):
+    """Write the ``multiscales`` (and labels' ``image-label``) metadata with ``ome_zarr.writer``."""
+    writer = _import("ome_zarr.writer")
+    fmt = _format(plan.ngff_version)
+    group = _open_group(path, plan.ngff_version)
+    axes = [{"name": "c", "type": "channel"}] if plan.kind == "affinities" else []
+    axes += [{"name": name, "type": "space", "unit": plan.unit} for name in ("z", "y", "x")]
+    writer.write_multiscales_metadata(group, _datasets(plan.kind, plan.voxel_size, factors,
+                                                       plan.label_method),
+                                      fmt=fmt, axes=axes, name=plan.name)
+    if plan.kind != "labels":
+        return
+    label = {"colors": label_colours(max_id), "version": plan.ngff_version,
+             "source": {"image": "../../"} if parent_image(path) is not None else {}}
+    if not label["source"]:
+        del label["source"]
+    writer.add_metadata(group, {"image-label": label}, fmt=fmt)
+    image = parent_image(path)
+    if image is not None:
+        labels = _open_group(path.parent, plan.ngff_version)
+        names = list(writer.get_metadata(labels).get("labels", []))
+        if path.name not in names:
+            writer.add_metadata(labels, {"labels": names + [path.name]}, fmt=fmt)
+
+
+def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
+    """Write an in-memory (or Dask) array as a complete OME-Zarr output, atomically.
+
+    Args:
+        path: output group: ``x.ome.zarr``, or ``IMAGE.ome.zarr/labels/NAME``
+            for labels under an existing image.
+        data: (Z, Y, X) array (``(C, Z, Y, X)`` for affinities); for labels
+            a non-negative integer array (stored as given, uint64 if signed).
+        plan: ``OutputPlan``.
+        chunks: chunk shape of level 0 (None: one z slice of up to 1024 x 1024).
+        scheduler, workers: where the pyramid is computed (see ``downsample_level``).
+
+    Returns:
+        Path written.
+    """
+    path = Path(path)
+    check_output(path, plan.command)
+    data = np.asarray(data) if not hasattr(data, "dask") else data
+    expected = 4 if plan.kind == "affinities" else 3
+    if data.ndim != expected:
+        raise ValueError(f"{plan.kind} for OME-Zarr must be {expected}D "
+                         f"({', '.join(axes_for(plan.kind))}); received shape {data.shape}")
+    if plan.kind == "labels" and np.dtype(data.dtype).kind == "i":
+        data = data.astype(np.uint64)
+    if chunks is None:
+        chunks = (1,) * (expected - 2) + tuple(min(1024, n) for n in data.shape[-2:])
+    image = parent_image(path)
+    if image is not None:  # into the image's labels/ group: shape must match level 0
+        base = read_ome_zarr(image, 0)
+        if tuple(base.array.shape) != tuple(data.shape[-3:]):
+            raise ValueError(f"{path}: labels of shape {tuple(data.shape)} do not match the "
+                             f"image {image} (level 0 shape {tuple(base.array.shape)})")
+        _open_group(path.parent, plan.ngff_version)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
+    try:
+        group = _open_group(tmp, plan.ngff_version, mode="w")
+        group.attrs[MARKER] = plan.marker()
+        level0 = _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
+                               axes_for(plan.kind))
+        if hasattr(data, "dask"):
+            _compute(lambda kw: data.store(level0, lock=False, **kw), scheduler, workers)
+        else:
+            level0[...] = data
+        if image is not None:  # metadata refer to the final place (labels/ list)
+            default_permissions(tmp, directory=True)
+            replace_folder(tmp, path)
+            finish_output(path, scheduler, workers)
+            return path
+        finish_output(tmp, scheduler, workers)
+        default_permissions(tmp, directory=True)
+        replace_folder(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def output_plan_for(args, kind, command, input_spec=None, output=None):
+    """An ``OutputPlan`` from the CLI options; the voxel size defaults to the input's.
+
+    Args:
+        args: argparse namespace with ``ngff_version``, ``voxel_size``,
+            ``pyramid_levels`` and (labels) ``label_downsampling``.
+        kind, command: as ``OutputPlan``.
+        input_spec: the input, whose OME-Zarr metadata give the default voxel
+            size and unit.
+    """
+    voxel_size = parse_voxel_size(getattr(args, "voxel_size", None))
+    unit = DEFAULT_UNIT
+    version = check_ngff_version(getattr(args, "ngff_version", DEFAULT_NGFF_VERSION))
+    image = parent_image(output or getattr(args, "output", ""))
+    if image is not None:  # labels under an image: its version, its voxel size by default
+        version = read_multiscale(image).version
+        if version not in NGFF_VERSIONS:
+            raise ValueError(f"OUTPUT {output}: the image {image} is OME-Zarr {version}; "
+                             f"labels can be added to {' or '.join(NGFF_VERSIONS)} images")
+        input_spec = image if voxel_size is None else input_spec
+    if voxel_size is None and input_spec is not None:
+        voxel_size, unit = input_metadata(input_spec)
+        unit = unit or DEFAULT_UNIT
+    return OutputPlan(kind=kind, ngff_version=version,
+        voxel_size=voxel_size or DEFAULT_VOXEL_SIZE, unit=unit,
+        levels=getattr(args, "pyramid_levels", None),
+        label_method=getattr(args, "label_downsampling", "mode"), command=command,
+        name=Path(str(output or getattr(args, "output", None) or "fusionnet")).name.split(".")[0]
+        or "fusionnet")
+
+
+def add_arguments(parser, labels=False, formats=True):
+    """The OME-Zarr options of a command: --format, --ngff-version, --voxel-size, ... .
+
+    ``formats=False`` leaves out ``--format`` (the output name alone decides).
+    """
+    group = parser.add_argument_group("OME-Zarr output (an output named *.ome.zarr"
+                                      + (", or --format ome-zarr)" if formats else ")"))
+    if formats:
+        group.add_argument("--format", dest="output_format", choices=("auto", "ome-zarr"),
+                           default="auto",
+                           help="Output format: 'auto' follows the name (*.ome.zarr is "
+                                "OME-Zarr), 'ome-zarr' forces it (default: auto).")
+    group.add_argument("--ngff-version", choices=NGFF_VERSIONS, default=DEFAULT_NGFF_VERSION,
+                       help="OME-Zarr version: 0.4 (zarr v2) or 0.5 (zarr v3) (default: "
+                            f"{DEFAULT_NGFF_VERSION}).")
+    group.add_argument("--voxel-size", default=None, metavar="Z,Y,X",
+                       help="Voxel size in nanometers, e.g. 30,6,6 (default: the input's "
+                            "OME-Zarr metadata, else 1,1,1).")
+    group.add_argument("--pyramid-levels", type=int, default=None, metavar="N",
+                       help="Resolution levels including full resolution (default: halve "
+                            f"until the image is at most {MIN_PYRAMID_EXTENT} px wide).")
+    if labels:
+        group.add_argument("--label-downsampling", choices=LABEL_METHODS, default="mode",
+                           help="How label pyramid levels pick an id per window: the most "
+                                "frequent one, or the first voxel's (default: mode).")
+
+
+def add_level_argument(parser):
+    """``--level N``: the resolution level of an OME-Zarr INPUT."""
+    parser.add_argument("--level", type=int, default=None, metavar="N",
+                        help="Resolution level of an OME-Zarr INPUT (default: 0, full "
+                             "resolution).")
+
+
+def check_cli_options(args, output, input_spec, kind, command):
+    """Validate the OME-Zarr options before any work; return the plan or None.
+
+    None when the output is not OME-Zarr (then OME-only options are refused
+    if given).
+    """
+    if not wants_ome_zarr(output, getattr(args, "output_format", None)):
+        for option, given in (("--voxel-size", getattr(args, "voxel_size", None)),
+                              ("--pyramid-levels", getattr(args, "pyramid_levels", None))):
+            if given is not None:
+                raise ValueError(f"{option} applies to an OME-Zarr output (*.ome.zarr or "
+                                 f"--format ome-zarr); OUTPUT {output} is not one")
+        return None
+    return output_plan_for(args, kind, command, input_spec, output)
+
+
+__all__ = ["read_ome_zarr", "read_multiscale", "write_ome_zarr", "start_output",
+           "finish_output", "OutputPlan", "OmeImage", "Multiscale", "parse_voxel_size",
+           "pyramid_factors", "downsample_mean", "downsample_mode", "downsample_nearest",
+           "level_spec", "is_ome_zarr", "wants_ome_zarr", "NGFF_VERSIONS"]

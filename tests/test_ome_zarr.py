@@ -1,0 +1,306 @@
+"""OME-Zarr (NGFF 0.4 / 0.5) in and out: round trips with the metadata checked field by
+field, JSON-schema validation (ngff-zarr's bundled NGFF schemas), ome_zarr's reader,
+pyramids against a hand-computed reference, bad input, and CLI round trips."""
+
+import json
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("ome_zarr")
+
+from fusionnet_tf import cli  # noqa: E402
+from fusionnet_tf.io import ome_zarr as oz  # noqa: E402
+
+VOXEL = (30.0, 6.0, 6.0)
+RNG = np.random.default_rng(7)
+IMAGE = (RNG.random((3, 20, 27)) * 255).astype(np.uint8)
+PROB = RNG.random((3, 20, 27)).astype(np.float32)
+LABELS = RNG.integers(0, 4, (3, 20, 27)).astype(np.uint32)
+DATA = {"image": IMAGE, "probability": PROB, "labels": LABELS}
+
+
+def ngff(path):
+    return oz.ngff_attributes(path)
+
+
+def validate(path, version, model):
+    """Validate the group's attributes with the NGFF JSON schema (ngff-zarr bundles them)."""
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    ngff_zarr.validate(oz.zarr_attributes(path), version=version, model=model)
+
+
+# ----------------------------------------------------------------- reference downsampling
+
+def reference_mean(data, factors):
+    """Mean over each window, written out with loops (partial windows: voxels present)."""
+    shape = [-(-n // f) for n, f in zip(data.shape, factors)]
+    out = np.zeros(shape)
+    for index in np.ndindex(*shape):
+        window = data[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))]
+        out[index] = window.astype(np.float64).mean()
+    return np.rint(out).astype(data.dtype) if data.dtype.kind in "ui" else out.astype(data.dtype)
+
+
+def reference_mode(data, factors):
+    """Most frequent id in each window, ties to the smallest id, with loops."""
+    shape = [-(-n // f) for n, f in zip(data.shape, factors)]
+    out = np.zeros(shape, data.dtype)
+    for index in np.ndindex(*shape):
+        window = data[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))]
+        ids, counts = np.unique(window, return_counts=True)
+        out[index] = ids[counts == counts.max()].min()
+    return out
+
+
+# ----------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+@pytest.mark.parametrize("kind", ["image", "probability", "labels"])
+def test_round_trip_metadata_and_pyramid(tmp_path, version, kind):
+    data = DATA[kind]
+    path = tmp_path / f"{kind}.ome.zarr"
+    plan = oz.OutputPlan(kind=kind, ngff_version=version, voxel_size=VOXEL, levels=3)
+    oz.write_ome_zarr(path, data, plan, chunks=(1, 8, 8))
+
+    validate(path, version, "label" if kind == "labels" else "image")
+    attrs = oz.zarr_attributes(path)
+    meta = ngff(path)
+    if version == "0.5":
+        assert attrs["ome"]["version"] == "0.5" and "multiscales" not in attrs
+        assert json.loads((path / "0" / "zarr.json").read_text())["dimension_names"] == \
+            ["z", "y", "x"]
+    else:
+        assert meta["multiscales"][0]["version"] == "0.4"
+        assert json.loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    multiscale = meta["multiscales"][0]
+    assert multiscale["axes"] == [{"name": a, "type": "space", "unit": "nanometer"}
+                                  for a in "zyx"]
+    assert [d["path"] for d in multiscale["datasets"]] == ["0", "1", "2"]
+    scales = [d["coordinateTransformations"][0] for d in multiscale["datasets"]]
+    assert scales == [{"type": "scale", "scale": [30.0, 6.0 * f, 6.0 * f]} for f in (1, 2, 4)]
+    translations = [d["coordinateTransformations"][1:] for d in multiscale["datasets"]]
+    assert translations == [[], [{"type": "translation", "translation": [0.0, 3.0, 3.0]}],
+                            [{"type": "translation", "translation": [0.0, 9.0, 9.0]}]]
+
+    level0 = oz.read_ome_zarr(path, 0)
+    assert level0.voxel_size == VOXEL and level0.unit == "nanometer"
+    assert level0.axes == ("z", "y", "x") and level0.version == version
+    np.testing.assert_array_equal(np.asarray(level0.array[...]), data)
+    assert level0.array.dtype == data.dtype
+
+    reference = reference_mode if kind == "labels" else reference_mean
+    expected = data
+    for level in (1, 2):
+        expected = reference(expected, (1, 2, 2))
+        stored = oz.read_ome_zarr(path, level)
+        assert stored.voxel_size == (30.0, 6.0 * 2 ** level, 6.0 * 2 ** level)
+        if kind == "probability":
+            np.testing.assert_allclose(stored.array[...], expected, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(stored.array[...], expected)
+    if kind == "labels":
+        colours = meta["image-label"]["colors"]
+        assert colours[0] == {"label-value": 0, "rgba": [0, 0, 0, 0]}
+        assert [c["label-value"] for c in colours] == list(range(int(LABELS.max()) + 1))
+        assert all(len(c["rgba"]) == 4 and c["rgba"][3] == 255 for c in colours[1:])
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+def test_labels_under_an_image_and_ome_zarr_reader(tmp_path, version):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image = tmp_path / "em.ome.zarr"
+    oz.write_ome_zarr(image, IMAGE, oz.OutputPlan("image", version, VOXEL, levels=2))
+    oz.write_ome_zarr(image / "labels" / "neurons", LABELS,
+                      oz.OutputPlan("labels", version, VOXEL, levels=2))
+    assert ngff(image / "labels") == {"labels": ["neurons"]}
+    validate(image / "labels" / "neurons", version, "label")
+    validate(image, version, "image")
+
+    nodes = list(Reader(parse_url(str(image)))())
+    by_path = {str(n.zarr.path).rstrip("/").split("/")[-1]: n for n in nodes}
+    em, neurons = by_path["em.ome.zarr"], by_path["neurons"]
+    assert [tuple(a.shape) for a in em.data] == [(3, 20, 27), (3, 10, 14)]
+    transforms = em.metadata["coordinateTransformations"]
+    assert transforms[0][0]["scale"] == [30.0, 6.0, 6.0]
+    assert transforms[1][0]["scale"] == [30.0, 12.0, 12.0]
+    assert [a["unit"] for a in em.metadata["axes"]] == ["nanometer"] * 3
+    assert "color" in neurons.metadata  # read as an image-label with colours
+    np.testing.assert_array_equal(np.asarray(neurons.data[0]), LABELS)
+
+
+def test_affinities_have_a_channel_axis(tmp_path):
+    affs = RNG.random((3, 4, 16, 16)).astype(np.float32)
+    path = tmp_path / "aff.ome.zarr"
+    oz.write_ome_zarr(path, affs, oz.OutputPlan("affinities", "0.5", VOXEL, levels=2))
+    validate(path, "0.5", "image")
+    multiscale = ngff(path)["multiscales"][0]
+    assert multiscale["axes"][0] == {"name": "c", "type": "channel"}
+    assert [a["name"] for a in multiscale["axes"]] == ["c", "z", "y", "x"]
+    assert multiscale["datasets"][1]["coordinateTransformations"][0]["scale"] == \
+        [1.0, 30.0, 12.0, 12.0]
+    level1 = zarr.open_array(str(path / "1"), mode="r")
+    np.testing.assert_allclose(level1[...], np.stack([reference_mean(c, (1, 2, 2))
+                                                      for c in affs]), rtol=1e-6)
+
+
+def test_validation_is_not_vacuous(tmp_path):
+    """The schema check fails on metadata without axes (so a passing check means something)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    path = tmp_path / "img.ome.zarr"
+    oz.write_ome_zarr(path, IMAGE, oz.OutputPlan("image", "0.4", VOXEL, levels=1))
+    attrs = oz.zarr_attributes(path)
+    del attrs["multiscales"][0]["axes"]
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    with pytest.raises(jsonschema.ValidationError):
+        ngff_zarr.validate(attrs, version="0.4", model="image")
+
+
+# ----------------------------------------------------------------- pyramid functions
+
+def test_downsampling_functions_equal_loops_on_odd_shapes():
+    data = RNG.integers(0, 5, (5, 9, 11)).astype(np.uint16)
+    for factors in ((1, 2, 2), (2, 2, 2)):
+        np.testing.assert_array_equal(oz.downsample_mode(data, factors),
+                                      reference_mode(data, factors))
+        np.testing.assert_array_equal(oz.downsample_mean(data, factors),
+                                      reference_mean(data, factors))
+    np.testing.assert_array_equal(oz.downsample_nearest(data, (1, 2, 2)), data[:, ::2, ::2])
+    # a window of ids [5, 5, 1, 9]: mode 5 (nearest would give the first voxel, also 5;
+    # [1, 5, 5, 9]: mode 5, nearest 1)
+    window = np.array([[[1, 5], [5, 9]]], np.uint32)
+    assert oz.downsample_mode(window, (1, 2, 2)).item() == 5
+    assert oz.downsample_nearest(window, (1, 2, 2)).item() == 1
+
+
+def test_pyramid_factors_keep_z_until_in_plane_voxels_catch_up():
+    assert oz.pyramid_factors((64, 2048, 2048), (30, 6, 6), 5) == \
+        [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    assert oz.pyramid_factors((1, 512, 512), (30, 6, 6)) == [(1, 2, 2)]  # auto: to <= 256 px
+    assert oz.pyramid_factors((8, 64, 64), (6, 6, 6), 2) == [(2, 2, 2)]
+
+
+# ----------------------------------------------------------------- bad input
+
+def test_bad_input_is_refused(tmp_path):
+    plain = tmp_path / "plain.ome.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("0", shape=(2, 4, 4), dtype="u1")
+    with pytest.raises(ValueError, match="no 'multiscales'"):
+        oz.read_ome_zarr(plain)
+    image = tmp_path / "img.ome.zarr"
+    oz.write_ome_zarr(image, IMAGE, oz.OutputPlan("image", "0.5", VOXEL, levels=2))
+    with pytest.raises(ValueError, match="has 2 resolution levels"):
+        oz.read_ome_zarr(image, 2)
+    for text in ("30,6", "30,6,-6", "a,b,c", "30,6,0", "30,6,6,6", "nan,6,6"):
+        with pytest.raises(ValueError, match="--voxel-size must be 3 positive numbers"):
+            oz.parse_voxel_size(text)
+    mine = tmp_path / "mine.ome.zarr"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="never replaced"):
+        oz.write_ome_zarr(mine, IMAGE, oz.OutputPlan("image", command="predict"))
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # another command's output is not replaced either
+    with pytest.raises(FileExistsError):
+        oz.check_output(image, "segment-volume")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from fusionnet_tf import build_fusionnet
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_fusionnet(base_filters=2, depth=1).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def em_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("em") / "em.ome.zarr"
+    volume = (np.random.default_rng(1).random((2, 64, 96)) * 255).astype(np.uint8)
+    oz.write_ome_zarr(path, volume, oz.OutputPlan("image", "0.4", VOXEL, levels=2))
+    return path
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_model, capsys):
+    plain = tmp_path / "plain.ome.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("0", shape=(2, 64, 64), dtype="u1")
+    mine = tmp_path / "mine.ome.zarr"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    model = ["--model", tiny_model, "--workers", "0", "--quiet"]
+    cases = [
+        (["predict-volume", plain, tmp_path / "o1.ome.zarr"] + model, "no 'multiscales'"),
+        (["predict-volume", em_image, tmp_path / "o2.ome.zarr", "--level", "5"] + model,
+         "--level 5"),
+        (["predict-volume", em_image, tmp_path / "o3.ome.zarr", "--voxel-size", "30,6"] + model,
+         "--voxel-size"),
+        (["predict-volume", em_image, mine] + model, "never replaced"),
+        (["segment-volume", em_image, tmp_path / "o4.ome.zarr", "--voxel-size", "0,6,6",
+          "--workers", "0"], "--voxel-size"),
+        (["predict", em_image, "-o", tmp_path / "o5.ome.zarr", "--level", "2", "--model",
+          tiny_model], "--level 2"),
+        (["segment", plain, "-o", tmp_path / "o6.ome.zarr"], "no 'multiscales'"),
+    ]
+    for args, message in cases:
+        code, err = run_cli(args, capsys)
+        assert code == 2, (args, err)
+        assert message in err and err.strip().count("\n") == 0, err
+    assert not any((tmp_path / f"o{i}.ome.zarr").exists() for i in range(1, 7))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_model, capsys):
+    pred = tmp_path / "pred.ome.zarr"
+    tiling = ["--tile-size", "64", "--overlap", "16", "--engine", "plain", "--quiet"]
+    code, err = run_cli(["predict", em_image, "-o", pred, "--model", tiny_model,
+                         "--pyramid-levels", "2"] + tiling, capsys)
+    assert code == 0, err
+    validate(pred, "0.5", "image")
+    stored = oz.read_ome_zarr(pred, 0)
+    assert stored.voxel_size == VOXEL and stored.array.shape == (2, 64, 96)  # from the input
+    assert stored.array.dtype == np.float32
+    assert oz.read_ome_zarr(pred, 1).voxel_size == (30.0, 12.0, 12.0)
+
+    # block-wise prediction equals in-memory prediction, written into OUTPUT/0
+    blockwise = tmp_path / "pred_bw.ome.zarr"
+    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model,
+                         "--workers", "0", "--block", "64", "--pyramid-levels", "2",
+                         "--ngff-version", "0.4"] + tiling, capsys)
+    assert code == 0, err
+    validate(blockwise, "0.4", "image")
+    np.testing.assert_allclose(oz.read_ome_zarr(blockwise, 0).array[...], stored.array[...],
+                               atol=1e-5)
+    # rerunning resumes (every block done) and keeps a valid image
+    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model,
+                         "--workers", "0", "--block", "64", "--pyramid-levels", "2",
+                         "--ngff-version", "0.4"] + tiling, capsys)
+    assert code == 0 and "0 computed" in err, err
+
+    # segmentation of the prediction, as labels under the EM image
+    labels = em_image / "labels" / "neurons"
+    code, err = run_cli(["segment-volume", pred, labels, "--workers", "0", "--block", "64",
+                         "--pyramid-levels", "2", "--quiet"], capsys)
+    assert code == 0, err
+    validate(labels, "0.4", "label")  # the image's version
+    assert ngff(em_image / "labels")["labels"] == ["neurons"]
+    seg = oz.read_ome_zarr(labels, 0)
+    assert seg.voxel_size == VOXEL and seg.array.shape == (2, 64, 96)
+    values = np.asarray(seg.array[...])
+    assert values.max() >= 1
+    np.testing.assert_array_equal(oz.read_ome_zarr(labels, 1).array[...],
+                                  reference_mode(values, (1, 2, 2)))
+    # in-memory segment of the same map gives the same partition size
+    code, err = run_cli(["segment", pred, "-o", tmp_path / "seg.ome.zarr", "--quiet",
+                         "--voxel-size", "40,4,4"], capsys)
+    assert code == 0, err
+    assert oz.read_ome_zarr(tmp_path / "seg.ome.zarr").voxel_size == (40.0, 4.0, 4.0)
+    assert "image-label" in ngff(tmp_path / "seg.ome.zarr")
