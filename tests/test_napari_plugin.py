@@ -814,6 +814,15 @@ def test_predict_refuses_a_2d_image_for_a_3d_model_before_the_worker(tiny_3d_mod
     with pytest.raises(ValueError, match="image layer 'a' holds affinities"):
         prepare_images(fake_layer("a", two_cubes(), {"offsets": NN_OFFSETS}), "slice")
 
+    # a model whose kind only loading tells (.onnx, SavedModel): the worker refuses it
+    from types import SimpleNamespace
+
+    from fusionnet_tf.napari.engine import check_model_input
+
+    with pytest.raises(ValueError, match=r"the image layer is a single 2D image"):
+        check_model_input(SimpleNamespace(spatial_dims=3), np.zeros((1, 32, 32), np.float32))
+    check_model_input(SimpleNamespace(spatial_dims=2), np.zeros((1, 32, 32), np.float32))
+
     options = {"tile_shape": 64, "overlap": 16, "tile_z": 8, "tta": 1}
     assert predictor_options(options, 2, tiny_model_path) == {"tile_shape": 64, "overlap": 16,
                                                               "tta": 1}
