@@ -172,7 +172,8 @@ class PredictWidget(FunctionGui):
 
     Calling it (``widget()``) starts a prediction with the current settings
     and returns its napari worker (None if the input was refused); the new
-    layer "<image> membranes" appears when the worker returns (replacing the
+    layer "<image> membranes" (a 3D model: "<image> affinities" and
+    "<image> boundaries") appears when the worker returns (replacing the
     data of an existing layer of that name). ``cancel()`` stops it. The
     model runs in the shared prediction engine's process (started on the
     first run, kept for the next, stopped when the last Predict widget closes).
