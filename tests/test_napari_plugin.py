@@ -699,3 +699,259 @@ def test_widgets_remember_their_settings(qt, tiny_model_path, tmp_path, monkeypa
     fresh = make_predict_widget()
     assert fresh.engine.value == "auto" and fresh.tile_size.value == 512
     fresh.close()
+
+
+# --------------------------------------------------------------------------- #
+# 3D: affinity models, affinity layers, 3D neurons
+# --------------------------------------------------------------------------- #
+
+NN_OFFSETS = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+
+
+@pytest.fixture(scope="module")
+def tiny_3d_model_path(tmp_path_factory):
+    """A tiny 3D affinity model (5D input, 3 channels) saved with its offsets sidecar."""
+    from affinity_models import conv_model
+
+    path = tmp_path_factory.mktemp("napari_model_3d") / "tiny3d.keras"
+    conv_model(seed=0).save(path)
+    path.with_name("tiny3d.offsets.json").write_text(json.dumps({"offsets": NN_OFFSETS}))
+    return path
+
+
+def two_cubes(shape=(6, 16, 16), cut=8):
+    """(3, Z, Y, X) nearest-neighbour affinities of two boxes that meet at x = ``cut``."""
+    affs = np.full((3,) + shape, 0.95, np.float32)
+    affs[2, :, :, cut] = 0.05  # offset (0, 0, -1): the pair (x - 1, x) is stored at x
+    return affs
+
+
+def fake_layer(name, data, metadata=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, data=data, metadata=dict(metadata or {}), multiscale=False,
+                           rgb=False, ndim=np.ndim(data))
+
+
+def test_affinity_layers_keep_the_offsets_and_show_the_boundary_map():
+    _require_napari()
+    from fusionnet_tf.napari.affinities import affinity_layer_data, holds_affinities
+    from fusionnet_tf.segmentation.affinities import boundary_map
+
+    affs = two_cubes()
+    (data, kwargs, kind), (boundary, boundary_kwargs, _) = affinity_layer_data(
+        "em", affs, NN_OFFSETS, {"model": "tiny"})
+    assert kind == "image" and data is affs and kwargs["name"] == "em affinities"
+    assert kwargs["metadata"] == {"model": "tiny", "kind": "affinities",
+                                  "offsets": [list(o) for o in NN_OFFSETS]}
+    assert boundary_kwargs["name"] == "em boundaries" and boundary.shape == affs.shape[1:]
+    np.testing.assert_array_equal(boundary, boundary_map(affs, NN_OFFSETS))
+    assert boundary[:, :, 7:9].min() > 0.15 and boundary[:, 2:-2, 2:6].max() < 0.1
+    assert holds_affinities(fake_layer("a", affs, kwargs["metadata"]))
+    assert not holds_affinities(fake_layer("m", boundary))
+
+
+def test_segment_layer_makes_3d_neurons_from_an_affinity_layer():
+    _require_napari()
+    from fusionnet_tf.napari.segment import default_affinity_params, prepare_segmentation, \
+        segment_layer
+    from fusionnet_tf.pretrained import pretrained_params_path
+    from fusionnet_tf.segmentation.affinities import segment_affinities
+
+    shipped = json.loads(pretrained_params_path("snemi3d").read_text())["params"]
+    assert default_affinity_params().to_dict() == shipped
+    affs = two_cubes()
+    layer = fake_layer("em affinities", affs, {"kind": "affinities",
+                                               "offsets": [list(o) for o in NN_OFFSETS]})
+    (data, offsets), params = prepare_segmentation(layer, {"merge_threshold": 0.0})
+    assert params.to_dict() == shipped  # the membrane fields do not apply to affinities
+    assert offsets == NN_OFFSETS
+    for method in ("agglomeration", "mws"):
+        labels = segment_layer(layer, affinity_method=method)
+        assert labels.shape == affs.shape[1:] and np.issubdtype(labels.dtype, np.integer)
+        assert len(np.unique(labels)) == 2, method
+        assert len(np.unique(labels[:, :, :8])) == len(np.unique(labels[:, :, 8:])) == 1
+        expected, _ = segment_affinities(affs, NN_OFFSETS, params.replace(method=method))
+        np.testing.assert_array_equal(labels, expected)
+    joined = two_cubes()
+    joined[2, :, :, 8] = 0.9  # a weak face above the merge threshold: one neuron
+    labels = segment_layer(fake_layer("j", joined, layer.metadata))
+    assert len(np.unique(labels)) == 1
+
+
+@pytest.mark.parametrize("metadata, match", [
+    ({}, "affinity layer 'bad' .* has no offsets"),
+    ({"offsets": [[-1, 0, 0], [0, -1, 0]]}, "2 offsets in the metadata but 3 affinity channels"),
+])
+def test_an_affinity_layer_without_matching_offsets_is_refused_in_one_line(metadata, match):
+    _require_napari()
+    from fusionnet_tf.napari.segment import prepare_segmentation
+
+    with pytest.raises(ValueError, match=match) as error:
+        prepare_segmentation(fake_layer("bad", two_cubes(), metadata), {})
+    assert "\n" not in str(error.value)
+
+
+def test_predict_refuses_a_2d_image_for_a_3d_model_before_the_worker(tiny_3d_model_path,
+                                                                     tiny_model_path):
+    _require_napari()
+    from fusionnet_tf.napari.engine import predictor_options
+    from fusionnet_tf.napari.predict import (check_image_for_model, model_spatial_dims,
+                                             model_spec, prepare_images)
+    from fusionnet_tf.pretrained import pretrained_path
+
+    assert model_spec("", "isbi2012") is None
+    assert model_spec("", "snemi3d") == model_spec("snemi3d") == pretrained_path("snemi3d")
+    assert [model_spatial_dims(m) for m in (None, model_spec("", "snemi3d"), tiny_3d_model_path,
+                                            tiny_model_path)] == [2, 3, 3, 2]
+    layer = fake_layer("em", np.zeros((4, 32, 32), np.float32))
+    check_image_for_model(np.zeros((4, 32, 32), np.float32), 3, layer)
+    for shape in ((32, 32), (1, 32, 32)):
+        with pytest.raises(ValueError, match=r"image layer 'em' is a single 2D image \(shape "
+                                             r"\(32, 32\)\); a 3D model needs a \(Z, Y, X\)"):
+            check_image_for_model(np.zeros(shape, np.float32), 3, layer)
+        check_image_for_model(np.zeros(shape, np.float32), 2, layer)  # a 2D model takes it
+    with pytest.raises(ValueError, match="image layer 'a' holds affinities"):
+        prepare_images(fake_layer("a", two_cubes(), {"offsets": NN_OFFSETS}), "slice")
+
+    # a model whose kind only loading tells (.onnx, SavedModel): the worker refuses it
+    from types import SimpleNamespace
+
+    from fusionnet_tf.napari.engine import check_model_input
+
+    with pytest.raises(ValueError, match=r"the image layer is a single 2D image"):
+        check_model_input(SimpleNamespace(spatial_dims=3), np.zeros((1, 32, 32), np.float32))
+    check_model_input(SimpleNamespace(spatial_dims=2), np.zeros((1, 32, 32), np.float32))
+
+    options = {"tile_shape": 64, "overlap": 16, "tile_z": 8, "tta": 1}
+    assert predictor_options(options, 2, tiny_model_path) == {"tile_shape": 64, "overlap": 16,
+                                                              "tta": 1}
+    assert predictor_options(options, 3, tiny_3d_model_path) == {
+        "tile_shape": (8, 64, 64), "overlap": (2, 16, 16), "tta": 1, "offsets": NN_OFFSETS}
+    bare = tiny_3d_model_path.with_name("bare.keras")
+    bare.write_bytes(tiny_3d_model_path.read_bytes())
+    with pytest.raises(ValueError, match=r"offsets of the 3D model .*bare.keras are unknown"):
+        predictor_options(options, 3, bare)
+
+
+def test_hdf5_and_zarr_readers_open_affinity_files_with_their_offsets(tmp_path):
+    _require_napari()
+    import h5py
+
+    from fusionnet_tf.data.affinity_io import read_affinities, write_affinities
+    from fusionnet_tf.napari.affinities import get_zarr_reader
+    from fusionnet_tf.napari.hdf5 import get_reader, write_image_hdf5
+
+    affs = two_cubes((3, 8, 8), cut=4)
+    write_affinities(tmp_path / "aff.h5", affs, NN_OFFSETS, {"model": "snemi3d"})
+    write_affinities(tmp_path / "aff.zarr", affs, NN_OFFSETS, {"model": "snemi3d"})
+    for path, reader in ((tmp_path / "aff.h5", get_reader), (tmp_path / "aff.zarr",
+                                                            get_zarr_reader)):
+        layers = reader(str(path))(str(path))
+        (data, meta, kind), (boundary, boundary_meta, _) = layers
+        assert kind == "image" and meta["name"].endswith("affinities"), meta
+        np.testing.assert_array_equal(data, affs)
+        assert meta["metadata"]["offsets"] == [list(o) for o in NN_OFFSETS]
+        assert meta["metadata"]["kind"] == "affinities" and meta["metadata"]["model"] == "snemi3d"
+        assert boundary.shape == affs.shape[1:] and boundary_meta["name"].endswith("boundaries")
+        # saved again from the viewer: the offsets go with it
+        out = tmp_path / f"saved_{path.stem}.h5"
+        write_image_hdf5(str(out), data, meta)
+        saved, offsets = read_affinities(str(out))
+        assert offsets == NN_OFFSETS
+        np.testing.assert_array_equal(saved, affs)
+    plain = tmp_path / "plain.zarr"
+    import zarr
+    zarr.open_array(str(plain), mode="w", shape=(4, 8, 8), dtype="float32")
+    assert get_zarr_reader(str(plain)) is None  # napari's own reader opens it
+    with h5py.File(tmp_path / "bare.h5", "w") as handle:
+        handle["affinities"] = affs
+    with pytest.raises(ValueError, match="bare.h5"):
+        get_reader(str(tmp_path / "bare.h5"))(str(tmp_path / "bare.h5"))
+
+
+def test_predict_3d_adds_affinities_and_boundaries_then_segment_makes_3d_neurons(
+        viewer, qt, tiny_3d_model_path, tmp_path, capsys):
+    from napari.layers import Labels
+
+    from fusionnet_tf.data.affinity_io import read_affinities
+    from fusionnet_tf.segmentation.affinities import boundary_map, segment_affinities
+
+    volume = (np.random.default_rng(3).random((6, 32, 32)) * 255).astype(np.uint8)
+    viewer.add_image(volume, name="em", scale=(30, 6, 6))
+    widget = dock(viewer, "Predict membranes")
+    widget.model_path.value = tiny_3d_model_path
+    widget.tile_size.value, widget.overlap.value, widget.tile_z.value = 32, 8, 4
+    widget.tta.value, widget.engine.value = 1, "plain"
+    widget()
+    wait_for(qt, widget)
+    affinities = viewer.layers["em affinities"]
+    boundaries = viewer.layers["em boundaries"]
+    assert affinities.data.shape == (3, 6, 32, 32) and affinities.data.dtype == np.float32
+    assert affinities.metadata["offsets"] == [list(o) for o in NN_OFFSETS]
+    assert affinities.metadata["kind"] == "affinities"
+    assert tuple(affinities.scale) == (1, 30, 6, 6) and tuple(boundaries.scale) == (30, 6, 6)
+    np.testing.assert_allclose(boundaries.data, boundary_map(affinities.data, NN_OFFSETS))
+
+    tifffile.imwrite(tmp_path / "em.tif", volume)
+    assert main(["predict", str(tmp_path / "em.tif"), "-o", str(tmp_path / "aff.h5"), "--model",
+                 str(tiny_3d_model_path), "--tile-size", "32", "--overlap", "8", "--tile-z", "4",
+                 "--tta", "1", "--engine", "plain", "--quiet"]) == 0
+    expected, offsets = read_affinities(str(tmp_path / "aff.h5"))
+    assert offsets == NN_OFFSETS
+    np.testing.assert_allclose(affinities.data, expected, atol=1e-6)
+
+    segment = dock(viewer, "Segment neurons")
+    segment.membrane.value = affinities
+
+    def shown(name):  # not hidden by the widget (the test viewer itself is never shown)
+        return not getattr(segment, name).native.isHidden()
+
+    assert shown("affinity_method") and not shown("mode")
+    assert not shown("merge_threshold") and shown("affinity_merge_threshold")
+    segment.affinity_method.value = "mws"
+    segment_now(qt, segment)
+    neurons = viewer.layers["em neurons"]
+    assert isinstance(neurons, Labels) and neurons.data.shape == (6, 32, 32)
+    assert tuple(neurons.scale) == (30, 6, 6)
+    from fusionnet_tf.napari.segment import default_affinity_params
+
+    labels, _ = segment_affinities(expected, offsets, default_affinity_params().replace(
+        method="mws"))
+    np.testing.assert_array_equal(neurons.data, labels)
+    segment.membrane.value = boundaries
+    assert shown("mode") and not shown("affinity_method")
+
+    # a 2D image to the 3D model, an affinity layer to any model: one line, no worker, no layer
+    viewer.add_image(volume[0], name="section")
+    names = [layer.name for layer in viewer.layers]
+    for layer, match in (("section", "image layer 'section' is a single 2D image"),
+                         ("em affinities", "image layer 'em affinities' holds affinities")):
+        before = len(error_notifications())
+        widget.image.value = viewer.layers[layer]
+        assert widget() is None and widget.worker is None
+        messages = error_notifications()[before:]
+        assert len(messages) == 1 and match in messages[0] and "\n" not in messages[0], messages
+    assert [layer.name for layer in viewer.layers] == names
+
+
+def test_predict_with_the_shipped_snemi3d_model_on_a_small_crop(viewer, qt):
+    from fusionnet_tf.data import read_stack
+    from fusionnet_tf.inference.predictor import read_model_offsets
+    from fusionnet_tf.pretrained import example_path, pretrained_path
+
+    crop = read_stack(example_path())[:, 100:148, 200:248]  # 3 ISBI sections as a volume
+    viewer.add_image(crop, name="crop")
+    widget = dock(viewer, "Predict membranes")
+    widget.pretrained.value = "snemi3d"
+    widget.tile_size.value, widget.overlap.value, widget.tta.value = 64, 16, 1
+    widget.engine.value = "plain"
+    widget()
+    wait_for(qt, widget)
+    layer = viewer.layers["crop affinities"]
+    offsets = read_model_offsets(pretrained_path("snemi3d"))
+    assert layer.data.shape == (len(offsets), 3, 48, 48)
+    assert layer.metadata["offsets"] == [list(o) for o in offsets]
+    assert layer.metadata["model"] == "snemi3d"
+    assert 0 <= layer.data.min() and layer.data.max() <= 1 and layer.data.std() > 0.01
+    assert viewer.layers["crop boundaries"].data.shape == (3, 48, 48)

@@ -445,7 +445,7 @@ def predict_affinities(args, model, images, offsets, engine):
     import sys
 
     from fusionnet_tf.inference import Predictor
-    from fusionnet_tf.inference.predictor import read_model_offsets
+    from fusionnet_tf.inference.predictor import check_volume_for_3d_model, read_model_offsets
     from fusionnet_tf.data.affinity_io import check_affinity_output, write_affinities
 
     for option, value in (("--isbi", args.isbi), ("--overlay", args.overlay),
@@ -457,10 +457,7 @@ def predict_affinities(args, model, images, offsets, engine):
 
     if not ome_zarr.wants_ome_zarr(args.output, args.output_format):
         check_affinity_output(args.output)
-    if len(images) < 2:
-        raise ValueError(f"INPUT {args.input} is a single 2D image (shape "
-                         f"{tuple(images.shape[1:])}); a 3D model needs a (Z, Y, X) volume of "
-                         "several sections")
+    check_volume_for_3d_model(images.shape, f"INPUT {args.input}")
     if offsets is None and args.model:
         offsets = read_model_offsets(args.model)
     if offsets is None:

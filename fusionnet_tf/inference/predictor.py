@@ -912,14 +912,25 @@ def model_file_spatial_dims(path):
     SavedModel folders are loaded (``load_model``: 3D when their input is 5D);
     other files (``.tflite``, ``.h5``, packages) are 2D.
     """
-    import json
-    import zipfile
-
     path = Path(path)
     if path.suffix.lower() == ".onnx" or path.is_dir():
         return model_spatial_dims(load_model(path))
     if path.suffix.lower() != ".keras":
         return 2
+    dims = keras_file_spatial_dims(path)
+    return dims if dims is not None else model_spatial_dims(load_model(path))
+
+
+def keras_file_spatial_dims(path):
+    """Spatial axes (2 or 3) of a ``.keras`` file from its ``config.json``, without TensorFlow.
+
+    Returns:
+        2 or 3 (the input layer's ``batch_shape`` length - 2), or None when
+        the file is not a readable ``.keras`` archive with an input layer.
+    """
+    import json
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -928,7 +939,25 @@ def model_file_spatial_dims(path):
                 return len(layer["config"]["batch_shape"]) - 2
     except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
         pass
-    return model_spatial_dims(load_model(path))
+    return None
+
+
+def check_volume_for_3d_model(shape, name):
+    """Refuse a single 2D image (``(H, W)`` or ``(1, H, W)``) for a 3D model, in one line.
+
+    Args:
+        shape: the image's shape.
+        name: how the message names the image (e.g. ``"INPUT a.tif"``).
+
+    Raises:
+        ValueError: ``shape`` is not a (Z, Y, X) volume of at least 2 sections.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 3 and shape[0] >= 2:
+        return
+    section = shape[-2:] if len(shape) >= 2 else shape
+    raise ValueError(f"{name} is a single 2D image (shape {section}); a 3D model needs a "
+                     "(Z, Y, X) volume of several sections")
 
 
 def _output_channels(model):
@@ -1084,5 +1113,6 @@ def _progress_bar(total, enabled):
 
 __all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
            "check_precision_applies", "model_spatial_dims", "model_file_spatial_dims",
+           "keras_file_spatial_dims", "check_volume_for_3d_model",
            "read_model_offsets",
            "model_offsets_path"]

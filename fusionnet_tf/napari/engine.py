@@ -52,6 +52,25 @@ class PredictionCancelled:
         return "PredictionCancelled()"
 
 
+class PredictionResult:
+    """A finished run.
+
+    Attributes:
+        data: float32 array: a membrane probability of the images' shape
+            ((H, W) or (N, H, W)) for a 2D model, (C, Z, Y, X) affinities for
+            a 3D affinity model.
+        offsets: None (2D model), or the C ``(dz, dy, dx)`` offsets of the
+            affinity channels.
+    """
+
+    def __init__(self, data, offsets=None):
+        self.data = data
+        self.offsets = None if offsets is None else [tuple(int(v) for v in o) for o in offsets]
+
+    def __repr__(self):
+        return f"PredictionResult({getattr(self.data, 'shape', None)}, offsets={self.offsets})"
+
+
 # --------------------------------------------------------------------------- #
 # The worker process
 # --------------------------------------------------------------------------- #
@@ -73,8 +92,13 @@ class _LoadedModels:
         self.model_key = self.network = self.predictor_key = self.predictor = None
 
     def predictor_for(self, model, options):
-        """A ``Predictor`` of ``model`` (None = shipped) with ``options``, loaded once."""
+        """A ``Predictor`` of ``model`` (None = shipped) with ``options``, loaded once.
+
+        ``options`` are ``predictor_options``'s input: Predictor arguments
+        for 2D tiles plus ``tile_z``, used for a 3D model.
+        """
         from fusionnet_tf.inference import Predictor, load_model
+        from fusionnet_tf.inference.predictor import model_spatial_dims
         from fusionnet_tf.pretrained import load_pretrained
 
         model_key = _model_key(model)
@@ -85,15 +109,67 @@ class _LoadedModels:
         predictor_key = (model_key, tuple(sorted(options.items())))
         if predictor_key != self.predictor_key or self.predictor is None:
             self.predictor = None
-            self.predictor = Predictor(self.network, **options)
+            arguments = predictor_options(options, model_spatial_dims(self.network), model)
+            self.predictor = Predictor(self.network, **arguments)
             self.predictor_key = predictor_key
         return self.predictor
+
+
+def predictor_options(options, spatial_dims, model):
+    """``Predictor`` arguments from the widget's ``options`` for a 2D or 3D model.
+
+    Args:
+        options: dict with ``tile_shape`` and ``overlap`` (in-plane pixels),
+            ``tile_z`` (sections per tile of a 3D model) and the other
+            ``Predictor`` arguments (tta, precision, engine).
+        spatial_dims: 2 or 3 (``model_spatial_dims`` of the loaded model).
+        model: the model path (its ``MODEL.offsets.json`` gives a 3D
+            model's offsets), or None (the shipped 2D model).
+
+    Returns:
+        dict of ``Predictor`` keyword arguments. A 3D model gets tiles
+        ``(tile_z, tile, tile)``, overlap ``(tile_z // 4, overlap, overlap)``
+        (``fusionnet predict``'s defaults) and its offsets.
+
+    Raises:
+        ValueError: a 3D model whose offsets are unknown, naming its file.
+    """
+    arguments = dict(options)
+    tile_z = arguments.pop("tile_z", None)
+    if spatial_dims != 3:
+        return arguments
+    from fusionnet_tf.inference.predictor import model_offsets_path, read_model_offsets
+
+    offsets = read_model_offsets(model) if model is not None else None
+    if offsets is None:
+        where = model_offsets_path(model) if model is not None else "MODEL.offsets.json"
+        raise ValueError(f"the offsets of the 3D model {model} are unknown: write {where} "
+                         "beside the model ({\"offsets\": [[dz, dy, dx], ...]})")
+    tile, overlap = arguments["tile_shape"], arguments["overlap"]
+    tile_z = int(tile_z or 16)
+    arguments.update(tile_shape=(tile_z, tile, tile), overlap=(tile_z // 4, overlap, overlap),
+                     offsets=[tuple(o) for o in offsets])
+    return arguments
+
+
+def check_model_input(predictor, images):
+    """Refuse a single 2D image for a 3D model before any tile runs (one line).
+
+    Raises:
+        ValueError: ``images`` is (H, W) or (1, H, W) and the model is 3D.
+    """
+    if predictor.spatial_dims == 3:
+        from fusionnet_tf.inference.predictor import check_volume_for_3d_model
+
+        check_volume_for_3d_model(images.shape, "the image layer")
 
 
 def _run_job(conn, job, cancelled, loaded, model, images, options):
     """Run one prediction in the worker, sending ``(kind, job, payload)`` replies on ``conn``."""
     try:
-        steps = loaded.predictor_for(model, options).predict_steps(images)
+        predictor = loaded.predictor_for(model, options)
+        check_model_input(predictor, images)
+        steps = predictor.predict_steps(images)
         while True:
             if cancelled.value >= job:
                 steps.close()
@@ -102,7 +178,7 @@ def _run_job(conn, job, cancelled, loaded, model, images, options):
             try:
                 counts = next(steps)
             except StopIteration as stop:
-                conn.send(("result", job, stop.value))
+                conn.send(("result", job, PredictionResult(stop.value, predictor.offsets)))
                 return
             conn.send(("progress", job, tuple(int(c) for c in counts)))
     except (ValueError, OSError, ImportError) as exc:  # the user's input: one line
@@ -118,7 +194,7 @@ def serve(conn, cancelled):
         conn: ``multiprocessing`` connection; receives ``("predict", job,
             model, images, options)`` or ``("stop",)``; sends ``(kind, job,
             payload)`` with kind ``"started"``, ``"progress"`` (``(done,
-            total)``), ``"result"`` (float32 array of the images' shape),
+            total)``), ``"result"`` (a ``PredictionResult``),
             ``"failed"`` (a one-line message), ``"error"`` (a traceback) or
             ``"cancelled"``.
         cancelled: shared integer: every job up to this number is cancelled.
@@ -185,15 +261,20 @@ class PredictionEngine:
         """Generator: predict ``images`` in the worker, reporting progress.
 
         Args:
-            model: None (the shipped model) or a model path for ``load_model``.
-            images: (H, W) or (N, H, W) float32 in [0, 1].
-            options: dict of ``Predictor`` arguments (tile_shape, overlap, ...).
+            model: None (the shipped model) or a model path for ``load_model``
+                (a 3D affinity model too: its offsets come from
+                ``MODEL.offsets.json`` beside it).
+            images: (H, W) or (N, H, W) float32 in [0, 1]; (Z, Y, X) for a
+                3D model.
+            options: dict of ``Predictor`` arguments (tile_shape, overlap, ...)
+                and ``tile_z`` (see ``predictor_options``).
 
         Yields:
             ``(done, total)`` tile counts.
 
         Returns:
-            float32 membrane probability of ``images``' shape,
+            ``PredictionResult`` (float32 membrane probability of ``images``'
+            shape, or (C, Z, Y, X) affinities and their offsets),
             ``PredictionFailed`` or ``PredictionCancelled``.
 
         Raises:

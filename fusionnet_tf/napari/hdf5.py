@@ -4,11 +4,18 @@ napari's built-in reader does not open HDF5. The reader takes a file (every
 2D/3D numeric dataset becomes a layer; napari itself only passes existing
 paths) or, called directly, one dataset (``read_hdf5("file.h5:/key")``);
 integer datasets of more than 16 bits (e.g. ``fusionnet segment``'s uint32
-labels) become labels layers, the rest images. The writers store a labels
-layer as ``fusionnet segment`` does (key ``segmentation``) and a membrane
-probability layer as ``fusionnet predict`` does (key ``prediction``), keeping
-the file's other datasets.
+labels) become labels layers, the rest images. An affinity dataset (a 4D
+(C, Z, Y, X) array, or ``kind = affinities`` in its attributes, as ``fusionnet
+predict --model snemi3d`` writes it) becomes the affinity layer, its offsets
+and other attributes in ``layer.metadata``, and its boundary map
+(``affinities.affinity_layer_data``). The writers store a labels layer as
+``fusionnet segment`` does (key ``segmentation``), a membrane probability
+layer as ``fusionnet predict`` does (key ``prediction``) and an affinity layer
+(offsets in its metadata) as ``predict`` writes affinities (key
+``affinities``, offsets in the attributes), keeping the file's other datasets.
 """
+
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -31,7 +38,8 @@ def _dataset_keys(path):
     keys = []
     with h5py.File(path, "r") as handle:
         def visit(name, item):
-            if isinstance(item, h5py.Dataset) and item.ndim in (2, 3) and item.dtype.kind in "uifb":
+            if isinstance(item, h5py.Dataset) and item.ndim in (2, 3, 4) \
+                    and item.dtype.kind in "uifb":
                 keys.append(name)
 
         handle.visititems(visit)
@@ -39,22 +47,31 @@ def _dataset_keys(path):
 
 
 def read_hdf5(path):
-    """Layer data for ``file.h5`` (all 2D/3D datasets) or ``file.h5:/key`` (one).
+    """Layer data for ``file.h5`` (all 2D/3D datasets and affinities) or ``file.h5:/key`` (one).
 
     Returns:
-        List of ``(data, {"name": key}, "image" | "labels")``.
+        List of ``(data, {"name": key, ...}, "image" | "labels")``; an
+        affinity dataset gives two (``affinities.affinity_layer_data``).
 
     Raises:
-        FileNotFoundError / ValueError: as ``fusionnet_tf.data.read_stack``.
+        FileNotFoundError / ValueError: as ``fusionnet_tf.data.read_stack``
+            and ``affinity_io.read_affinities`` (an affinity dataset without
+            offsets, offsets that do not match its channels).
     """
     from fusionnet_tf.data import read_stack
+    from fusionnet_tf.data.affinity_io import affinity_metadata
     from fusionnet_tf.data.readers import split_hdf5_spec
+    from fusionnet_tf.napari.affinities import read_affinity_file
 
     file_path, key = split_hdf5_spec(path)
     keys = [key] if key else _dataset_keys(file_path)
     layers = []
     for name in keys:
-        data = np.asarray(read_stack(f"{file_path}:{name}", allow_bool=True))
+        spec = f"{file_path}:{name}"
+        if affinity_metadata(spec) is not None:
+            layers.extend(read_affinity_file(spec, f"{file_path.stem}:{name.strip('/')}"))
+            continue
+        data = np.asarray(read_stack(spec, allow_bool=True))
         if len(data) == 1:
             data = data[0]
         layers.append((data, {"name": f"{file_path.stem}:{name.strip('/')}"}, _layer_type(data)))
@@ -72,12 +89,20 @@ def write_labels_hdf5(path, data, meta):
 def write_image_hdf5(path, data, meta):
     """npe2 writer: a membrane probability layer (float in [0, 1]) -> ``path`` (key prediction).
 
+    An affinity layer (``kind: affinities`` or offsets in its metadata, or 4D
+    data) is written as affinities with its offsets (key ``affinities``).
+
     Raises:
-        ValueError: data that is not a probability map (e.g. a raw EM image).
+        ValueError: data that is not a probability map (e.g. a raw EM image),
+            an affinity layer without offsets.
     """
     from fusionnet_tf.inference.writers import write_prediction
+    from fusionnet_tf.napari.affinities import holds_affinities, write_affinity_hdf5
     from fusionnet_tf.segmentation import check_membrane
 
+    layer = SimpleNamespace(data=data, metadata=meta.get("metadata") or {})
+    if holds_affinities(layer):
+        return write_affinity_hdf5(path, data, meta)
     prob = check_membrane(np.asarray(data), f"layer '{meta.get('name', '')}'")
     write_prediction(path, prob, metadata={"napari_layer": meta.get("name", "")})
     return [str(path)]

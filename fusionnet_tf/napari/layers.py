@@ -57,23 +57,38 @@ def add_or_replace(viewer, name, data, kind, like=None, **kwargs):
         data: array for the layer.
         kind: ``"image"`` or ``"labels"``.
         like: optional layer whose ``scale`` and ``translate`` the new layer
-            takes (so it lies over its input).
-        **kwargs: more ``add_image`` / ``add_labels`` arguments (new layers only).
+            takes (so it lies over its input), on its last axes; a leading
+            axis it lacks (the channels of affinities) gets scale 1,
+            translate 0.
+        **kwargs: more ``add_image`` / ``add_labels`` arguments (new layers
+            only, except ``metadata``, which a replaced layer takes too).
 
     Returns:
         The layer.
     """
+    ndim = np.ndim(data)
     if like is not None:
-        kwargs.setdefault("scale", like.scale)
-        kwargs.setdefault("translate", like.translate)
-    if name in viewer.layers and _layer_kind(viewer.layers[name]) == kind:
+        kwargs.setdefault("scale", fit_axes(like.scale, ndim, 1.0))
+        kwargs.setdefault("translate", fit_axes(like.translate, ndim, 0.0))
+    if name in viewer.layers and _layer_kind(viewer.layers[name]) == kind \
+            and viewer.layers[name].ndim == ndim:
         layer = viewer.layers[name]
         layer.data = data
+        if "metadata" in kwargs:
+            layer.metadata = dict(kwargs["metadata"])
         return layer
     if name in viewer.layers:  # same name, other kind: a new layer gets a unique name
         name = f"{name} ({kind})"
     add = viewer.add_image if kind == "image" else viewer.add_labels
     return add(data, name=name, **kwargs)
+
+
+def fit_axes(values, ndim, fill):
+    """The last ``ndim`` of ``values``, or ``fill`` prepended up to ``ndim`` (a tuple of floats)."""
+    values = tuple(float(v) for v in values)
+    if len(values) >= ndim:
+        return values[len(values) - ndim:]
+    return (fill,) * (ndim - len(values)) + values
 
 
 def _layer_kind(layer):

@@ -1,4 +1,5 @@
-""""Predict membranes": an EM image layer -> a membrane probability layer.
+""""Predict membranes": an EM image layer -> a membrane probability layer (2D models),
+or a (Z, Y, X) volume -> affinities and their boundary map (3D affinity models).
 
 The image is checked and normalized in the viewer's thread exactly as
 ``fusionnet predict`` does it (``check_finite``, then ``normalize`` per slice
@@ -10,6 +11,16 @@ the progress bar. Cancel stops the run at its next tile group, and nothing is
 added then. Errors (bad layer, missing model file, a tile size the model
 refuses) become napari notifications. The widget remembers its last settings
 (``settings``).
+
+The model is a shipped one by name (``isbi2012``, 2D membranes, the
+default; ``snemi3d``, 3D affinities) or a model file, which takes precedence.
+A 3D model (5D input, e.g. ``snemi3d`` or a user's ``.keras``) predicts
+(C, Z, Y, X) affinities of a (Z, Y, X) layer with tiles (``tile z``, tile,
+tile), as ``fusionnet predict --model snemi3d`` does; they become the layers
+"<image> affinities" (offsets in ``layer.metadata``) and "<image>
+boundaries" (see ``affinities``). A single 2D image given to a 3D model is
+refused in one line, in the viewer's thread when the model's kind can be read
+without TensorFlow (shipped models, ``.keras`` files), else by the worker.
 """
 
 from pathlib import Path
@@ -21,8 +32,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 
 from fusionnet_tf.choices import ENGINES, NORMALIZATION_MODES, PRECISIONS, TTA_VALUES
-from fusionnet_tf.napari.engine import (PredictionCancelled, PredictionFailed, acquire_engine,
-                                        release_engine)
+from fusionnet_tf.napari.engine import (PredictionCancelled, PredictionFailed, PredictionResult,
+                                        acquire_engine, release_engine)
 from fusionnet_tf.napari.layers import add_or_replace, layer_array, report_errors, show_error
 from fusionnet_tf.napari.settings import remember_settings
 
@@ -30,13 +41,27 @@ TITLE = "Predict membranes"
 OUTPUT_SUFFIX = " membranes"  # the output layer is "<image name> membranes"
 
 # Defaults are those of `fusionnet predict` (cli/predict.py add_tiling_arguments).
+def _pretrained_names():
+    from fusionnet_tf.pretrained import REGISTRY
+
+    return list(REGISTRY)
+
+
 OPTIONS = {
     "image": {"label": "image"},
-    "model_path": {"label": "model", "mode": "r",
-                   "tooltip": "A .keras file, a bioimage.io package .zip or a SavedModel folder "
-                              "(type its path); empty = the shipped ISBI 2012 FusionNet.",
+    "pretrained": {"label": "model", "choices": _pretrained_names(),
+                   "tooltip": "A shipped model: isbi2012 (2D membranes) or snemi3d (3D "
+                              "affinities of a (Z, Y, X) volume); a model file below replaces "
+                              "it."},
+    "model_path": {"label": "or model file", "mode": "r",
+                   "tooltip": "A .keras file (2D or 3D), a bioimage.io package .zip or a "
+                              "SavedModel folder (type its path); empty = the shipped model "
+                              "chosen above.",
                    "filter": "*.keras *.zip *.h5"},
     "tile_size": {"label": "tile size", "min": 16, "max": 4096, "step": 16},
+    "tile_z": {"label": "tile z", "min": 1, "max": 512,
+               "tooltip": "3D models: sections per tile (overlap: a quarter of it), as "
+                          "fusionnet predict --tile-z."},
     "overlap": {"min": 0, "max": 2048, "step": 8},
     "tta": {"label": "TTA", "choices": list(TTA_VALUES),
             "tooltip": "Test-time augmentation: 1 none, 4 mirrorings, 8 all rotations/flips."},
@@ -49,22 +74,74 @@ OPTIONS = {
     "normalization": {"choices": list(NORMALIZATION_MODES)},
 }
 # the parameters the widget remembers between sessions (settings.py)
-SETTINGS = ("model_path", "tile_size", "overlap", "tta", "precision", "engine", "normalization")
+SETTINGS = ("pretrained", "model_path", "tile_size", "tile_z", "overlap", "tta", "precision",
+            "engine", "normalization")
+DEFAULT_TILE_Z = 16  # fusionnet predict --tile-z
 
 
-def model_spec(model_path):
-    """None (the shipped model) for an empty path, else the checked ``Path``.
+def model_spec(model_path, pretrained=None):
+    """The model a run uses: ``model_path`` if given, else the shipped model ``pretrained``.
+
+    Args:
+        model_path: str/Path, empty for none. A registry name typed here
+            (``snemi3d``) is the shipped model of that name, as ``--model``.
+        pretrained: a registry name, or None / ``"isbi2012"`` (the default).
+
+    Returns:
+        None (the shipped default model, loaded by name in the worker) or
+        the ``Path`` of the model file (a shipped model's weights for other
+        names).
 
     Raises:
         FileNotFoundError: a path that does not exist, naming it.
+        ValueError: an unknown registry name.
     """
+    from fusionnet_tf.pretrained import DEFAULT_MODEL, is_model_name, pretrained_path
+
     text = str(model_path or "").strip()
     if text in ("", "."):
-        return None
+        name = pretrained or DEFAULT_MODEL
+        return None if name == DEFAULT_MODEL else pretrained_path(name)
+    if is_model_name(text):
+        return pretrained_path(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     return path
+
+
+def model_spatial_dims(model):
+    """2 or 3 for the shipped model (None) and ``.keras`` files, read without TensorFlow.
+
+    Returns:
+        2, 3, or None when only loading the model tells (SavedModel folders,
+        ``.onnx``; the worker checks those).
+    """
+    from fusionnet_tf.inference.predictor import keras_file_spatial_dims
+
+    if model is None:
+        return 2
+    suffix = Path(model).suffix.lower()
+    if suffix == ".keras":
+        return keras_file_spatial_dims(model)
+    return 2 if suffix in (".h5", ".zip", ".tflite") else None
+
+
+def check_image_for_model(images, dims, layer):
+    """Refuse a single 2D image for a 3D model and an affinity layer for any model (one line).
+
+    Args:
+        images: the prepared (H, W) or (N, H, W) float32 images.
+        dims: ``model_spatial_dims`` (2, 3 or None).
+        layer: the image layer (for its name).
+
+    Raises:
+        ValueError: naming the layer.
+    """
+    if dims == 3:
+        from fusionnet_tf.inference.predictor import check_volume_for_3d_model
+
+        check_volume_for_3d_model(images.shape, f"image layer '{layer.name}'")
 
 
 def prepare_images(layer, normalization):
@@ -74,11 +151,17 @@ def prepare_images(layer, normalization):
         (H, W) or (N, H, W) float32 in [0, 1], the layer's shape.
 
     Raises:
-        ValueError: a colour, multiscale or non-2D/3D layer, NaN/inf values.
+        ValueError: a colour, multiscale or non-2D/3D layer, an affinity
+            layer, NaN/inf values.
     """
     from fusionnet_tf.data import normalize
     from fusionnet_tf.data.normalize import check_finite
+    from fusionnet_tf.napari.affinities import holds_affinities
 
+    if layer is not None and holds_affinities(layer):
+        raise ValueError(f"image layer '{layer.name}' holds affinities (shape "
+                         f"{tuple(layer.data.shape)}); give the EM image (2D, or a (Z, Y, X) "
+                         "volume for a 3D model)")
     raw = layer_array(layer, "image")
     check_finite(raw, f"image layer '{layer.name}'")
     return normalize(raw, mode=normalization)
@@ -89,7 +172,8 @@ class PredictWidget(FunctionGui):
 
     Calling it (``widget()``) starts a prediction with the current settings
     and returns its napari worker (None if the input was refused); the new
-    layer "<image> membranes" appears when the worker returns (replacing the
+    layer "<image> membranes" (a 3D model: "<image> affinities" and
+    "<image> boundaries") appears when the worker returns (replacing the
     data of an existing layer of that name). ``cancel()`` stops it. The
     model runs in the shared prediction engine's process (started on the
     first run, kept for the next, stopped when the last Predict widget closes).
@@ -114,7 +198,8 @@ class PredictWidget(FunctionGui):
         self.extend([self.progress, self.cancel_button])
 
     def predict_membranes(self, viewer: napari.viewer.Viewer, image: Image,
-                          model_path: Path = Path(""), tile_size: int = 512, overlap: int = 64,
+                          pretrained: str = "isbi2012", model_path: Path = Path(""),
+                          tile_size: int = 512, tile_z: int = DEFAULT_TILE_Z, overlap: int = 64,
                           tta: int = 8, precision: str = "float32", engine: str = "auto",
                           normalization: str = "slice"):
         """Check the input, then start the worker; returns it (None if refused)."""
@@ -124,20 +209,23 @@ class PredictWidget(FunctionGui):
         with report_errors(TITLE):
             from fusionnet_tf.inference.predictor import check_precision_applies
 
-            model = model_spec(model_path)
+            model = model_spec(model_path, pretrained)
             check_precision_applies(precision, model)
             images = prepare_images(image, normalization)
+            check_image_for_model(images, model_spatial_dims(model), image)
             options = {"tile_shape": tile_size, "overlap": overlap, "tta": tta,
-                       "precision": precision, "engine": engine}
+                       "precision": precision, "engine": engine, "tile_z": tile_z}
             return self.start(viewer or napari.current_viewer(), image, images, model, options)
         return None
 
     def start(self, viewer, image, images, model, options):
         """Run the engine in a napari worker; connect progress, result and errors."""
-        worker = create_worker(self.prediction_engine.run, model, images, options,
-                               _connect={"errored": self._errored}, _start_thread=False)
+        described = run_metadata(model, options, self.normalization.value)
+        worker = create_worker(predict_and_prepare, self.prediction_engine, model, images,
+                               options, name=image.name, _connect={"errored": self._errored},
+                               _start_thread=False)
         worker.yielded.connect(self._step)
-        worker.returned.connect(lambda result: self._returned(viewer, image, result))
+        worker.returned.connect(lambda result: self._returned(viewer, image, result, described))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.progress.value = 0
@@ -157,19 +245,33 @@ class PredictWidget(FunctionGui):
         self.progress.value = int(done)
 
     @classmethod
-    def _returned(cls, viewer, image, result):
+    def _returned(cls, viewer, image, result, metadata=None):
         if isinstance(result, PredictionFailed):
             show_error(f"{TITLE}: {result.message}")
         elif isinstance(result, PredictionCancelled):
             show_info(f"{TITLE}: cancelled; no layer added")
+        elif isinstance(result, AffinityPrediction):
+            cls._add_affinity_layers(viewer, image, result, metadata)
         else:
-            cls._add_layer(viewer, image, result)
+            cls._add_layer(viewer, image, result.data)
 
     @staticmethod
     def _add_layer(viewer, image, result):
         add_or_replace(viewer, image.name + OUTPUT_SUFFIX, result, "image", like=image,
                        colormap="magma", contrast_limits=(0.0, 1.0), blending="additive",
                        opacity=0.6)
+
+    @staticmethod
+    def _add_affinity_layers(viewer, image, result, metadata):
+        """"<image> affinities" (offsets in its metadata) and "<image> boundaries"."""
+        from fusionnet_tf.napari.affinities import affinity_metadata
+
+        affinity_kwargs, boundary_kwargs = result.layers[0][1], result.layers[1][1]
+        affs_name = affinity_kwargs.pop("name")
+        affinity_kwargs["metadata"] = affinity_metadata(result.offsets, metadata)
+        add_or_replace(viewer, affs_name, result.data, "image", like=image, **affinity_kwargs)
+        add_or_replace(viewer, boundary_kwargs.pop("name"), result.layers[1][0], "image",
+                       like=image, **boundary_kwargs)
 
     @staticmethod
     def _errored(exc):
@@ -179,6 +281,51 @@ class PredictWidget(FunctionGui):
         self.worker = None
         self.cancel_button.enabled = False
         self.call_button.enabled = True
+
+
+class AffinityPrediction:
+    """A 3D model's result, ready for the viewer: affinities, offsets and the layer data.
+
+    Attributes:
+        data: (C, Z, Y, X) float32 affinities.
+        offsets: the C ``(dz, dy, dx)`` offsets.
+        layers: ``affinities.affinity_layer_data`` of the image (the boundary
+            map is computed in the worker thread, not the viewer's).
+    """
+
+    def __init__(self, result, name):
+        from fusionnet_tf.napari.affinities import affinity_layer_data
+
+        self.data, self.offsets = result.data, result.offsets
+        self.layers = affinity_layer_data(name, self.data, self.offsets)
+
+
+def predict_and_prepare(prediction_engine, model, images, options, name=""):
+    """Generator for the napari worker: the engine's run, then the affinity layers' data.
+
+    Yields the engine's ``(done, total)`` tile counts; returns its outcome,
+    an ``AffinityPrediction`` in place of a 3D model's ``PredictionResult``.
+    """
+    result = yield from prediction_engine.run(model, images, options)
+    if isinstance(result, PredictionResult) and result.offsets is not None:
+        try:
+            return AffinityPrediction(result, name)
+        except ValueError as exc:  # no nearest-neighbour offset: one line
+            return PredictionFailed(str(exc))
+    return result
+
+
+def run_metadata(model, options, normalization):
+    """What the affinity layer's metadata records of the run (as ``fusionnet predict``'s file)."""
+    from fusionnet_tf.pretrained import pretrained_name_of
+
+    name = pretrained_name_of(model) if model is not None else None
+    return {"model": name or (str(model) if model is not None else "pretrained"),
+            "tile": [options.get("tile_z"), options["tile_shape"], options["tile_shape"]],
+            "overlap": [int(options.get("tile_z") or 0) // 4, options["overlap"],
+                        options["overlap"]],
+            "tta": options["tta"], "normalization": normalization,
+            "precision": options["precision"], "engine": options["engine"]}
 
 
 def make_predict_widget():
