@@ -125,7 +125,12 @@ def run(args):
                           address=args.bind_address, segments=segments, layout=args.layout)
     url = viewer.get_viewer_url()
     if args.screenshot is not None:
-        take_screenshot(viewer, args.screenshot, size)
+        from fusionnet_tf.cli import CommandError
+
+        try:
+            take_screenshot(viewer, args.screenshot, size)
+        except TimeoutError as exc:
+            raise CommandError(f"--screenshot {args.screenshot}: {exc}") from None
         print(f"view: wrote {args.screenshot} ({size[0]}x{size[1]}) from {url}", file=sys.stderr)
         return 0
     print(url, flush=True)

@@ -91,6 +91,10 @@ class IdVolume:
     def __getitem__(self, item):
         return np.asarray(self._data[item]).astype(self.dtype, copy=False)
 
+    def transpose(self):
+        """The whole volume as an ``(X, Y, Z)`` ndarray (for the server's mesh generator)."""
+        return self[:, :, :].transpose()
+
 
 def coordinate_space(voxel_size_zyx):
     """The Neuroglancer coordinate space of ``(Z, Y, X)`` arrays with voxel size ``(z, y, x)`` nm."""
@@ -196,19 +200,41 @@ def browser_state(driver, timeout=60.0):
         time.sleep(0.2)
 
 
-def screenshot_image(viewer, size=(1024, 768)):
+def screenshot_image(viewer, size=(1024, 768), timeout=120.0):
     """Render the viewer's panels (without controls) in the connected browser.
+
+    Args:
+        viewer: a ``neuroglancer.Viewer`` with a browser connected.
+        size: ``(width, height)`` in pixels.
+        timeout: seconds to wait for the picture.
 
     Returns:
         ``(H, W, 4)`` uint8 RGBA array. The client waits for the visible data
         (chunks, meshes) to load before it captures.
+
+    Raises:
+        TimeoutError: no picture within ``timeout`` seconds.
     """
     import io
+    import threading
 
     from PIL import Image
 
-    reply = viewer.screenshot(size=list(size))
-    return np.asarray(Image.open(io.BytesIO(reply.screenshot.image)).convert("RGBA"))
+    with viewer.config_state.txn() as config:
+        config.show_ui_controls = False
+        config.show_panel_borders = False
+        config.viewer_size = list(size)
+    replies = []
+    done = threading.Event()
+    for _ in range(5):  # the first picture may come before the canvas took the new size
+        done.clear()
+        viewer.async_screenshot(lambda reply: (replies.append(reply), done.set()))
+        if not done.wait(timeout):
+            raise TimeoutError(f"the browser sent no screenshot within {timeout:g} s")
+        shot = replies[-1].screenshot
+        if (shot.width, shot.height) == tuple(size):
+            break
+    return np.asarray(Image.open(io.BytesIO(shot.image)).convert("RGBA"))
 
 
 def take_screenshot(viewer, path, size=(1024, 768)):
