@@ -59,7 +59,7 @@ def session():
     image, pred, seg = synthetic()
     viewer = viewer_lib.build_viewer(image, pred, seg, VOXEL_ZYX, layout="xy")
     with viewer.txn() as state:
-        state.cross_section_scale = 96 * 6e-9 / 200  # the 96-voxel width over ~200 pixels
+        state.cross_section_scale = 96 / 200  # voxels per pixel: the 96-voxel width on 200 px
     driver = viewer_lib.open_browser(viewer.get_viewer_url(), size=(400, 300))
     yield viewer, driver
     driver.quit()
