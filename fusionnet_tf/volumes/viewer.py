@@ -34,6 +34,8 @@ LAYERS = ("raw", "probability", "segmentation")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                   "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
                   "--hide-scrollbars", "--mute-audio")
+# the 3D panel's camera: a quarter turn-ish tilt that shows the sections' stacking (x, y, z, w)
+OBLIQUE_VIEW = (-0.29, 0.36, 0.11, 0.88)
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # the probability map as a translucent red overlay (toNormalized: uint8 / 255, float as is)
 PROBABILITY_SHADER = """\
@@ -103,6 +105,17 @@ def coordinate_space(voxel_size_zyx):
                                         scales=[float(v) for v in voxel_size_zyx])
 
 
+def fitting_scales(shape, voxel_size_zyx, pixels=450):
+    """``(cross_section_scale, projection_scale)`` that show the whole volume.
+
+    Neuroglancer's scales are in units of the smallest voxel size: the 2D
+    panels' scale is such units per screen pixel (the x-y section fills about
+    ``pixels`` pixels), the 3D panel's is the height it shows.
+    """
+    extent = np.array(shape, float) * np.array(voxel_size_zyx, float) / min(voxel_size_zyx)
+    return float(max(extent[1:]) / pixels), float(1.3 * max(extent))
+
+
 def build_viewer(image, pred=None, seg=None, voxel_size=(1.0, 1.0, 1.0), port=0,
                  address="127.0.0.1", segments=(), layout="xy-3d"):
     """Start a Neuroglancer server and a viewer showing the given volumes.
@@ -131,6 +144,8 @@ def build_viewer(image, pred=None, seg=None, voxel_size=(1.0, 1.0, 1.0), port=0,
         state.dimensions = dimensions
         state.display_dimensions = ["x", "y", "z"]
         state.position = [s / 2 for s in shape]
+        state.cross_section_scale, state.projection_scale = fitting_scales(shape, voxel_size)
+        state.projection_orientation = OBLIQUE_VIEW
         state.layout = layout
         state.layers["raw"] = neuroglancer.ImageLayer(
             source=neuroglancer.LocalVolume(image, dimensions=dimensions, volume_type="image"))
