@@ -14,7 +14,8 @@ SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
 # pip distribution -> the top-level module(s) it installs, where the names differ
 DISTRIBUTION_MODULES = {"ai-edge-litert": ("ai_edge_litert",), "bioimageio.core": ("bioimageio",),
                         "bioimageio.spec": ("bioimageio",), "dask[distributed]": ("dask",
-                                                                                  "distributed")}
+                                                                                  "distributed"),
+                        "cloud-volume": ("cloudvolume",)}
 
 
 def setup_cfg_extras():

@@ -24,6 +24,8 @@ COMMANDS = {
     "segment": "fusionnet_tf.cli.segment",
     "tune-segment": "fusionnet_tf.cli.tune_segment",
     "segment-volume": "fusionnet_tf.cli.segment_volume",
+    "export-precomputed": "fusionnet_tf.cli.export_precomputed",
+    "view": "fusionnet_tf.cli.view",
 }
 
 # Errors that describe bad input: printed as one line, exit code 2.
@@ -35,7 +37,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 # setup.cfg (tests/test_cli_errors.py checks that they agree)
 EXTRA_MODULES = {
     "export": ("onnxruntime", "ai_edge_litert", "tf2onnx", "onnx"),
-    "volumes": ("zarr", "dask", "distributed"),
+    "volumes": ("zarr", "dask", "distributed", "cloudvolume", "zmesh", "kimimaro"),
+    "viewer": ("neuroglancer", "selenium"),
     "mws": ("mwatershed",),
     "bioimageio": ("bioimageio", "pydantic", "tf2onnx", "onnx", "onnxruntime"),
 }

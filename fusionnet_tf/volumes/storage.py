@@ -391,3 +391,40 @@ def clear_done_markers(path):
         for marker in folder.iterdir():
             marker.unlink()
         folder.rmdir()
+
+
+def open_any_volume(spec, what="input volume"):
+    """Open a ``(Z, Y, X)`` volume lazily from zarr, HDF5, a TIFF stack or a folder of slices.
+
+    zarr stores and HDF5 datasets go through :func:`open_volume`; TIFF files
+    and folders of 2D slices through ``data.readers.open_stack`` (memory-mapped
+    or slice by slice where the format allows it).
+
+    Args:
+        spec: str or Path: ``volume.zarr[:/key]``, ``volume.h5[:/key]``,
+            ``stack.tif`` or a folder of slices.
+        what: how messages name it (e.g. ``"LABELS labels.tif"``).
+
+    Returns:
+        ``(array, name)``: an array-like of shape ``(Z, Y, X)`` supporting
+        NumPy slicing, in its native dtype, and the text naming it.
+
+    Raises:
+        FileNotFoundError / KeyError / ValueError: as :func:`open_volume` and
+        ``open_stack``, prefixed with ``what``.
+    """
+    from fusionnet_tf.data.readers import open_stack
+
+    text = str(spec)
+    try:
+        path, _ = split_spec(text)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file or folder") from None
+    try:
+        if is_hdf5(path) or (path.is_dir() and _looks_like_zarr(path)):
+            return open_volume(text)
+        array = open_stack(text, allow_bool=True)
+    except (ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ValueError(f"{what}: {message}") from None
+    return array, str(Path(text).absolute())
