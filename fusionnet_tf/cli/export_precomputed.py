@@ -59,7 +59,7 @@ def add_parser(subparsers):
 def check_args(args):
     """Validate the options and inputs before any work; returns ``(labels, image, voxel_size)``."""
     from fusionnet_tf.io_utils import check_output_not_input, check_output_path
-    from fusionnet_tf.volumes.geometry import parse_voxel_size
+    from fusionnet_tf.io.ome_zarr import parse_voxel_size
     from fusionnet_tf.volumes.precomputed import (check_block_shape, image_dtype,
                                                   is_precomputed_output, label_dtype)
     from fusionnet_tf.volumes.storage import open_any_volume

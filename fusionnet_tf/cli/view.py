@@ -105,7 +105,7 @@ def run(args):
     import sys
     import time
 
-    from fusionnet_tf.volumes.geometry import parse_voxel_size
+    from fusionnet_tf.io.ome_zarr import parse_voxel_size
     from fusionnet_tf.volumes.viewer import (build_viewer, check_port_free, import_neuroglancer,
                                              take_screenshot)
 

@@ -155,28 +155,3 @@ def halo(origins, tile_size, volume_shape, block_shape, pad_before=(0, 0)):
             worst = max(worst, b0 + pad - used[0], used[-1] + tile_size - b1 - pad)
         result.append(worst)
     return tuple(result)
-
-
-def parse_voxel_size(text, option="--voxel-size"):
-    """Parse ``"30,6,6"`` into the voxel size ``(z, y, x)`` as floats (e.g. nanometres).
-
-    Args:
-        text: str of three comma-separated positive numbers, z first (as the
-            volumes' ``(Z, Y, X)`` axes), or a sequence of three numbers.
-        option: how the error message names the value.
-
-    Returns:
-        tuple of three positive floats ``(z, y, x)``.
-
-    Raises:
-        ValueError: not three positive finite numbers.
-    """
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        values = tuple(float(part) for part in parts)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{option} must be 3 positive numbers z,y,x (e.g. 30,6,6); "
-                         f"received {text!r}")
-    return values
