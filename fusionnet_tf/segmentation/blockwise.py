@@ -1,7 +1,8 @@
-"""Block-wise segmentation of membrane volumes too large for memory (``segment-volume``).
+"""Block-wise segmentation of volumes too large for memory (``segment-volume``).
 
 ``segment_volume(input, output, ...)`` reads a ``(Z, Y, X)`` membrane map
-lazily (zarr v2/v3 or HDF5, as ``fusionnet_tf.volumes.open_volume``) and
+lazily (zarr v2/v3 or HDF5, as ``fusionnet_tf.volumes.open_volume``), or
+``(C, Z, Y, X)`` affinities with their offsets (``data.affinity_io``), and
 writes a uint64 zarr label volume whose ids are consistent across blocks. It
 runs in passes, locally or on Dask (the executors of
 ``fusionnet_tf.volumes.runner``), and every pass is resumable:
@@ -29,6 +30,16 @@ runs in passes, locally or on Dask (the executors of
 3. *relabel*: each block's local ids are mapped to global ids and written as
    one uint64 chunk of the output, then marked done. When every block is done
    the work folder is removed.
+
+Affinities are segmented like ``3d`` mode: each block plus a halo in z, y and
+x (an int halo ``h`` is ``max(2, ceil(h / anisotropy))`` slices along z) by
+``segment_affinities`` (agglomeration or mutex watershed, the in-memory
+function), faces matched along all three axes. Measured on degraded SNEMI3D
+ground-truth affinities (15 x 512 x 512, 256 px blocks, shipped snemi3d
+parameters; BENCHMARKS.md "Block-wise segmentation"): see there for the
+adapted Rand error against in-memory segmentation at each halo. The settings
+record ``input_kind`` (``"membrane"`` or ``"affinities"``) so an output is
+never resumed from the other kind of input.
 
 In ``2d`` mode with blocks spanning whole slices there are no faces to merge
 and the result is the in-memory ``segment(..., mode="2d")`` partition exactly.
