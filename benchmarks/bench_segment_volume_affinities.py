@@ -11,9 +11,10 @@ Affinities: SNEMI3D AC4 sections ``--sections`` (default 60-74), y/x crop
 ``--crop`` (default 512), ``data.affinities.affinity_targets`` with the
 default 10 offsets, in-plane Gaussian blur ``--blur`` px plus uniform noise
 ``+-noise`` (seed 0), clipped to [0, 1]; written to a zarr store chunked like
-``predict-volume``'s affinity output. Parameters: ``--params`` (a file or a
-shipped model name; default snemi3d's, the parameters shipped with the 3D
-model) with ``--method`` overriding the method.
+``predict-volume``'s affinity output. Parameters: ``--params`` (a file, a
+shipped model name, or ``defaults`` for ``AffinityParams()``; default
+snemi3d's, the parameters shipped with the 3D model), the method set by
+``--methods``.
 
     nice -n 10 python benchmarks/bench_segment_volume_affinities.py \\
         [--methods agglomeration,mws] [--halos 16,32,64] [--block 256 --block-z 15]
@@ -79,8 +80,12 @@ def main():
     start, stop = (int(v) for v in args.sections.split(":"))
     truth = tifffile.imread(args.labels)[start:stop, :args.crop, :args.crop].astype(np.int64)
     affs, offsets = degraded_affinities(truth, args.blur, args.noise)
-    source = pretrained_params_path(args.params) if is_model_name(args.params) else args.params
-    base = load_params(source, AffinityParams)
+    if args.params == "defaults":
+        base = AffinityParams()
+    else:
+        source = pretrained_params_path(args.params) if is_model_name(args.params) else \
+            args.params
+        base = load_params(source, AffinityParams)
     block = (args.block_z, args.block, args.block)
     with tempfile.TemporaryDirectory() as folder:
         spec = write_affinities(os.path.join(folder, "aff.zarr"), affs, offsets)
