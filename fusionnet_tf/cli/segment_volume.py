@@ -1,4 +1,4 @@
-"""``fusionnet segment-volume``: block-wise neuron segmentation of a large membrane or affinity volume."""
+"""``fusionnet segment-volume``: block-wise neurons from a large membrane or affinity volume."""
 
 HELP = ("Segment neurons block by block in a large zarr/HDF5 membrane or affinity volume "
         "(resumable, Dask).")

@@ -684,7 +684,7 @@ def check_same_input_kind(output, input_kind, name):
 
 
 def input_kind_of(input_spec):
-    """``"affinities"`` if ``input_spec`` is an affinity file (by its metadata), else ``"membrane"``."""
+    """``"affinities"`` for an affinity file (by its metadata), else ``"membrane"``."""
     from fusionnet_tf.data.affinity_io import affinity_metadata
 
     return AFFINITIES if affinity_metadata(input_spec) is not None else MEMBRANE
