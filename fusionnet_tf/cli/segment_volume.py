@@ -1,6 +1,7 @@
-"""``fusionnet segment-volume``: block-wise neuron segmentation of a large membrane volume."""
+"""``fusionnet segment-volume``: block-wise neurons from a large membrane or affinity volume."""
 
-HELP = "Segment neurons block by block in a large zarr/HDF5 membrane volume (resumable, Dask)."
+HELP = ("Segment neurons block by block in a large zarr/HDF5 membrane or affinity volume "
+        "(resumable, Dask).")
 
 DESCRIPTION = """\
 Turn a (Z, Y, X) membrane probability volume too large for memory (e.g. what
@@ -11,7 +12,10 @@ cell has one id across blocks. With --mode 2d and blocks spanning whole slices t
 result equals 'fusionnet segment'; blocks that cut slices (and --mode 3d) agree with
 it up to a small adapted Rand error (0 on ISBI predictions with the default halo).
 Finished blocks of each pass get done-markers inside OUT; rerunning the same command
-resumes. Needs: pip install 'fusionnet-tf[volumes]'.
+resumes. An affinity volume (C, Z, Y, X) whose metadata says "kind": "affinities"
+(e.g. 'predict-volume' with a 3D affinity model) is segmented in 3D like
+'fusionnet segment AFF' (--method agglomeration or mws), block by block with a halo
+in z too. Needs: pip install 'fusionnet-tf[volumes]'.
 """
 
 EPILOG = """\
@@ -19,6 +23,7 @@ examples:
   fusionnet segment-volume membranes.zarr neurons.zarr --workers 2
   fusionnet segment-volume membranes.h5:/prediction neurons.zarr --block 2048 --block-z 4
   fusionnet segment-volume membranes.zarr neurons.zarr --mode 3d --scheduler tcp://10.0.0.5:8786
+  fusionnet segment-volume affinities.zarr neurons.zarr --params snemi3d --method mws
 """
 
 
@@ -27,7 +32,7 @@ def add_parser(subparsers):
     import argparse
 
     from fusionnet_tf.cli.predict_volume import add_dask_arguments
-    from fusionnet_tf.cli.segment import add_segment_arguments
+    from fusionnet_tf.cli.segment import add_method_argument, add_segment_arguments
 
     parser = subparsers.add_parser("segment-volume", help=HELP, description=DESCRIPTION,
                                    epilog=EPILOG,
@@ -35,21 +40,28 @@ def add_parser(subparsers):
     parser.add_argument("pred", metavar="PRED",
                         help="Membrane probability volume (Z, Y, X): 'volume.zarr', "
                              "'volume.zarr:/key' or 'volume.h5:/key'; float in [0, 1] or uint8 "
-                             "0-255 (1 = membrane).")
+                             "0-255 (1 = membrane). Or an affinity file (C, Z, Y, X) float32 "
+                             "with \"kind\": \"affinities\" and \"offsets\" metadata "
+                             "(zarr or HDF5).")
     parser.add_argument("output", metavar="OUT",
                         help="Output zarr store (uint64 ids 1..K, one chunk per block). An "
                              "existing output of the same run is resumed.")
     add_segment_arguments(parser, keep_boundaries=False)
-    parser.add_argument("--block", type=int, default=1024,
-                        help="Block height and width in voxels = output chunk (default: 1024).")
+    add_method_argument(parser)
+    # --mode does not apply to affinities: None tells an explicit --mode 2d from the default
+    parser.set_defaults(mode=None)
+    parser.add_argument("--block", type=int, default=None,
+                        help="Block height and width in voxels = output chunk (default: 1024; "
+                             "512 for affinities).")
     parser.add_argument("--block-z", type=int, default=None,
-                        help="Slices per block (default: 1 in 2d mode, 16 in 3d mode).")
+                        help="Slices per block (default: 1 in 2d mode, 16 in 3d mode and for "
+                             "affinities).")
     parser.add_argument("--halo", type=int, default=64,
                         help="Voxels of context read around each block in-plane; along z "
-                             "max(2, halo / anisotropy) slices in 3d mode with anisotropy < 3, "
-                             "none otherwise (sections are segmented on their own) (default: "
-                             "64). Smaller halos are faster but join segments less like "
-                             "in-memory segmentation.")
+                             "max(2, halo / anisotropy) slices for affinities and in 3d mode "
+                             "with anisotropy < 3, none otherwise (sections are segmented on "
+                             "their own) (default: 64). Smaller halos are faster but join "
+                             "segments less like in-memory segmentation.")
     add_dask_arguments(parser, "PRED and OUT")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an existing output instead of resuming it "
@@ -63,7 +75,36 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
-DEFAULT_BLOCK_Z = {"2d": 1, "3d": 16}
+DEFAULT_BLOCK_Z = {"2d": 1, "3d": 16}  # membrane maps
+
+
+def resolve_kind_and_params(args):
+    """``(mode, params, default (block_z, block))`` for PRED: a membrane map or affinities.
+
+    Affinity files (recognised by their metadata, as ``fusionnet segment``
+    does) take ``AffinityParams`` from ``--params`` (default: those shipped
+    with the model that predicted them, else ``AffinityParams()``),
+    ``--set`` and ``--method``, and are segmented in 3D; membrane maps take
+    ``SegmentParams`` and refuse ``--method``.
+    """
+    from fusionnet_tf.cli.segment import resolve_params
+    from fusionnet_tf.data.affinity_io import affinity_metadata
+    from fusionnet_tf.segmentation.blockwise import AFFINITIES, DEFAULT_BLOCK, MEMBRANE
+
+    metadata = affinity_metadata(args.pred)
+    if metadata is None:
+        if args.method is not None:
+            raise ValueError(f"--method applies to affinity files; PRED {args.pred} is not one "
+                             f"(no \"kind\": \"affinities\" metadata)")
+        mode = args.mode or "2d"
+        return mode, resolve_params(args), (DEFAULT_BLOCK_Z[mode], DEFAULT_BLOCK[MEMBRANE][1])
+    from fusionnet_tf.cli.affinity_segment import predicting_model, resolve_affinity_params
+
+    if args.mode == "2d":
+        raise ValueError(f"--mode 2d applies to membrane maps; PRED {args.pred} holds "
+                         f"affinities, which are segmented in 3D")
+    params = resolve_affinity_params(args, model=predicting_model(metadata))
+    return "3d", params, DEFAULT_BLOCK[AFFINITIES][:2]
 
 
 def run(args):
@@ -71,11 +112,9 @@ def run(args):
     import sys
 
     from fusionnet_tf.cli import CommandError
-    from fusionnet_tf.cli.segment import resolve_params
 
-    block_z = DEFAULT_BLOCK_Z[args.mode] if args.block_z is None else args.block_z
-    for option, value in (("--block", args.block), ("--block-z", block_z)):
-        if value < 1:
+    for option, value in (("--block", args.block), ("--block-z", args.block_z)):
+        if value is not None and value < 1:
             raise ValueError(f"{option} must be a positive number of voxels; received {value}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0; received {args.workers}")
@@ -85,15 +124,17 @@ def run(args):
     args.pred = ome_zarr.level_spec(args.pred, args.level)
     plan = ome_zarr.check_cli_options(args, args.output, args.pred, "labels", "segment-volume")
     check_volume_paths(args.pred, args.output, plan)
-    params = resolve_params(args)
+    mode, params, (default_z, default_block) = resolve_kind_and_params(args)
+    block_z = default_z if args.block_z is None else args.block_z
+    block = default_block if args.block is None else args.block
     output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
                                                                      args.overwrite)
     try:
         from fusionnet_tf.segmentation.blockwise import format_summary, segment_volume
         from fusionnet_tf.volumes import BlockFailures
 
-        summary = segment_volume(args.pred, output, params, args.mode,
-                                 block_shape=(block_z, args.block, args.block), halo=args.halo,
+        summary = segment_volume(args.pred, output, params, mode,
+                                 block_shape=(block_z, block, block), halo=args.halo,
                                  workers=args.workers, scheduler=args.scheduler,
                                  overwrite=args.overwrite, progress=not args.quiet)
     except BlockFailures as exc:

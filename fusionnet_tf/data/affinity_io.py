@@ -424,3 +424,58 @@ def _read_array(kind, spec):
         with h5py.File(path, "r") as handle:
             return np.asarray(handle[_hdf5_dataset_name(path, key)][...])
     return np.asarray(_open_zarr_array(path, key)[...])
+
+
+# --------------------------------------------------------------------------- #
+# Lazy access (block-wise readers)
+# --------------------------------------------------------------------------- #
+
+
+def open_affinities(spec):
+    """Open a zarr or HDF5 affinity file lazily, checking its metadata only.
+
+    Args:
+        spec: ``aff.zarr[:/key]`` or ``aff.h5[:/key]`` (as ``read_affinities``).
+
+    Returns:
+        ``(array, offsets, name)``: a zarr array or h5py dataset of shape
+        (C, Z, Y, X) supporting NumPy slicing (close an h5py dataset's file
+        with ``data.readers.close_stack``), the C ``(dz, dy, dx)`` int tuples,
+        and ``"ABSOLUTE_PATH[:/key]"`` naming it in messages and settings.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: one line naming ``spec``: a TIFF (not readable block by
+            block), not an affinity file, no offsets, offsets that do not
+            match the channel count, not a non-empty 4D float array.
+    """
+    kind, document, shape = _metadata_and_shape(spec)
+    if kind == "tiff":
+        raise ValueError(f"{spec}: block-wise segmentation reads affinities from a .zarr or "
+                         f".h5 file, not a TIFF (rewrite it with write_affinities)")
+    if document.get("kind") != KIND and len(shape) != 4:
+        raise ValueError(f"{spec}: not an affinity file (no metadata \"kind\": \"affinities\" "
+                         f"and not a 4D (C, Z, Y, X) array)")
+    if "offsets" not in document:
+        raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
+                         f"\"offsets\": [[dz, dy, dx], ...], one per channel")
+    if len(shape) != 4 or 0 in shape:
+        raise ValueError(f"{spec}: affinities must be a non-empty (C, Z, Y, X) array; received "
+                         f"shape {shape}")
+    offsets = check_offsets(document["offsets"], shape[0], str(spec))
+    _, path, key = affinity_format(spec)
+    if kind == "hdf5":
+        import h5py
+
+        name = _hdf5_dataset_name(path, key)
+        array = h5py.File(path, "r")[name]
+        key = name
+    else:
+        array = _open_zarr_array(path, key)
+    if not np.issubdtype(np.dtype(array.dtype), np.floating):
+        if kind == "hdf5":
+            array.file.close()
+        raise ValueError(f"{spec}: affinities must be float in [0, 1]; received dtype "
+                         f"{array.dtype}")
+    path = path.absolute()
+    return array, offsets, f"{path}:/{key.strip('/')}" if key else str(path)

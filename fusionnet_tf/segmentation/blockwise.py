@@ -1,7 +1,8 @@
-"""Block-wise segmentation of membrane volumes too large for memory (``segment-volume``).
+"""Block-wise segmentation of volumes too large for memory (``segment-volume``).
 
 ``segment_volume(input, output, ...)`` reads a ``(Z, Y, X)`` membrane map
-lazily (zarr v2/v3 or HDF5, as ``fusionnet_tf.volumes.open_volume``) and
+lazily (zarr v2/v3 or HDF5, as ``fusionnet_tf.volumes.open_volume``), or
+``(C, Z, Y, X)`` affinities with their offsets (``data.affinity_io``), and
 writes a uint64 zarr label volume whose ids are consistent across blocks. It
 runs in passes, locally or on Dask (the executors of
 ``fusionnet_tf.volumes.runner``), and every pass is resumable:
@@ -29,6 +30,16 @@ runs in passes, locally or on Dask (the executors of
 3. *relabel*: each block's local ids are mapped to global ids and written as
    one uint64 chunk of the output, then marked done. When every block is done
    the work folder is removed.
+
+Affinities are segmented like ``3d`` mode: each block plus a halo in z, y and
+x (an int halo ``h`` is ``max(2, ceil(h / anisotropy))`` slices along z) by
+``segment_affinities`` (agglomeration or mutex watershed, the in-memory
+function), faces matched along all three axes. Measured on degraded SNEMI3D
+ground-truth affinities (15 x 512 x 512, 256 px blocks, shipped snemi3d
+parameters; BENCHMARKS.md "Block-wise segmentation"): see there for the
+adapted Rand error against in-memory segmentation at each halo. The settings
+record ``input_kind`` (``"membrane"`` or ``"affinities"``) so an output is
+never resumed from the other kind of input.
 
 In ``2d`` mode with blocks spanning whole slices there are no faces to merge
 and the result is the in-memory ``segment(..., mode="2d")`` partition exactly.
@@ -84,6 +95,13 @@ MATCH_FRACTION = 0.5
 # keep the face files small
 MATCH_WIDTH = 2
 DEFAULT_HALO = 64
+# what the input holds (recorded in the output's settings; stores of earlier versions,
+# which do not record it, were segmented from membrane maps)
+MEMBRANE, AFFINITIES = "membrane", "affinities"
+INPUT_KINDS = (MEMBRANE, AFFINITIES)
+# default blocks: membrane maps slice by slice; affinities in 3D (their z halo is
+# halo / anisotropy slices on each side, so thin blocks would mostly read halo)
+DEFAULT_BLOCK = {MEMBRANE: (1, 1024, 1024), AFFINITIES: (16, 512, 512)}
 # z halo in 3d mode: the in-plane halo over the anisotropy, at least this many slices
 MIN_HALO_Z = 2
 
@@ -95,19 +113,24 @@ class SegmentJob:
     Attributes:
         input_spec: str, ``volume.zarr[:/key]`` or ``volume.h5:/key``.
         output_path: str, the output zarr store.
-        params: ``SegmentParams``.
-        mode: ``"2d"`` or ``"3d"``.
+        params: ``SegmentParams`` (membrane maps) or ``AffinityParams``.
+        mode: ``"2d"`` or ``"3d"`` (always ``"3d"`` for affinities).
         halo: ``(z, y, x)`` voxels read around each block.
         volume_shape, block_shape: ``(Z, Y, X)`` tuples.
+        input_kind: ``"membrane"`` ((Z, Y, X) map) or ``"affinities"``
+            ((C, Z, Y, X) with ``offsets``).
+        offsets: tuple of C ``(dz, dy, dx)`` for affinities, else None.
     """
 
     input_spec: str
     output_path: str
-    params: SegmentParams
+    params: object
     mode: str
     halo: tuple
     volume_shape: tuple
     block_shape: tuple
+    input_kind: str = MEMBRANE
+    offsets: tuple = None
 
     @property
     def work(self):
@@ -127,6 +150,8 @@ class SegmentJob:
     @property
     def kind(self):
         """How blocks are segmented: see ``segmentation_kind``."""
+        if self.input_kind == AFFINITIES:
+            return "3d"
         return segmentation_kind(self.mode, self.params)
 
     @property
@@ -251,8 +276,19 @@ def neighbour_pairs(blocks, job):
 
 # ------------------------------------------------------------------ pass 1
 
-def segment_region(membrane, params, kind):
-    """Labels 1..K of a (z, y, x) region: per section (ids unique over sections) or 3d."""
+def segment_region(data, params, kind, offsets=None):
+    """Labels 1..K of a (z, y, x) region: per section (ids unique over sections) or 3d.
+
+    ``data`` is a (z, y, x) membrane map, or (C, z, y, x) affinities when
+    ``offsets`` is given: those are segmented by ``segment_affinities``, the
+    function of in-memory ``fusionnet segment`` (``params``: ``AffinityParams``).
+    """
+    if offsets is not None:
+        from fusionnet_tf.segmentation.affinities import segment_affinities
+
+        labels, _ = segment_affinities(data, offsets, params)
+        return labels
+    membrane = data
     if kind == "3d":
         labels, _ = segment_array(membrane, params, sampling=(params.anisotropy, 1.0, 1.0))
     else:
@@ -293,6 +329,24 @@ def read_membrane_region(input_spec, region):
     return membrane_from_array(raw, name)
 
 
+def read_affinity_region(input_spec, region):
+    """Read a region of an affinity file: (C, z, y, x) float32, every channel."""
+    from fusionnet_tf.data.affinity_io import open_affinities
+
+    affs, _, _ = open_affinities(input_spec)
+    try:
+        return np.asarray(affs[(slice(None),) + tuple(slice(*r) for r in region)], np.float32)
+    finally:
+        close_stack(affs)
+
+
+def read_region(job, region):
+    """The input of ``region`` (3 ``(start, stop)``): membrane map or affinities."""
+    if job.input_kind == AFFINITIES:
+        return read_affinity_region(job.input_spec, region)
+    return read_membrane_region(job.input_spec, region)
+
+
 def watershed_task(job, block, hook=None):
     """Pass 1 for one block: segment block + halo, save face slabs and inner labels, mark.
 
@@ -308,7 +362,7 @@ def watershed_task(job, block, hook=None):
         return {**info, "skipped": True, "count": read_count(job, block), "seconds": 0.0,
                 "cpu_seconds": 0.0}
     region = extended_region(block, job.halo, job.volume_shape)
-    labels = segment_region(read_membrane_region(job.input_spec, region), job.params, job.kind)
+    labels = segment_region(read_region(job, region), job.params, job.kind, job.offsets)
     inner = _inner(block, region)
     local, count = inner_first(labels, inner)
     slabs = {_face_key(axis, side): local[face_slab(block, axis, side, width, region)]
@@ -551,6 +605,45 @@ def check_membrane_volume(input_spec, blocks, executor, progress=False):
     membrane_from_array(extremes.astype(dtype), name)
 
 
+def affinity_range_task(input_spec, block):
+    """Pass 0 task: ``(block, lowest, highest)`` affinity of ``block`` over all channels.
+
+    NaN anywhere in the block makes both NaN.
+    """
+    from fusionnet_tf.data.affinity_io import open_affinities
+
+    affs, _, _ = open_affinities(input_spec)
+    try:
+        data = np.asarray(affs[(slice(None), slice(*block.z), slice(*block.y),
+                                slice(*block.x))])
+    finally:
+        close_stack(affs)
+    if not np.isfinite(data).all():
+        return block, np.nan, np.nan
+    return block, float(data.min()), float(data.max())
+
+
+def check_affinity_volume(input_spec, name, blocks, executor, progress=False):
+    """Pass 0 for affinities: refuse NaN/inf or values outside [0, 1] (per-block extremes).
+
+    Raises:
+        ValueError: naming the input and the values found (the wording of
+            ``data.affinity_io.check_affinities``).
+    """
+    results, failures = run_tasks(executor, affinity_range_task,
+                                  [(input_spec, block) for block in blocks], progress,
+                                  "segment-volume: check")
+    if failures:
+        raise failures[0][1]
+    lows = np.array([result[1] for _, result in results], np.float64)
+    highs = np.array([result[2] for _, result in results], np.float64)
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
+        raise ValueError(f"{name}: the affinities contain NaN or inf")
+    if lows.min() < 0 or highs.max() > 1:
+        raise ValueError(f"{name}: affinities must be in [0, 1]; received values in "
+                         f"[{lows.min():g}, {highs.max():g}]")
+
+
 def create_label_array(path, shape, chunks, dtype, attrs=None):
     """Create (replace) a zarr array of ``dtype`` filled with 0, with ``attrs``."""
     zarr = storage.import_zarr()
@@ -562,10 +655,56 @@ def create_label_array(path, shape, chunks, dtype, attrs=None):
     return array
 
 
-def _settings(name, dtype, shape, block_shape, halo, mode, params):
-    return {"command": "segment-volume", "input": name, "dtype": str(dtype),
-            "shape": list(shape), "block": list(block_shape), "halo": list(halo),
-            "mode": mode, "params": params.to_dict()}
+def _settings(name, dtype, shape, block_shape, halo, mode, params, input_kind=MEMBRANE,
+              offsets=None):
+    settings = {"command": "segment-volume", "input": name, "input_kind": input_kind,
+                "dtype": str(dtype), "shape": list(shape), "block": list(block_shape),
+                "halo": list(halo), "mode": mode, "params": params.to_dict()}
+    if offsets is not None:
+        settings["offsets"] = [list(offset) for offset in offsets]
+    return settings
+
+
+def check_same_input_kind(output, input_kind, name):
+    """Refuse to resume an output segmented from the other kind of input.
+
+    Outputs of versions that did not record ``input_kind`` were segmented
+    from membrane maps.
+
+    Raises:
+        ValueError: one line naming both kinds.
+    """
+    recorded = storage.recorded_settings(output)
+    if not recorded or recorded.get("command") != "segment-volume":
+        return
+    before = recorded.get("input_kind", MEMBRANE)
+    if before != input_kind:
+        raise ValueError(f"output {output} was started from a {before} input, but {name} holds "
+                         f"{input_kind}; choose another output or pass --overwrite")
+
+
+def input_kind_of(input_spec):
+    """``"affinities"`` for an affinity file (by its metadata), else ``"membrane"``."""
+    from fusionnet_tf.data.affinity_io import affinity_metadata
+
+    return AFFINITIES if affinity_metadata(input_spec) is not None else MEMBRANE
+
+
+def _check_params(params, input_kind, name):
+    """``params`` for ``input_kind`` (None: the defaults); ValueError for the wrong class."""
+    from fusionnet_tf.segmentation.affinity_params import AffinityParams
+
+    expected = AffinityParams if input_kind == AFFINITIES else SegmentParams
+    if params is None:
+        if input_kind == AFFINITIES:
+            return AffinityParams()
+        from fusionnet_tf.segmentation.params import default_params
+
+        return default_params()
+    if not isinstance(params, expected):
+        raise ValueError(f"`params` must be {expected.__name__} or None for {input_kind} input "
+                         f"{name}; received {type(params).__name__}")
+    return params
 
 
 def _check_workers(workers):
@@ -575,27 +714,37 @@ def _check_workers(workers):
 
 # ------------------------------------------------------------------ entry point
 
-def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1, 1024, 1024),
+def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=None,
                    halo=DEFAULT_HALO, workers=0, scheduler=None, overwrite=False,
                    progress=True, block_hook=None):
-    """Block-wise segmentation of a ``(Z, Y, X)`` membrane map into a uint64 zarr.
+    """Block-wise segmentation of a membrane map or affinities into a uint64 zarr.
 
     Args:
         input_spec: ``volume.zarr``, ``volume.zarr:/key`` or ``volume.h5:/key``
-            holding float membrane probability in [0, 1] (1 = membrane) or
-            uint8 (probability x 255), e.g. ``predict-volume``'s output.
+            holding either a ``(Z, Y, X)`` membrane map (float probability in
+            [0, 1], 1 = membrane, or uint8 probability x 255, e.g.
+            ``predict-volume``'s output), or ``(C, Z, Y, X)`` float32
+            affinities in [0, 1] with ``"kind": "affinities"`` and
+            ``"offsets"`` metadata (``data.affinity_io``; e.g. ``predict-volume``
+            with a 3D affinity model). Affinities are segmented in 3D block by
+            block with ``segment_affinities``, the function of in-memory
+            ``fusionnet segment`` (agglomeration or mutex watershed).
         output: path of the output zarr store: uint64 ``(Z, Y, X)`` ids
             1..K, one chunk per block; an existing output of the same run is
             resumed.
-        params: ``SegmentParams``; None for ``default_params()`` (tuned for
-            the shipped model).
+        params: ``SegmentParams`` for membrane maps (None: ``default_params()``,
+            tuned for the shipped model) or ``AffinityParams`` for affinities
+            (None: ``AffinityParams()``).
         mode: ``"2d"`` (each slice on its own, as ``segment(mode="2d")``) or
-            ``"3d"``. Defaults to ``"2d"``.
+            ``"3d"``; membrane maps only (affinities are always segmented in
+            3D). Defaults to ``"2d"``.
         block_shape: ``(block_z, block_y, block_x)``. Defaults to
-            ``(1, 1024, 1024)``.
+            ``(1, 1024, 1024)`` for membrane maps, ``(16, 512, 512)`` for
+            affinities (``DEFAULT_BLOCK``).
         halo: voxels read around each block: an int (in-plane; along z
-            ``max(2, ceil(halo / anisotropy))`` in 3d mode with anisotropy
-            below ``ANISOTROPIC``, else 0) or ``(z, y, x)``. Defaults to 64.
+            ``max(2, ceil(halo / anisotropy))`` for affinities and in 3d mode
+            with anisotropy below ``ANISOTROPIC``, else 0) or ``(z, y, x)``.
+            Defaults to 64.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster
             of N single-threaded processes. Defaults to 0.
         scheduler: address of a running Dask scheduler; overrides ``workers``.
@@ -610,12 +759,15 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1
         run), ``blocks_segmented`` (pass 1 in this run), ``faces``, ``joins``,
         ``segments`` (K), ``voxels``, ``seconds``, ``voxels_per_s``,
         ``watershed_cpu_seconds`` (CPU time of pass 1 summed over workers),
-        ``blocks_per_worker``, ``halo``, ``mode``, ``output``, ``executor``.
+        ``blocks_per_worker``, ``halo``, ``mode``, ``input_kind``, ``method``
+        (affinities: ``params.method``, else None), ``output``, ``executor``.
 
     Raises:
         FileNotFoundError, KeyError, ValueError: bad input (missing, not 3D,
-            integer but not uint8, NaN or values outside [0, 1]), bad options,
-            an output that is the input or was started with other settings.
+            integer but not uint8, NaN or values outside [0, 1]; affinities
+            without offsets or with offsets not matching the channels), bad
+            options, params of the other kind, an output that is the input or
+            was started with other settings (or from the other kind of input).
         FileExistsError: the output exists and is not a zarr array.
         BlockFailures: some blocks raised (finished ones are kept; rerun to resume).
 
@@ -624,36 +776,34 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1
     >>> summary["segments"]
     5231
     """
-    from fusionnet_tf.inference.writers import membrane_from_array
     from fusionnet_tf.volumes.runner import LocalExecutor, dask_executor
 
-    if params is None:
-        from fusionnet_tf.segmentation.params import default_params
-
-        params = default_params()
-    if not isinstance(params, SegmentParams):
-        raise ValueError(f"`params` must be SegmentParams or None; received "
-                         f"{type(params).__name__}")
+    input_kind = input_kind_of(input_spec)
+    params = _check_params(params, input_kind, input_spec)
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}; received mode={mode!r}")
-    block_shape = check_block_shape(block_shape)
-    halo = resolve_halo(halo, segmentation_kind(mode, params), params.anisotropy)
+    if input_kind == AFFINITIES:
+        mode = "3d"
+    block_shape = check_block_shape(DEFAULT_BLOCK[input_kind] if block_shape is None
+                                    else block_shape)
     _check_workers(workers)
     distributed_run = bool(scheduler) or workers > 0
     if block_hook is not None and distributed_run:
         raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
 
-    volume, name = storage.open_volume(input_spec)
-    shape, dtype = tuple(int(n) for n in volume.shape), np.dtype(volume.dtype)
-    close_stack(volume)
-    membrane_from_array(np.zeros(1, dtype), name)  # integer maps fail before any work
+    shape, dtype, name, offsets = _open_input(input_spec, input_kind)
+    job = SegmentJob(str(input_spec), str(output), params, mode, (0, 0, 0), shape, block_shape,
+                     input_kind, offsets)
+    halo = resolve_halo(halo, job.kind, params.anisotropy)
+    job = dataclasses.replace(job, halo=halo)
     check_not_input(output, input_spec)
     if not Path(output).absolute().parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {Path(output).absolute().parent} "
                                 f"(for {output})")
     blocks = block_grid(shape, block_shape)
-    settings = _settings(name, dtype, shape, block_shape, halo, mode, params)
-    job = SegmentJob(str(input_spec), str(output), params, mode, halo, shape, block_shape)
+    settings = _settings(name, dtype, shape, block_shape, halo, mode, params, input_kind, offsets)
+    if not overwrite:
+        check_same_input_kind(output, input_kind, name)
     array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
 
     context = (dask_executor(workers, scheduler) if distributed_run
@@ -661,7 +811,10 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1
     with context as executor:
         start = time.perf_counter()
         if array is None:
-            check_membrane_volume(job.input_spec, blocks, executor, progress)
+            if input_kind == AFFINITIES:
+                check_affinity_volume(job.input_spec, name, blocks, executor, progress)
+            else:
+                check_membrane_volume(job.input_spec, blocks, executor, progress)
             shutil.rmtree(job.work, ignore_errors=True)
             create_label_array(output, shape, block_shape, "uint64",
                                {storage.ATTRS_KEY: settings})
@@ -669,8 +822,28 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1
         seconds = time.perf_counter() - start
     summary.update(seconds=seconds, voxels=int(np.prod(shape)),
                    voxels_per_s=float(np.prod(shape)) / seconds if seconds else 0.0,
-                   halo=halo, mode=mode, output=str(output), executor=executor.name)
+                   halo=halo, mode=mode, input_kind=input_kind,
+                   method=params.method if input_kind == AFFINITIES else None,
+                   output=str(output), executor=executor.name)
     return summary
+
+
+def _open_input(input_spec, input_kind):
+    """``(shape (Z, Y, X), dtype, name, offsets or None)`` of the input; refuses bad dtypes."""
+    if input_kind == AFFINITIES:
+        from fusionnet_tf.data.affinity_io import open_affinities
+
+        affs, offsets, name = open_affinities(input_spec)
+        shape, dtype = tuple(int(n) for n in affs.shape[1:]), np.dtype(affs.dtype)
+        close_stack(affs)
+        return shape, dtype, name, tuple(offsets)
+    from fusionnet_tf.inference.writers import membrane_from_array
+
+    volume, name = storage.open_volume(input_spec)
+    shape, dtype = tuple(int(n) for n in volume.shape), np.dtype(volume.dtype)
+    close_stack(volume)
+    membrane_from_array(np.zeros(1, dtype), name)  # integer maps fail before any work
+    return shape, dtype, name, None
 
 
 def _run_passes(job, blocks, executor, progress, hook):
@@ -757,10 +930,16 @@ def format_summary(summary):
     workers = len(summary["blocks_per_worker"])
     return (f"{summary['blocks_total']} blocks ({summary['blocks_segmented']} segmented, "
             f"{summary['blocks_skipped']} already done) on {workers} worker(s), "
-            f"{summary['mode']} mode, halo {tuple(summary['halo'])}: {summary['faces']} faces, "
+            f"{_what(summary)}, halo {tuple(summary['halo'])}: {summary['faces']} faces, "
             f"{summary['joins']} joins, {summary['segments']:,} segments; "
             f"{summary['voxels']:,} voxels in {summary['seconds']:.1f} s = "
             f"{summary['voxels_per_s']:,.0f} voxels/s -> {summary['output']}")
+
+
+def _what(summary):
+    if summary.get("input_kind") == AFFINITIES:
+        return f"affinities ({summary['method']})"
+    return f"{summary['mode']} mode"
 
 
 # ------------------------------------------------------------------ diagnostics

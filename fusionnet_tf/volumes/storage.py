@@ -326,7 +326,8 @@ def check_resumable(array, path, shape, chunks, settings):
 # stored with the settings, but taken from the store on resume (not compared)
 IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
 # settings that outputs of earlier versions do not record, and the value they ran with
-SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32"}
+# (input_kind: segment-volume read only membrane maps before it took affinities)
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32", "input_kind": "membrane"}
 # settings that outputs of earlier versions do not record, with a value that is not known
 # (the engine: plain or --xla); such an output resumes with any
 COMPARED_ONLY_WHEN_RECORDED = ("engine",)
