@@ -291,44 +291,51 @@ def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_pat
     np.testing.assert_array_equal(read_output(out), expected)
 
 
-def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path, monkeypatch):
-    from fusionnet_tf.inference import autotune, load_model
+def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path):
+    from fusionnet_tf.inference import Predictor, autotune, load_model
     from fusionnet_tf.volumes import runner
 
-    clock = {"plain": 20.0, "xla": 10.0}
+    clock = {"plain": 20.0, "frozen": 20.0, "xla": 10.0}
     timed = []
 
-    def fake_time_call(network, batch):
-        timed.append(network.jit_compile)
-        return clock["xla" if network.jit_compile else "plain"], network(batch)
+    def fake_timer(network, batch):
+        timed.append(network.variant.label)
+        return clock[network.variant.label], network(batch)
 
-    monkeypatch.setattr(autotune, "time_call", fake_time_call)
     model = load_model(model_path)
+
+    def timed_predictor():
+        """A live auto-engine Predictor of the options below, timed by ``fake_timer``."""
+        predictor = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
+        predictor.network.timer = fake_timer
+        return predictor
+
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :256])
     out = tmp_path / "out.zarr"
     # one tile per call: 15 calls, enough to be worth timing
     options = dict(block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
-    predict_volume(spec, out, model, **options)  # engine="auto": timed, xla is faster
+    predict_volume(spec, out, timed_predictor(), **options)  # engine="auto": xla is faster
     assert timed and storage.recorded_settings(out)["engine"] == "xla"
     first = read_output(out)
     storage.done_marker(out, block_grid((1, 128, 256), BLOCK)[1]).unlink()
     autotune.cache_path().unlink()
     clock.update(plain=1.0)  # plain would win now, but the output was started with xla
     timed.clear()
-    summary = predict_volume(spec, out, model, **options)
+    summary = predict_volume(spec, out, timed_predictor(), **options)
     assert summary["blocks_computed"] == 1 and not timed
     assert storage.recorded_settings(out)["engine"] == "xla"
     np.testing.assert_array_equal(read_output(out), first)
     with pytest.raises(ValueError, match="engine: 'xla' -> 'plain'"):
-        predict_volume(spec, out, model, engine="plain", **options)
+        predict_volume(spec, out, timed_predictor(), engine="plain", **options)
     # outputs of earlier versions did not record the engine: they resume with any
     array = zarr.open_array(out, mode="r+")
     settings = dict(array.attrs[storage.ATTRS_KEY])
     del settings["engine"]
     array.attrs[storage.ATTRS_KEY] = settings
-    assert predict_volume(spec, out, model, engine="xla", **options)["blocks_skipped"] == 2
+    resumed = predict_volume(spec, out, timed_predictor(), engine="xla", **options)
+    assert resumed["blocks_skipped"] == 2
     timed.clear()
-    assert predict_volume(spec, out, model, **options)["blocks_skipped"] == 2
+    assert predict_volume(spec, out, timed_predictor(), **options)["blocks_skipped"] == 2
     assert not timed  # "auto" resumes such an output plain (their default), untimed
     # with Dask the variant is chosen once, in this process, and handed to the workers explicitly
     options = dict(tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=None, blending="gaussian",
@@ -337,8 +344,10 @@ def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path
     options["batch_size"] = 1
     plan = runner._call_plan(options, (1, 128, 256))
     assert plan == (15, 1)
-    variant = runner._client_variant(str(model_path), options, plan, False)
-    assert variant == {"engine": "plain", "precision": "float32"} and timed
+    timed_predictor().resolve_engine(calls=15, inputs=1)  # times the batch of one: plain, cached
+    assert timed
+    variant = runner._client_variant(str(model_path), options, plan, False)  # from the cache
+    assert variant == {"engine": "plain", "precision": "float32"}
     assert runner._explicit(options, variant)["engine"] == "plain"
     assert runner._client_variant(str(model_path), {**options, "engine": "xla"}, plan, False) \
         == {"engine": "xla", "precision": "float32"}  # explicit: nothing to load or time

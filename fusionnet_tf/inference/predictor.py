@@ -711,6 +711,19 @@ class Predictor:
             tiles = min(tiles, len(self.tile_origins(height, width)))
         return tiles * variants
 
+    def network_calls(self, count, height, width):
+        """Network calls ``predict`` makes on a (count, height, width) stack (2D models).
+
+        Every tile's TTA variants, in calls of ``inputs_per_call(height,
+        width)`` inputs (only the last call is padded). The auto engine weighs
+        its set-up against this job size.
+
+        Returns:
+            int.
+        """
+        inputs = count * len(self.tile_origins(height, width)) * len(TTA_TRANSFORMS[self.tta])
+        return -(-inputs // self.inputs_per_call(height, width))
+
     def _run_full_batch(self, batch, size):
         """``_run`` on ``batch`` zero-padded to ``size`` inputs; extras dropped.
 
@@ -839,7 +852,7 @@ class Predictor:
         size = self.inputs_per_call(height, width)
         chunk = self.tiles_per_batch(height, width)
         if isinstance(self.network, autotune.AutoNetwork):  # the job size, for its choice
-            self.network.expected_calls = -(-len(jobs) * len(TTA_TRANSFORMS[self.tta]) // size)
+            self.network.expected_calls = self.network_calls(count, height, width)
         yield 0, len(jobs)
         with _progress_bar(len(jobs), self.progress) as bar:
             for start in range(0, len(jobs), chunk):

@@ -236,13 +236,9 @@ def _resume_options(options, previous):
 
 def _call_plan(options, shape):
     """``(calls, inputs per call)`` of whole-slice prediction of the volume (for auto engines)."""
-    from fusionnet_tf.choices import TTA_TRANSFORMS
-
     geometry = _geometry_predictor(options)
     depth, height, width = shape
-    inputs = depth * len(geometry.tile_origins(height, width)) * len(TTA_TRANSFORMS[options["tta"]])
-    size = geometry.inputs_per_call(height, width)
-    return -(-inputs // size), size
+    return geometry.network_calls(depth, height, width), geometry.inputs_per_call(height, width)
 
 
 def _resolve_variant(predictor, options, plan, progress):
