@@ -486,7 +486,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run
     spec = write_zarr(tmp_path / "vol.zarr", volume)
     out = tmp_path / "out.zarr"
     command = [sys.executable, "-m", "fusionnet_tf", "predict-volume", spec, str(out),
-               "--model", str(model_path), "--workers", "0", "--block", "128", "--tile",
+               "--model", str(model_path), "--workers", "0", "--block", "128", "--tile-size",
                str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--engine", "plain", "--batch-size", "4", "--quiet"]  # = OPTIONS
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -521,7 +521,7 @@ def test_cli_errors_are_one_line(tmp_path, volume, model_path, capsys):
     assert code == 2 and "(300, 500) (2D)" in capsys.readouterr().err
     storage.create_output(tmp_path / "other.zarr", (2, 64, 64), (1, 64, 64), {})
     code = main(["predict-volume", h5, str(tmp_path / "other.zarr"), "--model", str(model_path),
-                 "--workers", "0", "--block", "64", "--tile", "64", "--overlap", "16"])
+                 "--workers", "0", "--block", "64", "--tile-size", "64", "--overlap", "16"])
     err = capsys.readouterr().err
     assert code == 2 and "exists with shape (2, 64, 64)" in err and "(1, 64, 64)" in err
 
@@ -551,7 +551,7 @@ def test_cli_nan_input_fails_in_one_line_naming_it_without_output(tmp_path, mode
     spec = write_zarr(tmp_path / "vol.zarr", float_volume_with(np.nan), chunks=(1, 64, 64))
     out = tmp_path / "out.zarr"
     code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-                 "--block", "64", "--tile", str(TILE), "--overlap", str(OVERLAP), "--quiet"])
+                 "--block", "64", "--tile-size", str(TILE), "--overlap", str(OVERLAP), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines() == [f"fusionnet predict-volume: error: INPUT {spec} contains "
@@ -576,7 +576,7 @@ def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsy
     spec = write_h5(tmp_path / "vol.h5", "raw", volume[:1, :64, :64])
     monkeypatch.setitem(sys.modules, "zarr", None)  # as if zarr were not installed
     code = main(["predict-volume", spec, str(tmp_path / "o.zarr"), "--model", str(model_path),
-                 "--workers", "0", "--tile", "64", "--overlap", "16"])
+                 "--workers", "0", "--tile-size", "64", "--overlap", "16"])
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'fusionnet-tf[volumes]'" in err
     monkeypatch.setitem(sys.modules, "zarr", zarr)
@@ -589,9 +589,10 @@ def test_cli_xla_run_matches_in_memory_prediction(tmp_path, volume, model_path, 
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
     out = tmp_path / "xla.zarr"
     code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-                 "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+                 "--block", "256", "--tile-size", str(OPTIONS["tile_shape"]),
                  "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
-                 "--batch-size", str(OPTIONS["batch_size"]), "--xla", "--quiet"])
+                 "--batch-size", str(OPTIONS["batch_size"]), "--engine", "xla",
+                 "--quiet"])
     assert code == 0
     np.testing.assert_allclose(read_output(out), reference, atol=1e-4, rtol=0)
 
@@ -601,7 +602,7 @@ def test_cli_bfloat16_run_is_close_and_cannot_be_resumed_in_float32(tmp_path, vo
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
     out = tmp_path / "bf16.zarr"
     args = ["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-            "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+            "--block", "256", "--tile-size", str(OPTIONS["tile_shape"]),
             "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
             "--batch-size", str(OPTIONS["batch_size"]), "--engine", OPTIONS["engine"], "--quiet"]
     assert main(args + ["--precision", "mixed_bfloat16"]) == 0
@@ -700,7 +701,7 @@ def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, ref
     out = tmp_path / "out.zarr"
     command = ["predict-volume", spec, str(out), "--model", str(model_path),
                "--scheduler", cluster.scheduler_address, "--tf-threads", "1", "--block", "128",
-               "--tile", str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
+               "--tile-size", str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
     code = main(command)
     err = capsys.readouterr().err
     assert code == 0, err

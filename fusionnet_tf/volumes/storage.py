@@ -310,7 +310,7 @@ IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
 # settings that outputs of earlier versions do not record, and the value they ran with
 SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32"}
 # settings that outputs of earlier versions do not record, with a value that is not known
-# (the engine: plain or --xla); such an output resumes with any
+# (the engine: plain or xla); such an output resumes with any
 COMPARED_ONLY_WHEN_RECORDED = ("engine",)
 
 
