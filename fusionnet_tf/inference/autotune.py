@@ -61,6 +61,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
 
 CACHE_ENV = "FUSIONNET_TF_CACHE_DIR"
@@ -111,11 +112,8 @@ def candidate_variants(engine, precision):
     Raises:
         ValueError: unknown ``engine`` or ``precision``.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"`engine` must be one of {ENGINES}; received engine={engine!r}")
-    if precision not in INFERENCE_PRECISION_CHOICES:
-        raise ValueError(f"`precision` must be one of {INFERENCE_PRECISION_CHOICES}; "
-                         f"received precision={precision!r}")
+    check_choice("engine", engine, ENGINES)
+    check_choice("precision", precision, INFERENCE_PRECISION_CHOICES)
     engines = ("plain", "frozen", "xla") if engine == "auto" else (engine,)
     if precision == "auto":
         precisions = ("float32", "mixed_bfloat16") if has_bf16_matrix_units() else ("float32",)

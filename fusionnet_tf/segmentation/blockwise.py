@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
+
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.io_utils import atomic_path
 from fusionnet_tf.segmentation.params import ANISOTROPIC, MODES, SegmentParams
@@ -634,8 +636,7 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=(1
     if not isinstance(params, SegmentParams):
         raise ValueError(f"`params` must be SegmentParams or None; received "
                          f"{type(params).__name__}")
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; received mode={mode!r}")
+    check_choice("mode", mode, MODES)
     block_shape = check_block_shape(block_shape)
     halo = resolve_halo(halo, segmentation_kind(mode, params), params.anisotropy)
     _check_workers(workers)
