@@ -291,6 +291,25 @@ def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_pat
     np.testing.assert_array_equal(read_output(out), expected)
 
 
+def test_worker_predictor_cache_keeps_the_last_specs_only(model_path):
+    from fusionnet_tf.volumes import blockwise
+
+    blockwise.worker_predictor.cache_clear()
+    specs = [blockwise.PredictorSpec(model=str(model_path), tile_shape=tile, overlap=8,
+                                     engine="plain") for tile in (32, 48, 64)]
+    loads = blockwise.predictor_loads()
+    first = blockwise.worker_predictor(specs[0])
+    assert blockwise.worker_predictor(specs[0]) is first  # loaded once
+    for spec in specs[1:]:
+        blockwise.worker_predictor(spec)
+    assert blockwise.predictor_loads() == loads + 3
+    assert blockwise.worker_predictor.cache_info().currsize == \
+        blockwise.MAX_CACHED_PREDICTORS == 2
+    assert blockwise.worker_predictor(specs[0]) is not first  # the oldest was let go: reloaded
+    assert blockwise.predictor_loads() == loads + 4
+    blockwise.worker_predictor.cache_clear()
+
+
 def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path):
     from fusionnet_tf.inference import Predictor, autotune, load_model
     from fusionnet_tf.volumes import runner

@@ -77,7 +77,7 @@ def count_parameters(architecture="fusionnet", base_filters=64, **kwargs):
     return int(count)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=32)
 def _sample_counts(architecture, knobs):
     """Parameter counts of ``architecture`` at ``_SAMPLE_BASES`` (``knobs``: sorted kwargs)."""
     return tuple(build_model(architecture, base_filters=base, **dict(knobs)).count_params()
