@@ -24,8 +24,7 @@ import re
 import typing
 from pathlib import Path
 
-from fusionnet_tf.checks import check_choice, check_range
-from fusionnet_tf.checks import parse_slices  # noqa: F401 (re-exported)
+from fusionnet_tf.checks import check_choice, check_range, parse_slices  # noqa: F401
 from fusionnet_tf.data.labels import LABEL_CONVENTIONS
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
 from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
