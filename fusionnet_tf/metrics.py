@@ -31,6 +31,8 @@ Everything here is NumPy/SciPy and stateless.
 import numpy as np
 from scipy import ndimage
 
+from fusionnet_tf.checks import check_choice
+
 THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -510,10 +512,8 @@ def _check_integer_labels(array, name):
 
 
 def _check_label_inputs(labels, segments, ground_truth, mode):
-    if ground_truth not in GROUND_TRUTH_KINDS:
-        raise ValueError(f"`ground_truth` must be one of {GROUND_TRUTH_KINDS}; received {ground_truth!r}")
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+    check_choice("ground_truth", ground_truth, GROUND_TRUTH_KINDS)
+    check_choice("mode", mode, MODES)
     if mode == "3d" and ground_truth == "membrane":
         raise ValueError(
             "`mode`='3d' needs ground-truth segment ids (`ground_truth`='segments'); "

@@ -34,22 +34,30 @@ def label(network):
     return network.variant.label
 
 
+class Clock:
+    """A fake ``timer`` for the auto engine: ``seconds[label]`` per call; records the calls."""
+
+    def __init__(self, **seconds):
+        self.seconds = seconds or {"plain": 2.0, "xla": 1.0, "frozen": 1.5,
+                                   "plain+mixed_bfloat16": 0.1, "xla+mixed_bfloat16": 0.2}
+        self.calls = []
+
+    def __call__(self, network, batch):
+        self.calls.append(label(network))
+        return self.seconds[label(network)], network(batch)
+
+    def predictor(self, model, **options):
+        """A Predictor (TILE px tiles, overlap 8) whose auto engine is timed by this clock."""
+        predictor = Predictor(model, tile_shape=options.pop("tile_shape", TILE), overlap=8,
+                              **options)
+        assert isinstance(predictor.network, autotune.AutoNetwork)
+        predictor.network.timer = self  # injected: nothing module-level is patched
+        return predictor
+
+
 @pytest.fixture
-def fake_clock(monkeypatch):
-    """Replace the autotuner's clock: ``fake_clock.seconds[label]`` per call; counts calls."""
-    class Clock:
-        seconds = {"plain": 2.0, "xla": 1.0, "frozen": 1.5, "plain+mixed_bfloat16": 0.1,
-                   "xla+mixed_bfloat16": 0.2}
-        calls = []
-
-        def __call__(self, network, batch):
-            self.calls.append(label(network))
-            return self.seconds[label(network)], network(batch)
-
-    clock = Clock()
-    clock.calls = []
-    monkeypatch.setattr(autotune, "time_call", clock)
-    return clock
+def fake_clock():
+    return Clock()
 
 
 def cache_entries():
@@ -59,7 +67,7 @@ def cache_entries():
 @pytest.mark.parametrize("fastest", ["plain", "frozen", "xla"])
 def test_auto_keeps_the_fastest_records_it_and_returns_its_result(model, fake_clock, fastest):
     fake_clock.seconds = {"plain": 1.0, "frozen": 1.0, "xla": 1.0, fastest: 0.5}
-    predictor = Predictor(model, tile_shape=TILE, overlap=8)  # engine="auto" is the default
+    predictor = fake_clock.predictor(model)  # engine="auto" is the default
     assert predictor.variant is None  # nothing chosen before the first batch
     result = predictor.predict_tiles(tiles())
     assert predictor.variant == {"engine": fastest, "precision": "float32"}
@@ -74,11 +82,11 @@ def test_auto_keeps_the_fastest_records_it_and_returns_its_result(model, fake_cl
 
 def test_bfloat16_only_with_precision_auto_and_bf16_matrix_units(model, fake_clock, monkeypatch):
     monkeypatch.setattr(autotune, "has_bf16_matrix_units", lambda: True)  # claim AMX
-    float32 = Predictor(model, tile_shape=TILE, overlap=8)  # precision="float32" is the default
+    float32 = fake_clock.predictor(model)  # precision="float32" is the default
     float32.predict_tiles(tiles())
     assert float32.variant == {"engine": "xla", "precision": "float32"}
     assert not any("bfloat16" in call for call in fake_clock.calls)  # never even timed
-    chosen = Predictor(model, tile_shape=TILE, overlap=8, precision="auto")
+    chosen = fake_clock.predictor(model, precision="auto")
     result = chosen.predict_tiles(tiles())
     assert chosen.variant == {"engine": "plain", "precision": "mixed_bfloat16"}
     # the first batch's result is the chosen variant's own (bfloat16 differs from float32)
@@ -105,32 +113,61 @@ def test_bf16_matrix_units_are_amx_or_avx512_bf16_or_a_gpu(monkeypatch):
 
 
 def test_the_cached_choice_is_reused_without_timing(model, fake_clock):
-    first = Predictor(model, tile_shape=TILE, overlap=8)
+    first = fake_clock.predictor(model)
     first.predict_tiles(tiles())
     timed = len(fake_clock.calls)
     assert timed >= 2
     fake_clock.seconds = {"plain": 0.1, "frozen": 9.0, "xla": 9.0}  # plain, if it timed
-    second = Predictor(model, tile_shape=TILE, overlap=8)
+    second = fake_clock.predictor(model)
     second.predict_tiles(tiles(seed=1))
     assert len(fake_clock.calls) == timed  # not timed again
     assert second.variant == first.variant == {"engine": "xla", "precision": "float32"}
-    other_shape = Predictor(model, tile_shape=2 * TILE, overlap=8)  # another batch shape: timed
+    other_shape = fake_clock.predictor(model, tile_shape=2 * TILE)  # another batch shape: timed
     other_shape.predict_tiles(np.random.default_rng(1).random((2, 64, 64)).astype(np.float32))
     assert len(fake_clock.calls) > timed and other_shape.variant["engine"] == "plain"
     assert len(cache_entries()) == 2
 
 
+def test_the_cache_holds_a_choice_per_batch_size(model, fake_clock):
+    variants = autotune.candidate_variants("auto", "float32")
+    assert autotune.cache_key("m", (1, TILE, TILE, 1), variants) != \
+        autotune.cache_key("m", (2, TILE, TILE, 1), variants)
+    two = fake_clock.predictor(model, batch_size=2)
+    two.predict_tiles(tiles(2))
+    timed = len(fake_clock.calls)
+    assert two.variant["engine"] == "xla"
+    fake_clock.seconds = {"plain": 0.1, "frozen": 9.0, "xla": 9.0}
+    four = fake_clock.predictor(model, batch_size=4)  # same tiles, another batch size: timed
+    four.predict_tiles(tiles(4))
+    assert len(fake_clock.calls) > timed and four.variant["engine"] == "plain"
+    assert sorted(entry["batch"][0] for entry in cache_entries().values()) == [2, 4]
+
+
+def test_the_job_size_counts_every_tta_variant(model, fake_clock):
+    fake_clock.seconds = {"plain": 1.0, "frozen": 1.0, "xla": 0.5}
+    # one tile, 8 TTA variants, one input per call: 8 calls of ~1 s, worth timing
+    predictor = fake_clock.predictor(model, tta=8, batch_size=1)
+    assert predictor.network_calls(1, TILE, TILE) == autotune.MIN_TUNE_CALLS == 8
+    predictor.predict(np.zeros((TILE, TILE), np.float32))
+    assert predictor.network.expected_calls == 8
+    assert set(fake_clock.calls) == {"plain", "frozen", "xla"}
+    assert predictor.variant["engine"] == "xla"
+    fake_clock.calls.clear()
+    autotune.cache_path().unlink()
+    single = fake_clock.predictor(model, tta=1, batch_size=1)  # 1 call: not worth timing
+    single.predict(np.zeros((TILE, TILE), np.float32))
+    assert fake_clock.calls == ["plain"] and single.variant["engine"] == "plain"
+
+
 def test_a_variant_that_fails_is_skipped_and_the_cache_still_hits(model, fake_clock, caplog):
-    class Clock(type(fake_clock)):
+    class XlaFails(Clock):
         def __call__(self, network, batch):
             if label(network) == "xla":
                 raise RuntimeError("XLA compilation failed")  # e.g. an op XLA cannot compile
             return super().__call__(network, batch)
 
-    clock = Clock()
-    clock.calls, clock.seconds = [], {"plain": 2.0, "frozen": 1.5}
-    autotune.time_call = clock  # fake_clock's monkeypatch restores the real one afterwards
-    first = Predictor(model, tile_shape=TILE, overlap=8)
+    clock = XlaFails(plain=2.0, frozen=1.5)
+    first = clock.predictor(model)
     with caplog.at_level("WARNING", logger="fusionnet_tf.inference"):
         result = first.predict_tiles(tiles())
     assert first.variant == {"engine": "frozen", "precision": "float32"}
@@ -138,23 +175,20 @@ def test_a_variant_that_fails_is_skipped_and_the_cache_still_hits(model, fake_cl
     (entry,) = cache_entries().values()
     assert entry["skipped"] == ["xla"] and set(entry["timings"]) == {"plain", "frozen"}
     timed = len(clock.calls)
-    second = Predictor(model, tile_shape=TILE, overlap=8)
+    second = clock.predictor(model)
     np.testing.assert_allclose(second.predict_tiles(tiles()), result, rtol=0, atol=1e-6)
     assert len(clock.calls) == timed and second.variant == first.variant  # from the cache
 
 
-def test_the_fallback_failing_is_an_error_not_a_skip(model, fake_clock):
-    class Clock(type(fake_clock)):
+def test_the_fallback_failing_is_an_error_not_a_skip(model):
+    class PlainFails(Clock):
         def __call__(self, network, batch):
             if label(network) == "plain":
                 raise RuntimeError("plain is broken")
             return super().__call__(network, batch)
 
-    clock = Clock()
-    clock.calls = []
-    autotune.time_call = clock
     with pytest.raises(RuntimeError, match="plain is broken"):
-        Predictor(model, tile_shape=TILE, overlap=8).predict_tiles(tiles())
+        PlainFails().predictor(model).predict_tiles(tiles())
 
 
 def test_cached_choice_weighs_xla_compile_against_the_job(model):
@@ -172,60 +206,61 @@ def test_cached_choice_weighs_xla_compile_against_the_job(model):
 
 def test_a_short_job_runs_plain_without_timing_or_caching(model, fake_clock):
     fake_clock.seconds = {"plain": 100.0, "frozen": 1.0, "xla": 1.0}
-    predictor = Predictor(model, tile_shape=TILE, overlap=8)
+    predictor = fake_clock.predictor(model)
     predictor.predict(np.random.default_rng(0).random((40, 40)).astype(np.float32))  # 1 call
     assert predictor.variant["engine"] == "plain"
     assert fake_clock.calls == ["plain"]  # only the first batch, on the fallback
     assert not autotune.cache_path().exists()
     fake_clock.seconds = {"plain": 0.01, "frozen": 0.01, "xla": 0.001}
     fake_clock.calls.clear()
-    many = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    many = fake_clock.predictor(model, batch_size=1)
     many.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls, but ~0.4 s
     # 8 calls or more: frozen runs first (see the module docstring), and runs the short job
     assert fake_clock.calls == ["frozen"] and many.variant["engine"] == "frozen"
     assert not autotune.cache_path().exists()
     fake_clock.seconds = {"plain": 1.0, "frozen": 1.0, "xla": 0.5}
-    long = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    long = fake_clock.predictor(model, batch_size=1)
     long.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls of 1 s: worth timing
     assert long.variant["engine"] == "xla" and autotune.cache_path().exists()
 
 
 def test_the_choice_is_said_in_one_line_when_progress_is_on(model, fake_clock, capsys):
-    Predictor(model, tile_shape=TILE, overlap=8, progress=True).predict_tiles(tiles())
+    fake_clock.predictor(model, progress=True).predict_tiles(tiles())
     lines = [line for line in capsys.readouterr().err.splitlines() if "auto engine" in line]
     assert len(lines) == 1
     assert lines[0].startswith("fusionnet: auto engine chose xla (1 s/batch vs plain 2 s, "
                                "frozen 1.5 s;")
-    Predictor(model, tile_shape=TILE, overlap=8).predict_tiles(tiles())  # progress off: quiet
+    fake_clock.predictor(model).predict_tiles(tiles())  # progress off: quiet
     assert "auto engine" not in capsys.readouterr().err
 
 
 def test_resolve_engine_before_the_first_batch_and_prefer(model, fake_clock):
-    predictor = Predictor(model, tile_shape=TILE, overlap=8)
+    predictor = fake_clock.predictor(model)
     assert predictor.resolve_engine() == {"engine": "xla", "precision": "float32"}
-    kept = Predictor(model, tile_shape=TILE, overlap=8)
+    kept = fake_clock.predictor(model)
     calls = len(fake_clock.calls)
     assert kept.resolve_engine(prefer={"engine": "plain", "precision": "float32"}) == \
         {"engine": "plain", "precision": "float32"}
     assert len(fake_clock.calls) == calls  # a preferred variant is not timed
 
 
-def test_explicit_engines_and_other_callables_have_no_choice(model, fake_clock):
-    assert Predictor(model, tile_shape=TILE, overlap=8, engine="plain").variant == \
-        {"engine": "plain", "precision": "float32"}
+def test_explicit_engines_and_other_callables_have_no_choice(model):
+    plain = Predictor(model, tile_shape=TILE, overlap=8, engine="plain")
+    assert plain.variant == {"engine": "plain", "precision": "float32"}
     xla = Predictor(model, tile_shape=TILE, overlap=8, jit_compile=True)  # the older flag
     assert xla.variant == {"engine": "xla", "precision": "float32"}
     other = Predictor(lambda batch: batch, tile_shape=TILE, overlap=8, precision="auto")
     assert other.variant == {"engine": "as-is", "precision": "float32"}
     other.predict_tiles(tiles())
-    assert fake_clock.calls == []
+    for predictor in (plain, xla, other):  # nothing to time
+        assert not isinstance(predictor.network, autotune.AutoNetwork)
 
 
 # === The frozen engine (weights as graph constants) ===
 
 def test_frozen_is_timed_first_in_float32_only(model, fake_clock, monkeypatch):
     fake_clock.seconds = {"plain": 2.0, "frozen": 0.5, "xla": 1.0}
-    wide = Predictor(model, tile_shape=TILE, overlap=8)
+    wide = fake_clock.predictor(model)
     result = wide.predict_tiles(tiles())
     # frozen runs before plain shares its (unblocked) oneDNN primitives with it
     assert fake_clock.calls[0] == "frozen" and set(fake_clock.calls) == {"plain", "frozen", "xla"}
@@ -243,10 +278,10 @@ def test_frozen_is_timed_first_in_float32_only(model, fake_clock, monkeypatch):
 
 def test_frozen_pays_its_set_up_only_on_long_jobs(model, fake_clock):
     fake_clock.seconds = {"plain": 2.0, "frozen": 1.0, "xla": 3.0}
-    one_slice = Predictor(model, tile_shape=TILE, overlap=8)
+    one_slice = fake_clock.predictor(model)
     one_slice.predict(np.random.default_rng(0).random((40, 40)).astype(np.float32))  # 1 call
     assert fake_clock.calls == ["plain"] and one_slice.variant["engine"] == "plain"
-    long = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    long = fake_clock.predictor(model, batch_size=1)
     long.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls of 1-3 s: timed, frozen first
     assert fake_clock.calls[1] == "frozen" and long.variant["engine"] == "frozen"
     ((key, entry),) = cache_entries().items()
@@ -254,15 +289,15 @@ def test_frozen_pays_its_set_up_only_on_long_jobs(model, fake_clock):
     entry["timings"]["frozen"]["setup_s"] = 20.0  # its constant folding, as at base 64
     autotune.store_entry(key, entry)
     timed = len(fake_clock.calls)
-    ten = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    ten = fake_clock.predictor(model, batch_size=1)
     assert ten.resolve_engine(calls=10)["engine"] == "plain"  # 20 s < 20 s + 10 s
-    many = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    many = fake_clock.predictor(model, batch_size=1)
     assert many.resolve_engine(calls=40)["engine"] == "frozen"  # 80 s > 20 s + 40 s
     assert len(fake_clock.calls) == timed  # from the cache
     fake_clock.seconds = {"plain": 0.02, "frozen": 0.01, "xla": 0.001}
     fake_clock.calls.clear()
     autotune.cache_path().unlink()
-    quick = Predictor(model, tile_shape=TILE, overlap=8, batch_size=1)
+    quick = fake_clock.predictor(model, batch_size=1)
     quick.predict(np.zeros((10, 40, 40), np.float32))  # 40 calls, but ~0.4 s on what ran first
     assert fake_clock.calls == ["frozen"] and quick.variant["engine"] == "frozen"
     assert not autotune.cache_path().exists()
@@ -329,6 +364,20 @@ def test_a_single_tile_is_not_padded(tta):
     small = Predictor(recording_network(sizes), tile_shape=64, overlap=16, tta=tta)
     small.predict(np.zeros((64, 64), np.float32))
     assert sizes == [tta]
+
+
+@pytest.mark.parametrize("tta", [1, 4, 8])
+def test_the_expected_calls_are_the_calls_made(tta):
+    from fusionnet_tf.volumes import runner
+
+    sizes = []
+    predictor = Predictor(recording_network(sizes), tile_shape=64, overlap=16, tta=tta)
+    predictor.predict(np.zeros((3, 100, 150), np.float32))  # 3 slices of 2 x 3 tiles
+    assert predictor.network_calls(3, 100, 150) == len(sizes)
+    assert sum(sizes) == -(-3 * 6 * tta // sizes[0]) * sizes[0]  # only the last call padded
+    options = dict(tile_shape=64, overlap=16, tta=tta, batch_size=None, blending="gaussian",
+                   align=None, precision="float32", engine="auto")
+    assert runner._call_plan(options, (3, 100, 150)) == (len(sizes), sizes[0])
 
 
 def test_small_tiles_share_a_call_of_one_slice_at_most():

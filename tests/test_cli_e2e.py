@@ -16,7 +16,7 @@ from fusionnet_tf.data import normalize, read_stack
 from fusionnet_tf.inference import Predictor
 from fusionnet_tf.models import build_fusionnet
 
-SMALL = ["--tile", "32", "--overlap", "8", "--tta", "1", "--quiet"]
+SMALL = ["--tile-size", "32", "--overlap", "8", "--tta", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")

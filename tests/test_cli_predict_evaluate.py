@@ -14,7 +14,7 @@ from fusionnet_tf.inference import Predictor
 from fusionnet_tf.inference import writers
 from fusionnet_tf.models import build_fusionnet
 
-SMALL = ["--tile", "32", "--overlap", "8", "--quiet"]
+SMALL = ["--tile-size", "32", "--overlap", "8", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +224,9 @@ def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
     assert main(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--tta", "1"] + SMALL) == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"),
                                expected_prediction(files, tta=1), atol=1e-6)
-    # --xla compiles the same network with XLA: same maps to float tolerance
-    assert main(["predict", files.image, "-o", str(tmp_path / "x.tif"), "--tta", "1", "--xla"]
-                + SMALL) == 0
+    # --engine xla compiles the same network with XLA: same maps to float tolerance
+    assert main(["predict", files.image, "-o", str(tmp_path / "x.tif"), "--tta", "1",
+                 "--engine", "xla"] + SMALL) == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "x.tif"),
                                expected_prediction(files, tta=1), atol=1e-5)
 
@@ -290,9 +290,6 @@ def test_engine_choice_is_validated_and_recorded(files, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.replace("'", "")  # Python versions quote the choices or not
     assert "--engine: invalid choice: fast (choose from auto, plain, frozen, xla)" in err
-    code, err = run_cli(["predict", files.image, "-o", str(out), "--model", files.model,
-                         "--xla", "--engine", "plain"] + SMALL, capsys)
-    assert code == 2 and "--xla conflicts with --engine plain" in err and not out.exists()
     assert main(["predict", files.image, "-o", str(out), "--model", files.model, "--tta", "1",
                  "--engine", "plain"] + SMALL) == 0
     metadata = json.loads(tifffile.TiffFile(out).pages[0].description)
@@ -323,7 +320,7 @@ def test_shape_mismatch_between_labels_and_prediction(files, tmp_path, capsys):
 
 def test_tile_not_divisible_by_two_to_the_depth(files, tmp_path, capsys):
     code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "p.tif"), "--model",
-                         files.model, "--tile", "30", "--overlap", "8", "--quiet"], capsys)
+                         files.model, "--tile-size", "30", "--overlap", "8", "--quiet"], capsys)
     assert code == 2 and "2**depth = 4" in err and "30" in err
     assert list(tmp_path.iterdir()) == []
 

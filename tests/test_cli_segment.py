@@ -210,7 +210,7 @@ def test_predict_segment_in_one_go_equals_predict_then_segment(tmp_path, capsys)
     model.save(tmp_path / "model.keras")
     image = _write(tmp_path / "image.tif",
                    np.random.default_rng(0).integers(0, 256, (2, 32, 40), dtype=np.uint8))
-    common = ["--model", tmp_path / "model.keras", "--tile", "32", "--overlap", "8", "--tta",
+    common = ["--model", tmp_path / "model.keras", "--tile-size", "32", "--overlap", "8", "--tta",
               "1", "--quiet"]
     code, _, err = run_cli(["predict", image, "-o", tmp_path / "pred.tif", "--segment",
                             tmp_path / "seg.tif", "--set", "min_size=4"] + common, capsys)

@@ -13,7 +13,7 @@ from fusionnet_tf.metrics import isbi_scores, segmentation_scores_report
 from fusionnet_tf.models import build_fusionnet
 from fusionnet_tf.segmentation import default_params, segment
 
-SMALL = ["--tile", "32", "--overlap", "8", "--quiet", "--tta", "1", "--engine", "plain"]
+SMALL = ["--tile-size", "32", "--overlap", "8", "--quiet", "--tta", "1", "--engine", "plain"]
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ def test_offsets_from_the_model_sidecar(aff_model, tmp_path, volume):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(offsets=OFFSETS[:3]), "3 offsets do not match the model's 6 output channels"),
     (dict(tta=8), "tta=8 for an affinity model needs its offsets"),
-    (dict(offsets=OFFSETS, tta=3), r"`tta` must be one of \(1, 2, 4, 8, 16\)"),
+    (dict(offsets=OFFSETS, tta=3), "`tta` must be one of 1, 2, 4, 8, 16; received tta=3"),
     (dict(offsets=[(0, 0, 0)] + OFFSETS[1:]), "non-zero"),
     (dict(offsets=OFFSETS, tile_shape=(4, 16)), "`tile_shape` must be an int or 3 ints"),
 ])

@@ -76,7 +76,7 @@ def test_bfloat16_prediction_matches_float32_on_real_em(prediction, tmp_path):
 
 def test_predict_cli_shows_a_progress_bar_over_tiles(tmp_path, capsys):
     out = tmp_path / "one.tif"
-    assert main(["predict", str(example_path()), "-o", str(out), "--tta", "1", "--tile", "256",
+    assert main(["predict", str(example_path()), "-o", str(out), "--tta", "1", "--tile-size", "256",
                  "--overlap", "32"]) == 0
     err = capsys.readouterr().err
     # 3 slices x a 3 x 3 grid of 256-px tiles (overlap >= 32 on 512 px)

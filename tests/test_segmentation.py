@@ -148,7 +148,8 @@ def shifted_sections():
 def test_3d_thick_sections_link_by_overlap_and_isotropic_floods_in_3d():
     stack = shifted_sections()
     linked, linked_count = segment(stack, PLAIN, mode="3d")  # anisotropy 12.5: link sections
-    # right cells overlap with IoU 15/25 = 0.6: one id; left cells 5/15 = 0.33: two ids
+    # each cell's watershed takes one membrane column: the right cells overlap with
+    # IoU 16/26 = 0.62: one id; the left cells 6/16 = 0.38: two ids
     assert linked_count == 3
     assert linked[0, 0, -1] == linked[1, 0, -1] and linked[0, 0, 0] != linked[1, 0, 0]
     np.testing.assert_array_equal(linked[0] == linked[0, 0, 0], segment(stack, PLAIN)[0][0] ==
@@ -302,3 +303,70 @@ def test_merged_boundaries_are_length_weighted_averages():
     assert kept[0, 0] == kept[1, 0] != kept[0, 2]
     merged = agglomerate(labels, 3, membrane, threshold=0.55)[labels]
     assert np.unique(merged).size == 1
+
+
+# === Inclusive and exclusive bounds: "smaller than min_size", "IoU >= z_link_overlap" ===
+
+def test_a_segment_of_exactly_min_size_is_kept():
+    labels = np.array([[1, 1, 2, 2, 2]])
+    membrane = np.zeros(labels.shape, np.float32)
+    assert agglomerate(labels, 2, membrane, threshold=0.0, min_size=2)[labels].tolist() == \
+        [[1, 1, 2, 2, 2]]  # 2 pixels are not smaller than 2
+    merged = agglomerate(labels, 2, membrane, threshold=0.0, min_size=3)[labels]
+    assert np.unique(merged).size == 1  # 2 pixels are smaller than 3
+
+
+def test_small_segments_stop_absorbing_once_they_reach_min_size():
+    # 1 and 2 (one pixel each) are below min_size=2; 1 joins 2, which then has exactly 2
+    # pixels and stays apart from the large segment 3
+    labels = np.array([[1, 2, 3, 3, 3, 3, 3, 3]])
+    mapping = agglomerate(labels, 3, np.zeros(labels.shape, np.float32), threshold=0.0,
+                          min_size=2)
+    merged = mapping[labels][0]
+    assert merged[0] == merged[1] != merged[2]
+
+
+def test_seeds_of_exactly_min_seed_size_are_kept():
+    from fusionnet_tf.segmentation.watershed import threshold_seeds
+
+    membrane = np.ones((5, 9), np.float32)
+    membrane[1, 1:4] = 0.0  # a 3-pixel seed
+    membrane[3, 5:9] = 0.0  # a 4-pixel seed
+    assert threshold_seeds(membrane, 0.5, min_size=3)[1] == 2
+    seeds, count = threshold_seeds(membrane, 0.5, min_size=4)
+    assert count == 1 and seeds[3, 5] == 1 and seeds[1, 1] == 0
+
+
+def test_segment_keeps_a_sliver_of_exactly_min_size():
+    membrane = two_cells()
+    membrane[4:6, 7:15] = 0.6  # the sliver of test_small_segments_merge_into_weakest_neighbour
+    membrane[0:4, 7] = 0.6
+    labels, count, _ = seeded_watershed(membrane, PLAIN)
+    sliver = int(np.bincount(labels.ravel())[1:].min())
+    assert count == 3
+    assert segment(membrane, PLAIN.replace(min_size=sliver))[1] == 3
+    assert segment(membrane, PLAIN.replace(min_size=sliver + 1))[1] == 2
+
+
+def test_sections_link_at_exactly_z_link_overlap():
+    from fusionnet_tf.segmentation.segmenter import link_sections
+
+    # 1 | 3 share 1 of 2 pixels (IoU 0.5); 2 | 4 share 2 of 3 (IoU 0.67)
+    labels = np.array([[[1, 1, 2, 2]], [[3, 4, 4, 4]]])
+    assert link_sections(labels, 0.5).tolist() == [[[1, 1, 2, 2]], [[1, 2, 2, 2]]]
+    assert link_sections(labels, 0.6).max() == 3
+    # the right cells of shifted_sections overlap with IoU 16 / 26 (see above)
+    stack = shifted_sections()
+    assert segment(stack, PLAIN.replace(z_link_overlap=16 / 26), mode="3d")[1] == 3
+    assert segment(stack, PLAIN.replace(z_link_overlap=17 / 26), mode="3d")[1] == 4
+
+
+def test_link_segments_counts_equal_iou_as_enough():
+    from fusionnet_tf.segmentation.segmenter import link_segments
+
+    sizes = np.array([0, 3, 3, 3, 5], np.int64)
+    # 1 -> 2 share 2 of 4 pixels (IoU 0.5); 3 -> 4 share 2 of 6 (IoU 1/3)
+    final, count = link_segments(4, sizes, np.array([1, 3]), np.array([2, 4]), np.array([2, 2]),
+                                 0.5)
+    assert count == 3 and final[1] == final[2] and final[3] != final[4]
+    assert link_segments(4, sizes, np.array([1]), np.array([2]), np.array([2]), 0.51)[1] == 4

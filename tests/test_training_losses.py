@@ -182,7 +182,7 @@ def test_tf_config_checks(monkeypatch):
 
 
 def test_set_precision_rejects_unknown_policy():
-    with pytest.raises(ValueError, match="received 'float16'"):
+    with pytest.raises(ValueError, match="received precision='float16'"):
         strategy.set_precision("float16")
     strategy.set_precision("mixed_bfloat16")
     assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"

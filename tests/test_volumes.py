@@ -291,44 +291,70 @@ def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_pat
     np.testing.assert_array_equal(read_output(out), expected)
 
 
-def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path, monkeypatch):
-    from fusionnet_tf.inference import autotune, load_model
+def test_worker_predictor_cache_keeps_the_last_specs_only(model_path):
+    from fusionnet_tf.volumes import blockwise
+
+    blockwise.worker_predictor.cache_clear()
+    specs = [blockwise.PredictorSpec(model=str(model_path), tile_shape=tile, overlap=8,
+                                     engine="plain") for tile in (32, 48, 64)]
+    loads = blockwise.predictor_loads()
+    first = blockwise.worker_predictor(specs[0])
+    assert blockwise.worker_predictor(specs[0]) is first  # loaded once
+    for spec in specs[1:]:
+        blockwise.worker_predictor(spec)
+    assert blockwise.predictor_loads() == loads + 3
+    assert blockwise.worker_predictor.cache_info().currsize == \
+        blockwise.MAX_CACHED_PREDICTORS == 2
+    assert blockwise.worker_predictor(specs[0]) is not first  # the oldest was let go: reloaded
+    assert blockwise.predictor_loads() == loads + 4
+    blockwise.worker_predictor.cache_clear()
+
+
+def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path):
+    from fusionnet_tf.inference import Predictor, autotune, load_model
     from fusionnet_tf.volumes import runner
 
-    clock = {"plain": 20.0, "xla": 10.0}
+    clock = {"plain": 20.0, "frozen": 20.0, "xla": 10.0}
     timed = []
 
-    def fake_time_call(network, batch):
-        timed.append(network.jit_compile)
-        return clock["xla" if network.jit_compile else "plain"], network(batch)
+    def fake_timer(network, batch):
+        timed.append(network.variant.label)
+        return clock[network.variant.label], network(batch)
 
-    monkeypatch.setattr(autotune, "time_call", fake_time_call)
     model = load_model(model_path)
+
+    def timed_predictor():
+        """A live auto-engine Predictor of the options below, timed by ``fake_timer``."""
+        predictor = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
+        predictor.network.timer = fake_timer
+        return predictor
+
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :256])
     out = tmp_path / "out.zarr"
     # one tile per call: 15 calls, enough to be worth timing
     options = dict(block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
-    predict_volume(spec, out, model, **options)  # engine="auto": timed, xla is faster
+    predict_volume(spec, out, timed_predictor(), **options)  # engine="auto": xla is faster
     assert timed and storage.recorded_settings(out)["engine"] == "xla"
     first = read_output(out)
     storage.done_marker(out, block_grid((1, 128, 256), BLOCK)[1]).unlink()
     autotune.cache_path().unlink()
     clock.update(plain=1.0)  # plain would win now, but the output was started with xla
     timed.clear()
-    summary = predict_volume(spec, out, model, **options)
+    summary = predict_volume(spec, out, timed_predictor(), **options)
     assert summary["blocks_computed"] == 1 and not timed
     assert storage.recorded_settings(out)["engine"] == "xla"
     np.testing.assert_array_equal(read_output(out), first)
     with pytest.raises(ValueError, match="engine: 'xla' -> 'plain'"):
-        predict_volume(spec, out, model, engine="plain", **options)
+        predict_volume(spec, out, timed_predictor(), engine="plain", **options)
     # outputs of earlier versions did not record the engine: they resume with any
     array = zarr.open_array(out, mode="r+")
     settings = dict(array.attrs[storage.ATTRS_KEY])
     del settings["engine"]
     array.attrs[storage.ATTRS_KEY] = settings
-    assert predict_volume(spec, out, model, engine="xla", **options)["blocks_skipped"] == 2
+    resumed = predict_volume(spec, out, timed_predictor(), engine="xla", **options)
+    assert resumed["blocks_skipped"] == 2
     timed.clear()
-    assert predict_volume(spec, out, model, **options)["blocks_skipped"] == 2
+    assert predict_volume(spec, out, timed_predictor(), **options)["blocks_skipped"] == 2
     assert not timed  # "auto" resumes such an output plain (their default), untimed
     # with Dask the variant is chosen once, in this process, and handed to the workers explicitly
     options = dict(tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=None, blending="gaussian",
@@ -337,8 +363,10 @@ def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path
     options["batch_size"] = 1
     plan = runner._call_plan(options, (1, 128, 256))
     assert plan == (15, 1)
-    variant = runner._client_variant(str(model_path), options, plan, False)
-    assert variant == {"engine": "plain", "precision": "float32"} and timed
+    timed_predictor().resolve_engine(calls=15, inputs=1)  # times the batch of one: plain, cached
+    assert timed
+    variant = runner._client_variant(str(model_path), options, plan, False)  # from the cache
+    assert variant == {"engine": "plain", "precision": "float32"}
     assert runner._explicit(options, variant)["engine"] == "plain"
     assert runner._client_variant(str(model_path), {**options, "engine": "xla"}, plan, False) \
         == {"engine": "xla", "precision": "float32"}  # explicit: nothing to load or time
@@ -477,7 +505,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run
     spec = write_zarr(tmp_path / "vol.zarr", volume)
     out = tmp_path / "out.zarr"
     command = [sys.executable, "-m", "fusionnet_tf", "predict-volume", spec, str(out),
-               "--model", str(model_path), "--workers", "0", "--block", "128", "--tile",
+               "--model", str(model_path), "--workers", "0", "--block", "128", "--tile-size",
                str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--engine", "plain", "--batch-size", "4", "--quiet"]  # = OPTIONS
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -512,7 +540,7 @@ def test_cli_errors_are_one_line(tmp_path, volume, model_path, capsys):
     assert code == 2 and "(300, 500) (2D)" in capsys.readouterr().err
     storage.create_output(tmp_path / "other.zarr", (2, 64, 64), (1, 64, 64), {})
     code = main(["predict-volume", h5, str(tmp_path / "other.zarr"), "--model", str(model_path),
-                 "--workers", "0", "--block", "64", "--tile", "64", "--overlap", "16"])
+                 "--workers", "0", "--block", "64", "--tile-size", "64", "--overlap", "16"])
     err = capsys.readouterr().err
     assert code == 2 and "exists with shape (2, 64, 64)" in err and "(1, 64, 64)" in err
 
@@ -542,7 +570,7 @@ def test_cli_nan_input_fails_in_one_line_naming_it_without_output(tmp_path, mode
     spec = write_zarr(tmp_path / "vol.zarr", float_volume_with(np.nan), chunks=(1, 64, 64))
     out = tmp_path / "out.zarr"
     code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-                 "--block", "64", "--tile", str(TILE), "--overlap", str(OVERLAP), "--quiet"])
+                 "--block", "64", "--tile-size", str(TILE), "--overlap", str(OVERLAP), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines() == [f"fusionnet predict-volume: error: INPUT {spec} contains "
@@ -567,7 +595,7 @@ def test_missing_extra_names_it(tmp_path, volume, model_path, monkeypatch, capsy
     spec = write_h5(tmp_path / "vol.h5", "raw", volume[:1, :64, :64])
     monkeypatch.setitem(sys.modules, "zarr", None)  # as if zarr were not installed
     code = main(["predict-volume", spec, str(tmp_path / "o.zarr"), "--model", str(model_path),
-                 "--workers", "0", "--tile", "64", "--overlap", "16"])
+                 "--workers", "0", "--tile-size", "64", "--overlap", "16"])
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'fusionnet-tf[volumes]'" in err
     monkeypatch.setitem(sys.modules, "zarr", zarr)
@@ -580,9 +608,10 @@ def test_cli_xla_run_matches_in_memory_prediction(tmp_path, volume, model_path, 
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
     out = tmp_path / "xla.zarr"
     code = main(["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-                 "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+                 "--block", "256", "--tile-size", str(OPTIONS["tile_shape"]),
                  "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
-                 "--batch-size", str(OPTIONS["batch_size"]), "--xla", "--quiet"])
+                 "--batch-size", str(OPTIONS["batch_size"]), "--engine", "xla",
+                 "--quiet"])
     assert code == 0
     np.testing.assert_allclose(read_output(out), reference, atol=1e-4, rtol=0)
 
@@ -592,7 +621,7 @@ def test_cli_bfloat16_run_is_close_and_cannot_be_resumed_in_float32(tmp_path, vo
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
     out = tmp_path / "bf16.zarr"
     args = ["predict-volume", spec, str(out), "--model", str(model_path), "--workers", "0",
-            "--block", "256", "--tile", str(OPTIONS["tile_shape"]),
+            "--block", "256", "--tile-size", str(OPTIONS["tile_shape"]),
             "--overlap", str(OPTIONS["overlap"]), "--tta", "1",
             "--batch-size", str(OPTIONS["batch_size"]), "--engine", OPTIONS["engine"], "--quiet"]
     assert main(args + ["--precision", "mixed_bfloat16"]) == 0
@@ -691,7 +720,7 @@ def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, ref
     out = tmp_path / "out.zarr"
     command = ["predict-volume", spec, str(out), "--model", str(model_path),
                "--scheduler", cluster.scheduler_address, "--tf-threads", "1", "--block", "128",
-               "--tile", str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
+               "--tile-size", str(TILE), "--overlap", str(OVERLAP), "--tta", "1", "--quiet"]
     code = main(command)
     err = capsys.readouterr().err
     assert code == 0, err

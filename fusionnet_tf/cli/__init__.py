@@ -85,9 +85,22 @@ def missing_module_message(exc, module, args):
     return text if "pip install" in text else f"{text}; {hint}"
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that takes only whole option names.
+
+    No abbreviations (``allow_abbrev=False``): ``--tile`` is not taken for
+    ``--tile-size`` or ``--tile-z``, so an option added later never changes
+    what a command line means.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser():
     """Return the top-level ``argparse.ArgumentParser`` with all subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fusionnet",
         description=(
             "FusionNet membrane segmentation for electron-microscopy images: "
@@ -100,7 +113,7 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true",
                         help="Also print TensorFlow's start-up and C++ log lines "
                              "(default: only progress, results and errors).")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subparsers.required = True
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).add_parser(subparsers)

@@ -3,6 +3,8 @@
 import re
 import sys
 
+from fusionnet_tf.checks import check_choice
+
 HELP = ("Export a trained .keras model to SavedModel/TF Serving, LiteRT, ONNX, TensorRT or a "
         "bioimage.io package.")
 FORMATS = ("saved_model", "litert", "onnx", "tensorrt", "bioimageio")
@@ -278,10 +280,7 @@ def exporter(export_format):
     Raises:
         ValueError: a format without an exporter (never falls back to another one).
     """
-    if export_format not in EXPORTERS:
-        raise ValueError(f"--format must be one of {', '.join(EXPORTERS)}; received "
-                         f"{export_format!r}")
-    return EXPORTERS[export_format]
+    return EXPORTERS[check_choice("--format", export_format, EXPORTERS)]
 
 
 def export(args, model, extra):

@@ -80,18 +80,17 @@ def add_parser(subparsers):
 def add_tiling_arguments(parser):
     """The Predictor options shared by ``predict`` and ``predict-volume``.
 
-    Adds ``--tile-size`` (alias ``--tile``), ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
-    ``--normalization``, ``--align``, ``--engine``, ``--xla`` (= ``--engine xla``) and
-    ``--precision`` with the Predictor's defaults, so both
+    Adds ``--tile-size``, ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
+    ``--normalization``, ``--align``, ``--engine`` and ``--precision`` with the
+    Predictor's defaults, so both
     commands tile, blend and normalize the same way.
     """
     from fusionnet_tf.choices import (BLENDINGS, ENGINES, INFERENCE_PRECISION_CHOICES,
                                       NORMALIZATION_MODES, TTA_VALUES)
 
-    parser.add_argument("--tile-size", "--tile", dest="tile_size", type=int, default=512,
-                        help="Tile side in pixels (as in 'fusionnet export --tile-size'; "
-                             "--tile is the older name, still accepted), a multiple of the "
-                             "model's 2**depth "
+    parser.add_argument("--tile-size", type=int, default=512,
+                        help="Tile side in pixels (as in 'fusionnet export --tile-size'), a "
+                             "multiple of the model's 2**depth "
                              "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
     parser.add_argument("--overlap", type=int, default=64,
                         help="Minimum overlap between tiles in pixels (default: 64).")
@@ -130,8 +129,6 @@ def add_tiling_arguments(parser):
                              "or ~/.cache/fusionnet-tf); a job under 8 calls (e.g. one slice) "
                              "runs plain, untimed; one under 5 s runs on the first variant "
                              "tried (default: auto).")
-    parser.add_argument("--xla", action="store_true",
-                        help="The same as --engine xla (the older name) (default: off).")
     parser.add_argument("--precision", choices=INFERENCE_PRECISION_CHOICES,
                         default="float32",
                         help="Compute precision of a .keras model. mixed_bfloat16 is several "
@@ -178,17 +175,6 @@ def parse_offsets(text):
         return check_offsets(json.loads(text))
     except ValueError as exc:
         raise ValueError(f"--offsets {text}: {exc}") from None
-
-
-def engine_argument(args):
-    """The engine from ``--engine`` and ``--xla`` (the older flag for ``--engine xla``).
-
-    Raises:
-        ValueError: ``--xla`` with ``--engine plain``.
-    """
-    if args.xla and args.engine not in ("auto", "xla"):
-        raise ValueError(f"--xla conflicts with --engine {args.engine}; give one of them")
-    return "xla" if args.xla else args.engine
 
 
 def check_output(spec, option="--output"):
@@ -365,7 +351,6 @@ def run(args):
         check_output(args.overlay, "--overlay")
     offsets = parse_offsets(args.offsets)
     params = args.segment_params = _check_segment_output(args)
-    engine = engine_argument(args)
     raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
     check_tile_size(args.tile_size, raw.shape[1], raw.shape[2], args.tta)
     for option, spec in (("--output", args.output), ("--overlay", args.overlay),
@@ -382,7 +367,7 @@ def run(args):
     images = normalize(raw, mode=args.normalization)
     model = model or resolve_model(args)
     if model_spatial_dims(model) == 3:
-        return predict_affinities(args, model, images, offsets, engine)
+        return predict_affinities(args, model, images, offsets)
     _refuse_affinity_options(args)
     if affinity_store:
         check_output(args.output)  # names the formats a membrane map can be written to
@@ -391,7 +376,7 @@ def run(args):
     predictor = Predictor(
         model, tile_shape=args.tile_size, overlap=args.overlap,
         tta=args.tta, batch_size=args.batch_size, blending=args.blending,
-        progress=not args.quiet, align=args.align, precision=args.precision, engine=engine,
+        progress=not args.quiet, align=args.align, precision=args.precision, engine=args.engine,
     )
     membrane = predictor.predict(images)
     variant = predictor.variant
@@ -434,7 +419,7 @@ def _refuse_affinity_options(args):
                              f"the model takes 2D images")
 
 
-def predict_affinities(args, model, images, offsets, engine):
+def predict_affinities(args, model, images, offsets):
     """``fusionnet predict`` with a 3D affinity model: (C, Z, Y, X) float32 affinities.
 
     Everything is checked before predicting: options that only apply to
@@ -470,7 +455,7 @@ def predict_affinities(args, model, images, offsets, engine):
         model, tile_shape=(tile_z, args.tile_size, args.tile_size),
         overlap=(overlap_z, args.overlap, args.overlap), tta=args.tta,
         batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
-        align=args.align, precision=args.precision, engine=engine, offsets=offsets,
+        align=args.align, precision=args.precision, engine=args.engine, offsets=offsets,
     )
     affinities = predictor.predict(images)
     variant = predictor.variant

@@ -88,7 +88,7 @@ def run(args):
 
     from fusionnet_tf.cli import CommandError
 
-    from fusionnet_tf.cli.predict import check_tile_size, check_tiling_arguments, engine_argument
+    from fusionnet_tf.cli.predict import check_tile_size, check_tiling_arguments
 
     from fusionnet_tf.pretrained import resolve_model_spec
 
@@ -106,7 +106,6 @@ def run(args):
     check_volume_paths(args.input, args.output, plan)
     shape = input_shape(args.input)
     check_tile_size(args.tile_size, shape[1], shape[2], args.tta)
-    engine = engine_argument(args)
     tiling = _tiling(args)
     output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
                                                                      args.overwrite)
@@ -119,7 +118,7 @@ def run(args):
             tile_shape=tiling["tile"], overlap=tiling["overlap"], offsets=tiling["offsets"],
             tta=args.tta,
             batch_size=args.batch_size, blending=args.blending, align=args.align,
-            engine=engine, precision=args.precision,
+            engine=args.engine, precision=args.precision,
             normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,

@@ -21,17 +21,14 @@ that lists the values found, unless you pass ``threshold``: then a pixel is
 import numpy as np
 from scipy import ndimage
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import LABEL_CONVENTIONS  # noqa: F401 (re-exported)
 from fusionnet_tf.data.readers import read_stack
 
 
 def check_convention(convention):
     """Return ``convention`` if known, else raise ValueError naming it."""
-    if convention not in LABEL_CONVENTIONS:
-        raise ValueError(
-            f"label convention must be one of {', '.join(LABEL_CONVENTIONS)}; received {convention!r}"
-        )
-    return convention
+    return check_choice("label convention", convention, LABEL_CONVENTIONS)
 
 
 def _nonzero_mask(labels, threshold, name):

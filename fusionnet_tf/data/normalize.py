@@ -16,16 +16,13 @@ like the whole slice.
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import NORMALIZATION_MODES  # noqa: F401 (re-exported)
 
 
 def check_mode(mode):
     """Return ``mode`` if it is a known normalization mode, else raise ValueError."""
-    if mode not in NORMALIZATION_MODES:
-        raise ValueError(
-            f"normalization mode must be one of {', '.join(NORMALIZATION_MODES)}; received {mode!r}"
-        )
-    return mode
+    return check_choice("normalization mode", mode, NORMALIZATION_MODES)
 
 
 def check_finite(stack, name="`stack`"):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.io_utils import atomic_path
 
 QUANT_TYPES = ("none", "fp16", "dynamic-int8", "int8")
@@ -38,10 +39,7 @@ TOLERANCES = {
 
 def check_quant_type(quant_type):
     """Return ``quant_type`` if known, else raise ValueError."""
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"`quant_type` must be one of {QUANT_TYPES}; received "
-                         f"quant_type={quant_type!r}")
-    return quant_type
+    return check_choice("quant_type", quant_type, QUANT_TYPES)
 
 
 def _representative_generator(representative_data):

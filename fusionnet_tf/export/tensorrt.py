@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.io_utils import atomic_path
 
 ROUTES = ("tf-trt", "onnx")
@@ -52,8 +52,7 @@ def tensorrt_python_available():
 
 def tensorrt_missing_reason(route="tf-trt"):
     """One sentence saying what is missing for ``route``, or None if it can run."""
-    if route not in ROUTES:
-        raise ValueError(f"`route` must be one of {ROUTES}; received route={route!r}")
+    check_choice("route", route, ROUTES)
     if route == "tf-trt" and not tf_trt_available():
         return ("TensorRT export (route tf-trt) needs a TensorFlow build with TensorRT support "
                 "and an NVIDIA GPU, but this TensorFlow was built without TensorRT "
@@ -66,11 +65,8 @@ def tensorrt_missing_reason(route="tf-trt"):
 
 
 def _check_args(route, precision, tile_size, batch_size):
-    if route not in ROUTES:
-        raise ValueError(f"`route` must be one of {ROUTES}; received route={route!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {PRECISIONS} for TensorRT; received "
-                         f"precision={precision!r}")
+    check_choice("route", route, ROUTES)
+    check_choice("precision", precision, PRECISIONS, "for TensorRT")
     check_int("tile_size", tile_size, 1)
     check_int("batch_size", batch_size, 1)
 

@@ -31,6 +31,7 @@ without (0, 0, -3) forbids 90-degree rotations).
 import numpy as np
 
 # tta -> transform indices t (t % 8 = in-plane dihedral transform, t >= 8 = also flip Z)
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import TTA_TRANSFORMS_3D, TTA_VALUES_3D  # noqa: F401 (re-exported)
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 
@@ -147,9 +148,7 @@ def channel_map(offsets, t):
 
 def check_tta_offsets(offsets, tta):
     """Raise ValueError unless ``tta`` is a 3D TTA value and ``offsets`` are closed under it."""
-    if tta not in TTA_TRANSFORMS_3D:
-        raise ValueError(f"`tta` must be one of {TTA_VALUES_3D} for a 3D model; "
-                         f"received tta={tta!r}")
+    check_choice("tta", tta, TTA_VALUES_3D, "for a 3D model")
     for t in TTA_TRANSFORMS_3D[tta]:
         channel_map(offsets, t)
 

@@ -61,6 +61,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
 
 CACHE_ENV = "FUSIONNET_TF_CACHE_DIR"
@@ -111,11 +112,8 @@ def candidate_variants(engine, precision):
     Raises:
         ValueError: unknown ``engine`` or ``precision``.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"`engine` must be one of {ENGINES}; received engine={engine!r}")
-    if precision not in INFERENCE_PRECISION_CHOICES:
-        raise ValueError(f"`precision` must be one of {INFERENCE_PRECISION_CHOICES}; "
-                         f"received precision={precision!r}")
+    check_choice("engine", engine, ENGINES)
+    check_choice("precision", precision, INFERENCE_PRECISION_CHOICES)
     engines = ("plain", "frozen", "xla") if engine == "auto" else (engine,)
     if precision == "auto":
         precisions = ("float32", "mixed_bfloat16") if has_bf16_matrix_units() else ("float32",)
@@ -250,9 +248,9 @@ def cache_key(model_id, batch_shape, variants):
 def time_call(network, batch):
     """``(seconds, output)`` of one call ``network(batch)``.
 
-    The one clock of the autotuner: tests replace it to inject timings
-    (``network`` is a ``KerasFunction`` with ``jit_compile`` and ``precision``
-    attributes).
+    The default ``timer`` of ``AutoNetwork``: a test passes its own to inject
+    timings (``network`` is a ``KerasFunction`` with ``variant``,
+    ``jit_compile`` and ``precision`` attributes).
     """
     start = time.perf_counter()
     output = network(batch)
@@ -302,6 +300,8 @@ class AutoNetwork:
             choice is made. The line is also logged (logger
             ``fusionnet_tf.inference``, level INFO).
         describe: str naming the model and batch in the report line.
+        timer: callable ``(network, batch) -> (seconds, output)`` that times
+            one call of a variant; defaults to ``time_call``, the wall clock.
 
     Attributes:
         variant: the chosen ``Variant`` (None before the first batch).
@@ -309,13 +309,14 @@ class AutoNetwork:
         expected_calls: int or None; set it before the first call when the
             job size is known (``Predictor`` does).
         timings: the timings the choice was made from (``{}`` if none).
+        timer: the ``timer`` argument (may be replaced before the first batch).
     """
 
-    def __init__(self, model, variants, build, report=None, describe=""):
+    def __init__(self, model, variants, build, report=None, describe="", timer=time_call):
         if len(variants) < 2:
             raise ValueError(f"AutoNetwork needs two or more variants; received {variants}")
         self.model, self.variants, self.build = model, list(variants), build
-        self.report, self.describe = report, describe
+        self.report, self.describe, self.timer = report, describe, timer
         self.variant = self.network = None
         self.expected_calls = None
         self.timings = {}
@@ -380,7 +381,7 @@ class AutoNetwork:
             built = time.perf_counter()
             try:
                 networks[variant] = self._built.get(variant) or self.build(variant)
-                seconds, outputs[variant] = time_call(networks[variant], batch)
+                seconds, outputs[variant] = self.timer(networks[variant], batch)
             except Exception as exc:  # noqa: BLE001 - a variant that cannot run is skipped
                 if variant == fallback:
                     raise  # plain float32 failing is a real error, not a slow variant
@@ -401,7 +402,7 @@ class AutoNetwork:
         slow = min(first.values()) >= SLOW_CALL_SECONDS
         for _ in range(2 if slow else FAST_ROUNDS):
             for variant in self.variants:  # interleaved, so load from others hits all alike
-                seconds, outputs[variant] = time_call(networks[variant], batch)
+                seconds, outputs[variant] = self.timer(networks[variant], batch)
                 samples[variant].append(seconds)
             best = sorted(min(times) for times in samples.values())
             if slow and (len(best) < 2 or best[1] > CLOSE_RATIO * best[0]):

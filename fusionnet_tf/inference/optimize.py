@@ -28,6 +28,7 @@ the wide (256-1024 channel) convolutions on AVX-512 CPUs by up to 1.8x.
 import numpy as np
 
 from fusionnet_tf._compat import call_count, consumer_count, producer, run_through_graph
+from fusionnet_tf.checks import check_choice
 # the Keras dtype policies a model can compute in, for training and inference alike
 from fusionnet_tf.training.strategy import PRECISIONS as INFERENCE_PRECISIONS
 
@@ -193,10 +194,7 @@ def inference_copy(model, fold=True, precision="float32"):
     """
     import keras
 
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(
-            f"`precision` must be one of {INFERENCE_PRECISIONS}; received precision={precision!r}"
-        )
+    check_choice("precision", precision, INFERENCE_PRECISIONS)
     recast = precision != "float32"
     model = _as_functional(model)
     if recast:

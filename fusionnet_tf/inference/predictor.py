@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int
 # tta -> dihedral transform indices (see fusionnet_tf.dihedral), re-exported
 from fusionnet_tf.choices import TTA_TRANSFORMS  # noqa: F401
 from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
@@ -275,7 +275,7 @@ def check_precision_applies(precision, model):
     Raises:
         ValueError: naming the precision and the model.
     """
-    _check_choice("precision", precision, INFERENCE_PRECISION_CHOICES)
+    check_choice("precision", precision, INFERENCE_PRECISION_CHOICES)
     if precision in ("float32", "auto") or model is None or _keras_depth(model) is not None:
         return
     if isinstance(model, (str, Path)):
@@ -292,12 +292,6 @@ def check_precision_applies(precision, model):
         what = f"a model of type {type(model).__name__}"
     raise ValueError(f"precision={precision!r} applies to Keras models only; {what} runs in "
                      "the precision it was exported with")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}; received {name}={value!r}")
-    return value
 
 
 class Predictor:
@@ -418,9 +412,9 @@ class Predictor:
         self.tile_shape = _tile_side(tile_shape)
         overlap = 64 if overlap is None else overlap
         self.overlap = overlap
-        self.tta = _check_choice("tta", tta, TTA_TRANSFORMS)
+        self.tta = check_choice("tta", tta, TTA_TRANSFORMS)
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        self.blending = _check_choice("blending", blending, tiling.BLENDINGS)
+        self.blending = check_choice("blending", blending, tiling.BLENDINGS)
         self.progress = bool(progress)
         check_precision_applies(precision, model)
         self.engine = _engine(engine, jit_compile)
@@ -455,10 +449,10 @@ class Predictor:
         overlap = tuple(t // 4 for t in self.tile_shape) if overlap is None else overlap
         self.overlap = tuple(check_int("overlap", o, 0) for o in
                              tiling.per_axis("overlap", overlap, 3))
-        self.tta = _check_choice("tta", options["tta"], TTA_TRANSFORMS_3D)
+        self.tta = check_choice("tta", options["tta"], TTA_TRANSFORMS_3D)
         batch_size = options["batch_size"]
         self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        self.blending = _check_choice("blending", options["blending"], tiling.BLENDINGS)
+        self.blending = check_choice("blending", options["blending"], tiling.BLENDINGS)
         self.progress = bool(options["progress"])
         check_precision_applies(options["precision"], model)
         self.engine = _engine(options["engine"], options["jit_compile"])
@@ -711,6 +705,19 @@ class Predictor:
             tiles = min(tiles, len(self.tile_origins(height, width)))
         return tiles * variants
 
+    def network_calls(self, count, height, width):
+        """Network calls ``predict`` makes on a (count, height, width) stack (2D models).
+
+        Every tile's TTA variants, in calls of ``inputs_per_call(height,
+        width)`` inputs (only the last call is padded). The auto engine weighs
+        its set-up against this job size.
+
+        Returns:
+            int.
+        """
+        inputs = count * len(self.tile_origins(height, width)) * len(TTA_TRANSFORMS[self.tta])
+        return -(-inputs // self.inputs_per_call(height, width))
+
     def _run_full_batch(self, batch, size):
         """``_run`` on ``batch`` zero-padded to ``size`` inputs; extras dropped.
 
@@ -839,7 +846,7 @@ class Predictor:
         size = self.inputs_per_call(height, width)
         chunk = self.tiles_per_batch(height, width)
         if isinstance(self.network, autotune.AutoNetwork):  # the job size, for its choice
-            self.network.expected_calls = -(-len(jobs) * len(TTA_TRANSFORMS[self.tta]) // size)
+            self.network.expected_calls = self.network_calls(count, height, width)
         yield 0, len(jobs)
         with _progress_bar(len(jobs), self.progress) as bar:
             for start in range(0, len(jobs), chunk):
@@ -1040,7 +1047,7 @@ def _run_to_end(steps):
 
 def _engine(engine, jit_compile):
     """The engine asked for by ``engine`` and the older ``jit_compile`` flag."""
-    _check_choice("engine", engine, ENGINES)
+    check_choice("engine", engine, ENGINES)
     if jit_compile:
         if engine == "plain":
             raise ValueError("`jit_compile=True` asks for engine='xla'; received engine='plain'")

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.choices import BLENDINGS  # noqa: F401 (re-exported)
 
 
@@ -262,10 +262,9 @@ def blend_weights(tile, blending="gaussian"):
         ValueError: for an unknown ``blending``.
     """
     sides = tuple(check_int("tile", t, 1) for t in _sides(tile))
+    check_choice("blending", blending, BLENDINGS)
     if blending == "gaussian":
         return gaussian_weights(sides)
     if blending == "cosine":
         return cosine_weights(sides)
-    if blending == "constant":
-        return _clamp_zeros(np.ones(sides))
-    raise ValueError(f"`blending` must be one of {BLENDINGS}; received blending={blending!r}")
+    return _clamp_zeros(np.ones(sides))  # "constant"

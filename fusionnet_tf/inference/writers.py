@@ -34,6 +34,7 @@ import numpy as np
 
 # DTYPES: output dtypes; PRED_CONVENTIONS: how a stored probability map reads
 # (high = membrane, or high = cell interior as in ISBI); both re-exported
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
 from fusionnet_tf.io_utils import (atomic_path, check_hdf5_target, check_output_path,  # noqa: F401
@@ -158,8 +159,7 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
     Example:
     >>> write_prediction("pred.tif", predictor.predict(images))
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {DTYPES}; received dtype={dtype!r}")
+    check_choice("dtype", dtype, DTYPES)
     prob = _check_prob(membrane_prob).astype(np.float32)
     if isbi:
         prob = to_isbi(prob)

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
+
 from fusionnet_tf.io_utils import (atomic_path, check_output_folder, check_output_path,
                                    default_permissions,
                                    replace_folder, zarr_attributes)
@@ -99,11 +101,7 @@ def wants_ome_zarr(spec, output_format=None):
 
 def check_ngff_version(version):
     """Return ``version`` as ``"0.4"`` / ``"0.5"``; raise ValueError otherwise."""
-    text = str(version)
-    if text not in NGFF_VERSIONS:
-        raise ValueError(f"--ngff-version must be one of {', '.join(NGFF_VERSIONS)}; "
-                         f"received {version!r}")
-    return text
+    return check_choice("--ngff-version", str(version), NGFF_VERSIONS)
 
 
 def parse_voxel_size(text, option="--voxel-size"):
@@ -410,8 +408,7 @@ def open_level(path, key):
 
 def axes_for(kind):
     """Axis names of a kind: (c, z, y, x) for affinities, else (z, y, x)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; received {kind!r}")
+    check_choice("kind", kind, KINDS)
     return ("c", "z", "y", "x") if kind == "affinities" else ("z", "y", "x")
 
 
@@ -510,9 +507,7 @@ def downsampler(kind, label_method="mode"):
     """The window function of a kind: mean, or (labels) mode / nearest."""
     if kind != "labels":
         return downsample_mean
-    if label_method not in LABEL_METHODS:
-        raise ValueError(f"--label-downsampling must be one of {LABEL_METHODS}; received "
-                         f"{label_method!r}")
+    check_choice("--label-downsampling", label_method, LABEL_METHODS)
     return downsample_mode if label_method == "mode" else downsample_nearest
 
 

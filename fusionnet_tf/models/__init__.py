@@ -4,6 +4,8 @@ import functools
 
 from keras import layers
 
+from fusionnet_tf.checks import check_choice
+
 from fusionnet_tf.models.fcn import build_fcn, build_fcn8s, build_fcn16s, build_fcn32s
 from fusionnet_tf.models.fusionnet import build_fusionnet
 from fusionnet_tf.models.fusionnet3d import build_fusionnet3d
@@ -25,11 +27,7 @@ def build_model(architecture="fusionnet", **kwargs):
     Knobs the architecture does not have (``UNUSED_KNOBS``, e.g. ``depth``
     for an FCN) are dropped, so one training config fits every architecture.
     """
-    if architecture not in BUILDERS:
-        raise ValueError(
-            f"`architecture` must be one of {sorted(BUILDERS)}; received "
-            f"architecture={architecture!r}"
-        )
+    check_choice("architecture", architecture, sorted(BUILDERS))
     for knob in UNUSED_KNOBS[architecture]:
         kwargs.pop(knob, None)
     return BUILDERS[architecture](**kwargs)
@@ -79,7 +77,7 @@ def count_parameters(architecture="fusionnet", base_filters=64, **kwargs):
     return int(count)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=32)
 def _sample_counts(architecture, knobs):
     """Parameter counts of ``architecture`` at ``_SAMPLE_BASES`` (``knobs``: sorted kwargs)."""
     return tuple(build_model(architecture, base_filters=base, **dict(knobs)).count_params()

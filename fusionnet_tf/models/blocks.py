@@ -10,6 +10,8 @@ import math
 
 from keras import layers
 
+from fusionnet_tf.checks import check_choice
+
 NORMALIZATIONS = ("batch", "group", "none")
 
 
@@ -24,16 +26,12 @@ def normalization_layer(normalization, filters, name):
     Returns:
         A ``keras.layers.Layer`` or ``None`` for ``"none"``.
     """
+    check_choice("normalization", normalization, NORMALIZATIONS)
     if normalization == "batch":
         return layers.BatchNormalization(name=name)
     if normalization == "group":
         return layers.GroupNormalization(groups=math.gcd(8, filters), name=name)
-    if normalization == "none":
-        return None
-    raise ValueError(
-        f"`normalization` must be one of {NORMALIZATIONS}; received "
-        f"normalization={normalization!r} (of type {type(normalization).__name__})"
-    )
+    return None  # "none"
 
 
 def conv_bn_relu(x, filters, name, normalization="batch", kernel_size=3, conv=layers.Conv2D):

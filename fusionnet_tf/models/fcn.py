@@ -22,6 +22,7 @@ import numpy as np
 import keras
 from keras import layers
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.models import validation
 
 VARIANTS = ("32s", "16s", "8s")
@@ -58,8 +59,7 @@ def bilinear_kernel(factor, channels=1):
 
 
 def _check_variant(variant):
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}; received variant={variant!r}")
+    check_choice("variant", variant, VARIANTS)
 
 
 def _conv(x, filters, kernel_size, name, activation="relu"):

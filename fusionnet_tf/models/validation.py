@@ -3,7 +3,7 @@
 Each check raises ``ValueError`` naming the argument and the value received.
 """
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int
 
 OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", None)
 
@@ -63,11 +63,7 @@ def check_input_sides(input_shape, multiple, reason):
 def check_head(num_classes, output_activation):
     """Validate ``num_classes`` and ``output_activation``."""
     check_positive_int("num_classes", num_classes)
-    if output_activation not in OUTPUT_ACTIVATIONS:
-        raise ValueError(
-            f"`output_activation` must be one of {OUTPUT_ACTIVATIONS}; received "
-            + _describe("output_activation", output_activation)
-        )
+    check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     if output_activation == "softmax" and num_classes < 2:
         raise ValueError(
             "`output_activation='softmax'` needs num_classes >= 2; received "

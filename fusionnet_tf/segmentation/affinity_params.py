@@ -9,8 +9,8 @@ plain data: ``fusionnet tune-segment`` writes it, ``fusionnet segment AFF
 
 import dataclasses
 
-from fusionnet_tf.checks import check_int
-from fusionnet_tf.segmentation.params import SegmentParams, _check_choice, _check_range
+from fusionnet_tf.checks import check_choice, check_int, check_range
+from fusionnet_tf.segmentation.params import SegmentParams
 
 METHODS = ("agglomeration", "mws")
 FRAGMENTS = ("auto", "2d", "3d")
@@ -83,20 +83,20 @@ class AffinityParams:
     mws_stride: int = 1
 
     def __post_init__(self):
-        _check_choice("method", self.method, METHODS)
-        _check_choice("fragments", self.fragments, FRAGMENTS)
-        _check_range("anisotropy", self.anisotropy, 1, None)
-        _check_choice("boundary", self.boundary, BOUNDARY_STATISTICS)
-        _check_range("sigma", self.sigma, 0, None)
-        _check_choice("seed_method", self.seed_method, AFFINITY_SEED_METHODS)
-        _check_range("seed_threshold", self.seed_threshold, 0, 1, open_ends=True)
-        _check_range("seed_distance", self.seed_distance, 0, None)
-        _check_range("merge_threshold", self.merge_threshold, 0, 1)
-        _check_choice("merge_statistic", self.merge_statistic, MERGE_STATISTICS)
-        _check_range("merge_quantile", self.merge_quantile, 0, 1)
+        check_choice("method", self.method, METHODS)
+        check_choice("fragments", self.fragments, FRAGMENTS)
+        check_range("anisotropy", self.anisotropy, 1)
+        check_choice("boundary", self.boundary, BOUNDARY_STATISTICS)
+        check_range("sigma", self.sigma, 0)
+        check_choice("seed_method", self.seed_method, AFFINITY_SEED_METHODS)
+        check_range("seed_threshold", self.seed_threshold, 0, 1, open_low=True, open_high=True)
+        check_range("seed_distance", self.seed_distance, 0)
+        check_range("merge_threshold", self.merge_threshold, 0, 1)
+        check_choice("merge_statistic", self.merge_statistic, MERGE_STATISTICS)
+        check_range("merge_quantile", self.merge_quantile, 0, 1)
         check_int("min_size", self.min_size, minimum=0)
-        _check_range("mws_bias", self.mws_bias, 0, 1)
-        _check_range("mws_long_range_bias", self.mws_long_range_bias, 0, 1)
+        check_range("mws_bias", self.mws_bias, 0, 1)
+        check_range("mws_long_range_bias", self.mws_long_range_bias, 0, 1)
         check_int("mws_stride", self.mws_stride, minimum=1)
 
     # the same plain-data helpers as SegmentParams (they only use the dataclass fields)

@@ -76,6 +76,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
+
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.io_utils import atomic_path
 from fusionnet_tf.segmentation.params import ANISOTROPIC, MODES, SegmentParams
@@ -780,8 +782,7 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
 
     input_kind = input_kind_of(input_spec)
     params = _check_params(params, input_kind, input_spec)
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; received mode={mode!r}")
+    check_choice("mode", mode, MODES)
     if input_kind == AFFINITIES:
         mode = "3d"
     block_shape = check_block_shape(DEFAULT_BLOCK[input_kind] if block_shape is None

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int, check_range
 from fusionnet_tf.io_utils import atomic_path
 
 SEED_METHODS = ("threshold", "distance")
@@ -76,19 +76,17 @@ class SegmentParams:
     z_link_overlap: float = 0.5
 
     def __post_init__(self):
-        _check_range("sigma", self.sigma, 0, None)
-        _check_choice("seed_method", self.seed_method, SEED_METHODS)
-        _check_range("seed_threshold", self.seed_threshold, 0, 1, open_ends=True)
-        _check_range("seed_distance", self.seed_distance, 0, None)
+        check_range("sigma", self.sigma, 0)
+        check_choice("seed_method", self.seed_method, SEED_METHODS)
+        check_range("seed_threshold", self.seed_threshold, 0, 1, open_low=True, open_high=True)
+        check_range("seed_distance", self.seed_distance, 0)
         check_int("min_seed_size", self.min_seed_size, minimum=0)
-        _check_range("merge_threshold", self.merge_threshold, 0, 1)
-        _check_choice("merge_statistic", self.merge_statistic, MERGE_STATISTICS)
-        _check_range("merge_quantile", self.merge_quantile, 0, 1)
+        check_range("merge_threshold", self.merge_threshold, 0, 1)
+        check_choice("merge_statistic", self.merge_statistic, MERGE_STATISTICS)
+        check_range("merge_quantile", self.merge_quantile, 0, 1)
         check_int("min_size", self.min_size, minimum=0)
-        _check_range("anisotropy", self.anisotropy, 1, None)
-        _check_range("z_link_overlap", self.z_link_overlap, 0, 1)
-        if self.z_link_overlap == 0:
-            raise ValueError("`z_link_overlap` must be in (0, 1]; received 0")
+        check_range("anisotropy", self.anisotropy, 1)
+        check_range("z_link_overlap", self.z_link_overlap, 0, 1, open_low=True)
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (validated like the constructor)."""
@@ -113,23 +111,6 @@ class SegmentParams:
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: {exc}") from exc
-
-
-def _check_range(name, value, low, high, open_ends=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number; received {value!r} "
-                         f"({type(value).__name__})")
-    below = value <= low if open_ends else value < low
-    above = high is not None and (value >= high if open_ends else value > high)
-    if below or above:
-        brackets = "()" if open_ends else "[]"
-        upper = "inf)" if high is None else f"{high}{brackets[1]}"
-        raise ValueError(f"`{name}` must be in {brackets[0]}{low}, {upper}; received {value!r}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}; received {value!r}")
 
 
 def load_params(path, cls=SegmentParams):

@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from fusionnet_tf.checks import check_choice
+
 from fusionnet_tf.segmentation.agglomeration import agglomerate
 from fusionnet_tf.segmentation.params import ANISOTROPIC, MODES, SegmentParams
 from fusionnet_tf.segmentation.watershed import relabel_consecutive, seeded_watershed
@@ -125,8 +127,7 @@ def segment(membrane, params=None, mode="2d", keep_boundaries=False,
     2
     """
     params = params or SegmentParams()
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+    check_choice("mode", mode, MODES)
     membrane = check_membrane(membrane)
     stack = membrane[None] if membrane.ndim == 2 else membrane
     if mode == "3d":

@@ -24,7 +24,7 @@ import re
 import typing
 from pathlib import Path
 
-from fusionnet_tf.checks import parse_slices  # noqa: F401 (re-exported)
+from fusionnet_tf.checks import check_choice, check_range, parse_slices  # noqa: F401
 from fusionnet_tf.data.labels import LABEL_CONVENTIONS
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as INTENSITY_MODES
 from fusionnet_tf.training.strategy import PRECISIONS, STRATEGIES
@@ -462,11 +462,6 @@ def save_config(config, path):
 # ---------------------------------------------------------------- checks
 
 
-def _check_choice(key, value, choices):
-    if value not in choices:
-        raise ValueError(f"config key '{key}' must be one of {list(choices)}; received {value!r}")
-
-
 def _check_min(key, value, minimum):
     if value is not None and value < minimum:
         raise ValueError(f"config key '{key}' must be >= {minimum}; received {value!r}")
@@ -479,41 +474,37 @@ def check_values(config):
         ValueError: naming the first bad key and its value.
     """
     m, d, lo, op = config.model, config.data, config.loss, config.optimizer
-    _check_choice("model.architecture", m.architecture, ARCHITECTURES)
-    _check_choice("model.normalization", m.normalization, NORMALIZATIONS)
+    check_choice("config key 'model.architecture'", m.architecture, ARCHITECTURES)
+    check_choice("config key 'model.normalization'", m.normalization, NORMALIZATIONS)
     _check_min("model.base_filters", m.base_filters, 1)
     _check_min("model.depth", m.depth, 1)
     _check_min("model.residual_convs", m.residual_convs, 1)
     _check_min("model.fc_filters", m.fc_filters, 1)
-    _check_choice("model.freeze", m.freeze, ("none", "encoder"))
-    if not 0.0 <= m.dropout < 1.0:
-        raise ValueError(f"config key 'model.dropout' must be in [0, 1); received {m.dropout!r}")
-    _check_choice("data.label_convention", d.label_convention, LABEL_CONVENTIONS)
+    check_choice("config key 'model.freeze'", m.freeze, ("none", "encoder"))
+    check_range("config key 'model.dropout'", m.dropout, 0, 1, open_high=True)
+    check_choice("config key 'data.label_convention'", d.label_convention, LABEL_CONVENTIONS)
     _check_min("data.boundary_width", d.boundary_width, 1)
-    _check_choice("data.normalization", d.normalization, INTENSITY_MODES)
+    check_choice("config key 'data.normalization'", d.normalization, INTENSITY_MODES)
     _check_min("data.tile_size", d.tile_size, 1)
     _check_min("data.val_tile_size", d.val_tile_size, 1)
-    _check_choice("loss.name", lo.name, LOSSES)
+    check_choice("config key 'loss.name'", lo.name, LOSSES)
     _check_min("loss.membrane_weight", lo.membrane_weight, 0.0)
     _check_min("loss.dice_weight", lo.dice_weight, 0.0)
     _check_min("loss.smooth", lo.smooth, 0.0)
-    _check_choice("optimizer.name", op.name, OPTIMIZERS)
-    _check_choice("optimizer.schedule", op.schedule, SCHEDULES)
+    check_choice("config key 'optimizer.name'", op.name, OPTIMIZERS)
+    check_choice("config key 'optimizer.schedule'", op.schedule, SCHEDULES)
     if not op.learning_rate > 0:
         raise ValueError(
             f"config key 'optimizer.learning_rate' must be > 0; received {op.learning_rate!r}"
         )
     _check_min("optimizer.weight_decay", op.weight_decay, 0.0)
     _check_min("optimizer.warmup_steps", op.warmup_steps, 0)
-    if not 0.0 <= op.min_lr_ratio <= 1.0:
-        raise ValueError(
-            f"config key 'optimizer.min_lr_ratio' must be in [0, 1]; received {op.min_lr_ratio!r}"
-        )
+    check_range("config key 'optimizer.min_lr_ratio'", op.min_lr_ratio, 0, 1)
     if op.clipnorm is not None and not op.clipnorm > 0:
         raise ValueError(f"config key 'optimizer.clipnorm' must be > 0; received {op.clipnorm!r}")
-    _check_choice("precision", config.precision, PRECISIONS)
-    _check_choice("strategy", config.strategy, STRATEGIES)
-    _check_choice("checkpoint_monitor", config.checkpoint_monitor, MONITORS)
+    check_choice("config key 'precision'", config.precision, PRECISIONS)
+    check_choice("config key 'strategy'", config.strategy, STRATEGIES)
+    check_choice("config key 'checkpoint_monitor'", config.checkpoint_monitor, MONITORS)
     for key in ("epochs", "steps_per_epoch", "batch_size", "steps_per_execution",
                 "backup_every_steps"):
         _check_min(key, getattr(config, key), 1)
@@ -673,9 +664,8 @@ def check_config_3d(config):
     affinity_offsets(config)
     from fusionnet_tf.training.losses import AFFINITY_LOSSES
 
-    if config.loss.name not in AFFINITY_LOSSES:
-        raise ValueError(f"config key 'loss.name' must be one of {list(AFFINITY_LOSSES)} for "
-                         f"{m.architecture}; received {config.loss.name!r}")
+    check_choice("config key 'loss.name'", config.loss.name, AFFINITY_LOSSES,
+                 f"for {m.architecture}")
     if config.isbi_eval_every:
         raise ValueError(f"config key 'isbi_eval_every' must be 0 for {m.architecture} "
                          f"(2D membrane scores); received {config.isbi_eval_every!r}")

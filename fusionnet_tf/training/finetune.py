@@ -28,6 +28,8 @@ default) and ``optimizer.warmup_steps`` is 50, unless they are set explicitly
 
 from pathlib import Path
 
+from fusionnet_tf.checks import check_choice
+
 FREEZE_CHOICES = ("none", "encoder")
 # optimizer keys and their values when fine-tuning (model.init set) and not set explicitly
 FINETUNE_DEFAULTS = {"learning_rate": 1e-4, "warmup_steps": 50}
@@ -141,8 +143,7 @@ def freeze(model, what, architecture):
     Raises:
         ValueError: unknown ``what``, or no encoder layer found.
     """
-    if what not in FREEZE_CHOICES:
-        raise ValueError(f"model.freeze must be one of {list(FREEZE_CHOICES)}; received {what!r}")
+    check_choice("model.freeze", what, FREEZE_CHOICES)
     if what == "none":
         return 0
     layers = encoder_layers(model, architecture)

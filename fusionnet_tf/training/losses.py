@@ -13,6 +13,8 @@ is offered: ``membrane_weight`` = 0.78 / 0.22 ~ 3.5 balances the classes.
 import keras
 from keras import ops
 
+from fusionnet_tf.checks import check_choice
+
 EPSILON = 1e-7
 
 
@@ -155,18 +157,14 @@ def get_loss(name, membrane_weight=1.0, dice_weight=1.0, smooth=1.0):
     Example:
     >>> loss = get_loss("weighted_bce", membrane_weight=3.5)
     """
+    check_choice("name", name, ("bce", "dice", "bce_dice", "weighted_bce"))
     if name == "bce":
         return BinaryCrossentropy()
     if name == "weighted_bce":
         return WeightedBinaryCrossentropy(membrane_weight)
     if name == "dice":
         return SoftDiceLoss(smooth)
-    if name == "bce_dice":
-        return BceDiceLoss(dice_weight, smooth)
-    raise ValueError(
-        "`name` must be one of ['bce', 'dice', 'bce_dice', 'weighted_bce']; "
-        f"received name={name!r}"
-    )
+    return BceDiceLoss(dice_weight, smooth)  # "bce_dice"
 
 
 # ---------------------------------------------------------------- affinities (3D)
@@ -233,8 +231,6 @@ class MaskedAffinityLoss(keras.losses.Loss):
 def get_affinity_loss(name, dice_weight=1.0, smooth=1.0):
     """The masked affinity loss for ``name`` in ``AFFINITY_LOSSES`` (``bce``, ``dice``, ``bce_dice``)."""
     weights = {"bce": (1.0, 0.0), "dice": (0.0, 1.0), "bce_dice": (1.0, dice_weight)}
-    if name not in weights:
-        raise ValueError(f"`name` must be one of {list(AFFINITY_LOSSES)} for affinities; "
-                         f"received name={name!r}")
+    check_choice("name", name, AFFINITY_LOSSES, "for affinities")
     return MaskedAffinityLoss(*weights[name], smooth=smooth)
 

@@ -19,6 +19,7 @@ number of replicas.
 import json
 import os
 
+from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import PRECISIONS  # noqa: F401 (re-exported)
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -38,8 +39,7 @@ def set_precision(precision):
     """
     import keras
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {list(PRECISIONS)}; received {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     keras.mixed_precision.set_dtype_policy(precision)
 
 
@@ -79,16 +79,15 @@ def make_strategy(name="default"):
     >>> with strategy.scope():
     ...     model = build_fusionnet(base_filters=16)
     """
+    check_choice("strategy", name, STRATEGIES)
     import tensorflow as tf
 
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        check_tf_config(os.environ.get("TF_CONFIG"))
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"`strategy` must be one of {list(STRATEGIES)}; received {name!r}")
+    check_tf_config(os.environ.get("TF_CONFIG"))  # "multiworker"
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def check_tf_config(text):

@@ -9,6 +9,7 @@ them with ``Predictor.blend_weights`` inside the block only, writes the block
 """
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -69,9 +70,11 @@ class VolumeJob:
     normalization: str = "slice"
 
 
-# per-process cache: PredictorSpec -> Predictor; each worker loads a model once
-_PREDICTORS = {}
-_LOADS = {"count": 0}
+# the per-process cache of worker_predictor keeps the Predictors of this many specs (the
+# least recently used goes first): a worker loads a model once per job, and a long-lived
+# process that runs many jobs does not keep every model it ever loaded
+MAX_CACHED_PREDICTORS = 2
+_LOADS = {"count": 0}  # models loaded by this process, for the summary
 
 
 def _set_tf_threads(threads):
@@ -88,8 +91,12 @@ def _set_tf_threads(threads):
         pass
 
 
+@functools.lru_cache(maxsize=MAX_CACHED_PREDICTORS)
 def worker_predictor(spec):
     """The Predictor for ``spec``, loaded once per process and cached.
+
+    The cache holds the last ``MAX_CACHED_PREDICTORS`` specs
+    (``worker_predictor.cache_info()``, ``worker_predictor.cache_clear()``).
 
     Args:
         spec: ``PredictorSpec``.
@@ -97,19 +104,17 @@ def worker_predictor(spec):
     Returns:
         ``fusionnet_tf.inference.Predictor`` (progress bar off).
     """
-    if spec not in _PREDICTORS:
-        _set_tf_threads(spec.tf_threads)
-        from fusionnet_tf.inference import Predictor, load_model
+    _set_tf_threads(spec.tf_threads)
+    from fusionnet_tf.inference import Predictor, load_model
 
-        model = load_model(spec.model)
-        _PREDICTORS[spec] = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
-                                      tta=spec.tta, batch_size=spec.batch_size,
-                                      blending=spec.blending, align=spec.align,
-                                      jit_compile=spec.jit_compile, precision=spec.precision,
-                                      engine=spec.engine, progress=False,
-                                      offsets=spec.offsets)
-        _LOADS["count"] += 1
-    return _PREDICTORS[spec]
+    model = load_model(spec.model)
+    predictor = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
+                          tta=spec.tta, batch_size=spec.batch_size,
+                          blending=spec.blending, align=spec.align,
+                          jit_compile=spec.jit_compile, precision=spec.precision,
+                          engine=spec.engine, progress=False, offsets=spec.offsets)
+    _LOADS["count"] += 1
+    return predictor
 
 
 def predictor_loads():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.checks import check_int
+from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import blockwise, storage
@@ -236,13 +236,9 @@ def _resume_options(options, previous):
 
 def _call_plan(options, shape):
     """``(calls, inputs per call)`` of whole-slice prediction of the volume (for auto engines)."""
-    from fusionnet_tf.choices import TTA_TRANSFORMS
-
     geometry = _geometry_predictor(options)
     depth, height, width = shape
-    inputs = depth * len(geometry.tile_origins(height, width)) * len(TTA_TRANSFORMS[options["tta"]])
-    size = geometry.inputs_per_call(height, width)
-    return -(-inputs // size), size
+    return geometry.network_calls(depth, height, width), geometry.inputs_per_call(height, width)
 
 
 def _resolve_variant(predictor, options, plan, progress):
@@ -475,9 +471,7 @@ def _predict_affinities(input_spec, output, model, options, offsets, run):
     from fusionnet_tf.inference.predictor import read_model_offsets
     from fusionnet_tf.volumes import affinities
 
-    if run["normalization"] not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
-                         f"normalization={run['normalization']!r}")
+    check_choice("normalization", run["normalization"], NORMALIZATIONS)
     workers = check_int("workers", run["workers"], 0)
     model_path, live_model, model_name = _resolve_model(model)
     distributed_run = bool(run["scheduler"]) or workers > 0
@@ -514,9 +508,7 @@ def _check_run(model, options, normalization, workers, scheduler, block_hook):
         ``(model_path or None, live_model or None, model_name, distributed_run)``:
         the first three as ``_resolve_model``; ``distributed_run`` is True with Dask.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received "
-                         f"normalization={normalization!r}")
+    check_choice("normalization", normalization, NORMALIZATIONS)
     check_int("workers", workers, 0)
     model_path, live_model, model_name = _resolve_model(model)
     distributed_run = bool(scheduler) or workers > 0

@@ -329,7 +329,7 @@ IGNORED_ON_RESUME = ("intensity_lo", "intensity_hi")
 # (input_kind: segment-volume read only membrane maps before it took affinities)
 SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "float32", "input_kind": "membrane"}
 # settings that outputs of earlier versions do not record, with a value that is not known
-# (the engine: plain or --xla); such an output resumes with any
+# (the engine: plain or xla); such an output resumes with any
 COMPARED_ONLY_WHEN_RECORDED = ("engine",)
 
 
