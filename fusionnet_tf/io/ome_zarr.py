@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice
-
 from fusionnet_tf.io_utils import (atomic_path, check_output_folder, check_output_path,
                                    default_permissions,
                                    replace_folder, zarr_attributes)
