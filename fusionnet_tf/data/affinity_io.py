@@ -365,6 +365,16 @@ def affinity_metadata(spec):
     return None
 
 
+
+def _check_affinity_document(spec, document, shape):
+    """Refuse a file that is not affinities, or affinities without offsets (one line, ValueError)."""
+    if document.get("kind") != KIND and len(shape) != 4:
+        raise ValueError(f"{spec}: not an affinity file (no metadata \"kind\": \"affinities\" "
+                         f"and not a 4D (C, Z, Y, X) array)")
+    if "offsets" not in document:
+        raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
+                         f"\"offsets\": [[dz, dy, dx], ...], one per channel")
+
 def read_affinities(spec):
     """Read an affinity file.
 
@@ -383,12 +393,7 @@ def read_affinities(spec):
             channel count, or bad values.
     """
     kind, document, shape = _metadata_and_shape(spec)
-    if document.get("kind") != KIND and len(shape) != 4:
-        raise ValueError(f"{spec}: not an affinity file (no metadata \"kind\": \"affinities\" "
-                         f"and not a 4D (C, Z, Y, X) array)")
-    if "offsets" not in document:
-        raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
-                         f"\"offsets\": [[dz, dy, dx], ...], one per channel")
+    _check_affinity_document(spec, document, shape)
     offsets = document["offsets"]
     if len(shape) == 4:  # HDF5 / zarr: refuse mismatched offsets before reading the data
         check_offsets(offsets, shape[0], str(spec))
@@ -453,12 +458,7 @@ def open_affinities(spec):
     if kind == "tiff":
         raise ValueError(f"{spec}: block-wise segmentation reads affinities from a .zarr or "
                          f".h5 file, not a TIFF (rewrite it with write_affinities)")
-    if document.get("kind") != KIND and len(shape) != 4:
-        raise ValueError(f"{spec}: not an affinity file (no metadata \"kind\": \"affinities\" "
-                         f"and not a 4D (C, Z, Y, X) array)")
-    if "offsets" not in document:
-        raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
-                         f"\"offsets\": [[dz, dy, dx], ...], one per channel")
+    _check_affinity_document(spec, document, shape)
     if len(shape) != 4 or 0 in shape:
         raise ValueError(f"{spec}: affinities must be a non-empty (C, Z, Y, X) array; received "
                          f"shape {shape}")
