@@ -365,7 +365,6 @@ def affinity_metadata(spec):
     return None
 
 
-
 def _check_affinity_document(spec, document, shape):
     """Refuse a file that is not affinities, or affinities without offsets (one line, ValueError)."""
     if document.get("kind") != KIND and len(shape) != 4:
@@ -374,6 +373,7 @@ def _check_affinity_document(spec, document, shape):
     if "offsets" not in document:
         raise ValueError(f"{spec}: an affinity file without offsets; its metadata needs "
                          f"\"offsets\": [[dz, dy, dx], ...], one per channel")
+
 
 def read_affinities(spec):
     """Read an affinity file.
