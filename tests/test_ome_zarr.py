@@ -304,3 +304,55 @@ def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_mode
     assert code == 0, err
     assert oz.read_ome_zarr(tmp_path / "seg.ome.zarr").voxel_size == (40.0, 4.0, 4.0)
     assert "image-label" in ngff(tmp_path / "seg.ome.zarr")
+
+
+# ----------------------------------------------------------------- pyramid from the blocks
+
+def test_pyramid_layout_derives_levels_while_blocks_align():
+    factors = oz.pyramid_factors((64, 2048, 2048), VOXEL)  # (1,2,2), (1,2,2), (2,2,2)
+    layout = oz.pyramid_layout((64, 2048, 2048), (1, 1024, 1024), factors)
+    assert layout["cascade"] == 2  # z halves at level 3: one-slice blocks stop there
+    assert layout["chunks"] == [[1, 1024, 1024], [1, 512, 512], [1, 256, 256], [1, 256, 256]]
+    assert layout["shapes"][-1] == [32, 256, 256]
+    assert oz.pyramid_layout((64, 2048, 2048), (2, 1024, 1024), factors)["cascade"] == 3
+    # a block that does not divide by the factor (and does not span the axis) derives nothing
+    assert oz.pyramid_layout((4, 30, 30), (1, 15, 16), [(1, 2, 2)])["cascade"] == 0
+    # affinities: the channel axis stays
+    assert oz.pyramid_layout((3, 4, 64, 64), (3, 4, 32, 32), [(1, 1, 2, 2)])["chunks"][1] == \
+        [3, 4, 16, 16]
+
+
+@pytest.mark.parametrize("block_z", [2, 4])
+def test_blockwise_pyramid_equals_reference_after_a_resumed_run(tmp_path, block_z):
+    """Levels written from the blocks in memory (and the rest by finish_output) equal the
+    loop reference, also when the run stops half way and a second run writes the rest."""
+    from fusionnet_tf.segmentation.blockwise import create_label_array
+    from fusionnet_tf.volumes import storage
+    from fusionnet_tf.volumes.geometry import block_grid
+
+    labels = RNG.integers(0, 6, (4, 40, 36)).astype(np.uint32)
+    path = tmp_path / "seg.ome.zarr"
+    plan = oz.OutputPlan("labels", "0.5", (6.0, 6.0, 6.0), levels=4, command="segment-volume")
+    level0 = oz.start_output(path, plan)
+    block_shape = (block_z, 16, 16)
+    create_label_array(level0, labels.shape, block_shape, "uint32")
+    blocks = block_grid(labels.shape, block_shape)
+    for number, block in enumerate(blocks):
+        if number % 2 == 0:  # the first run: every other block, then "killed"
+            storage.write_block(level0, block, labels[slice(*block.z), slice(*block.y), slice(*block.x)])
+            storage.mark_done(level0, block, {})
+    level0 = oz.start_output(path, plan)  # the second run resumes
+    for block in blocks:
+        if not storage.is_done(level0, block):
+            storage.write_block(level0, block, labels[slice(*block.z), slice(*block.y), slice(*block.x)])
+            storage.mark_done(level0, block, {})
+    shapes = oz.finish_output(path)
+    assert shapes == [(4, 40, 36), (2, 20, 18), (1, 10, 9), (1, 5, 5)]
+    cascade = oz.zarr_attributes(path)[oz.PYRAMID_LAYOUT]["cascade"]
+    assert cascade == {2: 1, 4: 3}[block_z]
+    expected = labels
+    for level, factors in enumerate(oz.pyramid_factors(labels.shape, (6, 6, 6), 4), start=1):
+        expected = reference_mode(expected, factors)
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected,
+                                      err_msg=f"level {level}")
+    validate(path, "0.5", "label")

@@ -66,6 +66,8 @@ DEFAULT_VOXEL_SIZE = (1.0, 1.0, 1.0)
 SUFFIX = ".ome.zarr"
 MARKER = "fusionnet_ome_zarr"
 PYRAMID_DONE = ".fusionnet-pyramid"
+# group attribute: the level layout of a pyramid whose first levels are written with level 0
+PYRAMID_LAYOUT = "fusionnet_pyramid"
 # automatic pyramids stop once the largest in-plane extent is at most this many voxels
 MIN_PYRAMID_EXTENT = 256
 MAX_LEVELS = 12
@@ -485,19 +487,54 @@ def downsample_mean(block, factors):
     return mean.astype(block.dtype)
 
 
+def _axis_parts(extent, factor):
+    """``(source slice, target slice, window)`` runs along one axis: full windows, then the
+    partial edge window (``extent % factor`` voxels) if any."""
+    full = extent // factor
+    parts = [(slice(0, full * factor), slice(0, full), factor)] if full else []
+    if extent % factor:
+        parts.append((slice(full * factor, extent), slice(full, full + 1), extent % factor))
+    return parts
+
+
+def _mode_of_full_windows(block, factors):
+    """Mode of each window of a block whose shape is a multiple of ``factors``.
+
+    The windows are cut to ``(n, w)``; windows holding one id keep it, the
+    others are sorted along the window axis and the longest run wins (the
+    first longest run in ascending order: ties go to the smallest id).
+    """
+    out = tuple(n // f for n, f in zip(block.shape, factors))
+    split = [v for pair in zip(out, factors) for v in pair]
+    order = tuple(range(0, 2 * len(out), 2)) + tuple(range(1, 2 * len(out), 2))
+    windows = block.reshape(split).transpose(order).reshape(-1, math.prod(factors))
+    result = windows[:, 0].copy()
+    if windows.shape[1] > 1:
+        mixed = np.flatnonzero((windows[:, 1:] != windows[:, :1]).any(axis=1))
+        if mixed.size:
+            ordered = np.sort(windows[mixed], axis=1)
+            starts = np.ones(ordered.shape, bool)
+            starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+            position = np.arange(ordered.shape[1])
+            run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+            longest = (position - run_start).argmax(axis=1)  # first run to reach the maximum
+            result[mixed] = ordered[np.arange(mixed.size), longest]
+    return result.reshape(out)
+
+
 def downsample_mode(block, factors):
-    """Most frequent id in each window (ties: the smallest id); edge windows as present."""
-    windows, valid = _windows(np.asarray(block), factors)
-    first = windows[..., :1]
-    uniform = np.all((windows == first) | ~valid, axis=-1)
-    result = first[..., 0].copy()
-    mixed = ~uniform
-    if mixed.any():
-        w, v = windows[mixed], valid[mixed]  # (n, k)
-        counts = ((w[:, :, None] == w[:, None, :]) & v[:, :, None] & v[:, None, :]).sum(1)
-        best = counts.max(1, keepdims=True)
-        top = np.iinfo(w.dtype).max if np.issubdtype(w.dtype, np.integer) else np.inf
-        result[mixed] = np.where((counts == best) & v, w, top).min(1)
+    """Most frequent id in each window (ties: the smallest id); edge windows as present.
+
+    Vectorised: the full windows and each partial edge (of smaller windows)
+    go through ``_mode_of_full_windows`` separately.
+    """
+    import itertools
+
+    block = np.asarray(block)
+    result = np.empty(tuple(-(-n // f) for n, f in zip(block.shape, factors)), block.dtype)
+    for parts in itertools.product(*(_axis_parts(n, f) for n, f in zip(block.shape, factors))):
+        source, target, window = zip(*parts)
+        result[target] = _mode_of_full_windows(block[source], window)
     return result
 
 
@@ -576,6 +613,128 @@ def _compute(store_call, scheduler=None, workers=1):
         with distributed.Client(scheduler) as client:
             return store_call({"scheduler": client.get})
     return store_call({"scheduler": "threads", "num_workers": max(1, int(workers or 1))})
+
+
+def pyramid_layout(shape, chunks, factors):
+    """Which levels derive from level-0 blocks in memory, and their chunks.
+
+    Level k+1 derives from a level-k block when the block's chunk is a
+    multiple of the level's factors along every axis (or spans the axis):
+    then each level-0 block yields exactly one chunk of each such level, so
+    no two blocks write the same chunk. The first level that fails this (e.g.
+    z halving under one-slice blocks) and all coarser ones are built later
+    from the last derived level (``finish_output``).
+
+    Args:
+        shape: level-0 shape, all axes (``(C, Z, Y, X)`` for affinities).
+        chunks: level-0 chunk (= block) shape, same axes.
+        factors: per level, the factors over all axes (``_spatial_factors``).
+
+    Returns:
+        dict (JSON): ``factors``, ``shapes`` and ``chunks`` per level (level 0
+        first), ``cascade``: how many levels after 0 are written with the blocks.
+    """
+    shapes = [tuple(int(n) for n in shape)]
+    sizes = [tuple(min(int(c), n) for c, n in zip(chunks, shape))]
+    cascade = 0
+    for level, step in enumerate(factors, start=1):
+        shapes.append(tuple(-(-n // f) for n, f in zip(shapes[-1], step)))
+        aligned = all(c % f == 0 or c >= n for c, f, n in zip(sizes[-1], step, shapes[-2]))
+        if aligned and cascade == level - 1:
+            cascade = level
+            sizes.append(tuple(min(-(-c // f), n)
+                               for c, f, n in zip(sizes[-1], step, shapes[-1])))
+        else:
+            sizes.append(tuple(min(int(c), n) for c, n in zip(chunks, shapes[-1])))
+    return {"factors": [list(f) for f in factors], "shapes": [list(s) for s in shapes],
+            "chunks": [list(c) for c in sizes], "cascade": cascade}
+
+
+def prepare_pyramid(level0, shape, chunks, dtype):
+    """Create the levels that level-0 blocks write, before level 0 itself (no-op elsewhere).
+
+    Call when a block-wise output's level 0 is created at ``OUTPUT/0`` of an
+    OME-Zarr output (``start_output``); any other path is left alone.
+
+    Args:
+        level0: path of level 0; shape, chunks, dtype: its layout.
+
+    Returns:
+        the ``pyramid_layout`` dict, or None (not level 0 of an OME-Zarr output).
+    """
+    level0 = Path(level0)
+    marker = zarr_attributes(level0.parent).get(MARKER)
+    if level0.name != "0" or not isinstance(marker, dict):
+        return None
+    plan = OutputPlan.from_marker(marker)
+    steps = pyramid_factors(tuple(shape)[-3:], plan.voxel_size, plan.levels)
+    layout = pyramid_layout(shape, chunks, [_spatial_factors(plan.kind, s) for s in steps])
+    group = _open_group(level0.parent, plan.ngff_version)
+    group.attrs[PYRAMID_LAYOUT] = layout
+    for level in range(1, layout["cascade"] + 1):
+        _create_level(level0.parent / str(level), layout["shapes"][level],
+                      layout["chunks"][level], dtype, plan.ngff_version, axes_for(plan.kind))
+    return layout
+
+
+def write_block_levels(level0, start, data):
+    """Write the coarser levels of one level-0 block from its data in memory.
+
+    Args:
+        level0: path of level 0 (``OUTPUT/0``); any other path: nothing to do.
+        start: the block's first voxel, all axes.
+        data: the block as written to level 0 (all axes).
+
+    Returns:
+        number of levels written (0 without a ``prepare_pyramid`` layout).
+    """
+    level0 = Path(level0)
+    if level0.name != "0":
+        return 0
+    attributes = zarr_attributes(level0.parent)
+    layout, marker = attributes.get(PYRAMID_LAYOUT), attributes.get(MARKER)
+    if not isinstance(layout, dict) or not layout.get("cascade"):
+        return 0
+    plan = OutputPlan.from_marker(marker)
+    function = downsampler(plan.kind, plan.label_method)
+    zarr = _import("zarr")
+    data, start = np.asarray(data), tuple(int(s) for s in start)
+    for level in range(1, layout["cascade"] + 1):
+        step = layout["factors"][level - 1]
+        data = function(data, step)
+        start = tuple(s // f for s, f in zip(start, step))
+        target = zarr.open_array(str(level0.parent / str(level)), mode="r+")
+        target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+    return layout["cascade"]
+
+
+def write_block(level0, start, data):
+    """Write one block into level 0 and, from memory, into the levels it derives."""
+    zarr = _import("zarr")
+    data = np.asarray(data)
+    target = zarr.open_array(str(level0), mode="r+")
+    target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+    write_block_levels(level0, start, data)
+
+
+def store_blocks(data, level0, scheduler=None, workers=1):
+    """Write ``data`` into the level-0 array block by block (its chunks), with the levels
+    each block derives (``prepare_pyramid``), on Dask.
+
+    Args:
+        data: NumPy or Dask array of level 0's shape.
+        level0: path of the (created) level-0 array.
+    """
+    da = _import("dask.array")
+    dask = _import("dask")
+    zarr = _import("zarr")
+    chunks = zarr.open_array(str(level0), mode="r").chunks
+    data = data.rechunk(chunks) if hasattr(data, "dask") else da.from_array(data, chunks=chunks)
+    starts = [np.cumsum((0,) + axis[:-1]) for axis in data.chunks]
+    tasks = [dask.delayed(write_block)(str(level0), tuple(int(s[i]) for s, i in
+                                                         zip(starts, index)), block)
+             for index, block in zip(np.ndindex(*data.numblocks), data.to_delayed().ravel())]
+    _compute(lambda kw: dask.compute(*tasks, **kw), scheduler, workers)
 
 
 def downsample_level(source, target, factors, function, scheduler=None, workers=1):
@@ -762,10 +921,11 @@ def finish_output(path, scheduler=None, workers=1):
     axes = axes_for(plan.kind)
     done = path / PYRAMID_DONE
     source = base
+    cascade = _cascaded_levels(path, factors, plan.kind)
     for level, step in enumerate(factors, start=1):
         marker = done / f"{level}.json"
         full = _spatial_factors(plan.kind, step)
-        if marker.is_file():
+        if level <= cascade or marker.is_file():  # written with the blocks, or built earlier
             source = zarr.open_array(str(path / str(level)), mode="r")
             continue
         shape = tuple(-(-n // f) for n, f in zip(source.shape, full))
@@ -781,6 +941,16 @@ def finish_output(path, scheduler=None, workers=1):
     shutil.rmtree(done, ignore_errors=True)
     return [tuple(base.shape)] + [tuple(zarr.open_array(str(path / str(level)), mode="r").shape)
                                   for level in range(1, len(factors) + 1)]
+
+
+def _cascaded_levels(path, factors, kind):
+    """How many levels the blocks wrote with level 0 (``prepare_pyramid``'s layout), or 0."""
+    layout = zarr_attributes(path).get(PYRAMID_LAYOUT)
+    if not isinstance(layout, dict):
+        return 0
+    if layout.get("factors") != [list(_spatial_factors(kind, f)) for f in factors]:
+        return 0
+    return int(layout.get("cascade", 0))
 
 
 def _max_label(path, coarsest):
@@ -856,12 +1026,10 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
     try:
         group = _open_group(tmp, plan.ngff_version, mode="w")
         group.attrs[MARKER] = plan.marker()
-        level0 = _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
-                               axes_for(plan.kind))
-        if hasattr(data, "dask"):
-            _compute(lambda kw: data.store(level0, lock=False, **kw), scheduler, workers)
-        else:
-            level0[...] = data
+        prepare_pyramid(tmp / "0", data.shape, chunks, data.dtype)
+        _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
+                      axes_for(plan.kind))
+        store_blocks(data, tmp / "0", scheduler, workers)
         if image is not None:  # metadata refer to the final place (labels/ list)
             default_permissions(tmp, directory=True)
             replace_folder(tmp, path)

@@ -278,9 +278,21 @@ def create_output(path, shape, chunks, settings, zarr_format=3):
     kwargs = dict(mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="float32",
                   fill_value=0.0, **array_options(path, zarr_format))
     clear_done_markers(path)
+    prepare_levels(path, shape, chunks, "float32")
     array = zarr.open_array(str(path), **kwargs)
     array.attrs[ATTRS_KEY] = settings
     return array
+
+
+def prepare_levels(path, shape, chunks, dtype):
+    """Create the pyramid levels that blocks write with level 0 of an OME-Zarr output.
+
+    Nothing for other outputs (see ``io.ome_zarr.prepare_pyramid``); call
+    before the level-0 array is created, so a resumed output always has them.
+    """
+    from fusionnet_tf.io.ome_zarr import prepare_pyramid
+
+    prepare_pyramid(path, shape, chunks, dtype)
 
 
 def array_options(path, zarr_format=3):
@@ -361,15 +373,24 @@ def is_done(path, block):
 def write_block(path, block, data):
     """Store ``block``'s prediction in the output array at ``path`` (its own chunk).
 
+    At level 0 of an OME-Zarr output the block's share of the coarser levels
+    is written too (``io.ome_zarr.write_block_levels``), before the caller's
+    done-marker.
+
     Args:
         path: the output zarr store.
         block: ``geometry.Block``.
         data: float32 array of ``block.shape`` (or (C,) + ``block.shape`` for
             affinities).
     """
+    from fusionnet_tf.io.ome_zarr import write_block_levels
+
     output = import_zarr().open_array(str(path), mode="r+")
     # (Z, Y, X) membranes or (C, Z, Y, X) affinities: the block spans all leading axes
     output[..., slice(*block.z), slice(*block.y), slice(*block.x)] = data
+    # level 0 of an OME-Zarr output: the coarser levels this block derives, from memory
+    lead = (0,) * (len(output.shape) - 3)
+    write_block_levels(path, lead + (block.z[0], block.y[0], block.x[0]), data)
 
 
 def mark_done(path, block, info):
