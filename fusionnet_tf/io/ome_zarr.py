@@ -497,29 +497,57 @@ def _axis_parts(extent, factor):
     return parts
 
 
+def _sorted_columns(columns):
+    """Sort ``w`` equal-length 1D arrays element-wise (odd-even transposition network):
+    afterwards ``columns[0] <= columns[1] <= ...`` at every position."""
+    columns = list(columns)
+    for round_ in range(len(columns)):
+        for i in range(round_ % 2, len(columns) - 1, 2):
+            low = np.minimum(columns[i], columns[i + 1])
+            columns[i + 1] = np.maximum(columns[i], columns[i + 1])
+            columns[i] = low
+    return columns
+
+
+def _longest_run(columns):
+    """Per position, the value of the longest run of sorted ``columns``; the first longest
+    run wins, so ties go to the smallest value."""
+    best, best_length = columns[0], np.ones(columns[0].shape, np.int32)
+    length = best_length
+    for before, column in zip(columns, columns[1:]):
+        length = np.where(column == before, length + 1, 1)
+        longer = length > best_length
+        best = np.where(longer, column, best)
+        best_length = np.maximum(length, best_length)
+    return best
+
+
 def _mode_of_full_windows(block, factors):
     """Mode of each window of a block whose shape is a multiple of ``factors``.
 
-    The windows are cut to ``(n, w)``; windows holding one id keep it, the
-    others are sorted along the window axis and the longest run wins (the
-    first longest run in ascending order: ties go to the smallest id).
+    The window's ``w = prod(factors)`` voxels are strided views of the block
+    (no copy). Windows holding one id keep it; for the others the ``w``
+    voxels are gathered (``(w, n)`` columns), sorted by a sorting network and
+    the longest run of equal ids wins (ties: the smallest id).
     """
-    out = tuple(n // f for n, f in zip(block.shape, factors))
-    split = [v for pair in zip(out, factors) for v in pair]
-    order = tuple(range(0, 2 * len(out), 2)) + tuple(range(1, 2 * len(out), 2))
-    windows = block.reshape(split).transpose(order).reshape(-1, math.prod(factors))
-    result = windows[:, 0].copy()
-    if windows.shape[1] > 1:
-        mixed = np.flatnonzero((windows[:, 1:] != windows[:, :1]).any(axis=1))
-        if mixed.size:
-            ordered = np.sort(windows[mixed], axis=1)
-            starts = np.ones(ordered.shape, bool)
-            starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-            position = np.arange(ordered.shape[1])
-            run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
-            longest = (position - run_start).argmax(axis=1)  # first run to reach the maximum
-            result[mixed] = ordered[np.arange(mixed.size), longest]
-    return result.reshape(out)
+    views = [block[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
+             for offset in np.ndindex(*factors)]
+    result = views[0].copy()
+    if len(views) == 1:
+        return result
+    uniform = views[0] == views[1]
+    for view in views[2:]:
+        uniform &= views[0] == view
+    mixed = np.flatnonzero(~uniform)
+    if mixed.size:
+        coords = np.unravel_index(mixed, result.shape)
+        flat = block.reshape(-1)
+        strides = np.cumprod((1,) + block.shape[:0:-1])[::-1]  # elements per step of each axis
+        base = sum(c * (f * st) for c, f, st in zip(coords, factors, strides))
+        columns = [np.take(flat, base + int(np.dot(offset, strides)))
+                   for offset in np.ndindex(*factors)]
+        result.reshape(-1)[mixed] = _longest_run(_sorted_columns(columns))
+    return result
 
 
 def downsample_mode(block, factors):
@@ -954,13 +982,22 @@ def _cascaded_levels(path, factors, kind):
 
 
 def _max_label(path, coarsest):
-    """Largest id of the finest level of at most 2**24 voxels (the colours cover ids up to it)."""
+    """The largest id the colours must cover: ``min(max id, MAX_COLOURS)``.
+
+    Read from the coarsest level first: once a level holds an id of at least
+    ``MAX_COLOURS`` the finer ones cannot change the answer. Otherwise from
+    the finest level of at most 2**24 voxels (a coarse level may miss small
+    segments).
+    """
     zarr = _import("zarr")
+    coarse = np.asarray(zarr.open_array(str(Path(path) / str(coarsest)), mode="r")[...])
+    if coarse.size and int(coarse.max()) >= MAX_COLOURS:
+        return MAX_COLOURS
     for level in range(coarsest + 1):
         array = zarr.open_array(str(Path(path) / str(level)), mode="r")
         if level == coarsest or math.prod(array.shape) <= 2 ** 24:
             data = np.asarray(array[...])
-            return int(data.max()) if data.size else 0
+            return min(int(data.max()), MAX_COLOURS) if data.size else 0
     return 0
 
 
