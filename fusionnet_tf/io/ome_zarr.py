@@ -388,6 +388,40 @@ def input_metadata(spec):
     return multiscale.voxel_size(level), multiscale.unit()
 
 
+# nanometers per unit of the NGFF spatial units a connectomics volume uses
+NANOMETERS_PER_UNIT = {"angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6,
+                       "centimeter": 1e7, "meter": 1e9}
+
+
+def voxel_size_nm(text, specs, option="--voxel-size"):
+    """The voxel size ``(z, y, x)`` in nanometers for a command that shows or exports volumes.
+
+    Args:
+        text: the ``--voxel-size`` option as given (None: not given).
+        specs: the inputs, in order of precedence; the first OME-Zarr one
+            (image, level or image-label) gives the size, converted to nm
+            from its unit (a unit not in ``NANOMETERS_PER_UNIT``: as is).
+
+    Returns:
+        ``(voxel_size, source)``: the floats, and ``option``, the spec they
+        came from, or ``"default"`` (``DEFAULT_VOXEL_SIZE``).
+
+    Raises:
+        ValueError: a bad ``--voxel-size`` (see ``parse_voxel_size``).
+    """
+    given = parse_voxel_size(text, option)
+    if given is not None:
+        return given, option
+    for spec in specs:
+        if spec is None:
+            continue
+        size, unit = input_metadata(spec)
+        if size is not None:
+            factor = NANOMETERS_PER_UNIT.get(str(unit or "nanometer").lower(), 1.0)
+            return tuple(v * factor for v in size), str(spec)
+    return DEFAULT_VOXEL_SIZE, "default"
+
+
 def open_level(path, key):
     """The array ``open_volume`` reads from an OME-Zarr group: level 0, or the dataset ``key``.
 
