@@ -317,6 +317,11 @@ def test_pyramid_layout_derives_levels_while_blocks_align():
     assert oz.pyramid_layout((64, 2048, 2048), (2, 1024, 1024), factors)["cascade"] == 3
     # a block that does not divide by the factor (and does not span the axis) derives nothing
     assert oz.pyramid_layout((4, 30, 30), (1, 15, 16), [(1, 2, 2)])["cascade"] == 0
+    # write_ome_zarr groups chunks into blocks from which every level derives
+    assert oz.pyramid_block((64, 2048, 2048), (1, 1024, 1024), factors) == (2, 1024, 1024)
+    assert oz.pyramid_block((64, 2048, 2048), (1, 1024, 1024), factors, max_chunks=1) == \
+        (1, 1024, 1024)
+    assert oz.pyramid_block((3, 20, 27), (1, 8, 8), [(2, 2, 2)] * 3) == (3, 8, 8)  # z spanned
     # affinities: the channel axis stays
     assert oz.pyramid_layout((3, 4, 64, 64), (3, 4, 32, 32), [(1, 1, 2, 2)])["chunks"][1] == \
         [3, 4, 16, 16]
@@ -356,3 +361,19 @@ def test_blockwise_pyramid_equals_reference_after_a_resumed_run(tmp_path, block_
         np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected,
                                       err_msg=f"level {level}")
     validate(path, "0.5", "label")
+
+
+def test_write_ome_zarr_blocks_of_several_chunks_equal_the_reference(tmp_path):
+    """Isotropic voxels halve z at every level: blocks of 4 one-slice chunks derive both
+    coarser levels in memory; the levels equal the loop reference and the chunks stay."""
+    labels = RNG.integers(0, 3, (5, 20, 27)).astype(np.uint16)
+    path = tmp_path / "iso.ome.zarr"
+    oz.write_ome_zarr(path, labels, oz.OutputPlan("labels", "0.4", (8.0, 8.0, 8.0), levels=3),
+                      chunks=(1, 8, 8))
+    layout = oz.zarr_attributes(path)[oz.PYRAMID_LAYOUT]
+    assert layout["chunks"][:2] == [[4, 8, 8], [2, 4, 4]] and layout["cascade"] == 2
+    assert zarr.open_array(str(path / "0"), mode="r").chunks == (1, 8, 8)
+    expected = labels
+    for level in (1, 2):
+        expected = reference_mode(expected, (2, 2, 2))
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected)

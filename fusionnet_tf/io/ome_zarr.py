@@ -712,14 +712,41 @@ def pyramid_layout(shape, chunks, factors):
             "chunks": [list(c) for c in sizes], "cascade": cascade}
 
 
-def prepare_pyramid(level0, shape, chunks, dtype):
+def pyramid_block(shape, chunks, factors, max_chunks=8):
+    """The block shape (whole chunks) from which every level derives in memory, if small.
+
+    Along each axis the block grows from the chunk to a multiple of the
+    cumulative downsampling factor (or to the whole axis), level by level,
+    while it holds at most ``max_chunks`` chunks; e.g. chunks (1, 1024, 1024)
+    with factors (1, 2, 2), (1, 2, 2), (2, 2, 2) give blocks (2, 1024, 1024).
+
+    Args:
+        shape, chunks: level 0's shape and chunks (all axes).
+        factors: per level, the factors over all axes.
+    """
+    block = [min(int(c), int(n)) for c, n in zip(chunks, shape)]
+    cumulative = [1] * len(block)
+    for step in factors:
+        cumulative = [c * f for c, f in zip(cumulative, step)]
+        wanted = [b if b % c == 0 or b >= n else min(int(n), math.lcm(b, c))
+                  for b, c, n in zip(block, cumulative, shape)]
+        if math.prod(-(-w // min(int(c), int(n))) for w, c, n in zip(wanted, chunks, shape)) \
+                > max_chunks:
+            break
+        block = wanted
+    return tuple(block)
+
+
+def prepare_pyramid(level0, shape, block_shape, dtype):
     """Create the levels that level-0 blocks write, before level 0 itself (no-op elsewhere).
 
     Call when a block-wise output's level 0 is created at ``OUTPUT/0`` of an
     OME-Zarr output (``start_output``); any other path is left alone.
 
     Args:
-        level0: path of level 0; shape, chunks, dtype: its layout.
+        level0: path of level 0; shape, dtype: its layout.
+        block_shape: the blocks written one at a time: level 0's chunks, or
+            whole multiples of them (``pyramid_block``).
 
     Returns:
         the ``pyramid_layout`` dict, or None (not level 0 of an OME-Zarr output).
@@ -730,13 +757,39 @@ def prepare_pyramid(level0, shape, chunks, dtype):
         return None
     plan = OutputPlan.from_marker(marker)
     steps = pyramid_factors(tuple(shape)[-3:], plan.voxel_size, plan.levels)
-    layout = pyramid_layout(shape, chunks, [_spatial_factors(plan.kind, s) for s in steps])
+    layout = pyramid_layout(shape, block_shape,
+                            [_spatial_factors(plan.kind, s) for s in steps])
     group = _open_group(level0.parent, plan.ngff_version)
     group.attrs[PYRAMID_LAYOUT] = layout
     for level in range(1, layout["cascade"] + 1):
         _create_level(level0.parent / str(level), layout["shapes"][level],
                       layout["chunks"][level], dtype, plan.ngff_version, axes_for(plan.kind))
     return layout
+
+
+_OPEN_ARRAYS = {}
+
+
+def _open_for_blocks(path):
+    """The zarr array at ``path`` opened for writing, cached per process.
+
+    Opening a zarr 3 array costs ~10 ms (metadata read, async set-up): too
+    much per block. The cache key holds the metadata file's inode and
+    modification time, so an array replaced (``--overwrite``) is opened anew.
+    """
+    path = Path(path)
+    for name in ("zarr.json", ".zarray"):
+        try:
+            stat = (path / name).stat()
+        except OSError:
+            continue
+        key = (str(path.absolute()), stat.st_ino, stat.st_mtime_ns)
+        if key not in _OPEN_ARRAYS:
+            if len(_OPEN_ARRAYS) > 64:
+                _OPEN_ARRAYS.clear()
+            _OPEN_ARRAYS[key] = _import("zarr").open_array(str(path), mode="r+")
+        return _OPEN_ARRAYS[key]
+    return _import("zarr").open_array(str(path), mode="r+")  # raises: no array there
 
 
 def write_block_levels(level0, start, data):
@@ -759,29 +812,28 @@ def write_block_levels(level0, start, data):
         return 0
     plan = OutputPlan.from_marker(marker)
     function = downsampler(plan.kind, plan.label_method)
-    zarr = _import("zarr")
     data, start = np.asarray(data), tuple(int(s) for s in start)
     for level in range(1, layout["cascade"] + 1):
         step = layout["factors"][level - 1]
         data = function(data, step)
         start = tuple(s // f for s, f in zip(start, step))
-        target = zarr.open_array(str(level0.parent / str(level)), mode="r+")
+        target = _open_for_blocks(level0.parent / str(level))
         target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
     return layout["cascade"]
 
 
 def write_block(level0, start, data):
     """Write one block into level 0 and, from memory, into the levels it derives."""
-    zarr = _import("zarr")
     data = np.asarray(data)
-    target = zarr.open_array(str(level0), mode="r+")
+    target = _open_for_blocks(level0)
     target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
     write_block_levels(level0, start, data)
 
 
 def store_blocks(data, level0, scheduler=None, workers=1):
-    """Write ``data`` into the level-0 array block by block (its chunks), with the levels
-    each block derives (``prepare_pyramid``), on Dask.
+    """Write ``data`` into the level-0 array block by block on Dask, each block with the
+    coarser levels it derives in memory (``prepare_pyramid``'s block shape; else the
+    chunks).
 
     Args:
         data: NumPy or Dask array of level 0's shape.
@@ -789,9 +841,10 @@ def store_blocks(data, level0, scheduler=None, workers=1):
     """
     da = _import("dask.array")
     dask = _import("dask")
-    zarr = _import("zarr")
-    chunks = zarr.open_array(str(level0), mode="r").chunks
-    data = data.rechunk(chunks) if hasattr(data, "dask") else da.from_array(data, chunks=chunks)
+    layout = zarr_attributes(Path(level0).parent).get(PYRAMID_LAYOUT)
+    blocks = tuple(layout["chunks"][0]) if isinstance(layout, dict) else \
+        _import("zarr").open_array(str(level0), mode="r").chunks
+    data = data.rechunk(blocks) if hasattr(data, "dask") else da.from_array(data, chunks=blocks)
     starts = [np.cumsum((0,) + axis[:-1]) for axis in data.chunks]
     tasks = [dask.delayed(write_block)(str(level0), tuple(int(s[i]) for s, i in
                                                          zip(starts, index)), block)
@@ -1097,7 +1150,9 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
     try:
         group = _open_group(tmp, plan.ngff_version, mode="w")
         group.attrs[MARKER] = plan.marker()
-        prepare_pyramid(tmp / "0", data.shape, chunks, data.dtype)
+        steps = pyramid_factors(tuple(data.shape)[-3:], plan.voxel_size, plan.levels)
+        prepare_pyramid(tmp / "0", data.shape, pyramid_block(
+            data.shape, chunks, [_spatial_factors(plan.kind, f) for f in steps]), data.dtype)
         _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
                       axes_for(plan.kind))
         store_blocks(data, tmp / "0", scheduler, workers)
