@@ -1151,8 +1151,11 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
         group = _open_group(tmp, plan.ngff_version, mode="w")
         group.attrs[MARKER] = plan.marker()
         steps = pyramid_factors(tuple(data.shape)[-3:], plan.voxel_size, plan.levels)
+        # NumPy blocks are views: group chunks so that every level derives from them; Dask
+        # chunks stay where they are (grouping them would move them between workers)
         prepare_pyramid(tmp / "0", data.shape, pyramid_block(
-            data.shape, chunks, [_spatial_factors(plan.kind, f) for f in steps]), data.dtype)
+            data.shape, chunks, [_spatial_factors(plan.kind, f) for f in steps],
+            max_chunks=1 if hasattr(data, "dask") else 8), data.dtype)
         _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
                       axes_for(plan.kind))
         store_blocks(data, tmp / "0", scheduler, workers)
