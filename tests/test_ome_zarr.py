@@ -236,6 +236,8 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
     mine = tmp_path / "mine.ome.zarr"
     mine.mkdir()
     (mine / "notes.txt").write_text("x")
+    small_pred = tmp_path / "small_pred.zarr"
+    zarr.open_array(str(small_pred), mode="w", shape=(2, 64, 64), dtype="f4")[...] = 0.5
     model = ["--model", tiny_model, "--workers", "0", "--quiet"]
     cases = [
         (["predict-volume", plain, tmp_path / "o1.ome.zarr"] + model, "no 'multiscales'"),
@@ -249,12 +251,16 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
         (["predict", em_image, "-o", tmp_path / "o5.ome.zarr", "--level", "2", "--model",
           tiny_model], "--level 2"),
         (["segment", plain, "-o", tmp_path / "o6.ome.zarr"], "no 'multiscales'"),
+        # block-wise labels into the image's labels/ group: the image's shape (2, 64, 96)
+        (["segment-volume", small_pred, em_image / "labels" / "wrong", "--workers", "0"],
+         "labels of shape (2, 64, 64) do not match the image"),
     ]
     for args, message in cases:
         code, err = run_cli(args, capsys)
         assert code == 2, (args, err)
         assert message in err and err.strip().count("\n") == 0, err
     assert not any((tmp_path / f"o{i}.ome.zarr").exists() for i in range(1, 7))
+    assert not (em_image / "labels" / "wrong").exists()
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 

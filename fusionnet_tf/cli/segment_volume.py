@@ -85,6 +85,10 @@ def run(args):
     args.pred = ome_zarr.level_spec(args.pred, args.level)
     plan = ome_zarr.check_cli_options(args, args.output, args.pred, "labels", "segment-volume")
     check_volume_paths(args.pred, args.output, plan)
+    if plan is not None:  # labels under an image's labels/ group: the image's shape
+        from fusionnet_tf.cli.predict_volume import input_shape
+
+        ome_zarr.check_labels_shape(args.output, input_shape(args.pred))
     params = resolve_params(args)
     output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
                                                                      args.overwrite)

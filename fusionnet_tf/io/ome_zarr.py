@@ -960,6 +960,29 @@ def is_output_of(path, command):
     return isinstance(marker, dict) and marker.get("command") == command
 
 
+def check_labels_shape(path, shape):
+    """Labels going into an image's ``labels/`` group must have its level-0 shape.
+
+    Args:
+        path: the labels output (``IMAGE/labels/NAME``, or any other path:
+            nothing to check).
+        shape: ``(Z, Y, X)`` of the labels (leading axes ignored).
+
+    Returns:
+        the image path, or None when ``path`` is not under an image.
+
+    Raises:
+        ValueError: one line naming both shapes.
+    """
+    image = parent_image(path)
+    if image is not None:
+        base = tuple(read_ome_zarr(image, 0).array.shape)
+        if base != tuple(shape)[-3:]:
+            raise ValueError(f"OUTPUT {path}: labels of shape {tuple(shape)} do not match the "
+                             f"image {image} (level 0 shape {base})")
+    return image
+
+
 def check_output(path, command, option="OUTPUT"):
     """The output guard for an OME-Zarr output (before any work).
 
@@ -1139,12 +1162,8 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
         data = data.astype(np.uint64)
     if chunks is None:
         chunks = (1,) * (expected - 2) + tuple(min(1024, n) for n in data.shape[-2:])
-    image = parent_image(path)
-    if image is not None:  # into the image's labels/ group: shape must match level 0
-        base = read_ome_zarr(image, 0)
-        if tuple(base.array.shape) != tuple(data.shape[-3:]):
-            raise ValueError(f"{path}: labels of shape {tuple(data.shape)} do not match the "
-                             f"image {image} (level 0 shape {tuple(base.array.shape)})")
+    image = check_labels_shape(path, data.shape)
+    if image is not None:
         _open_group(path.parent, plan.ngff_version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
     try:
