@@ -383,3 +383,24 @@ def test_write_ome_zarr_blocks_of_several_chunks_equal_the_reference(tmp_path):
     for level in (1, 2):
         expected = reference_mode(expected, (2, 2, 2))
         np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected)
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+def test_napari_reader_reads_the_scale_units_and_labels(tmp_path, version):
+    """napari's OME-Zarr reader (the napari-ome-zarr plugin, through npe2, no viewer)."""
+    npe2 = pytest.importorskip("npe2")
+    pytest.importorskip("napari_ome_zarr")
+    image = tmp_path / "em.ome.zarr"
+    oz.write_ome_zarr(image, IMAGE, oz.OutputPlan("image", version, VOXEL, levels=2))
+    oz.write_ome_zarr(image / "labels" / "cells", LABELS,
+                      oz.OutputPlan("labels", version, VOXEL, levels=2))
+    npe2.PluginManager.instance().discover()
+    layers = npe2.read([str(image)], stack=False, plugin_name="napari-ome-zarr")
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    for (data, meta, _), expected in zip(layers, (IMAGE, LABELS)):
+        assert [tuple(level.shape) for level in data] == [(3, 20, 27), (3, 10, 14)]
+        np.testing.assert_array_equal(np.asarray(data[0]), expected)
+        assert list(meta["scale"]) == list(VOXEL)  # napari derives the coarser levels' own
+        assert tuple(meta["units"]) == ("nanometer",) * 3
+        assert tuple(meta["axis_labels"]) == ("z", "y", "x")
+    assert "colormap" in layers[1][1]  # the image-label colours
