@@ -61,6 +61,8 @@ def test_open_n5_specs_read_z_y_x(container, volume):
         np.testing.assert_array_equal(array[1, 10:30, 5:60], volume[1, 10:30, 5:60])
         np.testing.assert_array_equal(np.asarray(array), volume)
         assert name.endswith("volumes/raw")
+    array, _ = storage.open_any_volume(f"{container}:/volumes/raw")  # view, export-precomputed
+    np.testing.assert_array_equal(array[...], volume)
 
 
 def test_n5_errors_name_the_datasets(tmp_path, volume):

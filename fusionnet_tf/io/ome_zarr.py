@@ -18,10 +18,15 @@ format 3 with ``dimension_names``):
   channel axis. Spatial axes carry the unit (``nanometer`` unless the input
   said otherwise) and a ``scale`` = voxel size x the level's downsampling,
   plus the ``translation`` of a coarse voxel's centre (none for ``nearest``).
-- The pyramid is built level by level from the one before, block-wise on
-  Dask (:func:`build_pyramid`): ``mean`` for images, probabilities and
-  affinities, ``mode`` (most frequent id in each window; ties go to the
-  smallest id) or ``nearest`` (the window's first voxel) for labels. In-plane
+- The pyramid: ``mean`` for images, probabilities and affinities, ``mode``
+  (most frequent id in each window; ties go to the smallest id; vectorised:
+  strided views, a sorting network on the mixed windows, longest run) or
+  ``nearest`` (the window's first voxel) for labels. Each level-0 block
+  writes the coarser levels it derives while it is in memory, as long as
+  the block divides by the factors (``pyramid_layout``: one chunk per level
+  per block, so blocks never share a chunk); the levels after that (e.g. z
+  halving under one-slice blocks) are built by ``finish_output`` from the
+  last derived level, block-wise on Dask. In-plane
   axes halve at every level; ``z`` halves once the in-plane voxels have grown
   to at least half of it (``pyramid_factors``), so a 30 x 6 x 6 nm volume gets
   (1, 2, 2), (1, 2, 2), (2, 2, 2), ...
@@ -38,9 +43,12 @@ at its root; only a folder with the marker of the same command may be resumed
 or replaced. The ``multiscales`` metadata are written last, so an interrupted
 output is never mistaken for a finished image. Block-wise commands write level
 0 into ``OUTPUT/0`` with the machinery of ``volumes.storage`` (done-markers,
-resume), then :func:`finish_output` builds the pyramid (a done-marker per
-level) and writes the metadata. In-memory writes (:func:`write_ome_zarr`) go
-to a temporary folder that is renamed when complete.
+resume): ``prepare_pyramid`` creates the derived levels before level 0, and a
+block's done-marker follows its level-0 data and its derived levels, so a
+killed block is redone whole. :func:`finish_output` then builds the remaining
+levels (a done-marker per level) and writes the metadata. In-memory writes
+(:func:`write_ome_zarr`) go to a temporary folder that is renamed when
+complete.
 """
 
 import dataclasses
@@ -1041,10 +1049,11 @@ def start_output(path, plan, overwrite=False):
 
 
 def finish_output(path, scheduler=None, workers=1):
-    """Build the pyramid of a finished level 0 and write the NGFF metadata (resumable).
+    """Build the rest of the pyramid of a finished level 0 and write the NGFF metadata.
 
-    Levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
-    kept; the ``multiscales`` (and ``image-label``) metadata are written last.
+    Levels the blocks wrote with level 0 (``PYRAMID_LAYOUT``'s ``cascade``)
+    and levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
+    kept; the others are built from the level before; the ``multiscales`` (and ``image-label``) metadata are written last.
 
     Returns:
         list of the level shapes.
