@@ -236,6 +236,8 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
     mine = tmp_path / "mine.ome.zarr"
     mine.mkdir()
     (mine / "notes.txt").write_text("x")
+    small_pred = tmp_path / "small_pred.zarr"
+    zarr.open_array(str(small_pred), mode="w", shape=(2, 64, 64), dtype="f4")[...] = 0.5
     model = ["--model", tiny_model, "--workers", "0", "--quiet"]
     cases = [
         (["predict-volume", plain, tmp_path / "o1.ome.zarr"] + model, "no 'multiscales'"),
@@ -249,12 +251,16 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
         (["predict", em_image, "-o", tmp_path / "o5.ome.zarr", "--level", "2", "--model",
           tiny_model], "--level 2"),
         (["segment", plain, "-o", tmp_path / "o6.ome.zarr"], "no 'multiscales'"),
+        # block-wise labels into the image's labels/ group: the image's shape (2, 64, 96)
+        (["segment-volume", small_pred, em_image / "labels" / "wrong", "--workers", "0"],
+         "labels of shape (2, 64, 64) do not match the image"),
     ]
     for args, message in cases:
         code, err = run_cli(args, capsys)
         assert code == 2, (args, err)
         assert message in err and err.strip().count("\n") == 0, err
     assert not any((tmp_path / f"o{i}.ome.zarr").exists() for i in range(1, 7))
+    assert not (em_image / "labels" / "wrong").exists()
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
@@ -304,3 +310,97 @@ def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_mode
     assert code == 0, err
     assert oz.read_ome_zarr(tmp_path / "seg.ome.zarr").voxel_size == (40.0, 4.0, 4.0)
     assert "image-label" in ngff(tmp_path / "seg.ome.zarr")
+
+
+# ----------------------------------------------------------------- pyramid from the blocks
+
+def test_pyramid_layout_derives_levels_while_blocks_align():
+    factors = oz.pyramid_factors((64, 2048, 2048), VOXEL)  # (1,2,2), (1,2,2), (2,2,2)
+    layout = oz.pyramid_layout((64, 2048, 2048), (1, 1024, 1024), factors)
+    assert layout["cascade"] == 2  # z halves at level 3: one-slice blocks stop there
+    assert layout["chunks"] == [[1, 1024, 1024], [1, 512, 512], [1, 256, 256], [1, 256, 256]]
+    assert layout["shapes"][-1] == [32, 256, 256]
+    assert oz.pyramid_layout((64, 2048, 2048), (2, 1024, 1024), factors)["cascade"] == 3
+    # a block that does not divide by the factor (and does not span the axis) derives nothing
+    assert oz.pyramid_layout((4, 30, 30), (1, 15, 16), [(1, 2, 2)])["cascade"] == 0
+    # write_ome_zarr groups chunks into blocks from which every level derives
+    assert oz.pyramid_block((64, 2048, 2048), (1, 1024, 1024), factors) == (2, 1024, 1024)
+    assert oz.pyramid_block((64, 2048, 2048), (1, 1024, 1024), factors, max_chunks=1) == \
+        (1, 1024, 1024)
+    assert oz.pyramid_block((3, 20, 27), (1, 8, 8), [(2, 2, 2)] * 3) == (3, 8, 8)  # z spanned
+    # affinities: the channel axis stays
+    assert oz.pyramid_layout((3, 4, 64, 64), (3, 4, 32, 32), [(1, 1, 2, 2)])["chunks"][1] == \
+        [3, 4, 16, 16]
+
+
+@pytest.mark.parametrize("block_z", [2, 4])
+def test_blockwise_pyramid_equals_reference_after_a_resumed_run(tmp_path, block_z):
+    """Levels written from the blocks in memory (and the rest by finish_output) equal the
+    loop reference, also when the run stops half way and a second run writes the rest."""
+    from fusionnet_tf.segmentation.blockwise import create_label_array
+    from fusionnet_tf.volumes import storage
+    from fusionnet_tf.volumes.geometry import block_grid
+
+    labels = RNG.integers(0, 6, (4, 40, 36)).astype(np.uint32)
+    path = tmp_path / "seg.ome.zarr"
+    plan = oz.OutputPlan("labels", "0.5", (6.0, 6.0, 6.0), levels=4, command="segment-volume")
+    level0 = oz.start_output(path, plan)
+    block_shape = (block_z, 16, 16)
+    create_label_array(level0, labels.shape, block_shape, "uint32")
+    blocks = block_grid(labels.shape, block_shape)
+    for number, block in enumerate(blocks):
+        if number % 2 == 0:  # the first run: every other block, then "killed"
+            storage.write_block(level0, block, labels[slice(*block.z), slice(*block.y), slice(*block.x)])
+            storage.mark_done(level0, block, {})
+    level0 = oz.start_output(path, plan)  # the second run resumes
+    for block in blocks:
+        if not storage.is_done(level0, block):
+            storage.write_block(level0, block, labels[slice(*block.z), slice(*block.y), slice(*block.x)])
+            storage.mark_done(level0, block, {})
+    shapes = oz.finish_output(path)
+    assert shapes == [(4, 40, 36), (2, 20, 18), (1, 10, 9), (1, 5, 5)]
+    cascade = oz.zarr_attributes(path)[oz.PYRAMID_LAYOUT]["cascade"]
+    assert cascade == {2: 1, 4: 3}[block_z]
+    expected = labels
+    for level, factors in enumerate(oz.pyramid_factors(labels.shape, (6, 6, 6), 4), start=1):
+        expected = reference_mode(expected, factors)
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected,
+                                      err_msg=f"level {level}")
+    validate(path, "0.5", "label")
+
+
+def test_write_ome_zarr_blocks_of_several_chunks_equal_the_reference(tmp_path):
+    """Isotropic voxels halve z at every level: blocks of 4 one-slice chunks derive both
+    coarser levels in memory; the levels equal the loop reference and the chunks stay."""
+    labels = RNG.integers(0, 3, (5, 20, 27)).astype(np.uint16)
+    path = tmp_path / "iso.ome.zarr"
+    oz.write_ome_zarr(path, labels, oz.OutputPlan("labels", "0.4", (8.0, 8.0, 8.0), levels=3),
+                      chunks=(1, 8, 8))
+    layout = oz.zarr_attributes(path)[oz.PYRAMID_LAYOUT]
+    assert layout["chunks"][:2] == [[4, 8, 8], [2, 4, 4]] and layout["cascade"] == 2
+    assert zarr.open_array(str(path / "0"), mode="r").chunks == (1, 8, 8)
+    expected = labels
+    for level in (1, 2):
+        expected = reference_mode(expected, (2, 2, 2))
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], expected)
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+def test_napari_reader_reads_the_scale_units_and_labels(tmp_path, version):
+    """napari's OME-Zarr reader (the napari-ome-zarr plugin, through npe2, no viewer)."""
+    npe2 = pytest.importorskip("npe2")
+    pytest.importorskip("napari_ome_zarr")
+    image = tmp_path / "em.ome.zarr"
+    oz.write_ome_zarr(image, IMAGE, oz.OutputPlan("image", version, VOXEL, levels=2))
+    oz.write_ome_zarr(image / "labels" / "cells", LABELS,
+                      oz.OutputPlan("labels", version, VOXEL, levels=2))
+    npe2.PluginManager.instance().discover()
+    layers = npe2.read([str(image)], stack=False, plugin_name="napari-ome-zarr")
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    for (data, meta, _), expected in zip(layers, (IMAGE, LABELS)):
+        assert [tuple(level.shape) for level in data] == [(3, 20, 27), (3, 10, 14)]
+        np.testing.assert_array_equal(np.asarray(data[0]), expected)
+        assert list(meta["scale"]) == list(VOXEL)  # napari derives the coarser levels' own
+        assert tuple(meta["units"]) == ("nanometer",) * 3
+        assert tuple(meta["axis_labels"]) == ("z", "y", "x")
+    assert "colormap" in layers[1][1]  # the image-label colours

@@ -195,3 +195,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(volumes, tmp_path, caps
         assert [p.name for p in out.iterdir()] == ["notes.txt"]
     else:
         assert not out.exists()
+
+
+def test_voxel_size_defaults_to_the_ome_zarr_metadata(volumes, tmp_path):
+    """Without --voxel-size an OME-Zarr LABELS gives it (converted to nm); --voxel-size wins."""
+    pytest.importorskip("ome_zarr")
+    from fusionnet_tf.io import ome_zarr
+
+    _, labels, _ = volumes
+    small = labels[:16, :64, :64]
+    path = tmp_path / "neurons.ome.zarr"
+    plan = ome_zarr.OutputPlan("labels", "0.5", (0.03, 0.006, 0.004), unit="micrometer",
+                               levels=1)
+    ome_zarr.write_ome_zarr(path, small, plan)
+    for extra, expected_xyz in (([], [4, 6, 30]), (["--voxel-size", "40,8,8"], [8, 8, 40])):
+        out = tmp_path / f"ng{len(extra)}"
+        assert main(["export-precomputed", str(path), str(out), "--block", "64",
+                     "--block-z", "16"] + extra) == 0
+        info = json.loads((out / "segmentation" / "info").read_text())
+        np.testing.assert_allclose(info["scales"][0]["resolution"], expected_xyz)
+        assert layer(out / "segmentation").resolution.tolist() == pytest.approx(expected_xyz)

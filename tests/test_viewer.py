@@ -7,6 +7,7 @@ it, so a broken install fails there instead of being skipped).
 
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,37 @@ def test_bad_input_is_one_line_exit_2(files, capsys, argv, message):
     assert main(["view", str(files / "image.tif")] + argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("fusionnet view: error: ") and message in line
+
+
+def test_voxel_size_defaults_to_the_ome_zarr_metadata(files, tmp_path, monkeypatch, capsys):
+    """Without --voxel-size the viewer takes IMAGE's OME-Zarr voxel size (the --seg's when
+    IMAGE has none); the real viewer state is checked, the browser is left out."""
+    pytest.importorskip("ome_zarr")
+    from fusionnet_tf.io import ome_zarr
+
+    image, _, seg = synthetic()
+    em = tmp_path / "em.ome.zarr"
+    ome_zarr.write_ome_zarr(em, image, ome_zarr.OutputPlan("image", "0.4", (40.0, 8.0, 4.0),
+                                                           levels=1))
+    ome_zarr.write_ome_zarr(em / "labels" / "cells", seg,
+                            ome_zarr.OutputPlan("labels", "0.4", (40.0, 8.0, 4.0), levels=1))
+    seen = {}
+
+    def fake_screenshot(viewer, path, size):
+        with viewer.txn() as state:
+            seen["scales"] = [state.dimensions[axis].scale for axis in ("x", "y", "z")]
+            seen["units"] = [state.dimensions[axis].unit for axis in ("x", "y", "z")]
+        Path(path).write_bytes(b"")
+
+    monkeypatch.setattr(viewer_lib, "take_screenshot", fake_screenshot)
+    cases = [([str(em)], [4e-9, 8e-9, 40e-9]),
+             ([str(files / "image.tif"), "--seg", str(em / "labels" / "cells")],
+              [4e-9, 8e-9, 40e-9]),
+             ([str(em), "--voxel-size", "30,6,6"], [6e-9, 6e-9, 30e-9]),
+             ([str(files / "image.tif")], [1e-9, 1e-9, 1e-9])]
+    for number, (argv, scales) in enumerate(cases):
+        shot = tmp_path / f"shot{number}.png"
+        assert main(["view"] + argv + ["--screenshot", str(shot)]) == 0, \
+            capsys.readouterr().err
+        assert seen["scales"] == pytest.approx(scales), argv
+        assert seen["units"] == ["m", "m", "m"]

@@ -39,8 +39,9 @@ def add_parser(subparsers):
                         help="Write a 3D mesh of every id with at least --min-voxels voxels.")
     parser.add_argument("--skeleton", action="store_true",
                         help="Write kimimaro skeletons of the same ids.")
-    parser.add_argument("--voxel-size", default="1,1,1",
-                        help="Voxel size z,y,x in nm (default: 1,1,1; SNEMI3D: 30,6,6).")
+    parser.add_argument("--voxel-size", default=None, metavar="Z,Y,X",
+                        help="Voxel size z,y,x in nm (default: an OME-Zarr LABELS' or "
+                             "--image's metadata, else 1,1,1; SNEMI3D: 30,6,6).")
     parser.add_argument("--min-voxels", type=int, default=100,
                         help="Smallest id, in voxels, that gets a mesh/skeleton (default: 100).")
     parser.add_argument("--mesh-reduction", type=int, default=0,
@@ -59,12 +60,12 @@ def add_parser(subparsers):
 def check_args(args):
     """Validate the options and inputs before any work; returns ``(labels, image, voxel_size)``."""
     from fusionnet_tf.io_utils import check_output_not_input, check_output_path
-    from fusionnet_tf.io.ome_zarr import parse_voxel_size
+    from fusionnet_tf.io.ome_zarr import voxel_size_nm
     from fusionnet_tf.volumes.precomputed import (check_block_shape, image_dtype,
                                                   is_precomputed_output, label_dtype)
     from fusionnet_tf.volumes.storage import open_any_volume
 
-    voxel_size = parse_voxel_size(args.voxel_size)
+    voxel_size, _ = voxel_size_nm(args.voxel_size, (args.labels, args.image))
     if args.min_voxels < 1:
         raise ValueError(f"--min-voxels must be >= 1; received {args.min_voxels}")
     if args.workers < 1:

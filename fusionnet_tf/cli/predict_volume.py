@@ -1,6 +1,6 @@
 """``fusionnet predict-volume``: block-wise prediction of a chunked volume on Dask."""
 
-HELP = "Predict membranes block by block on a large zarr/HDF5 volume (resumable, Dask)."
+HELP = "Predict membranes block by block on a large zarr/N5/HDF5 volume (resumable, Dask)."
 
 DESCRIPTION = """\
 Predict membrane probabilities for a (Z, Y, X) volume too large for memory.
@@ -20,6 +20,7 @@ examples:
   fusionnet predict-volume em.zarr membranes.zarr --workers 2 --tta 1
   fusionnet predict-volume em.h5:/raw membranes.zarr --model my.keras --block 2048
   fusionnet predict-volume em.zarr:/raw out.zarr --scheduler tcp://10.0.0.5:8786
+  fusionnet predict-volume em.n5:/volumes/raw membranes.ome.zarr --voxel-size 30,6,6
 """
 
 
@@ -33,7 +34,9 @@ def add_parser(subparsers):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT",
                         help="Input volume (Z, Y, X): 'volume.zarr' (zarr v2 or v3 array), "
-                             "'volume.zarr:/key' (array in a zarr group) or 'volume.h5:/key'.")
+                             "'volume.zarr:/key' (array in a zarr group), 'volume.n5:/key' or "
+                             "'volume.n5/key' (N5 dataset, dimensions x first; needs "
+                             "tensorstore) or 'volume.h5:/key'.")
     parser.add_argument("output", metavar="OUTPUT",
                         help="Output zarr store (float32 membrane probability, 1 = membrane). "
                              "An existing output of the same run is resumed.")

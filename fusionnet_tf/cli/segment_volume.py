@@ -124,6 +124,10 @@ def run(args):
     args.pred = ome_zarr.level_spec(args.pred, args.level)
     plan = ome_zarr.check_cli_options(args, args.output, args.pred, "labels", "segment-volume")
     check_volume_paths(args.pred, args.output, plan)
+    if plan is not None:  # labels under an image's labels/ group: the image's shape
+        from fusionnet_tf.cli.predict_volume import input_shape
+
+        ome_zarr.check_labels_shape(args.output, input_shape(args.pred))
     mode, params, (default_z, default_block) = resolve_kind_and_params(args)
     block_z = default_z if args.block_z is None else args.block_z
     block = default_block if args.block is None else args.block

@@ -29,14 +29,15 @@ def add_parser(subparsers):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", metavar="IMAGE",
                         help="Raw EM volume (Z, Y, X): 'em.tif', a folder of slices, "
-                             "'em.h5:/key', 'em.zarr[:/key]'.")
+                             "'em.h5:/key', 'em.zarr[:/key]', 'em.ome.zarr'.")
     parser.add_argument("--pred", default=None,
                         help="Membrane probability volume of the same shape (float 0-1 or "
                              "uint8 0-255).")
     parser.add_argument("--seg", default=None,
                         help="Integer label volume of the same shape (0 = background).")
-    parser.add_argument("--voxel-size", default="1,1,1",
-                        help="Voxel size z,y,x in nm (default: 1,1,1; SNEMI3D: 30,6,6).")
+    parser.add_argument("--voxel-size", default=None, metavar="Z,Y,X",
+                        help="Voxel size z,y,x in nm (default: the OME-Zarr metadata of "
+                             "IMAGE, else --seg, else --pred; else 1,1,1; SNEMI3D: 30,6,6).")
     parser.add_argument("--port", type=int, default=0,
                         help="Port of the local server (default: 0 = any free port).")
     parser.add_argument("--bind-address", default="127.0.0.1",
@@ -105,12 +106,12 @@ def run(args):
     import sys
     import time
 
-    from fusionnet_tf.io.ome_zarr import parse_voxel_size
+    from fusionnet_tf.io.ome_zarr import voxel_size_nm
     from fusionnet_tf.volumes.viewer import (build_viewer, check_port_free, import_neuroglancer,
                                              take_screenshot)
 
     check_port_free(args.port, args.bind_address)
-    voxel_size = parse_voxel_size(args.voxel_size)
+    voxel_size, _ = voxel_size_nm(args.voxel_size, (args.image, args.seg, args.pred))
     segments = parse_ids(args.segments)
     size = parse_size(args.size)
     if args.screenshot is not None:

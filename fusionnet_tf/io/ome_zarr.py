@@ -18,10 +18,15 @@ format 3 with ``dimension_names``):
   channel axis. Spatial axes carry the unit (``nanometer`` unless the input
   said otherwise) and a ``scale`` = voxel size x the level's downsampling,
   plus the ``translation`` of a coarse voxel's centre (none for ``nearest``).
-- The pyramid is built level by level from the one before, block-wise on
-  Dask (:func:`build_pyramid`): ``mean`` for images, probabilities and
-  affinities, ``mode`` (most frequent id in each window; ties go to the
-  smallest id) or ``nearest`` (the window's first voxel) for labels. In-plane
+- The pyramid: ``mean`` for images, probabilities and affinities, ``mode``
+  (most frequent id in each window; ties go to the smallest id; vectorised:
+  strided views, a sorting network on the mixed windows, longest run) or
+  ``nearest`` (the window's first voxel) for labels. Each level-0 block
+  writes the coarser levels it derives while it is in memory, as long as
+  the block divides by the factors (``pyramid_layout``: one chunk per level
+  per block, so blocks never share a chunk); the levels after that (e.g. z
+  halving under one-slice blocks) are built by ``finish_output`` from the
+  last derived level, block-wise on Dask. In-plane
   axes halve at every level; ``z`` halves once the in-plane voxels have grown
   to at least half of it (``pyramid_factors``), so a 30 x 6 x 6 nm volume gets
   (1, 2, 2), (1, 2, 2), (2, 2, 2), ...
@@ -38,9 +43,12 @@ at its root; only a folder with the marker of the same command may be resumed
 or replaced. The ``multiscales`` metadata are written last, so an interrupted
 output is never mistaken for a finished image. Block-wise commands write level
 0 into ``OUTPUT/0`` with the machinery of ``volumes.storage`` (done-markers,
-resume), then :func:`finish_output` builds the pyramid (a done-marker per
-level) and writes the metadata. In-memory writes (:func:`write_ome_zarr`) go
-to a temporary folder that is renamed when complete.
+resume): ``prepare_pyramid`` creates the derived levels before level 0, and a
+block's done-marker follows its level-0 data and its derived levels, so a
+killed block is redone whole. :func:`finish_output` then builds the remaining
+levels (a done-marker per level) and writes the metadata. In-memory writes
+(:func:`write_ome_zarr`) go to a temporary folder that is renamed when
+complete.
 """
 
 import dataclasses
@@ -67,6 +75,8 @@ DEFAULT_VOXEL_SIZE = (1.0, 1.0, 1.0)
 SUFFIX = ".ome.zarr"
 MARKER = "fusionnet_ome_zarr"
 PYRAMID_DONE = ".fusionnet-pyramid"
+# group attribute: the level layout of a pyramid whose first levels are written with level 0
+PYRAMID_LAYOUT = "fusionnet_pyramid"
 # automatic pyramids stop once the largest in-plane extent is at most this many voxels
 MIN_PYRAMID_EXTENT = 256
 MAX_LEVELS = 12
@@ -383,6 +393,40 @@ def input_metadata(spec):
     return multiscale.voxel_size(level), multiscale.unit()
 
 
+# nanometers per unit of the NGFF spatial units a connectomics volume uses
+NANOMETERS_PER_UNIT = {"angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6,
+                       "centimeter": 1e7, "meter": 1e9}
+
+
+def voxel_size_nm(text, specs, option="--voxel-size"):
+    """The voxel size ``(z, y, x)`` in nanometers for a command that shows or exports volumes.
+
+    Args:
+        text: the ``--voxel-size`` option as given (None: not given).
+        specs: the inputs, in order of precedence; the first OME-Zarr one
+            (image, level or image-label) gives the size, converted to nm
+            from its unit (a unit not in ``NANOMETERS_PER_UNIT``: as is).
+
+    Returns:
+        ``(voxel_size, source)``: the floats, and ``option``, the spec they
+        came from, or ``"default"`` (``DEFAULT_VOXEL_SIZE``).
+
+    Raises:
+        ValueError: a bad ``--voxel-size`` (see ``parse_voxel_size``).
+    """
+    given = parse_voxel_size(text, option)
+    if given is not None:
+        return given, option
+    for spec in specs:
+        if spec is None:
+            continue
+        size, unit = input_metadata(spec)
+        if size is not None:
+            factor = NANOMETERS_PER_UNIT.get(str(unit or "nanometer").lower(), 1.0)
+            return tuple(v * factor for v in size), str(spec)
+    return DEFAULT_VOXEL_SIZE, "default"
+
+
 def open_level(path, key):
     """The array ``open_volume`` reads from an OME-Zarr group: level 0, or the dataset ``key``.
 
@@ -481,19 +525,82 @@ def downsample_mean(block, factors):
     return mean.astype(block.dtype)
 
 
+def _axis_parts(extent, factor):
+    """``(source slice, target slice, window)`` runs along one axis: full windows, then the
+    partial edge window (``extent % factor`` voxels) if any."""
+    full = extent // factor
+    parts = [(slice(0, full * factor), slice(0, full), factor)] if full else []
+    if extent % factor:
+        parts.append((slice(full * factor, extent), slice(full, full + 1), extent % factor))
+    return parts
+
+
+def _sorted_columns(columns):
+    """Sort ``w`` equal-length 1D arrays element-wise (odd-even transposition network):
+    afterwards ``columns[0] <= columns[1] <= ...`` at every position."""
+    columns = list(columns)
+    for round_ in range(len(columns)):
+        for i in range(round_ % 2, len(columns) - 1, 2):
+            low = np.minimum(columns[i], columns[i + 1])
+            columns[i + 1] = np.maximum(columns[i], columns[i + 1])
+            columns[i] = low
+    return columns
+
+
+def _longest_run(columns):
+    """Per position, the value of the longest run of sorted ``columns``; the first longest
+    run wins, so ties go to the smallest value."""
+    best, best_length = columns[0], np.ones(columns[0].shape, np.int32)
+    length = best_length
+    for before, column in zip(columns, columns[1:]):
+        length = np.where(column == before, length + 1, 1)
+        longer = length > best_length
+        best = np.where(longer, column, best)
+        best_length = np.maximum(length, best_length)
+    return best
+
+
+def _mode_of_full_windows(block, factors):
+    """Mode of each window of a block whose shape is a multiple of ``factors``.
+
+    The window's ``w = prod(factors)`` voxels are strided views of the block
+    (no copy). Windows holding one id keep it; for the others the ``w``
+    voxels are gathered (``(w, n)`` columns), sorted by a sorting network and
+    the longest run of equal ids wins (ties: the smallest id).
+    """
+    views = [block[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
+             for offset in np.ndindex(*factors)]
+    result = views[0].copy()
+    if len(views) == 1:
+        return result
+    uniform = views[0] == views[1]
+    for view in views[2:]:
+        uniform &= views[0] == view
+    mixed = np.flatnonzero(~uniform)
+    if mixed.size:
+        coords = np.unravel_index(mixed, result.shape)
+        flat = block.reshape(-1)
+        strides = np.cumprod((1,) + block.shape[:0:-1])[::-1]  # elements per step of each axis
+        base = sum(c * (f * st) for c, f, st in zip(coords, factors, strides))
+        columns = [np.take(flat, base + int(np.dot(offset, strides)))
+                   for offset in np.ndindex(*factors)]
+        result.reshape(-1)[mixed] = _longest_run(_sorted_columns(columns))
+    return result
+
+
 def downsample_mode(block, factors):
-    """Most frequent id in each window (ties: the smallest id); edge windows as present."""
-    windows, valid = _windows(np.asarray(block), factors)
-    first = windows[..., :1]
-    uniform = np.all((windows == first) | ~valid, axis=-1)
-    result = first[..., 0].copy()
-    mixed = ~uniform
-    if mixed.any():
-        w, v = windows[mixed], valid[mixed]  # (n, k)
-        counts = ((w[:, :, None] == w[:, None, :]) & v[:, :, None] & v[:, None, :]).sum(1)
-        best = counts.max(1, keepdims=True)
-        top = np.iinfo(w.dtype).max if np.issubdtype(w.dtype, np.integer) else np.inf
-        result[mixed] = np.where((counts == best) & v, w, top).min(1)
+    """Most frequent id in each window (ties: the smallest id); edge windows as present.
+
+    Vectorised: the full windows and each partial edge (of smaller windows)
+    go through ``_mode_of_full_windows`` separately.
+    """
+    import itertools
+
+    block = np.asarray(block)
+    result = np.empty(tuple(-(-n // f) for n, f in zip(block.shape, factors)), block.dtype)
+    for parts in itertools.product(*(_axis_parts(n, f) for n, f in zip(block.shape, factors))):
+        source, target, window = zip(*parts)
+        result[target] = _mode_of_full_windows(block[source], window)
     return result
 
 
@@ -570,6 +677,181 @@ def _compute(store_call, scheduler=None, workers=1):
         with distributed.Client(scheduler) as client:
             return store_call({"scheduler": client.get})
     return store_call({"scheduler": "threads", "num_workers": max(1, int(workers or 1))})
+
+
+def pyramid_layout(shape, chunks, factors):
+    """Which levels derive from level-0 blocks in memory, and their chunks.
+
+    Level k+1 derives from a level-k block when the block's chunk is a
+    multiple of the level's factors along every axis (or spans the axis):
+    then each level-0 block yields exactly one chunk of each such level, so
+    no two blocks write the same chunk. The first level that fails this (e.g.
+    z halving under one-slice blocks) and all coarser ones are built later
+    from the last derived level (``finish_output``).
+
+    Args:
+        shape: level-0 shape, all axes (``(C, Z, Y, X)`` for affinities).
+        chunks: level-0 chunk (= block) shape, same axes.
+        factors: per level, the factors over all axes (``_spatial_factors``).
+
+    Returns:
+        dict (JSON): ``factors``, ``shapes`` and ``chunks`` per level (level 0
+        first), ``cascade``: how many levels after 0 are written with the blocks.
+    """
+    shapes = [tuple(int(n) for n in shape)]
+    sizes = [tuple(min(int(c), n) for c, n in zip(chunks, shape))]
+    cascade = 0
+    for level, step in enumerate(factors, start=1):
+        shapes.append(tuple(-(-n // f) for n, f in zip(shapes[-1], step)))
+        aligned = all(c % f == 0 or c >= n for c, f, n in zip(sizes[-1], step, shapes[-2]))
+        if aligned and cascade == level - 1:
+            cascade = level
+            sizes.append(tuple(min(-(-c // f), n)
+                               for c, f, n in zip(sizes[-1], step, shapes[-1])))
+        else:
+            sizes.append(tuple(min(int(c), n) for c, n in zip(chunks, shapes[-1])))
+    return {"factors": [list(f) for f in factors], "shapes": [list(s) for s in shapes],
+            "chunks": [list(c) for c in sizes], "cascade": cascade}
+
+
+def pyramid_block(shape, chunks, factors, max_chunks=8):
+    """The block shape (whole chunks) from which every level derives in memory, if small.
+
+    Along each axis the block grows from the chunk to a multiple of the
+    cumulative downsampling factor (or to the whole axis), level by level,
+    while it holds at most ``max_chunks`` chunks; e.g. chunks (1, 1024, 1024)
+    with factors (1, 2, 2), (1, 2, 2), (2, 2, 2) give blocks (2, 1024, 1024).
+
+    Args:
+        shape, chunks: level 0's shape and chunks (all axes).
+        factors: per level, the factors over all axes.
+    """
+    block = [min(int(c), int(n)) for c, n in zip(chunks, shape)]
+    cumulative = [1] * len(block)
+    for step in factors:
+        cumulative = [c * f for c, f in zip(cumulative, step)]
+        wanted = [b if b % c == 0 or b >= n else min(int(n), math.lcm(b, c))
+                  for b, c, n in zip(block, cumulative, shape)]
+        if math.prod(-(-w // min(int(c), int(n))) for w, c, n in zip(wanted, chunks, shape)) \
+                > max_chunks:
+            break
+        block = wanted
+    return tuple(block)
+
+
+def prepare_pyramid(level0, shape, block_shape, dtype):
+    """Create the levels that level-0 blocks write, before level 0 itself (no-op elsewhere).
+
+    Call when a block-wise output's level 0 is created at ``OUTPUT/0`` of an
+    OME-Zarr output (``start_output``); any other path is left alone.
+
+    Args:
+        level0: path of level 0; shape, dtype: its layout.
+        block_shape: the blocks written one at a time: level 0's chunks, or
+            whole multiples of them (``pyramid_block``).
+
+    Returns:
+        the ``pyramid_layout`` dict, or None (not level 0 of an OME-Zarr output).
+    """
+    level0 = Path(level0)
+    marker = zarr_attributes(level0.parent).get(MARKER)
+    if level0.name != "0" or not isinstance(marker, dict):
+        return None
+    plan = OutputPlan.from_marker(marker)
+    steps = pyramid_factors(tuple(shape)[-3:], plan.voxel_size, plan.levels)
+    layout = pyramid_layout(shape, block_shape,
+                            [_spatial_factors(plan.kind, s) for s in steps])
+    group = _open_group(level0.parent, plan.ngff_version)
+    group.attrs[PYRAMID_LAYOUT] = layout
+    for level in range(1, layout["cascade"] + 1):
+        _create_level(level0.parent / str(level), layout["shapes"][level],
+                      layout["chunks"][level], dtype, plan.ngff_version, axes_for(plan.kind))
+    return layout
+
+
+_OPEN_ARRAYS = {}
+
+
+def _open_for_blocks(path):
+    """The zarr array at ``path`` opened for writing, cached per process.
+
+    Opening a zarr 3 array costs ~10 ms (metadata read, async set-up): too
+    much per block. The cache key holds the metadata file's inode and
+    modification time, so an array replaced (``--overwrite``) is opened anew.
+    """
+    path = Path(path)
+    for name in ("zarr.json", ".zarray"):
+        try:
+            stat = (path / name).stat()
+        except OSError:
+            continue
+        key = (str(path.absolute()), stat.st_ino, stat.st_mtime_ns)
+        if key not in _OPEN_ARRAYS:
+            if len(_OPEN_ARRAYS) > 64:
+                _OPEN_ARRAYS.clear()
+            _OPEN_ARRAYS[key] = _import("zarr").open_array(str(path), mode="r+")
+        return _OPEN_ARRAYS[key]
+    return _import("zarr").open_array(str(path), mode="r+")  # raises: no array there
+
+
+def write_block_levels(level0, start, data):
+    """Write the coarser levels of one level-0 block from its data in memory.
+
+    Args:
+        level0: path of level 0 (``OUTPUT/0``); any other path: nothing to do.
+        start: the block's first voxel, all axes.
+        data: the block as written to level 0 (all axes).
+
+    Returns:
+        number of levels written (0 without a ``prepare_pyramid`` layout).
+    """
+    level0 = Path(level0)
+    if level0.name != "0":
+        return 0
+    attributes = zarr_attributes(level0.parent)
+    layout, marker = attributes.get(PYRAMID_LAYOUT), attributes.get(MARKER)
+    if not isinstance(layout, dict) or not layout.get("cascade"):
+        return 0
+    plan = OutputPlan.from_marker(marker)
+    function = downsampler(plan.kind, plan.label_method)
+    data, start = np.asarray(data), tuple(int(s) for s in start)
+    for level in range(1, layout["cascade"] + 1):
+        step = layout["factors"][level - 1]
+        data = function(data, step)
+        start = tuple(s // f for s, f in zip(start, step))
+        target = _open_for_blocks(level0.parent / str(level))
+        target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+    return layout["cascade"]
+
+
+def write_block(level0, start, data):
+    """Write one block into level 0 and, from memory, into the levels it derives."""
+    data = np.asarray(data)
+    target = _open_for_blocks(level0)
+    target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+    write_block_levels(level0, start, data)
+
+
+def store_blocks(data, level0, scheduler=None, workers=1):
+    """Write ``data`` into the level-0 array block by block on Dask, each block with the
+    coarser levels it derives in memory (``prepare_pyramid``'s block shape; else the
+    chunks).
+
+    Args:
+        data: NumPy or Dask array of level 0's shape.
+        level0: path of the (created) level-0 array.
+    """
+    da = _import("dask.array")
+    dask = _import("dask")
+    layout = zarr_attributes(Path(level0).parent).get(PYRAMID_LAYOUT)
+    blocks = tuple(layout["chunks"][0]) if isinstance(layout, dict) else \
+        _import("zarr").open_array(str(level0), mode="r").chunks
+    data = data.rechunk(blocks) if hasattr(data, "dask") else da.from_array(data, chunks=blocks)
+    starts = [np.cumsum((0,) + axis[:-1]) for axis in data.chunks]
+    tasks = [dask.delayed(write_block)(str(level0), tuple(int(s[i]) for s, i in
+                                                         zip(starts, index)), block)
+             for index, block in zip(np.ndindex(*data.numblocks), data.to_delayed().ravel())]
+    _compute(lambda kw: dask.compute(*tasks, **kw), scheduler, workers)
 
 
 def downsample_level(source, target, factors, function, scheduler=None, workers=1):
@@ -680,6 +962,29 @@ def is_output_of(path, command):
     return isinstance(marker, dict) and marker.get("command") == command
 
 
+def check_labels_shape(path, shape):
+    """Labels going into an image's ``labels/`` group must have its level-0 shape.
+
+    Args:
+        path: the labels output (``IMAGE/labels/NAME``, or any other path:
+            nothing to check).
+        shape: ``(Z, Y, X)`` of the labels (leading axes ignored).
+
+    Returns:
+        the image path, or None when ``path`` is not under an image.
+
+    Raises:
+        ValueError: one line naming both shapes.
+    """
+    image = parent_image(path)
+    if image is not None:
+        base = tuple(read_ome_zarr(image, 0).array.shape)
+        if base != tuple(shape)[-3:]:
+            raise ValueError(f"OUTPUT {path}: labels of shape {tuple(shape)} do not match the "
+                             f"image {image} (level 0 shape {base})")
+    return image
+
+
 def check_output(path, command, option="OUTPUT"):
     """The output guard for an OME-Zarr output (before any work).
 
@@ -738,10 +1043,11 @@ def start_output(path, plan, overwrite=False):
 
 
 def finish_output(path, scheduler=None, workers=1):
-    """Build the pyramid of a finished level 0 and write the NGFF metadata (resumable).
+    """Build the rest of the pyramid of a finished level 0 and write the NGFF metadata.
 
-    Levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
-    kept; the ``multiscales`` (and ``image-label``) metadata are written last.
+    Levels the blocks wrote with level 0 (``PYRAMID_LAYOUT``'s ``cascade``)
+    and levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
+    kept; the others are built from the level before; the ``multiscales`` (and ``image-label``) metadata are written last.
 
     Returns:
         list of the level shapes.
@@ -756,10 +1062,11 @@ def finish_output(path, scheduler=None, workers=1):
     axes = axes_for(plan.kind)
     done = path / PYRAMID_DONE
     source = base
+    cascade = _cascaded_levels(path, factors, plan.kind)
     for level, step in enumerate(factors, start=1):
         marker = done / f"{level}.json"
         full = _spatial_factors(plan.kind, step)
-        if marker.is_file():
+        if level <= cascade or marker.is_file():  # written with the blocks, or built earlier
             source = zarr.open_array(str(path / str(level)), mode="r")
             continue
         shape = tuple(-(-n // f) for n, f in zip(source.shape, full))
@@ -777,14 +1084,33 @@ def finish_output(path, scheduler=None, workers=1):
                                   for level in range(1, len(factors) + 1)]
 
 
+def _cascaded_levels(path, factors, kind):
+    """How many levels the blocks wrote with level 0 (``prepare_pyramid``'s layout), or 0."""
+    layout = zarr_attributes(path).get(PYRAMID_LAYOUT)
+    if not isinstance(layout, dict):
+        return 0
+    if layout.get("factors") != [list(_spatial_factors(kind, f)) for f in factors]:
+        return 0
+    return int(layout.get("cascade", 0))
+
+
 def _max_label(path, coarsest):
-    """Largest id of the finest level of at most 2**24 voxels (the colours cover ids up to it)."""
+    """The largest id the colours must cover: ``min(max id, MAX_COLOURS)``.
+
+    Read from the coarsest level first: once a level holds an id of at least
+    ``MAX_COLOURS`` the finer ones cannot change the answer. Otherwise from
+    the finest level of at most 2**24 voxels (a coarse level may miss small
+    segments).
+    """
     zarr = _import("zarr")
+    coarse = np.asarray(zarr.open_array(str(Path(path) / str(coarsest)), mode="r")[...])
+    if coarse.size and int(coarse.max()) >= MAX_COLOURS:
+        return MAX_COLOURS
     for level in range(coarsest + 1):
         array = zarr.open_array(str(Path(path) / str(level)), mode="r")
         if level == coarsest or math.prod(array.shape) <= 2 ** 24:
             data = np.asarray(array[...])
-            return int(data.max()) if data.size else 0
+            return min(int(data.max()), MAX_COLOURS) if data.size else 0
     return 0
 
 
@@ -839,23 +1165,22 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
         data = data.astype(np.uint64)
     if chunks is None:
         chunks = (1,) * (expected - 2) + tuple(min(1024, n) for n in data.shape[-2:])
-    image = parent_image(path)
-    if image is not None:  # into the image's labels/ group: shape must match level 0
-        base = read_ome_zarr(image, 0)
-        if tuple(base.array.shape) != tuple(data.shape[-3:]):
-            raise ValueError(f"{path}: labels of shape {tuple(data.shape)} do not match the "
-                             f"image {image} (level 0 shape {tuple(base.array.shape)})")
+    image = check_labels_shape(path, data.shape)
+    if image is not None:
         _open_group(path.parent, plan.ngff_version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
     try:
         group = _open_group(tmp, plan.ngff_version, mode="w")
         group.attrs[MARKER] = plan.marker()
-        level0 = _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
-                               axes_for(plan.kind))
-        if hasattr(data, "dask"):
-            _compute(lambda kw: data.store(level0, lock=False, **kw), scheduler, workers)
-        else:
-            level0[...] = data
+        steps = pyramid_factors(tuple(data.shape)[-3:], plan.voxel_size, plan.levels)
+        # NumPy blocks are views: group chunks so that every level derives from them; Dask
+        # chunks stay where they are (grouping them would move them between workers)
+        prepare_pyramid(tmp / "0", data.shape, pyramid_block(
+            data.shape, chunks, [_spatial_factors(plan.kind, f) for f in steps],
+            max_chunks=1 if hasattr(data, "dask") else 8), data.dtype)
+        _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
+                      axes_for(plan.kind))
+        store_blocks(data, tmp / "0", scheduler, workers)
         if image is not None:  # metadata refer to the final place (labels/ list)
             default_permissions(tmp, directory=True)
             replace_folder(tmp, path)

@@ -650,6 +650,7 @@ def create_label_array(path, shape, chunks, dtype, attrs=None):
     """Create (replace) a zarr array of ``dtype`` filled with 0, with ``attrs``."""
     zarr = storage.import_zarr()
     storage.clear_done_markers(path)
+    storage.prepare_levels(path, shape, chunks, dtype)
     array = zarr.open_array(str(path), mode="w", shape=tuple(shape), chunks=tuple(chunks),
                             dtype=dtype, fill_value=0, **storage.array_options(path))
     for key, value in (attrs or {}).items():

@@ -2,8 +2,11 @@
 
 Input specs: ``volume.zarr`` (an array at the store root), ``volume.zarr:/raw``
 (an array inside a zarr group), ``volume.h5:/raw`` (an HDF5 dataset; the key
-may be left out when the file holds a single dataset). Arrays must be
-``(Z, Y, X)``.
+may be left out when the file holds a single dataset), ``volume.n5:/raw`` or
+``volume.n5/raw`` (an N5 dataset, read with ``tensorstore``; the key may be left
+out when the container holds one dataset). Arrays must be ``(Z, Y, X)``; N5
+lists its ``dimensions`` x first (the Java/ImgLib2 order), so an N5 dataset of
+dimensions ``[X, Y, Z]`` reads as ``(Z, Y, X)``.
 
 Output: a zarr array (format 2 or 3) of float32 membrane probabilities at the
 root of the OUTPUT directory, chunked exactly like the blocks, so two blocks
@@ -20,6 +23,8 @@ zarr and h5py are imported inside the functions; zarr belongs to the
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from fusionnet_tf.data.readers import HDF5_SUFFIXES, split_hdf5_spec
 from fusionnet_tf.io_utils import zarr_attributes
@@ -64,7 +69,7 @@ def split_spec(spec):
         if os.path.exists(path):
             return Path(path), (key.strip("/") or None)
     raise FileNotFoundError(f"input volume not found: {spec!r} (expected a zarr folder, "
-                            f"'volume.zarr:/key' or 'volume.h5:/key')")
+                            f"'volume.zarr:/key', 'volume.n5:/key' or 'volume.h5:/key')")
 
 
 def is_hdf5(path):
@@ -113,6 +118,88 @@ def _zarr_arrays(group):
     return names
 
 
+N5_ATTRIBUTES = "attributes.json"
+
+
+def is_n5(path):
+    """True for an N5 container or dataset folder: ``*.n5``, or a folder with
+    ``attributes.json`` and no zarr metadata."""
+    path = Path(path)
+    if not path.is_dir() or _looks_like_zarr(path):
+        return False
+    return path.suffix.lower() == ".n5" or (path / N5_ATTRIBUTES).is_file()
+
+
+def _n5_attributes(path):
+    try:
+        attributes = json.loads((Path(path) / N5_ATTRIBUTES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def _n5_datasets(root):
+    """Paths (relative to ``root``) of the N5 datasets below a group (not into datasets)."""
+    names, pending = [], [Path(root)]
+    while pending:
+        folder = pending.pop()
+        for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if "dimensions" in _n5_attributes(child):
+                names.append(child.relative_to(root).as_posix())
+            elif (child / N5_ATTRIBUTES).is_file() or any(
+                    (grandchild / N5_ATTRIBUTES).is_file() for grandchild in child.iterdir()
+                    if grandchild.is_dir()):
+                pending.append(child)
+    return sorted(names)
+
+
+class N5Array:
+    """A read-only (Z, Y, X) NumPy view of an N5 dataset opened with tensorstore.
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``chunks`` and basic NumPy
+    indexing (each read fetches only the chunks it touches).
+    """
+
+    def __init__(self, store):
+        self.store = store.T  # N5 dimensions are x first: present them z first
+        self.shape = tuple(int(n) for n in self.store.shape)
+        self.dtype = np.dtype(self.store.dtype.numpy_dtype)
+        self.ndim = len(self.shape)
+        self.chunks = tuple(int(n) for n in self.store.chunk_layout.read_chunk.shape)
+
+    def __getitem__(self, key):
+        return np.asarray(self.store[key].read().result())
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _open_n5(path, key):
+    """``(N5Array, key)`` of the dataset ``key`` of the N5 container ``path`` (or ``path``
+    itself when it is a dataset)."""
+    try:
+        import tensorstore
+    except ImportError as exc:
+        raise ImportError(f"N5 input needs tensorstore ({exc}); {EXTRA_HINT}") from exc
+    target = path / key if key else path
+    if "dimensions" not in _n5_attributes(target):
+        names = _n5_datasets(path)
+        if key is not None:
+            raise KeyError(f"dataset key '/{key}' not found in N5 container {path}; "
+                           f"datasets: {['/' + n for n in names]}")
+        if len(names) != 1:
+            raise ValueError(f"N5 container {path} holds {len(names)} datasets {names}; name "
+                             f"one as '{path}:/KEY'")
+        key, target = names[0], path / names[0]
+    try:
+        store = tensorstore.open({"driver": "n5", "kvstore": {
+            "driver": "file", "path": str(target.absolute())}}, read=True).result()
+    except Exception as exc:  # noqa: BLE001 - tensorstore raises ValueError and others
+        raise ValueError(f"cannot open N5 dataset {target}: {exc}") from exc
+    return N5Array(store), key
+
+
 def _open_zarr(path, key):
     from fusionnet_tf.io import ome_zarr
 
@@ -144,9 +231,10 @@ def open_volume(spec):
     """Open a ``(Z, Y, X)`` volume lazily.
 
     Args:
-        spec: str or Path: ``volume.zarr``, ``volume.zarr:/key`` or
-            ``volume.h5:/key`` (zarr format 2 or 3; HDF5 key optional when the
-            file holds one dataset).
+        spec: str or Path: ``volume.zarr``, ``volume.zarr:/key``,
+            ``volume.n5:/key`` / ``volume.n5/key`` (N5 via tensorstore) or
+            ``volume.h5:/key`` (zarr format 2 or 3; the key is optional when
+            the file holds one dataset).
 
     Returns:
         ``(array, name)``: a zarr array or h5py dataset of shape ``(Z, Y, X)``
@@ -168,6 +256,8 @@ def open_volume(spec):
     path, key = split_spec(spec)
     if is_hdf5(path):
         array, key = _open_hdf5(path, key)
+    elif is_n5(path):
+        array, key = _open_n5(path, key)
     elif path.is_dir():
         array, key = _open_zarr(path, key)
     else:
@@ -278,9 +368,21 @@ def create_output(path, shape, chunks, settings, zarr_format=3):
     kwargs = dict(mode="w", shape=tuple(shape), chunks=tuple(chunks), dtype="float32",
                   fill_value=0.0, **array_options(path, zarr_format))
     clear_done_markers(path)
+    prepare_levels(path, shape, chunks, "float32")
     array = zarr.open_array(str(path), **kwargs)
     array.attrs[ATTRS_KEY] = settings
     return array
+
+
+def prepare_levels(path, shape, chunks, dtype):
+    """Create the pyramid levels that blocks write with level 0 of an OME-Zarr output.
+
+    Nothing for other outputs (see ``io.ome_zarr.prepare_pyramid``); call
+    before the level-0 array is created, so a resumed output always has them.
+    """
+    from fusionnet_tf.io.ome_zarr import prepare_pyramid
+
+    prepare_pyramid(path, shape, chunks, dtype)
 
 
 def array_options(path, zarr_format=3):
@@ -362,15 +464,24 @@ def is_done(path, block):
 def write_block(path, block, data):
     """Store ``block``'s prediction in the output array at ``path`` (its own chunk).
 
+    At level 0 of an OME-Zarr output the block's share of the coarser levels
+    is written too (``io.ome_zarr.write_block_levels``), before the caller's
+    done-marker.
+
     Args:
         path: the output zarr store.
         block: ``geometry.Block``.
         data: float32 array of ``block.shape`` (or (C,) + ``block.shape`` for
             affinities).
     """
+    from fusionnet_tf.io.ome_zarr import write_block_levels
+
     output = import_zarr().open_array(str(path), mode="r+")
     # (Z, Y, X) membranes or (C, Z, Y, X) affinities: the block spans all leading axes
     output[..., slice(*block.z), slice(*block.y), slice(*block.x)] = data
+    # level 0 of an OME-Zarr output: the coarser levels this block derives, from memory
+    lead = (0,) * (len(output.shape) - 3)
+    write_block_levels(path, lead + (block.z[0], block.y[0], block.x[0]), data)
 
 
 def mark_done(path, block, info):
@@ -422,7 +533,7 @@ def open_any_volume(spec, what="input volume"):
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}: no such file or folder") from None
     try:
-        if is_hdf5(path) or (path.is_dir() and _looks_like_zarr(path)):
+        if is_hdf5(path) or (path.is_dir() and _looks_like_zarr(path)) or is_n5(path):
             return open_volume(text)
         array = open_stack(text, allow_bool=True)
     except (ValueError, KeyError) as exc:
