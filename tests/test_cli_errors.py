@@ -15,7 +15,7 @@ SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
 DISTRIBUTION_MODULES = {"ai-edge-litert": ("ai_edge_litert",), "bioimageio.core": ("bioimageio",),
                         "bioimageio.spec": ("bioimageio",), "dask[distributed]": ("dask",
                                                                                   "distributed"),
-                        "cloud-volume": ("cloudvolume",)}
+                        "cloud-volume": ("cloudvolume",), "ome-zarr": ("ome_zarr",)}
 
 
 def setup_cfg_extras():

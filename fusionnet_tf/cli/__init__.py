@@ -37,7 +37,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 # setup.cfg (tests/test_cli_errors.py checks that they agree)
 EXTRA_MODULES = {
     "export": ("onnxruntime", "ai_edge_litert", "tf2onnx", "onnx"),
-    "volumes": ("zarr", "dask", "distributed", "cloudvolume", "zmesh", "kimimaro"),
+    "volumes": ("zarr", "dask", "distributed", "ome_zarr", "cloudvolume", "zmesh", "kimimaro",
+                "tensorstore"),
     "viewer": ("neuroglancer", "selenium"),
     "mws": ("mwatershed",),
     "bioimageio": ("bioimageio", "pydantic", "tf2onnx", "onnx", "onnxruntime"),

@@ -70,10 +70,10 @@ def add_parser(subparsers):
 
     add_slices_argument(parser, "INPUT (the outputs hold only those)")
     add_segment_arguments(parser)
-    from fusionnet_tf.io import ome_zarr
+    from fusionnet_tf.io import ngff
 
-    ome_zarr.add_level_argument(parser)
-    ome_zarr.add_arguments(parser, labels=True)
+    ngff.add_level_argument(parser)
+    ngff.add_arguments(parser, labels=True)
     parser.set_defaults(run=run)
 
 

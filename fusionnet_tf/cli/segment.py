@@ -51,11 +51,11 @@ def add_parser(subparsers):
                         help="No progress bar (default: progress bar over slices on stderr).")
     add_method_argument(parser)
     from fusionnet_tf.cli.slices import add_slices_argument
-    from fusionnet_tf.io import ome_zarr
+    from fusionnet_tf.io import ngff
 
     add_slices_argument(parser, "PRED (and --image; LABELS holds only those)")
-    ome_zarr.add_level_argument(parser)
-    ome_zarr.add_arguments(parser, labels=True, formats=False)
+    ngff.add_level_argument(parser)
+    ngff.add_arguments(parser, labels=True, formats=False)
     parser.set_defaults(run=run)
 
 

@@ -68,10 +68,10 @@ def add_parser(subparsers):
                              "(default: resume).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bars (default: one bar per pass on stderr).")
-    from fusionnet_tf.io import ome_zarr
+    from fusionnet_tf.io import ngff
 
-    ome_zarr.add_level_argument(parser)
-    ome_zarr.add_arguments(parser, labels=True)
+    ngff.add_level_argument(parser)
+    ngff.add_arguments(parser, labels=True)
     parser.set_defaults(run=run)
 
 

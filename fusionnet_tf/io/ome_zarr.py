@@ -61,15 +61,14 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice
+from fusionnet_tf.io.ngff import (DEFAULT_NGFF_VERSION, LABEL_METHODS, MIN_PYRAMID_EXTENT,
+                                   NGFF_VERSIONS)
 from fusionnet_tf.io_utils import (atomic_path, check_output_folder, check_output_path,
                                    default_permissions,
                                    replace_folder, zarr_attributes)
 
-NGFF_VERSIONS = ("0.4", "0.5")
-DEFAULT_NGFF_VERSION = "0.5"
 ZARR_FORMAT = {"0.4": 2, "0.5": 3}
 KINDS = ("image", "probability", "labels", "affinities")
-LABEL_METHODS = ("mode", "nearest")
 DEFAULT_UNIT = "nanometer"
 DEFAULT_VOXEL_SIZE = (1.0, 1.0, 1.0)
 SUFFIX = ".ome.zarr"
@@ -78,7 +77,6 @@ PYRAMID_DONE = ".fusionnet-pyramid"
 # group attribute: the level layout of a pyramid whose first levels are written with level 0
 PYRAMID_LAYOUT = "fusionnet_pyramid"
 # automatic pyramids stop once the largest in-plane extent is at most this many voxels
-MIN_PYRAMID_EXTENT = 256
 MAX_LEVELS = 12
 # image-label colours are listed for ids 1..MAX_COLOURS (viewers colour the rest themselves)
 MAX_COLOURS = 4096
@@ -1224,40 +1222,6 @@ def output_plan_for(args, kind, command, input_spec=None, output=None):
         label_method=getattr(args, "label_downsampling", "mode"), command=command,
         name=Path(str(output or getattr(args, "output", None) or "fusionnet")).name.split(".")[0]
         or "fusionnet")
-
-
-def add_arguments(parser, labels=False, formats=True):
-    """The OME-Zarr options of a command: --format, --ngff-version, --voxel-size, ... .
-
-    ``formats=False`` leaves out ``--format`` (the output name alone decides).
-    """
-    group = parser.add_argument_group("OME-Zarr output (an output named *.ome.zarr"
-                                      + (", or --format ome-zarr)" if formats else ")"))
-    if formats:
-        group.add_argument("--format", dest="output_format", choices=("auto", "ome-zarr"),
-                           default="auto",
-                           help="Output format: 'auto' follows the name (*.ome.zarr is "
-                                "OME-Zarr), 'ome-zarr' forces it (default: auto).")
-    group.add_argument("--ngff-version", choices=NGFF_VERSIONS, default=DEFAULT_NGFF_VERSION,
-                       help="OME-Zarr version: 0.4 (zarr v2) or 0.5 (zarr v3) (default: "
-                            f"{DEFAULT_NGFF_VERSION}).")
-    group.add_argument("--voxel-size", default=None, metavar="Z,Y,X",
-                       help="Voxel size in nanometers, e.g. 30,6,6 (default: the input's "
-                            "OME-Zarr metadata, else 1,1,1).")
-    group.add_argument("--pyramid-levels", type=int, default=None, metavar="N",
-                       help="Resolution levels including full resolution (default: halve "
-                            f"until the image is at most {MIN_PYRAMID_EXTENT} px wide).")
-    if labels:
-        group.add_argument("--label-downsampling", choices=LABEL_METHODS, default="mode",
-                           help="How label pyramid levels pick an id per window: the most "
-                                "frequent one, or the first voxel's (default: mode).")
-
-
-def add_level_argument(parser):
-    """``--level N``: the resolution level of an OME-Zarr INPUT."""
-    parser.add_argument("--level", type=int, default=None, metavar="N",
-                        help="Resolution level of an OME-Zarr INPUT (default: 0, full "
-                             "resolution).")
 
 
 def check_cli_options(args, output, input_spec, kind, command):
