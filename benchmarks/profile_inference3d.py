@@ -70,7 +70,10 @@ def default_model():
 
 def parse_tile(text):
     """``"16x256x256"`` -> (16, 256, 256)."""
-    sides = tuple(int(side) for side in text.lower().split("x"))
+    try:
+        sides = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        sides = ()
     if len(sides) != 3 or min(sides) < 1:
         raise ValueError(f"a tile is ZxYxX, e.g. 16x256x256; received {text!r}")
     return sides
@@ -306,7 +309,10 @@ def worker(spec):
 
 def run_worker(spec):
     command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"error: the {spec['engine']} worker failed: {last}")
     line = next(line for line in done.stdout.splitlines() if line.startswith(MARK))
     return json.loads(line[len(MARK) + 1:])
 
@@ -410,6 +416,12 @@ def main():
     model = args.model or default_model()
     if not os.path.isfile(model):
         print(f"error: --model {model!r} is not a file", file=sys.stderr)
+        sys.exit(2)
+    try:
+        for tile in args.tiles.split(","):
+            parse_tile(tile)
+    except ValueError as exc:
+        print(f"error: --tiles: {exc}", file=sys.stderr)
         sys.exit(2)
     engines = [e for e in args.engines.split(",") if e]
     unknown = [e for e in engines + [args.sweep_engine or "plain"] if e not in ENGINES]
