@@ -131,11 +131,12 @@ def untimed_variant(engine, precision, weights_fit_constants=True):
     An explicit engine runs as asked (``candidate_variants(...)[0]``). The auto
     engine picks frozen when the choice allows it (float32, weights small
     enough to be graph constants): for the shipped base-8 3D SNEMI3D model,
-    frozen converts 0.73-0.81 of the measured conv peak into work against
-    plain's 0.67-0.68 (one 16 x 256 x 256 tile per call, each engine in its
-    own process on 2 shared AVX-512 cores) for +0 s of set-up, with
-    outputs within 2e-6 of plain's; XLA reached 0.09-0.11 after 27 s of
-    compilation (BENCHMARKS.md, ``benchmarks/profile_inference3d.py``).
+    frozen runs at 0.70-0.77 of the measured conv peak against plain's
+    0.62-0.64, about 20% faster per call (one 16 x 256 x 256 tile per call,
+    each engine in its own process on 2 shared AVX-512 cores), for no
+    extra set-up, with outputs within 2e-6 of plain's; XLA reached 0.08
+    after 11-27 s of compilation (BENCHMARKS.md,
+    ``benchmarks/profile_inference3d.py``).
 
     Args:
         engine: one of ``ENGINES``.

@@ -39,7 +39,7 @@ is (C, Z, Y, X) float32. TTA for affinities maps every offset channel back to
 its direction and shifts reversed offsets (``affinity_tta``). Every network
 call holds ``batch_size`` inputs (default 1: 3D tiles are large). The auto
 engine does not time 3D models (a call takes seconds): in float32 they run
-frozen, 10-20% faster per call than plain at no set-up cost for the shipped
+frozen, about 20% faster per call than plain at no set-up cost for the shipped
 base-8 model (``autotune.untimed_variant``); an explicit engine and precision
 are honoured.
 """
