@@ -183,3 +183,40 @@ def test_a_2d_image_to_a_3d_model_and_the_reverse(aff_model):
         Predictor(model_2d, tile_shape=32, offsets=OFFSETS)
     with pytest.raises(ValueError, match="`tile_shape` must be square"):
         Predictor(model_2d, tile_shape=(4, 16, 16))
+
+
+# === The auto engine's fixed choice for 3D models ===
+
+def test_auto_engine_runs_a_3d_model_frozen_with_plain_results(volume):
+    model = conv_model()
+    volume = volume[:, :24, :22]
+    auto = Predictor(model, tile_shape=(4, 12, 12), overlap=(2, 4, 4))
+    assert auto.variant == {"engine": "frozen", "precision": "float32"}
+    assert auto.network.constant_weights and not auto.network.jit_compile
+    plain = Predictor(model, tile_shape=(4, 12, 12), overlap=(2, 4, 4), engine="plain")
+    assert plain.variant == {"engine": "plain", "precision": "float32"}
+    assert not plain.network.constant_weights
+    np.testing.assert_allclose(auto.predict(volume), plain.predict(volume), rtol=0, atol=1e-5)
+    # frozen = a snapshot of the weights when the Predictor was made
+    before = auto.predict(volume)
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    np.testing.assert_array_equal(auto.predict(volume), before)
+
+
+@pytest.mark.parametrize("kwargs, engine", [
+    (dict(precision="auto"), "frozen"),          # float32 is the auto precision's first choice
+    (dict(precision="mixed_bfloat16"), "plain"),  # frozen is a float32-only candidate
+    (dict(engine="xla"), "xla"),                   # an explicit engine is honoured
+    (dict(engine="plain"), "plain"),
+])
+def test_auto_engine_3d_choice_by_settings(kwargs, engine):
+    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12), **kwargs)
+    assert predictor.variant["engine"] == engine
+
+
+def test_auto_engine_3d_falls_back_to_plain_for_weights_too_large_for_constants(monkeypatch):
+    from fusionnet_tf.inference import optimize
+
+    monkeypatch.setattr(optimize, "MAX_CONSTANT_BYTES", 0)
+    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12))
+    assert predictor.variant == {"engine": "plain", "precision": "float32"}

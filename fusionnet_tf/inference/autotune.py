@@ -123,6 +123,36 @@ def candidate_variants(engine, precision):
             if e != "frozen" or engine == "frozen" or p == "float32"]
 
 
+def untimed_variant(engine, precision, weights_fit_constants=True):
+    """The variant a model that the auto engine does not time (a 3D model) runs on.
+
+    An explicit engine runs as asked (``candidate_variants(...)[0]``). The auto
+    engine picks frozen when the choice allows it (float32, weights small
+    enough to be graph constants): for the shipped base-8 3D SNEMI3D model,
+    frozen runs at 0.70-0.77 of the measured conv peak against plain's
+    0.62-0.64, about 20% faster per call (one 16 x 256 x 256 tile per call,
+    each engine in its own process on 2 shared AVX-512 cores), for no
+    extra set-up, with outputs within 2e-6 of plain's; XLA reached 0.08
+    after 11-27 s of compilation (BENCHMARKS.md,
+    ``benchmarks/profile_inference3d.py``).
+
+    Args:
+        engine: one of ``ENGINES``.
+        precision: one of ``INFERENCE_PRECISION_CHOICES``.
+        weights_fit_constants: bool. False when the weights exceed what a
+            graph can hold as constants (then plain).
+
+    Returns:
+        ``Variant``.
+    """
+    variants = candidate_variants(engine, precision)
+    if engine == "auto" and weights_fit_constants:
+        frozen = [v for v in variants if v.engine == "frozen"]
+        if frozen:
+            return frozen[0]
+    return variants[0]
+
+
 # === The host ===
 
 @functools.lru_cache(maxsize=1)

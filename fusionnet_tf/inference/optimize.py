@@ -343,31 +343,48 @@ def conv_flops(model, height, width, batch=1, depth=None):
         depth: int or None. Input depth Z of a 3D model. Defaults to None (2D).
 
     Returns:
-        int FLOPs.
+        int FLOPs: the sum of ``conv_flops_by_layer``.
 
     Example:
     >>> conv_flops(build_fusionnet(base_filters=64), 512, 512) / 1e9   # about 829 GFLOP
+    """
+    return sum(conv_flops_by_layer(model, height, width, batch, depth).values())
+
+
+def conv_flops_by_layer(model, height, width, batch=1, depth=None):
+    """FLOPs of each convolution layer of one forward pass (as counted by ``conv_flops``).
+
+    Args:
+        model, height, width, batch, depth: as for ``conv_flops``.
+
+    Returns:
+        dict ``{layer name: int FLOPs}`` of the Conv2D, Conv3D and
+        transposed layers, in call order (a layer called twice: summed).
+
+    Example:
+    >>> conv_flops_by_layer(build_fusionnet3d(), 256, 256, depth=16)["enc1_res_conv1"]
+    1207959552
     """
     import math
 
     import keras
 
-    total = 0
+    flops = {}
 
     def count(layer, *args, **kwargs):
-        nonlocal total
         spec = layer.compute_output_spec(*args, **kwargs)
         kind = type(layer).__name__
         if kind in COUNTED_CONVS:
             taps = math.prod(layer.kernel_size)
             cin, cout = args[0].shape[-1], spec.shape[-1]
             if kind.endswith("Transpose"):
-                total += 2 * taps * cin * cout * math.prod(args[0].shape[:-1])
+                total = 2 * taps * cin * cout * math.prod(args[0].shape[:-1])
             else:
-                total += 2 * taps * (cin // layer.groups) * cout * math.prod(spec.shape[:-1])
+                total = 2 * taps * (cin // layer.groups) * cout * math.prod(spec.shape[:-1])
+            flops[layer.name] = flops.get(layer.name, 0) + int(total)
         return spec
 
     spatial = (height, width) if depth is None else (depth, height, width)
     inputs = keras.KerasTensor((batch,) + spatial + (model.input_shape[-1],), dtype="float32")
     run_through_graph(model, inputs, count)
-    return int(total)
+    return flops
