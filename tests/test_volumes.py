@@ -228,7 +228,8 @@ def test_existing_output_with_other_shape_or_settings(tmp_path):
 
 def test_intensity_ranges_match_whole_slices(volume, monkeypatch):
     from fusionnet_tf.data.normalize import intensity_range
-    from fusionnet_tf.volumes.runner import LocalExecutor, intensity_ranges
+    from fusionnet_tf.volumes.executors import LocalExecutor
+    from fusionnet_tf.volumes.runner import intensity_ranges
 
     # per-block range tasks open the input themselves: serve the in-memory array
     monkeypatch.setattr(storage, "open_volume", lambda spec: (volume, "memory"))

@@ -5,7 +5,7 @@ lazily (zarr v2/v3 or HDF5, as ``fusionnet_tf.volumes.open_volume``), or
 ``(C, Z, Y, X)`` affinities with their offsets (``data.affinity_io``), and
 writes a uint64 zarr label volume whose ids are consistent across blocks. It
 runs in passes, locally or on Dask (the executors of
-``fusionnet_tf.volumes.runner``), and every pass is resumable:
+``fusionnet_tf.volumes.executors``), and every pass is resumable:
 
 0. *check*: per-block minima and maxima; a map outside [0, 1], with NaN or of
    an integer type other than uint8 is refused before anything is written.
@@ -66,7 +66,6 @@ Layout of ``OUTPUT`` (a zarr array at the store root, chunks = blocks)::
     OUTPUT/.fusionnet-segment/mapping.npy        pass 2 local -> global ids
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -85,7 +84,9 @@ from fusionnet_tf.segmentation.segmenter import (graph_components, link_segments
                                                  stack_slices)
 from fusionnet_tf.volumes import storage
 from fusionnet_tf.volumes.geometry import block_grid, check_block_shape
-from fusionnet_tf.volumes.runner import check_not_input, run_tasks
+from fusionnet_tf.volumes.executors import (BlockFailures, blocks_line, check_block_hook,
+                                            count_block, executor_context, is_distributed,
+                                            run_tasks, speed_line, worker_name)
 
 WORK_DIR = ".fusionnet-segment"
 SEGMENT_ATTRS_KEY = "fusionnet_segment_volume"
@@ -356,8 +357,6 @@ def watershed_task(job, block, hook=None):
         dict: ``index``, ``worker``, ``count`` (inner ids), ``seconds``,
         ``cpu_seconds`` (CPU time of this process), ``skipped`` (already done).
     """
-    from fusionnet_tf.volumes.blockwise import worker_name
-
     start, cpu_start = time.perf_counter(), time.process_time()
     info = {"index": block.index, "worker": worker_name(), "voxels": block.size}
     if storage.is_done(job.local_labels, block):
@@ -560,8 +559,6 @@ def _link_pass(job, blocks, counts, new_ids, segments, executor, progress):
 
 def relabel_task(job, block, start, count, hook=None):
     """Pass 3 for one block: local ids -> global ids, written to the output, then marked."""
-    from fusionnet_tf.volumes.blockwise import worker_name
-
     info = {"index": block.index, "worker": worker_name(), "voxels": block.size}
     if storage.is_done(job.output_path, block):
         return {**info, "skipped": True}
@@ -779,8 +776,6 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
     >>> summary["segments"]
     5231
     """
-    from fusionnet_tf.volumes.runner import LocalExecutor, dask_executor
-
     input_kind = input_kind_of(input_spec)
     params = _check_params(params, input_kind, input_spec)
     check_choice("mode", mode, MODES)
@@ -789,16 +784,15 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
     block_shape = check_block_shape(DEFAULT_BLOCK[input_kind] if block_shape is None
                                     else block_shape)
     _check_workers(workers)
-    distributed_run = bool(scheduler) or workers > 0
-    if block_hook is not None and distributed_run:
-        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    distributed_run = is_distributed(workers, scheduler)
+    check_block_hook(block_hook, distributed_run)
 
     shape, dtype, name, offsets = _open_input(input_spec, input_kind)
     job = SegmentJob(str(input_spec), str(output), params, mode, (0, 0, 0), shape, block_shape,
                      input_kind, offsets)
     halo = resolve_halo(halo, job.kind, params.anisotropy)
     job = dataclasses.replace(job, halo=halo)
-    check_not_input(output, input_spec)
+    storage.check_not_input(output, input_spec)
     if not Path(output).absolute().parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {Path(output).absolute().parent} "
                                 f"(for {output})")
@@ -808,9 +802,7 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
         check_same_input_kind(output, input_kind, name)
     array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
 
-    context = (dask_executor(workers, scheduler) if distributed_run
-               else contextlib.nullcontext(LocalExecutor()))
-    with context as executor:
+    with executor_context(workers, scheduler) as executor:
         start = time.perf_counter()
         if array is None:
             if input_kind == AFFINITIES:
@@ -850,8 +842,6 @@ def _open_input(input_spec, input_kind):
 
 def _run_passes(job, blocks, executor, progress, hook):
     """Passes 1-3 of ``segment_volume`` on an existing output; returns the summary counts."""
-    from fusionnet_tf.volumes.runner import BlockFailures
-
     output = Path(job.output_path)
     todo = [b for b in blocks if not storage.is_done(output, b)]
     summary = {"blocks_total": len(blocks), "blocks_skipped": len(blocks) - len(todo),
@@ -877,7 +867,7 @@ def _run_passes(job, blocks, executor, progress, hook):
             summary["blocks_segmented"] += 1
             summary["watershed_cpu_seconds"] += info["cpu_seconds"]
             worker = info["worker"]
-            summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
+            count_block(summary["blocks_per_worker"], worker)
     if failures:
         raise BlockFailures(summary, failures)
 
@@ -929,13 +919,10 @@ def _write_attrs(output, values):
 
 def format_summary(summary):
     """One line for the CLI: blocks, faces, segments, speed."""
-    workers = len(summary["blocks_per_worker"])
-    return (f"{summary['blocks_total']} blocks ({summary['blocks_segmented']} segmented, "
-            f"{summary['blocks_skipped']} already done) on {workers} worker(s), "
-            f"{_what(summary)}, halo {tuple(summary['halo'])}: {summary['faces']} faces, "
-            f"{summary['joins']} joins, {summary['segments']:,} segments; "
-            f"{summary['voxels']:,} voxels in {summary['seconds']:.1f} s = "
-            f"{summary['voxels_per_s']:,.0f} voxels/s -> {summary['output']}")
+    speed = speed_line(summary["voxels"], summary["seconds"], summary["voxels_per_s"])
+    return (f"{blocks_line(summary, 'blocks_segmented', 'segmented')}, {_what(summary)}, "
+            f"halo {tuple(summary['halo'])}: {summary['faces']} faces, {summary['joins']} joins, "
+            f"{summary['segments']:,} segments; {speed} -> {summary['output']}")
 
 
 def _what(summary):

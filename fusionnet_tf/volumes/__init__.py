@@ -9,11 +9,13 @@ dask[distributed]); zarr and Dask are imported only when used.
 
 Modules: ``geometry`` (pure block/tile math), ``storage`` (input/output stores,
 done-markers), ``blockwise`` (one block; the per-worker Predictor cache),
-``runner`` (planning, executors, resume, summary).
+``executors`` (local and Dask execution of block tasks, shared with
+``segment-volume``), ``runner`` (planning, resume, summary).
 """
 
 from fusionnet_tf.volumes.geometry import Block, block_grid
-from fusionnet_tf.volumes.runner import BlockFailures, format_summary, predict_volume
+from fusionnet_tf.volumes.executors import BlockFailures
+from fusionnet_tf.volumes.runner import format_summary, predict_volume
 from fusionnet_tf.volumes.storage import open_volume
 
 __all__ = ["predict_volume", "open_volume", "block_grid", "Block", "BlockFailures",

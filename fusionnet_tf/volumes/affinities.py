@@ -14,12 +14,12 @@ array (C, Z, Y, X), chunked (C, block_z, block_y, block_x), with attributes
 ``"fusionnet_volume"``, done-markers per block and resume, as for membranes.
 """
 
-import contextlib
 import time
 
 import numpy as np
 
 from fusionnet_tf.volumes import blockwise, runner, storage
+from fusionnet_tf.volumes.executors import BlockFailures, executor_context, is_distributed
 from fusionnet_tf.volumes.geometry import block_grid
 
 
@@ -156,7 +156,7 @@ def predict_affinity_volume(input_spec, output, predictor, model_path, model_nam
     if predictor.offsets is None:
         raise ValueError("the offsets of the 3D model are unknown: give offsets (--offsets) or "
                          "write MODEL.offsets.json beside the model")
-    distributed_run = bool(scheduler) or workers > 0
+    distributed_run = is_distributed(workers, scheduler)
     shape, name = runner._input_shape(input_spec, output)
     blocks = block_grid(shape, block_shape)
     input_spec = str(input_spec)
@@ -166,8 +166,7 @@ def predict_affinity_volume(input_spec, output, predictor, model_path, model_nam
     spec = spec_for(predictor, model_path, tf_threads) if model_path else None
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
                               normalization=normalization)
-    context = (runner.dask_executor(workers, scheduler) if distributed_run
-               else contextlib.nullcontext(runner.LocalExecutor()))
+    context = executor_context(workers, scheduler)
     array = storage.open_output_for_resume(output, out_shape, chunks, settings, overwrite)
     with context as executor:
         start = time.perf_counter()
@@ -187,5 +186,5 @@ def predict_affinity_volume(input_spec, output, predictor, model_path, model_nam
         seconds = time.perf_counter() - start
     runner._complete_summary(summary, len(blocks), len(todo), seconds, output, executor.name)
     if failures:
-        raise runner.BlockFailures(summary, failures)
+        raise BlockFailures(summary, failures)
     return summary

@@ -17,6 +17,7 @@ import numpy as np
 
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import storage
+from fusionnet_tf.volumes.executors import worker_name
 from fusionnet_tf.volumes.geometry import tiles_for_block, tiles_region
 
 # most tiles sent to one predict_tiles call (bounds memory for deep blocks)
@@ -254,16 +255,6 @@ def _placement(oy, ox, tile, y0, x0, block_h, block_w):
     dst = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
     src = (slice(ty0 - oy, ty1 - oy), slice(tx0 - ox, tx1 - ox))
     return dst, src
-
-
-def worker_name():
-    """Address of the Dask worker running this code, or ``"local-<pid>"``."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"local-{os.getpid()}"
 
 
 def block_range(volume, block):

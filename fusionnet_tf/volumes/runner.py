@@ -1,9 +1,7 @@
-"""``predict_volume``: plan the blocks, run them locally or on Dask, resume, report."""
+"""``predict_volume``: plan the blocks, run them (``volumes.executors``), resume, report."""
 
-import contextlib
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -13,99 +11,10 @@ from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.volumes import blockwise, storage
+from fusionnet_tf.volumes.executors import (BlockFailures, blocks_line, check_block_hook,
+                                            count_block, executor_context, is_distributed,
+                                            progress_bar, run_tasks, speed_line)
 from fusionnet_tf.volumes.geometry import block_grid, check_block_shape
-
-
-class BlockFailures(RuntimeError):
-    """Some blocks raised; the others are written and marked done.
-
-    Attributes:
-        summary: the run summary dict (see ``predict_volume``).
-        failures: list of ``(block_name, exception)``.
-    """
-
-    def __init__(self, summary, failures):
-        self.summary, self.failures = summary, failures
-        name, exc = failures[0]
-        super().__init__(
-            f"{len(failures)} of {summary['blocks_total']} blocks failed (first: block {name}: "
-            f"{type(exc).__name__}: {exc}); finished blocks are kept: rerun the same command "
-            f"to resume"
-        )
-
-
-# ------------------------------------------------------------------ executors
-
-class LocalExecutor:
-    """Runs tasks one after another in this process (``workers=0``)."""
-
-    name = "local"
-
-    def map_unordered(self, function, items):
-        """Yield ``(item, result, exception)`` for each item, in order."""
-        for item in items:
-            try:
-                yield item, function(*item), None
-            except Exception as exc:  # noqa: BLE001 - recorded, reported at the end
-                yield item, None, exc
-
-
-class DaskExecutor:
-    """Runs tasks on a ``distributed.Client``; results arrive as they finish."""
-
-    def __init__(self, client):
-        self.client = client
-        self.name = f"dask {client.scheduler.address}"
-
-    def map_unordered(self, function, items):
-        """Submit one task per item; yield ``(item, result, exception)`` as they finish."""
-        from distributed import as_completed
-
-        futures = {}
-        for item in items:
-            future = self.client.submit(function, *item, pure=False)
-            futures[future] = item
-        for future in as_completed(futures):
-            item = futures.pop(future)
-            exc = future.exception()
-            yield item, (None if exc else future.result()), exc
-            future.release()
-
-
-def _import_distributed():
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ImportError(f"Dask execution needs dask[distributed] ({exc}); "
-                          f"{storage.EXTRA_HINT}") from exc
-    return distributed
-
-
-@contextlib.contextmanager
-def dask_executor(workers=1, scheduler=None):
-    """A ``DaskExecutor`` on a new ``LocalCluster`` or a running scheduler.
-
-    Args:
-        workers: int >= 1, worker processes of the local cluster (one thread
-            each). Ignored when ``scheduler`` is given.
-        scheduler: address of a running scheduler (``tcp://host:8786``), or None.
-
-    Yields:
-        ``DaskExecutor``. The local cluster is shut down on exit; a remote
-        cluster is left running.
-    """
-    distributed = _import_distributed()
-    if scheduler:
-        with distributed.Client(scheduler) as client:
-            yield DaskExecutor(client)
-        return
-    import logging
-
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        with distributed.Client(cluster) as client:
-            client.wait_for_workers(workers)
-            yield DaskExecutor(client)
 
 
 # ------------------------------------------------------------------ planning
@@ -296,14 +205,6 @@ def _explicit(options, variant):
     return explicit
 
 
-def progress_bar(total, enabled, desc="predict-volume"):
-    """A tqdm bar over blocks on stderr (disabled unless ``enabled``)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="block", desc=desc, file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True)
-
-
 # ------------------------------------------------------------------ entry point
 
 def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
@@ -429,8 +330,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
                               normalization=normalization)
 
-    context = (dask_executor(workers, scheduler) if distributed_run
-               else contextlib.nullcontext(LocalExecutor()))
+    context = executor_context(workers, scheduler)
     # an output of another run fails here, before a cluster starts
     array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
     with context as executor:
@@ -474,13 +374,9 @@ def _predict_affinities(input_spec, output, model, options, offsets, run):
     check_choice("normalization", run["normalization"], NORMALIZATIONS)
     workers = check_int("workers", run["workers"], 0)
     model_path, live_model, model_name = _resolve_model(model)
-    distributed_run = bool(run["scheduler"]) or workers > 0
-    if distributed_run and model_path is None:
-        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
-                         f"each worker loads it once; received model of type "
-                         f"{type(model).__name__}")
-    if run["block_hook"] is not None and distributed_run:
-        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    distributed_run = is_distributed(workers, run["scheduler"])
+    _check_dask_model(model_path, model, distributed_run)
+    check_block_hook(run["block_hook"], distributed_run)
     if offsets is None and model_path is not None:
         offsets = read_model_offsets(model_path)
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
@@ -511,13 +407,9 @@ def _check_run(model, options, normalization, workers, scheduler, block_hook):
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_int("workers", workers, 0)
     model_path, live_model, model_name = _resolve_model(model)
-    distributed_run = bool(scheduler) or workers > 0
-    if distributed_run and model_path is None:
-        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
-                         f"each worker loads it once; received model of type "
-                         f"{type(model).__name__}")
-    if block_hook is not None and distributed_run:
-        raise ValueError("`block_hook` works only in-process (workers=0, no scheduler)")
+    distributed_run = is_distributed(workers, scheduler)
+    _check_dask_model(model_path, model, distributed_run)
+    check_block_hook(block_hook, distributed_run)
     _geometry_predictor(options)  # validates tile, overlap, tta, blending early
     from fusionnet_tf.inference.predictor import check_precision_applies
 
@@ -527,10 +419,23 @@ def _check_run(model, options, normalization, workers, scheduler, block_hook):
     return model_path, live_model, model_name, distributed_run
 
 
+def _check_dask_model(model_path, model, distributed_run):
+    """Refuse a live model for a Dask run: each worker loads the model from its path.
+
+    Raises:
+        ValueError: ``distributed_run`` and ``model_path`` is None (naming the
+            type of ``model``).
+    """
+    if distributed_run and model_path is None:
+        raise ValueError("with Dask (workers >= 1 or scheduler) `model` must be a path, so "
+                         f"each worker loads it once; received model of type "
+                         f"{type(model).__name__}")
+
+
 def _input_shape(input_spec, output):
     """``(shape, name)`` of the input volume; refuses an output that is the input."""
     volume, name = storage.open_volume(input_spec)
-    check_not_input(output, input_spec)
+    storage.check_not_input(output, input_spec)
     shape = tuple(int(n) for n in volume.shape)
     close_stack(volume)
     return shape, name
@@ -582,13 +487,6 @@ def _complete_summary(summary, blocks_total, blocks_todo, seconds, output, execu
     )
 
 
-def check_not_input(output, input_spec):
-    """Refuse an output that is, contains or lies inside the input (see ``io_utils``)."""
-    from fusionnet_tf.io_utils import check_output_not_input
-
-    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
-
-
 def _block_task(predictor, hook):
     """The per-block callable: module-level for Dask, a closure in-process."""
     if predictor is None and hook is None:
@@ -597,44 +495,18 @@ def _block_task(predictor, hook):
                                                               predictor=predictor, hook=hook)
 
 
-def run_tasks(executor, task, items, progress, desc="predict-volume"):
-    """Run ``task`` over ``items`` on ``executor`` with a progress bar over blocks.
-
-    Args:
-        executor: ``LocalExecutor`` or ``DaskExecutor``.
-        task: function called as ``task(*item)``.
-        items: list of argument tuples whose second element is a
-            ``geometry.Block``.
-        progress: bool, show the bar on stderr.
-        desc: the bar's label.
-
-    Returns:
-        ``(results, failures)``: ``(item, result)`` pairs in completion order,
-        and ``(block name, exception)`` pairs for the tasks that raised.
-    """
-    results, failures = [], []
-    with progress_bar(len(items), progress, desc) as bar:
-        for item, result, exc in executor.map_unordered(task, items):
-            bar.update(1)
-            if exc is not None:
-                failures.append((item[1].name, exc))
-            else:
-                results.append((item, result))
-    return results, failures
-
-
 def _run_blocks(executor, task, items, progress):
     """Run the prediction ``task`` over ``items``; collect counts and failures."""
     summary = {"blocks_computed": 0, "voxels_computed": 0, "blocks_per_worker": {},
                "model_loads": {}, "halo": (0, 0), "tiles_predicted": 0, "tiles_share": 0.0}
-    results, failures = run_tasks(executor, task, items, progress)
+    results, failures = run_tasks(executor, task, items, progress, "predict-volume")
     for _, info in results:
         if info["skipped"]:
             continue
         worker = info["worker"]
         summary["blocks_computed"] += 1
         summary["voxels_computed"] += info["voxels"]
-        summary["blocks_per_worker"][worker] = summary["blocks_per_worker"].get(worker, 0) + 1
+        count_block(summary["blocks_per_worker"], worker)
         summary["model_loads"][worker] = max(summary["model_loads"].get(worker, 0),
                                              info["loads"])
         summary["halo"] = tuple(max(a, b) for a, b in itertools.zip_longest(
@@ -646,13 +518,11 @@ def _run_blocks(executor, task, items, progress):
 
 def format_summary(summary):
     """One line for the CLI: blocks, voxels/s, workers."""
-    workers = len(summary["blocks_per_worker"])
-    return (f"{summary['blocks_total']} blocks ({summary['blocks_computed']} computed, "
-            f"{summary['blocks_skipped']} already done) on {workers} worker(s): "
-            f"{summary['voxels_computed']:,} voxels in {summary['seconds']:.1f} s = "
-            f"{summary['voxels_per_s']:,.0f} voxels/s, {summary['tile_ratio']:.2f}x the tiles "
-            f"of whole-slice prediction -> {summary['output']}")
+    speed = speed_line(summary["voxels_computed"], summary["seconds"], summary["voxels_per_s"])
+    return (f"{blocks_line(summary, 'blocks_computed', 'computed')}: {speed}, "
+            f"{summary['tile_ratio']:.2f}x the tiles of whole-slice prediction -> "
+            f"{summary['output']}")
 
 
-__all__ = ["predict_volume", "is_affinity_model", "BlockFailures", "intensity_ranges",
-           "format_summary", "dask_executor", "NORMALIZATIONS"]
+__all__ = ["predict_volume", "is_affinity_model", "intensity_ranges", "format_summary",
+           "NORMALIZATIONS"]

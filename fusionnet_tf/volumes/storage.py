@@ -300,6 +300,17 @@ def is_volume_output(path):
     return ATTRS_KEY in zarr_attributes(path)
 
 
+def check_not_input(output, input_spec):
+    """Refuse an output that is, contains or lies inside the input (see ``io_utils``).
+
+    Raises:
+        ValueError: one line naming ``OUTPUT`` and ``INPUT``.
+    """
+    from fusionnet_tf.io_utils import check_output_not_input
+
+    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
+
+
 def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
     """Reopen an existing output to continue the same run, if there is one.
 
