@@ -69,7 +69,8 @@ def test_runtime_of_refuses_in_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found: .*missing.onnx"):
         runtime_of(tmp_path / "missing.onnx")
     (tmp_path / "weights.pt").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"\.keras, \.h5, \.zip, \.onnx, \.tflite file .*weights.pt"):
+    with pytest.raises(ValueError,
+                       match=r"\.keras, \.h5, \.zip, \.onnx, \.tflite file .*weights.pt"):
         runtime_of(tmp_path / "weights.pt")
     with pytest.raises(ValueError, match="no saved_model.pb"):
         runtime_of(tmp_path)

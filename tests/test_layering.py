@@ -277,7 +277,8 @@ CLEAN = {
     "training/__init__.py": "",
     "training/callbacks.py": "def scores():\n    from fusionnet_tf.inference import Predictor\n",
     "export/__init__.py": "_LAZY = {'OnnxRunner': 'fusionnet_tf.inference.backends'}\n",
-    "export/onnx.py": "import fusionnet_tf\nfrom fusionnet_tf.inference.backends import load_model\n",
+    "export/onnx.py": "import fusionnet_tf\n"
+                      "from fusionnet_tf.inference.backends import load_model\n",
 }
 
 

@@ -50,7 +50,7 @@ class SavedModelFunction:
 
 
 def card_input_multiple(folder):
-    """(z, y, x) ``input_multiple_zyx`` of the ``model_card.json`` in an exported folder, or None."""
+    """(z, y, x) ``input_multiple_zyx`` of the model card inside an exported folder, or None."""
     try:
         card = json.loads((Path(folder) / MODEL_CARD_NAME).read_text())
         return tuple(int(m) for m in card["input_multiple_zyx"])
