@@ -91,8 +91,10 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
-    from fusionnet_tf.export.litert import LiteRTRunner, convert_tflite
-    from fusionnet_tf.export.onnx import OnnxRunner, export_onnx
+    from fusionnet_tf.export.litert import convert_tflite
+    from fusionnet_tf.export.onnx import export_onnx
+    from fusionnet_tf.inference.backends.litert_runner import LiteRTRunner
+    from fusionnet_tf.inference.backends.onnx_runner import OnnxRunner
     from fusionnet_tf.export.saved_model import export_plain_saved_model
 
     model, source = load_or_build(args)

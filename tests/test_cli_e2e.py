@@ -225,7 +225,8 @@ def test_export_litert_each_quantization(model_file, image_file, tmp_path, monke
     import keras
 
     from fusionnet_tf.export import calibration
-    from fusionnet_tf.export.litert import LiteRTRunner, litert_file_name
+    from fusionnet_tf.export.litert import litert_file_name
+    from fusionnet_tf.inference.backends.litert_runner import LiteRTRunner
 
     seen = []
     representative_tiles = calibration.representative_tiles

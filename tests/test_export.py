@@ -18,14 +18,16 @@ from fusionnet_tf.cli import main
 from fusionnet_tf.data import normalize
 from fusionnet_tf.export import whole_image
 from fusionnet_tf.export.calibration import representative_tiles, synthetic_membranes
-from fusionnet_tf.export.litert import LiteRTRunner, convert_tflite, export_litert
+from fusionnet_tf.export.litert import convert_tflite, export_litert
 from fusionnet_tf.export.model_card import card_path_for
-from fusionnet_tf.export.onnx import OnnxRunner, export_onnx
+from fusionnet_tf.export.onnx import export_onnx
 from fusionnet_tf.export.saved_model import (export_plain_saved_model, export_saved_model,
                                              list_versions, next_version)
 from fusionnet_tf.export.tensorrt import (TensorRTUnavailable, export_tensorrt,
                                           tensorrt_missing_reason)
 from fusionnet_tf.inference import Predictor, tiling
+from fusionnet_tf.inference.backends.litert_runner import LiteRTRunner
+from fusionnet_tf.inference.backends.onnx_runner import OnnxRunner
 
 TILE, OVERLAP, BATCH = 32, 8, 3
 
@@ -213,13 +215,30 @@ def test_litert_input_multiple_counts_the_poolings(tflite_float32):
 
 def test_litert_runner_warns_with_the_reason_when_it_cannot_list_ops(tflite_float32,
                                                                      monkeypatch):
-    from fusionnet_tf.export import litert
+    from fusionnet_tf.inference.backends import litert_runner
 
-    monkeypatch.delattr(litert._interpreter_class(), "_get_ops_details")
+    monkeypatch.delattr(litert_runner.interpreter_class(), "_get_ops_details")
     with pytest.warns(RuntimeWarning, match=r"cannot list the ops of the LiteRT model "
                                             r"\(AttributeError.*_get_ops_details.*--align 16"):
         runner = LiteRTRunner(tflite_float32)
     assert runner.input_multiple is None
+
+
+def test_load_model_runs_exported_files_with_their_runtime_options(model, tflite_float32,
+                                                                  tmp_path, eval_images):
+    from fusionnet_tf.inference import load_model
+
+    x = eval_images[0][:2, ..., None]
+    expected = model(x, training=False).numpy()
+    onnx_runner = load_model(export_onnx(model, tmp_path, "tiny"),
+                             providers=["CPUExecutionProvider"])
+    assert isinstance(onnx_runner, OnnxRunner)
+    assert onnx_runner.session.get_providers() == ["CPUExecutionProvider"]
+    (tmp_path / "tiny.tflite").write_bytes(tflite_float32)
+    litert_runner = load_model(tmp_path / "tiny.tflite", num_threads=1)
+    assert isinstance(litert_runner, LiteRTRunner) and litert_runner.input_multiple == 4
+    for runner in (onnx_runner, litert_runner):
+        np.testing.assert_allclose(runner(x), expected, atol=1e-5)
 
 
 def test_export_litert_fp16_file_card_and_parity(model, tmp_path, eval_images):

@@ -130,7 +130,7 @@ def test_rest_server_and_client_serve_the_3d_model(tiny3d, saved_model_dir):
 def test_onnx_has_a_5d_input_and_matches_keras(tiny3d, onnx_file):
     import onnxruntime
 
-    from fusionnet_tf.export.onnx import OnnxRunner
+    from fusionnet_tf.inference.backends.onnx_runner import OnnxRunner
 
     _, _, batch, expected = tiny3d
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -191,7 +191,7 @@ def test_bioimageio_package_validates_with_zyx_axes_and_offset_channels(package)
 
 
 def test_bioimageio_package_carries_offsets_and_predicts(tiny3d, package):
-    from fusionnet_tf.export.bioimageio import load_package_model
+    from fusionnet_tf.inference.backends.bioimageio_zip import load_package_model
     from fusionnet_tf.export.bioimageio3d import read_package_offsets
 
     model, _, batch, expected = tiny3d

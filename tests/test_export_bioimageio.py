@@ -29,8 +29,9 @@ from fusionnet_tf.export import bioimageio as bio  # noqa: E402
 from fusionnet_tf.export.litert import export_litert  # noqa: E402
 from fusionnet_tf.export.model_card import (FUSIONNET_CITATION, UNET_CITATION,  # noqa: E402
                                             architecture_knobs, detect_architecture)
-from fusionnet_tf.export.onnx import OnnxRunner, export_onnx  # noqa: E402
+from fusionnet_tf.export.onnx import export_onnx  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
+from fusionnet_tf.inference.backends.onnx_runner import OnnxRunner  # noqa: E402
 from fusionnet_tf.pretrained import example_path  # noqa: E402
 
 
@@ -477,6 +478,8 @@ def test_export_cli_errors_exit_2(files, tmp_path, capsys):
 def test_load_package_model_refuses_what_predict_cannot_run(files, tmp_path):
     import yaml
 
+    from fusionnet_tf.inference.backends.bioimageio_zip import load_package_model
+
     description = yaml.safe_load(_member(files["package"], "rdf.yaml"))
 
     def repack(name, change):
@@ -491,24 +494,24 @@ def test_load_package_model_refuses_what_predict_cannot_run(files, tmp_path):
 
     no_keras = repack("no_keras.zip", lambda d: d["weights"].pop("keras_v3"))
     with pytest.raises(ValueError, match="no keras_v3 weights"):
-        bio.load_package_model(no_keras)
+        load_package_model(no_keras)
     percentiles = repack("percentiles.zip", lambda d: d["inputs"][0]["preprocessing"][1][
         "kwargs"].update(max_percentile=99.8))
     with pytest.raises(ValueError, match="not per-slice min-max"):
-        bio.load_package_model(percentiles)
+        load_package_model(percentiles)
     channel_first = repack("channel_first.zip", lambda d: d["inputs"][0].update(
         axes=[d["inputs"][0]["axes"][i] for i in (0, 3, 1, 2)]))
     with pytest.raises(ValueError, match=r"needs \(batch, y, x, channel\)"):
-        bio.load_package_model(channel_first)
+        load_package_model(channel_first)
     x_before_y = repack("x_before_y.zip", lambda d: d["inputs"][0].update(
         axes=[d["inputs"][0]["axes"][i] for i in (0, 2, 1, 3)]))
     with pytest.raises(ValueError, match=r"has axes \['batch', 'x', 'y', 'channel'\]"):
-        bio.load_package_model(x_before_y)
+        load_package_model(x_before_y)
     (tmp_path / "plain.zip").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a zip file"):
-        bio.load_package_model(tmp_path / "plain.zip")
+        load_package_model(tmp_path / "plain.zip")
     with pytest.raises(FileNotFoundError, match="missing.zip"):
-        bio.load_package_model(tmp_path / "missing.zip")
+        load_package_model(tmp_path / "missing.zip")
 
 
 # === fusionnet predict --model package.zip / .onnx / .tflite ===
@@ -539,7 +542,7 @@ def test_predict_with_package_onnx_tflite_equals_keras(files, predict_input, tmp
 
 
 def test_exported_runners_know_their_input_multiple(files):
-    from fusionnet_tf.export.litert import LiteRTRunner
+    from fusionnet_tf.inference.backends.litert_runner import LiteRTRunner
 
     assert OnnxRunner(files["onnx"]).input_multiple == 4
     assert LiteRTRunner(files["tflite"]).input_multiple == 4

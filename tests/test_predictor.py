@@ -6,8 +6,8 @@ import pytest
 from keras import layers
 
 from fusionnet_tf.inference import Predictor, load_model
+from fusionnet_tf.inference.backends.saved_model import SavedModelFunction
 from fusionnet_tf.inference.optimize import fold_batchnorm
-from fusionnet_tf.inference.predictor import SavedModelFunction
 from fusionnet_tf.models import build_fusionnet
 
 

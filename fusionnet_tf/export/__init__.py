@@ -5,6 +5,9 @@ Formats (one module each): SavedModel in TF Serving's base layout
 ``whole_image``), LiteRT/TFLite (``litert``), ONNX (``onnx``) and TensorRT
 (``tensorrt``), and BioImage Model Zoo packages (``bioimageio``). Every
 export writes a JSON model card (``model_card``).
+Loading and running the exported files (``OnnxRunner``, ``LiteRTRunner``,
+``load_package_model``) is ``fusionnet_tf.inference.backends``'s job; the
+names stay importable here.
 ``server`` is a local TF-Serving-compatible REST server and ``rest_client`` a
 client for any TF Serving REST endpoint.
 
@@ -21,11 +24,12 @@ _LAZY = {
     "list_versions": "fusionnet_tf.export.saved_model",
     "convert_tflite": "fusionnet_tf.export.litert",
     "export_litert": "fusionnet_tf.export.litert",
-    "LiteRTRunner": "fusionnet_tf.export.litert",
+    # runners and the package loader live in the inference backends (kept importable here)
+    "LiteRTRunner": "fusionnet_tf.inference.backends.litert_runner",
     "export_onnx": "fusionnet_tf.export.onnx",
-    "OnnxRunner": "fusionnet_tf.export.onnx",
+    "OnnxRunner": "fusionnet_tf.inference.backends.onnx_runner",
     "export_bioimageio": "fusionnet_tf.export.bioimageio",
-    "load_package_model": "fusionnet_tf.export.bioimageio",
+    "load_package_model": "fusionnet_tf.inference.backends.bioimageio_zip",
     "export_tensorrt": "fusionnet_tf.export.tensorrt",
     "tensorrt_missing_reason": "fusionnet_tf.export.tensorrt",
     "build_model_card": "fusionnet_tf.export.model_card",

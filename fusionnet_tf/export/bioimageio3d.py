@@ -429,8 +429,9 @@ def export_bioimageio_3d(model, output_dir, name, offsets, example=None,
 def read_package_offsets(path):
     """The offsets in a package's ``config.fusionnet_tf.offsets`` (None if absent)."""
     from fusionnet_tf.inference.affinity_tta import check_offsets
+    from fusionnet_tf.inference.backends.bioimageio_zip import read_package_description
 
-    config = (bio.read_package_description(path).get("config") or {}).get("fusionnet_tf") or {}
+    config = (read_package_description(path).get("config") or {}).get("fusionnet_tf") or {}
     offsets = config.get("offsets")
     return None if offsets is None else check_offsets(offsets)
 

@@ -44,10 +44,11 @@ from fusionnet_tf.export.model_card import (  # noqa: F401  (FORMATS_3D, ... re-
     AFFINITY_OUTPUT_NAME, FORMATS_3D, build_model_card, check_2d_model, input_multiples_3d,
     is_3d_model, offsets_field, refuse_3d_message, write_model_card)
 from fusionnet_tf.inference import tiling
+# the card inside a version folder, where the SavedModel backend reads input_multiple_zyx
+from fusionnet_tf.inference.backends.saved_model import MODEL_CARD_NAME
 from fusionnet_tf.models import input_multiple, model_depth
 
 OUTPUT_NAME = "membrane_probability"
-MODEL_CARD_NAME = "model_card.json"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from fusionnet_tf._compat import call_count, consumer_count, producer, run_through_graph
 from fusionnet_tf.checks import check_choice
 # the Keras dtype policies a model can compute in, for training and inference alike
-from fusionnet_tf.training.strategy import PRECISIONS as INFERENCE_PRECISIONS
+from fusionnet_tf.choices import PRECISIONS as INFERENCE_PRECISIONS
 
 FOLDABLE = ("Conv2D", "Conv2DTranspose")
 # weights larger than this stay variables in ``inference_function`` (a graph holds at most 2 GB)

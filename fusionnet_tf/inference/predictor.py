@@ -46,7 +46,6 @@ are honoured.
 
 import functools
 import math
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,143 +58,15 @@ from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 from fusionnet_tf.inference import affinity_tta, autotune, tiling
 from fusionnet_tf.inference.affinity_tta import TTA_TRANSFORMS_3D
+# loading model files is the backends' job (one adapter per runtime); load_model re-exported
+from fusionnet_tf.inference.backends import load_model, resolve_model_path
+from fusionnet_tf.inference.backends.keras_file import keras_file_spatial_dims
 
 
 # pixels one network call should hold at least, with the default batch size: measured on
 # 2 AVX-512 cores, base 16, per-tile cost of 1 vs 4 tiles per call: 64 px 9.1 vs 5.1 ms,
 # 128 px 19 vs 15 ms, 256 px and 512 px the same (benchmarks/bench_auto_mode.py)
 CALL_PIXELS = 256 * 256
-
-# model file suffix -> what load_model makes of it (besides SavedModel folders)
-MODEL_SUFFIXES = (".keras", ".h5", ".zip", ".onnx", ".tflite")
-
-
-def load_model(path):
-    """Load a model for inference from a file or a SavedModel folder.
-
-    Args:
-        path: str or Path. A ``.keras`` (or legacy ``.h5``) file saved by
-            Keras, a bioimage.io package ``.zip`` (its ``keras_v3`` weights),
-            an ``.onnx`` or ``.tflite`` file written by ``fusionnet export``,
-            or a TensorFlow SavedModel directory (with a ``serving_default``
-            signature taking (B, H, W, 1) float32). SavedModels and ``.onnx``
-            files of 3D affinity models (5D input (B, Z, Y, X, 1)) load too:
-            their callables have ``spatial_dims = 3`` and (z, y, x)
-            ``input_multiple``; their offsets are read from
-            ``MODEL.offsets.json`` beside them (``read_model_offsets``).
-
-    Returns:
-        A ``keras.Model`` for Keras files and packages; otherwise a callable
-        mapping a (B, H, W, 1) float32 NumPy batch to (B, H, W, 1) float32
-        membrane probabilities: ``SavedModelFunction``, ``OnnxRunner``
-        (onnxruntime) or ``LiteRTRunner`` (LiteRT), the last two with an
-        ``input_multiple`` attribute that the Predictor aligns tiles to.
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ``path`` is none of these, or a package that
-            ``fusionnet predict`` cannot run (see ``load_package_model``).
-
-    Example:
-    >>> model = load_model("runs/fusionnet/best.keras")
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
-    if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            raise ValueError(f"`model` folder is not a SavedModel (no saved_model.pb): {path}")
-        return SavedModelFunction(path)
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise ValueError(
-            f"`model` must be a {', '.join(MODEL_SUFFIXES)} file or a SavedModel folder; "
-            f"received {path}"
-        )
-    if suffix == ".zip":
-        from fusionnet_tf.export.bioimageio import load_package_model
-
-        return load_package_model(path)
-    if suffix == ".onnx":
-        from fusionnet_tf.export.onnx import OnnxRunner
-
-        return OnnxRunner(path)
-    if suffix == ".tflite":
-        from fusionnet_tf.export.litert import LiteRTRunner
-
-        return LiteRTRunner(path)
-    check_keras_file(path)
-    import keras
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
-        text = " ".join(str(error).split())
-        raise ValueError(f"model {path} is not a valid Keras model file ({text})") from error
-
-
-def check_keras_file(path):
-    """Raise ValueError unless ``path`` looks like a Keras file (a ``.keras`` zip or HDF5 ``.h5``).
-
-    Keras itself says ``File not found`` for a ``.keras`` file that exists
-    but is not a zip archive.
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".keras" and not zipfile.is_zipfile(path):
-        raise ValueError(f"model {path} is not a valid model file: a .keras file is a zip "
-                         f"archive saved by Keras (model.save)")
-    if suffix == ".h5":
-        import h5py
-
-        if not h5py.is_hdf5(path):
-            raise ValueError(f"model {path} is not a valid model file: a .h5 model is an HDF5 "
-                             f"file saved by Keras")
-
-
-class SavedModelFunction:
-    """Callable wrapper around a SavedModel's ``serving_default`` signature.
-
-    Args:
-        path: SavedModel directory.
-
-    Call with a (B, H, W, 1) float32 NumPy array; returns (B, H, W, 1) float32.
-    A SavedModel whose signature takes a 5D (B, Z, Y, X, 1) input (a 3D
-    affinity model from ``fusionnet export``) has ``spatial_dims`` 3 and
-    returns (B, Z, Y, X, C); its ``input_multiple`` (z, y, x) is read from the
-    ``model_card.json`` the export writes inside the folder (else None).
-    """
-
-    def __init__(self, path):
-        import tensorflow as tf
-
-        self.path = Path(path)
-        self._loaded = tf.saved_model.load(str(path))
-        if "serving_default" not in self._loaded.signatures:
-            raise ValueError(f"SavedModel has no 'serving_default' signature: {path}")
-        self._signature = self._loaded.signatures["serving_default"]
-        self._input_name = next(iter(self._signature.structured_input_signature[1]))
-        spec = self._signature.structured_input_signature[1][self._input_name]
-        rank = spec.shape.rank
-        self.spatial_dims = 3 if rank == 5 else 2
-        self.input_multiple = _card_input_multiple(self.path) if rank == 5 else None
-
-    def __call__(self, batch):
-        import tensorflow as tf
-
-        outputs = self._signature(**{self._input_name: tf.convert_to_tensor(batch, tf.float32)})
-        return next(iter(outputs.values())).numpy()
-
-
-def _card_input_multiple(folder):
-    """(z, y, x) ``input_multiple_zyx`` of the ``model_card.json`` in an exported folder, or None."""
-    import json
-
-    try:
-        card = json.loads((Path(folder) / "model_card.json").read_text())
-        return tuple(int(m) for m in card["input_multiple_zyx"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
 
 class KerasFunction:
     """A Keras model compiled for fast inference on one tile size.
@@ -300,7 +171,8 @@ class Predictor:
     """Overlap-tile predictor with blending and test-time augmentation.
 
     Args:
-        model: a ``keras.Model``, a path accepted by ``load_model``, or any
+        model: a ``keras.Model``, a path or shipped model name accepted by
+            ``load_model`` (``fusionnet_tf.inference.backends``), or any
             callable mapping a (B, T, T, 1) float32 NumPy batch in [0, 1] to
             (B, T, T, 1) (or (B, T, T)) membrane probabilities, e.g. a REST
             ``ServingClient``.
@@ -402,7 +274,8 @@ class Predictor:
                  jit_compile=False, precision="float32", engine="auto", offsets=None):
         model_path = None
         if isinstance(model, (str, Path)):
-            model_path, model = Path(model), load_model(model)
+            model_path = resolve_model_path(model)
+            model = load_model(model_path)
         if model_spatial_dims(model) == 3:
             self._init_3d(model, model_path, dict(
                 tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
@@ -936,27 +809,6 @@ def model_file_spatial_dims(path):
     return dims if dims is not None else model_spatial_dims(load_model(path))
 
 
-def keras_file_spatial_dims(path):
-    """Spatial axes (2 or 3) of a ``.keras`` file from its ``config.json``, without TensorFlow.
-
-    Returns:
-        2 or 3 (the input layer's ``batch_shape`` length - 2), or None when
-        the file is not a readable ``.keras`` archive with an input layer.
-    """
-    import json
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-        for layer in config["config"]["layers"]:
-            if layer.get("class_name") == "InputLayer":
-                return len(layer["config"]["batch_shape"]) - 2
-    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
-        pass
-    return None
-
-
 def check_volume_for_3d_model(shape, name):
     """Refuse a single 2D image (``(H, W)`` or ``(1, H, W)``) for a 3D model, in one line.
 
@@ -1126,8 +978,8 @@ def _progress_bar(total, enabled):
     return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict", delay=delay)
 
 
-__all__ = ["Predictor", "load_model", "KerasFunction", "SavedModelFunction", "TTA_TRANSFORMS",
+__all__ = ["Predictor", "load_model", "KerasFunction", "TTA_TRANSFORMS",
            "check_precision_applies", "model_spatial_dims", "model_file_spatial_dims",
-           "keras_file_spatial_dims", "check_volume_for_3d_model",
+           "check_volume_for_3d_model",
            "read_model_offsets",
            "model_offsets_path"]

@@ -117,7 +117,7 @@ def model_spatial_dims(model):
         2, 3, or None when only loading the model tells (SavedModel folders,
         ``.onnx``; the worker checks those).
     """
-    from fusionnet_tf.inference.predictor import keras_file_spatial_dims
+    from fusionnet_tf.inference.backends.keras_file import keras_file_spatial_dims
 
     if model is None:
         return 2
