@@ -275,6 +275,31 @@ def test_features_after_merges_equal_features_computed_from_scratch():
                                rtol=1e-5, atol=1e-6)
 
 
+def constant_classifier(p_merge, params=PARAMS):
+    """An ``EdgeClassifier`` whose one tree is one leaf: p(merge) = ``p_merge`` for every edge."""
+    packed = {"feature": np.zeros(1, np.int32), "threshold": np.full(1, np.inf),
+              "left": np.zeros(1, np.int64), "right": np.zeros(1, np.int64),
+              "leaf_p": np.full(1, p_merge), "roots": np.zeros(1, np.int64), "depth": 0}
+    return EdgeClassifier(packed, params)
+
+
+def test_small_segments_are_absorbed_as_in_the_recipe_after_the_classifier():
+    """A 2-pixel fragment between two 8-pixel ones joins its weakest-boundary neighbour."""
+    from fusionnet_tf.segmentation.agglomeration import agglomerate
+
+    fragments = np.array([[1, 1, 1, 1, 2, 3, 3, 3, 3]] * 2)
+    smoothed = np.zeros(fragments.shape, np.float32)
+    smoothed[:, 4] = 0.2   # the 1|2 boundary (max of the two sides) is 0.2, 2|3 is 0.6
+    smoothed[:, 5] = 0.6
+    never = constant_classifier(0.0)
+    mapping = never.agglomerate(fragments, 3, smoothed, smoothed, min_size=3)
+    assert mapping.tolist() == [0, 1, 1, 3]
+    assert mapping.tolist() == agglomerate(fragments, 3, smoothed, 0, 3).tolist()
+    assert never.agglomerate(fragments, 3, smoothed, smoothed, min_size=0).tolist() == [0, 1, 2, 3]
+    always = constant_classifier(1.0)
+    assert len(set(always.agglomerate(fragments, 3, smoothed, smoothed)[1:].tolist())) == 1
+
+
 # === Learning ===
 
 def test_the_classifier_beats_the_tuned_threshold_recipe_held_out(stack, trained):

@@ -43,9 +43,9 @@ import numpy as np
 from fusionnet_tf.checks import check_int, check_range
 from fusionnet_tf.segmentation.agglomeration import agglomerate, follow_parents
 from fusionnet_tf.segmentation.edge_features import (DROPPED, FEATURE_NAMES, MERGE,
-                                                     edge_boundaries, edge_features,
-                                                     edge_labels, fragment_majority,
-                                                     ground_truth_ids, region_statistics)
+                                                     edge_boundaries, edge_labels,
+                                                     fragment_majority, ground_truth_ids,
+                                                     region_edge_features, region_statistics)
 from fusionnet_tf.segmentation.params import SegmentParams
 from fusionnet_tf.segmentation.segmenter import check_membrane, segment
 from fusionnet_tf.segmentation.watershed import seeded_watershed
@@ -156,10 +156,8 @@ class _EdgeGraph:
         offsets = np.zeros(len(parts) + 1, np.int64)
         np.cumsum([part.size for part in parts], out=offsets[1:])
         ends = np.array([self.ends[edge] for edge in edges], np.int64).reshape(-1, 2)
-        u, v = ends[:, 0], ends[:, 1]
-        means = self.mass / np.maximum(self.size, 1)
         values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return edge_features(values, offsets, self.size[u], self.size[v], means[u], means[v])
+        return region_edge_features(values, offsets, ends[:, 0], ends[:, 1], self.size, self.mass)
 
     def merge(self, keep, gone):
         """Merge node ``gone`` into ``keep``; return the edges of ``keep`` (all changed)."""

@@ -156,6 +156,22 @@ def edge_features(values, offsets, size_u, size_v, mean_u, mean_v):
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def region_edge_features(values, offsets, u, v, sizes, mass):
+    """``edge_features`` of edges between regions, from per-region pixel counts and sums.
+
+    Args:
+        values, offsets: the edges' sorted boundary values (``edge_features``).
+        u, v: int (E,) the two regions of each edge.
+        sizes, mass: int64 / float64 arrays over region ids: pixels and summed
+            membrane probability (``region_statistics``).
+
+    Returns:
+        float32 (E, 16).
+    """
+    means = mass / np.maximum(sizes, 1)
+    return edge_features(values, offsets, sizes[u], sizes[v], means[u], means[v])
+
+
 def graph_features(graph, sizes, mass):
     """``edge_features`` of every edge of ``edge_boundaries``'s graph.
 
@@ -166,9 +182,8 @@ def graph_features(graph, sizes, mass):
     Returns:
         float32 (E, 16).
     """
-    u, v = graph["u"], graph["v"]
-    means = mass / np.maximum(sizes, 1)
-    return edge_features(graph["values"], graph["offsets"], sizes[u], sizes[v], means[u], means[v])
+    return region_edge_features(graph["values"], graph["offsets"], graph["u"], graph["v"], sizes,
+                                mass)
 
 
 def fragment_majority(fragments, gt_ids, count, max_boundary_share=MAX_BOUNDARY_SHARE):
