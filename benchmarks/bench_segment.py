@@ -20,13 +20,16 @@ out-of-fold maps: fold k's model (``--runs``, default
 slices, validated on the slices its ``config.yaml`` names as ``val_slices``,
 5k..5k+4) predicts its held-out slices with 8-way TTA; the 25 out-of-fold maps
 are pooled and ``fusionnet tune-segment --cv K`` runs on them (the same folds).
-It prints, per fold and pooled, the best-threshold V_rand / V_info of the map
-and the held-out segmentation scores, and whether the goals hold
+It prints, per fold and pooled, the best-threshold V_rand / V_info of the map,
+the held-out segmentation scores of the recipe and of the learned edge
+classifier (``cross_validate_edge_classifier`` on the same folds: trained on
+the other folds' slices, fragments from the untuned ``SegmentParams()``
+defaults so that no slice's labels choose them), and whether the goals hold
 (segmentation V_rand >= 0.988 and V_info >= 0.992 pooled, segmentation >=
 threshold + 0.003 in every fold):
 
     python benchmarks/bench_segment.py --cv [--runs '/work/runs/isbi_cv/fold{k}'] [--folds 5]
-        [--budget 60] [--oof oof.tif] [--out DIR]
+        [--budget 60] [--oof oof.tif] [--out DIR] [--edge-trees 100]
 """
 
 import argparse
@@ -72,6 +75,8 @@ def parse_args():
                              "(default: %(default)s).")
     parser.add_argument("--crop", type=int, default=None,
                         help="--cv: use only the top-left CROP x CROP pixels (quick checks).")
+    parser.add_argument("--edge-trees", type=int, default=100,
+                        help="--cv: trees of the edge classifier (default: %(default)s).")
     return parser.parse_args()
 
 
@@ -186,6 +191,30 @@ def out_of_fold_maps(args, images):
     return membrane, folds
 
 
+def edge_classifier_cv(membrane, labels, folds, trees=100):
+    """Held-out scores of the learned edge classifier on ``folds`` (lists of slice indices).
+
+    The folds must be the contiguous ones of ``make_folds`` (those of
+    ``tune-segment --cv``), so all three methods are scored on the same slices.
+
+    Returns:
+        ``(report, seconds)``: ``cross_validate_edge_classifier``'s report
+        and the wall time.
+    """
+    from fusionnet_tf.segmentation import SegmentParams
+    from fusionnet_tf.segmentation.edge_classifier import cross_validate_edge_classifier
+    from fusionnet_tf.segmentation.tune import make_folds
+
+    if make_folds(len(membrane), len(folds)) != [list(fold) for fold in folds]:
+        raise SystemExit(f"the model folds {folds} are not contiguous folds of the slices")
+    began = time.perf_counter()
+    report = cross_validate_edge_classifier(
+        membrane, labels, folds=len(folds), params=SegmentParams(), trees=trees,
+        callback=lambda row: print(f"edges fold {row['fold']}: held-out V_rand "
+                                   f"{row['v_rand']:.4f}", flush=True))
+    return report, time.perf_counter() - began
+
+
 def run_cv(args):
     """``--cv``: out-of-fold maps, threshold scores and ``tune-segment --cv``; one JSON line."""
     import tifffile
@@ -216,8 +245,9 @@ def run_cv(args):
     tune_seconds = time.perf_counter() - began
     with open(params_file) as handle:
         tuned = json.load(handle)
+    edges, edge_seconds = edge_classifier_cv(membrane, labels, folds, args.edge_trees)
     per_fold = []
-    for fold, held in zip(folds, tuned["cv"]["folds"]):
+    for fold, held, edge in zip(folds, tuned["cv"]["folds"], edges["folds"]):
         if held["slices"] != fold:
             raise SystemExit(f"tune-segment's fold {held['slices']} is not the model fold {fold}")
         threshold = isbi_scores(membrane[fold], labels[fold])
@@ -227,6 +257,7 @@ def run_cv(args):
                           "v_info": round(threshold["v_info"], 5)},
             "segmentation": {"v_rand": round(held["v_rand"], 5),
                              "v_info": round(held["v_info"], 5)},
+            "edges": {"v_rand": round(edge["v_rand"], 5), "v_info": round(edge["v_info"], 5)},
             "params": held["params"],
         })
     threshold = isbi_scores(membrane, labels)
@@ -236,7 +267,8 @@ def run_cv(args):
         "folds": per_fold,
         "pooled": {"threshold": {"v_rand": round(threshold["v_rand"], 5),
                                  "v_info": round(threshold["v_info"], 5)},
-                   "segmentation": rounded(pooled)},
+                   "segmentation": rounded(pooled),
+                   "edges": rounded(edges["pooled_held_out"])},
         "goals": {"pooled_v_rand_0.988": pooled["v_rand"] >= 0.988,
                   "pooled_v_info_0.992": pooled["v_info"] >= 0.992,
                   "every_fold_seg_ge_threshold_plus_0.003": min(margins) >= 0.003,
@@ -244,6 +276,8 @@ def run_cv(args):
         "chosen_params": tuned["params"], "chosen": tuned["cv"]["chosen"],
         "runs": args.runs, "checkpoint": args.checkpoint, "tta": args.tta,
         "budget_per_fold": args.budget, "tune_seconds": round(tune_seconds, 1),
+        "edge_params": edges["params"], "edge_trees": args.edge_trees,
+        "edge_cv_seconds": round(edge_seconds, 1),
         "crop": args.crop, "params_file": params_file,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), **cpu_flags(),
     }

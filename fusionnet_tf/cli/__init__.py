@@ -23,6 +23,7 @@ COMMANDS = {
     "predict-volume": "fusionnet_tf.cli.predict_volume",
     "segment": "fusionnet_tf.cli.segment",
     "tune-segment": "fusionnet_tf.cli.tune_segment",
+    "train-edges": "fusionnet_tf.cli.train_edges",
     "segment-volume": "fusionnet_tf.cli.segment_volume",
     "export-precomputed": "fusionnet_tf.cli.export_precomputed",
     "view": "fusionnet_tf.cli.view",

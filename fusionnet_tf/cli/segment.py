@@ -6,6 +6,8 @@ DESCRIPTION = """\
 Turn a membrane probability map (what 'fusionnet predict' writes) into a label
 image in which every cell has its own id: seeded watershed on the membrane map,
 then agglomeration of segments across weak boundaries and of small segments.
+With --method edges a learned edge classifier ('fusionnet train-edges') decides
+which fragments to merge instead of a boundary threshold (2D slices).
 Without --params the parameters tuned for the shipped model are used (tune your
 own with 'fusionnet tune-segment'). Every pixel belongs to a segment unless
 --keep-boundaries is given. An affinity file (C, Z, Y, X) whose metadata says
@@ -19,6 +21,8 @@ examples:
   fusionnet segment membranes.h5:/prediction -o neurons.h5:/segmentation --mode 3d
   fusionnet segment membranes.tif -o neurons.zarr --params params.json --set min_size=100
   fusionnet segment affinities.zarr -o neurons.h5 --method mws     (3D, from affinities)
+  fusionnet segment membranes.tif -o neurons.tif --method edges --classifier edges.npz
+      (merges decided by a classifier trained with 'fusionnet train-edges')
 """
 
 
@@ -49,7 +53,14 @@ def add_parser(subparsers):
                              "folder, which is refreshed) (default: none).")
     parser.add_argument("--quiet", action="store_true",
                         help="No progress bar (default: progress bar over slices on stderr).")
-    add_method_argument(parser)
+    add_method_argument(parser, edges=True)
+    parser.add_argument("--classifier", metavar="FILE", default=None,
+                        help="--method edges: the edge classifier (.npz) from 'fusionnet "
+                             "train-edges'; its fragment parameters are used unless --params "
+                             "is given (--set applies on top).")
+    parser.add_argument("--merge-probability", type=float, default=None, metavar="P",
+                        help="--method edges: merge while the best edge's p(merge) is at least "
+                             "P (default: the classifier file's, 0.5).")
     from fusionnet_tf.cli.slices import add_slices_argument
     from fusionnet_tf.io import ngff
 
@@ -59,15 +70,20 @@ def add_parser(subparsers):
     parser.set_defaults(run=run)
 
 
-def add_method_argument(parser):
-    """``--method`` for affinity files (``segment`` and ``tune-segment``)."""
+def add_method_argument(parser, edges=False):
+    """``--method`` for affinity files (``segment`` and ``tune-segment``), and with ``edges``
+    the learned edge classifier for membrane maps (``segment``)."""
     from fusionnet_tf.segmentation.affinity_params import METHODS
 
-    parser.add_argument("--method", choices=METHODS, default=None,
-                        help="Affinity files only (recognised by their metadata): agglomeration "
-                             "(watershed fragments merged on mean affinity) or mws (mutex "
-                             "watershed on all offsets) (default: agglomeration, or the "
-                             "--params file's).")
+    text = ("Affinity files only (recognised by their metadata): agglomeration (watershed "
+            "fragments merged on mean affinity) or mws (mutex watershed on all offsets) "
+            "(default: agglomeration, or the --params file's).")
+    if edges:
+        text += (" Membrane maps: edges merges the watershed fragments by a learned edge "
+                 "classifier (needs --classifier; --mode 2d) instead of the boundary "
+                 "threshold (default: the threshold recipe).")
+    parser.add_argument("--method", choices=METHODS + (("edges",) if edges else ()),
+                        default=None, help=text)
 
 
 def add_segment_arguments(parser, keep_boundaries=True):
@@ -102,7 +118,8 @@ def resolve_params(args, cls=None, default=None):
     """``SegmentParams`` from ``--params`` (or the shipped ones) and ``--set`` overrides.
 
     With ``cls`` (e.g. ``AffinityParams``) the file holds ``cls`` parameters
-    and the defaults are ``default`` or ``cls()``. ``--params NAME`` reads the
+    and the defaults are ``default`` or ``cls()``; without ``cls`` the
+    defaults are ``default`` or the shipped ``default_params()``. ``--params NAME`` reads the
     parameters shipped with the pretrained model NAME (``fusionnet_tf.pretrained``).
 
     Raises:
@@ -120,7 +137,7 @@ def resolve_params(args, cls=None, default=None):
     if cls is not None:
         params = load_params(source, cls) if source else (default or cls())
     else:
-        params = load_params(source) if source else default_params()
+        params = load_params(source) if source else (default or default_params())
     if not args.set:
         return params
     values = params.to_dict()
@@ -165,11 +182,13 @@ def check_inputs_outputs(inputs, output, overlay=None, option="--output",
     check_output(overlay, overlay_option)
 
 
-def segment_and_write(membrane, output, args, params, source, images=None, overlay=None):
+def segment_and_write(membrane, output, args, params, source, images=None, overlay=None,
+                      classifier=None):
     """Segment ``membrane`` with ``args.mode``/``args.keep_boundaries``; write ``output``.
 
     Also writes label overlays into the folder ``overlay`` (needs ``images``)
-    and prints one line on stderr.
+    and prints one line on stderr. With ``classifier`` (an
+    ``EdgeClassifier``) it decides the merges (``--method edges``).
     """
     import sys
     import time
@@ -180,10 +199,14 @@ def segment_and_write(membrane, output, args, params, source, images=None, overl
 
     began = time.perf_counter()
     labels, max_id = segment(membrane, params, mode=args.mode,
-                             keep_boundaries=args.keep_boundaries, progress=not args.quiet)
+                             keep_boundaries=args.keep_boundaries, progress=not args.quiet,
+                             classifier=classifier)
     seconds = time.perf_counter() - began
     metadata = {"source": str(source), "mode": args.mode, "params": params.to_dict(),
                 "keep_boundaries": bool(args.keep_boundaries)}
+    if classifier is not None:
+        metadata.update(method="edges", classifier=str(getattr(args, "classifier", None)),
+                        merge_probability=classifier.threshold)
     plan = None
     from fusionnet_tf.io import ome_zarr
 
@@ -211,22 +234,29 @@ def run(args):
     if affinity_metadata(args.pred) is not None:
         from fusionnet_tf.cli.affinity_segment import run_segment
 
+        if args.method == "edges" or args.classifier is not None:
+            raise ValueError(f"--method edges and --classifier apply to 2D membrane maps; PRED "
+                             f"{args.pred} holds 3D affinities (use --method agglomeration "
+                             f"or mws)")
         if args.slices is not None:
             raise ValueError(f"--slices applies to 2D membrane maps; PRED {args.pred} holds "
                              "3D affinities (segmented as one volume)")
         return run_segment(args)
-    if args.method is not None:
+    if args.method not in (None, "edges"):
         raise ValueError(f"--method applies to affinity files; PRED {args.pred} is not one "
-                         f"(no \"kind\": \"affinities\" metadata)")
+                         f"(no \"kind\": \"affinities\" metadata); membrane maps take "
+                         f"--method edges only")
+    classifier = edge_classifier_of(args)
     if (args.image is None) != (args.overlay is None):
         raise ValueError("--overlay needs --image (the EM image), and --image is only used "
                          "with --overlay")
-    check_inputs_outputs([("PRED", args.pred), ("--image", args.image)], args.output,
+    check_inputs_outputs([("PRED", args.pred), ("--image", args.image),
+                          ("--classifier", args.classifier)], args.output,
                          args.overlay)
     from fusionnet_tf.cli.slices import select_slices
 
     check_label_output(args.output, "--output")
-    params = resolve_params(args)
+    params = resolve_params(args, default=classifier.params if classifier else None)
     membrane = select_slices(read_membrane(args.pred, args.pred_convention), args.slices)
     warning = raw_image_warning(membrane, args.pred)
     if warning:
@@ -240,5 +270,36 @@ def run(args):
             raise ValueError(f"--image {args.image} has shape {images.shape} but PRED "
                              f"{args.pred} has {membrane.shape}")
     segment_and_write(membrane, args.output, args, params, args.pred, images=images,
-                      overlay=args.overlay)
+                      overlay=args.overlay, classifier=classifier)
     return 0
+
+
+def edge_classifier_of(args):
+    """The ``EdgeClassifier`` of ``--method edges --classifier FILE``, or None without it.
+
+    Raises:
+        FileNotFoundError / ValueError: one line: --classifier missing or not
+            a classifier file, --classifier or --merge-probability without
+            --method edges, --mode 3d, P outside [0, 1].
+    """
+    if args.method != "edges":
+        for option, value in (("--classifier", args.classifier),
+                              ("--merge-probability", args.merge_probability)):
+            if value is not None:
+                raise ValueError(f"{option} applies to --method edges (the learned edge "
+                                 f"classifier); add --method edges")
+        return None
+    if args.classifier is None:
+        raise ValueError("--method edges needs --classifier FILE (train one with 'fusionnet "
+                         "train-edges')")
+    if args.mode != "2d":
+        raise ValueError(f"--method edges segments 2D slices; --mode {args.mode} is not "
+                         f"supported with it (use --mode 2d)")
+    if args.merge_probability is not None:
+        from fusionnet_tf.checks import check_range
+
+        check_range("--merge-probability", args.merge_probability, 0, 1)
+    from fusionnet_tf.segmentation.edge_classifier import load_edge_classifier
+
+    classifier = load_edge_classifier(args.classifier, "--classifier")
+    return classifier.with_threshold(args.merge_probability)

@@ -3,7 +3,8 @@
 The stage between inference (``fusionnet_tf.inference``) and scoring
 (``fusionnet_tf.metrics``): a seeded watershed on the membrane map, then
 agglomeration of the over-segmentation on its region adjacency graph. See
-``segment`` for the recipe and ``SegmentParams`` for its knobs.
+``segment`` for the recipe and ``SegmentParams`` for its knobs, and
+``edge_classifier`` for the learned alternative to the merge threshold.
 
 Names are imported lazily, so that the CLI can read ``MODES`` and
 ``SegmentParams`` without importing NumPy and scikit-image.
@@ -22,6 +23,10 @@ _LAZY = {
     "segment_affinities": "fusionnet_tf.segmentation.affinities",
     "agglomerate": "fusionnet_tf.segmentation.agglomeration",
     "region_adjacency": "fusionnet_tf.segmentation.agglomeration",
+    "EdgeClassifier": "fusionnet_tf.segmentation.edge_classifier",
+    "cross_validate_edge_classifier": "fusionnet_tf.segmentation.edge_classifier",
+    "load_edge_classifier": "fusionnet_tf.segmentation.edge_classifier",
+    "train_edge_classifier": "fusionnet_tf.segmentation.edge_classifier",
     "check_membrane": "fusionnet_tf.segmentation.segmenter",
     "segment": "fusionnet_tf.segmentation.segmenter",
     "segment_array": "fusionnet_tf.segmentation.segmenter",

@@ -201,12 +201,23 @@ class _Graph:
 
     def roots(self):
         """Final id of every original node (parents followed to the root)."""
-        parent = self.parent
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                return parent
-            parent = grand
+        return follow_parents(self.parent)
+
+
+def follow_parents(parent):
+    """The root of every node of a merge forest (``parent[root] == root``).
+
+    Args:
+        parent: int array (count + 1,), each node's parent.
+
+    Returns:
+        int array of the same shape: each node's root.
+    """
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand
 
 
 def agglomerate(labels, count, membrane, threshold, min_size=0, statistic="mean", quantile=0.5):

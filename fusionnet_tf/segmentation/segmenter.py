@@ -70,7 +70,7 @@ def check_membrane(membrane, name="membrane"):
     return membrane.astype(np.float32, copy=False)
 
 
-def segment_array(membrane, params, sampling=None, progress=False):
+def segment_array(membrane, params, sampling=None, progress=False, classifier=None):
     """Segment one 2D slice or one 3D volume as a whole.
 
     Args:
@@ -79,6 +79,9 @@ def segment_array(membrane, params, sampling=None, progress=False):
         params: ``SegmentParams``.
         sampling: per-axis voxel size for 3D input, or None.
         progress: bool; a progress bar over sections (thick-section 3D only).
+        classifier: None for the recipe's agglomeration, or an
+            ``edge_classifier.EdgeClassifier`` whose ``agglomerate`` merges
+            the fragments instead (2D slices).
 
     Returns:
         ``(labels, max_id)``: int32 (int64 if needed) labels 1..max_id that
@@ -89,7 +92,9 @@ def segment_array(membrane, params, sampling=None, progress=False):
         linked = link_sections(labels, params.z_link_overlap)
         return linked, int(linked.max())
     labels, count, smoothed = seeded_watershed(membrane, params, sampling)
-    if params.merge_threshold > 0 or params.min_size > 1:
+    if classifier is not None:
+        labels = classifier.agglomerate(labels, count, membrane, smoothed, params.min_size)[labels]
+    elif params.merge_threshold > 0 or params.min_size > 1:
         mapping = agglomerate(labels, count, smoothed, params.merge_threshold, params.min_size,
                               params.merge_statistic, params.merge_quantile)
         labels = mapping[labels]
@@ -97,7 +102,7 @@ def segment_array(membrane, params, sampling=None, progress=False):
 
 
 def segment(membrane, params=None, mode="2d", keep_boundaries=False,
-            boundary_threshold=BOUNDARY_THRESHOLD, progress=False):
+            boundary_threshold=BOUNDARY_THRESHOLD, progress=False, classifier=None):
     """Neuron label image from a membrane probability map.
 
     Args:
@@ -112,13 +117,19 @@ def segment(membrane, params=None, mode="2d", keep_boundaries=False,
         boundary_threshold: float, see ``keep_boundaries``. Defaults to 0.5.
         progress: bool; show a progress bar over slices on stderr. Defaults
             to False.
+        classifier: None (the recipe: merge while the boundary statistic is
+            below ``params.merge_threshold``) or an
+            ``edge_classifier.EdgeClassifier`` that decides the merges
+            (``mode="2d"`` only; ``params`` still gives the fragments and
+            ``min_size``). Defaults to None.
 
     Returns:
         ``(labels, max_id)``: uint32 array of ``membrane``'s shape (uint64 if
         the ids do not fit) with ids 1..max_id, and max_id (int).
 
     Raises:
-        ValueError: bad ``membrane`` (see ``check_membrane``) or ``mode``.
+        ValueError: bad ``membrane`` (see ``check_membrane``) or ``mode``, or
+            a ``classifier`` with ``mode="3d"``.
 
     Example:
     >>> membrane = np.zeros((1, 32, 32), np.float32); membrane[:, :, 15:17] = 1
@@ -128,20 +139,23 @@ def segment(membrane, params=None, mode="2d", keep_boundaries=False,
     """
     params = params or SegmentParams()
     check_choice("mode", mode, MODES)
+    if classifier is not None and mode != "2d":
+        raise ValueError(f"the edge classifier segments 2D slices; received mode={mode!r} "
+                         f"(use mode='2d')")
     membrane = check_membrane(membrane)
     stack = membrane[None] if membrane.ndim == 2 else membrane
     if mode == "3d":
         labels, max_id = segment_array(stack, params, sampling=(params.anisotropy, 1.0, 1.0),
                                        progress=progress)
     else:
-        labels, max_id = stack_slices(stack, params, progress=progress)
+        labels, max_id = stack_slices(stack, params, progress=progress, classifier=classifier)
     labels = labels.astype(label_dtype(max_id), copy=False)
     if keep_boundaries:
         labels[stack >= boundary_threshold] = 0
     return (labels[0] if membrane.ndim == 2 else labels), max_id
 
 
-def stack_slices(stack, params, first_id=1, progress=False):
+def stack_slices(stack, params, first_id=1, progress=False, classifier=None):
     """Segment each slice of an (N, H, W) stack on its own, ids offset slice by slice.
 
     Args:
@@ -149,6 +163,7 @@ def stack_slices(stack, params, first_id=1, progress=False):
         params: ``SegmentParams``.
         first_id: int, the id of the first segment of the first slice.
         progress: bool; a progress bar over slices on stderr.
+        classifier: None or an ``EdgeClassifier`` (see ``segment_array``).
 
     Returns:
         ``(labels, max_id)``: int64 labels, ids ``first_id``..max_id, and
@@ -161,7 +176,7 @@ def stack_slices(stack, params, first_id=1, progress=False):
     slices = tqdm(stack, desc="segment", unit="slice", disable=not progress or len(stack) < 2,
                   file=sys.stderr)
     for index, slice_map in enumerate(slices):
-        slice_labels, count = segment_array(slice_map, params)
+        slice_labels, count = segment_array(slice_map, params, classifier=classifier)
         labels[index] = slice_labels + offset
         offset += count
     return labels, offset
