@@ -182,7 +182,7 @@ def find_hdf5_dataset(handle, path, key):
         key = datasets[0]
     dataset = handle.get(key)
     if not isinstance(dataset, h5py.Dataset):
-        raise ValueError(f"{path}: no dataset with key {key!r}; available datasets: "
+        raise ValueError(f"{path}: no dataset with key '/{key.strip('/')}'; available datasets: "
                          f"{', '.join(datasets) or 'none'}")
     return dataset.name
 
