@@ -301,7 +301,9 @@ def run(args):
     args.model, args.model_name = resolve_model_spec(args.model)  # a name -> its weights
     args.input = ome_zarr.level_spec(args.input, args.level)
     check_outputs_not_input(args.input, args.output, args.overlay)
-    affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
+    from fusionnet_tf.io.spec import spec_kind
+
+    affinity_store = spec_kind(args.output) == "zarr"
     ome_plan = ome_zarr.check_cli_options(
         args, args.output, args.input,
         "affinities" if _is_affinity_model_file(args) else "probability", "predict")

@@ -118,6 +118,14 @@ def parse_spec(text):
     return Spec(path, None, _plain_kind(path, text))
 
 
+def spec_kind(text):
+    """``parse_spec(text).kind``, or None for a spec that ``parse_spec`` refuses."""
+    try:
+        return parse_spec(text).kind
+    except ValueError:
+        return None
+
+
 def normalize_key(key):
     """``"/a//b/"`` and ``"a/b"`` -> ``"a/b"``; an empty key -> None."""
     if key is None:
