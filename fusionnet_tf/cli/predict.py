@@ -339,7 +339,7 @@ def run(args):
         return predict_affinities(args, model, images, offsets)
     _refuse_affinity_options(args)
     if affinity_store:
-        check_prediction_output(args.output)  # names the formats a membrane map can be written to
+        check_prediction_output(args.output)  # names the formats a membrane map can take
     if ome_plan is not None and ome_plan.kind != "probability":
         ome_plan = dataclasses.replace(ome_plan, kind="probability")
     predictor = Predictor(

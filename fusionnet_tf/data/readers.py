@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-# the suffix lists live with the spec parser; re-exported for the readers' callers
-from fusionnet_tf.io.files import open_hdf5_dataset, open_zarr, resolve_hdf5_key  # noqa: F401
+from fusionnet_tf.io.files import open_hdf5_dataset, open_zarr
+# the suffix lists live with the spec parser (HDF5_SUFFIXES: re-exported for callers)
 from fusionnet_tf.io.spec import (HDF5_SUFFIXES, IMAGE_SUFFIXES,  # noqa: F401
-                                  SUPPORTED_SUFFIXES, TIFF_SUFFIXES, parse_spec)
+                                  TIFF_SUFFIXES, parse_spec)
 
 
 # --------------------------------------------------------------------------- #

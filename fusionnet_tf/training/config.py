@@ -536,7 +536,7 @@ def _check_divisible(key, size, model_config):
 
 
 def _stack_path(spec):
-    """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``; ``io.spec.parse_spec``)."""
+    """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``; ``io.spec``)."""
     from fusionnet_tf.io.spec import parse_spec
 
     try:
