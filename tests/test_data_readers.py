@@ -139,7 +139,7 @@ def test_hdf5_file_closed_after_failed_open(tmp_path):
 
     write_bad()
     for key, message in (("rgb", r"\(2, 2, 4, 4\)"), ("empty", "empty"), ("complex", "complex64"),
-                         ("missing", "'missing'")):
+                         ("missing", "'/missing'")):
         with pytest.raises(ValueError, match=message) as info:
             open_stack(f"{path}:{key}")
         write_bad()  # even while the traceback (and its frames) is still alive

@@ -59,7 +59,7 @@ def add_parser(subparsers):
 
 def check_args(args):
     """Validate the options and inputs before any work; returns ``(labels, image, voxel_size)``."""
-    from fusionnet_tf.io_utils import check_output_not_input, check_output_path
+    from fusionnet_tf.io.outputs import check_not_input, check_output_path
     from fusionnet_tf.io.ome_zarr import voxel_size_nm
     from fusionnet_tf.volumes.precomputed import (check_block_shape, image_dtype,
                                                   is_precomputed_output, label_dtype)
@@ -79,7 +79,7 @@ def check_args(args):
                          f"received --block {args.block} --block-z {args.block_z}") from None
     for spec, name in ((args.labels, "LABELS"), (args.image, "--image")):
         if spec is not None:
-            check_output_not_input(spec, args.output, name, "OUT_DIR")
+            check_not_input(args.output, spec, "OUT_DIR", name)
     check_output_path(args.output, f"OUT_DIR {args.output}", folder_output=True,
                       earlier_output=is_precomputed_output)
     labels, _ = open_any_volume(args.labels, f"LABELS {args.labels}")

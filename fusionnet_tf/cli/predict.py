@@ -12,7 +12,7 @@ FusionNet.
 import dataclasses
 from pathlib import Path
 
-from fusionnet_tf.io_utils import check_output_not_input, same_path, stored_in
+from fusionnet_tf.io.outputs import check_not_input, same_path, stored_in
 
 HELP = "Predict membrane probability maps (seamless tiles, 8-way TTA)."
 
@@ -177,41 +177,7 @@ def parse_offsets(text):
         raise ValueError(f"--offsets {text}: {exc}") from None
 
 
-def check_output(spec, option="--output"):
-    """Fail early, before any prediction, if ``spec`` cannot be written (the output guard).
-
-    Args:
-        spec: the output spec.
-        option: ``"--output"`` (any prediction format) or an overlay option
-            (``"--overlay"``, ``"--segment-overlay"``: a ``.png`` or a folder
-            only); named in the error messages.
-
-    Returns:
-        The output kind: ``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"``.
-
-    Raises:
-        ValueError: unknown output format, an overlay that is not a ``.png``
-            or folder, or an HDF5 target that cannot take the dataset.
-        FileNotFoundError / PermissionError: missing or unwritable parent folder.
-        FileExistsError: a PNG folder output over a folder that is not an
-            earlier PNG-folder output (see ``io_utils.check_output_path``).
-        IsADirectoryError: a file output that names an existing folder.
-    """
-    from fusionnet_tf.inference.writers import (DEFAULT_HDF5_KEY, check_hdf5_target,
-                                                is_png_folder_output, output_kind,
-                                                overlay_kind, split_output_spec)
-    from fusionnet_tf.io_utils import check_output_path
-
-    kind = overlay_kind(spec, option) if option.endswith("overlay") else output_kind(spec)
-    path, key = split_output_spec(spec)
-    check_output_path(path, f"{option} {spec}", folder_output=kind == "png_folder",
-                      earlier_output=is_png_folder_output)
-    if kind == "hdf5":
-        check_hdf5_target(path, key or DEFAULT_HDF5_KEY)
-    return kind
-
-
-def check_not_input(input_spec, output, overlay=None):
+def check_outputs_not_input(input_spec, output, overlay=None):
     """Refuse outputs that would overwrite INPUT (or each other), before predicting.
 
     Writing into the HDF5 file that holds the INPUT dataset is allowed (the
@@ -221,10 +187,10 @@ def check_not_input(input_spec, output, overlay=None):
     Raises:
         ValueError: naming the option, the output and INPUT.
     """
-    check_output_not_input(input_spec, output)
+    check_not_input(output, input_spec)
     if overlay is None:
         return
-    check_output_not_input(input_spec, overlay, output_name="--overlay")
+    check_not_input(overlay, input_spec, "--overlay")
     if same_path(stored_in(output)[0], Path(overlay)):
         raise ValueError(f"--overlay {overlay} is the same path as --output {output}; "
                          f"choose another path")
@@ -324,7 +290,8 @@ def run(args):
     from fusionnet_tf.cli.slices import select_slices
     from fusionnet_tf.data import normalize, read_stack
     from fusionnet_tf.data.normalize import check_finite
-    from fusionnet_tf.inference.writers import write_overlays, write_prediction
+    from fusionnet_tf.inference.writers import (check_prediction_output, write_overlays,
+                                                write_prediction)
 
     from fusionnet_tf.pretrained import resolve_model_spec
 
@@ -333,8 +300,10 @@ def run(args):
     check_tiling_arguments(args)
     args.model, args.model_name = resolve_model_spec(args.model)  # a name -> its weights
     args.input = ome_zarr.level_spec(args.input, args.level)
-    check_not_input(args.input, args.output, args.overlay)
-    affinity_store = str(args.output).lower().rstrip("/").endswith(".zarr")
+    check_outputs_not_input(args.input, args.output, args.overlay)
+    from fusionnet_tf.io.spec import spec_kind
+
+    affinity_store = spec_kind(args.output) == "zarr"
     ome_plan = ome_zarr.check_cli_options(
         args, args.output, args.input,
         "affinities" if _is_affinity_model_file(args) else "probability", "predict")
@@ -346,9 +315,9 @@ def run(args):
 
         check_affinity_output(args.output)
     else:
-        check_output(args.output)
+        check_prediction_output(args.output)
     if args.overlay:
-        check_output(args.overlay, "--overlay")
+        check_prediction_output(args.overlay, "--overlay")
     offsets = parse_offsets(args.offsets)
     params = args.segment_params = _check_segment_output(args)
     raw = check_finite(select_slices(read_stack(args.input), args.slices), f"INPUT {args.input}")
@@ -370,7 +339,7 @@ def run(args):
         return predict_affinities(args, model, images, offsets)
     _refuse_affinity_options(args)
     if affinity_store:
-        check_output(args.output)  # names the formats a membrane map can be written to
+        check_prediction_output(args.output)  # names the formats a membrane map can take
     if ome_plan is not None and ome_plan.kind != "probability":
         ome_plan = dataclasses.replace(ome_plan, kind="probability")
     predictor = Predictor(

@@ -179,10 +179,10 @@ def check_volume_paths(input_spec, output, ome_plan=None):
     An OME-Zarr OUTPUT (``ome_plan``) must be new, empty or an earlier output
     of the same command.
     """
-    from fusionnet_tf.io_utils import check_output_not_input, check_output_path
+    from fusionnet_tf.io.outputs import check_not_input, check_output_path
     from fusionnet_tf.volumes.storage import is_volume_output
 
-    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
+    check_not_input(output, input_spec, "OUTPUT", "INPUT")
     if ome_plan is not None:
         from fusionnet_tf.io import ome_zarr
 

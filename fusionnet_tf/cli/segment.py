@@ -164,22 +164,21 @@ def check_inputs_outputs(inputs, output, overlay=None, option="--output",
 
     Raises:
         ValueError: naming the options and paths (see
-            ``fusionnet_tf.io_utils.check_output_not_input``).
+            ``fusionnet_tf.io.outputs.check_not_input``).
     """
-    from fusionnet_tf.cli.predict import check_output
-    from fusionnet_tf.io_utils import check_output_not_input
+    from fusionnet_tf.inference.writers import check_prediction_output
+    from fusionnet_tf.io.outputs import check_not_input
     from fusionnet_tf.segmentation.io import DEFAULT_HDF5_KEY
 
     for name, spec in inputs:
         if spec:
-            check_output_not_input(spec, output, input_name=name, output_name=option,
-                                   default_key=DEFAULT_HDF5_KEY)
+            check_not_input(output, spec, option, name, default_key=DEFAULT_HDF5_KEY)
     if not overlay:
         return
     for name, spec in inputs + [(option, output)]:
         if spec:
-            check_output_not_input(spec, overlay, input_name=name, output_name=overlay_option)
-    check_output(overlay, overlay_option)
+            check_not_input(overlay, spec, overlay_option, name)
+    check_prediction_output(overlay, overlay_option)
 
 
 def segment_and_write(membrane, output, args, params, source, images=None, overlay=None,

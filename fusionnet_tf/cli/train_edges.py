@@ -86,7 +86,7 @@ def add_parser(subparsers):
 def check_classifier_output(args):
     """Fail before training if ``--output`` is not a writable ``.npz`` apart from the inputs."""
     from fusionnet_tf.cli.segment import check_inputs_outputs
-    from fusionnet_tf.io_utils import check_output_folder
+    from fusionnet_tf.io.outputs import check_output_folder
     from fusionnet_tf.segmentation.edge_classifier import SUFFIX
 
     if not str(args.output).lower().endswith(SUFFIX):

@@ -78,7 +78,7 @@ def add_parser(subparsers):
 def check_params_output(args):
     """Fail before tuning if ``--output`` is not a writable new .json next to the inputs."""
     from fusionnet_tf.cli.segment import check_inputs_outputs
-    from fusionnet_tf.io_utils import check_output_folder
+    from fusionnet_tf.io.outputs import check_output_folder
 
     if not str(args.output).lower().endswith(".json"):
         raise ValueError(f"--output {args.output}: parameters are written as a .json file")

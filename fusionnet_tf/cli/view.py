@@ -115,7 +115,7 @@ def run(args):
     segments = parse_ids(args.segments)
     size = parse_size(args.size)
     if args.screenshot is not None:
-        from fusionnet_tf.io_utils import check_output_path
+        from fusionnet_tf.io.outputs import check_output_path
 
         check_output_path(args.screenshot, f"--screenshot {args.screenshot}")
     import_neuroglancer()

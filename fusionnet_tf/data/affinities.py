@@ -14,14 +14,11 @@ Example:
 >>> affs, mask = affinity_targets(labels[:8, :64, :64])        # (10, 8, 64, 64) float32 each
 """
 
-from pathlib import Path
-
 import numpy as np
 
 DEFAULT_OFFSETS_3D = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -3, 0), (0, 0, -3),
                       (0, -9, 0), (0, 0, -9), (0, -27, 0), (0, 0, -27))
 DEFAULT_OFFSETS_2D = tuple(offset for offset in DEFAULT_OFFSETS_3D if offset[0] == 0)
-ZARR_SUFFIX = ".zarr"
 
 
 def check_offsets(offsets, name="offsets"):
@@ -136,38 +133,6 @@ def affinity_targets_tf(labels, offsets=DEFAULT_OFFSETS_3D):
 # ---------------------------------------------------------------- readers
 
 
-def _split_zarr_spec(spec):
-    """``"vol.zarr"`` / ``"vol.zarr:/key"`` -> (Path, key or None), or None if not zarr."""
-    text = str(spec)
-    index = text.lower().find(ZARR_SUFFIX)
-    if index < 0:
-        return None
-    end = index + len(ZARR_SUFFIX)
-    rest = text[end:]
-    if rest and not rest.startswith(":"):
-        return None
-    key = rest[1:].strip("/") or None
-    return Path(text[:end]), key
-
-
-def _read_zarr(path, key):
-    try:
-        import zarr
-    except ImportError as exc:
-        raise ImportError(f"reading {path} needs zarr ({exc}); pip install zarr") from exc
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    node = zarr.open(str(path), mode="r")
-    if key is not None:
-        try:
-            node = node[key]
-        except KeyError:
-            raise ValueError(f"{path}: no array at key {key!r}") from None
-    if not hasattr(node, "dtype"):
-        raise ValueError(f"{path}: a zarr group, not an array; give the key as {path}:/KEY")
-    return np.asarray(node[...])
-
-
 def read_instance_labels(spec):
     """Read a 3D instance-label volume, ids kept as stored (no binarization).
 
@@ -182,13 +147,9 @@ def read_instance_labels(spec):
         FileNotFoundError: missing file.
         ValueError: float or boolean ids, not 2D/3D, unknown format.
     """
-    from fusionnet_tf.data.readers import check_stack, read_stack
+    from fusionnet_tf.data.readers import read_stack
 
-    zarr_spec = None if isinstance(spec, np.ndarray) else _split_zarr_spec(spec)
-    if zarr_spec is not None:
-        labels = check_stack(_read_zarr(*zarr_spec), str(spec))
-    else:
-        labels = read_stack(spec)
+    labels = read_stack(spec)
     if labels.dtype.kind not in "ui":
         raise ValueError(f"{spec if not isinstance(spec, np.ndarray) else 'labels'}: instance "
                          f"labels must have an integer dtype; received {labels.dtype}")

@@ -20,19 +20,14 @@ offsets and offsets that do not match the channel count.
 """
 
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
-from fusionnet_tf.io_utils import atomic_path, default_permissions
+from fusionnet_tf.io.files import resolve_hdf5_key, write_hdf5, write_tiff, write_zarr
+from fusionnet_tf.io.spec import parse_spec
 
 KIND = "affinities"
 DEFAULT_HDF5_KEY = "affinities"
-ZARR_SUFFIX = ".zarr"
 
 
 # --------------------------------------------------------------------------- #
@@ -43,25 +38,18 @@ ZARR_SUFFIX = ".zarr"
 def affinity_format(spec):
     """``("tiff" | "hdf5" | "zarr", path, key_or_None)`` for an affinity file spec.
 
-    ``x.zarr:/key`` names an array inside a zarr group; ``x.h5:/key`` a
-    dataset.
+    ``x.zarr:/key`` (or ``x.zarr/key``) names an array inside a zarr group;
+    ``x.h5:/key`` a dataset. Split by ``io.spec.parse_spec``.
 
     Raises:
         ValueError: any other suffix, naming ``spec``.
     """
-    text = str(spec)
-    lower = text.lower()
-    marker = ZARR_SUFFIX + ":"
-    if marker in lower:
-        cut = lower.index(marker) + len(ZARR_SUFFIX)
-        return "zarr", Path(text[:cut]), text[cut + 1:].strip("/") or None
-    if Path(text).suffix.lower() == ZARR_SUFFIX:
-        return "zarr", Path(text), None
-    hdf5 = split_hdf5_spec(text)
-    if hdf5 is not None and hdf5[0].suffix.lower() in HDF5_SUFFIXES:
-        return "hdf5", hdf5[0], hdf5[1]
-    if Path(text).suffix.lower() in TIFF_SUFFIXES:
-        return "tiff", Path(text), None
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.kind in ("tiff", "hdf5", "zarr"):
+        return parsed.kind, parsed.path, parsed.key
     raise ValueError(f"affinity file {spec}: give a .tif/.tiff, .h5[:/key] or .zarr path")
 
 
@@ -132,7 +120,7 @@ def check_affinities(affs, offsets, name="affinities"):
 def check_affinity_output(spec, option="--output"):
     """Fail before any work if the affinity output ``spec`` may not be written.
 
-    The project's one output guard (``io_utils.check_output_path``): a
+    The project's one output guard (``io.outputs.check_output_path``): a
     ``.zarr`` output may replace only a missing or empty folder or an earlier
     affinity store; a TIFF/HDF5 output never replaces a folder.
 
@@ -143,9 +131,9 @@ def check_affinity_output(spec, option="--output"):
         ValueError: unknown format, a key inside a zarr output, or an HDF5
             target that cannot take the dataset.
         FileExistsError / IsADirectoryError / FileNotFoundError /
-        PermissionError: see ``io_utils.check_output_path``.
+        PermissionError: see ``io.outputs.check_output_path``.
     """
-    from fusionnet_tf.io_utils import check_hdf5_target, check_output_path
+    from fusionnet_tf.io.outputs import check_hdf5_target, check_output_path
 
     try:
         kind, path, key = affinity_format(spec)
@@ -164,7 +152,7 @@ def check_affinity_output(spec, option="--output"):
 
 def is_affinity_store(path):
     """True if ``path`` is a zarr store holding earlier affinities (``kind`` attribute)."""
-    from fusionnet_tf.io_utils import zarr_attributes
+    from fusionnet_tf.io.outputs import zarr_attributes
 
     return zarr_attributes(path).get("kind") == KIND
 
@@ -192,14 +180,17 @@ def write_affinities(spec, affs, offsets, metadata=None):
     kind, path, key = affinity_format(spec)
     affs, offsets = check_affinities(affs, offsets, f"affinity output {spec}")
     document = dict(metadata or {}, kind=KIND, offsets=[list(offset) for offset in offsets])
-    if kind == "tiff":
-        return _write_tiff(path, affs, dict(document, shape=list(affs.shape)))
+    if kind == "tiff":  # the pages: the C x Z sections, channel-major
+        return write_tiff(path, affs.reshape((-1,) + affs.shape[2:]),
+                          dict(document, shape=list(affs.shape)))
     if kind == "hdf5":
-        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, affs, document)
+        return write_hdf5(path, key or DEFAULT_HDF5_KEY, affs, document,
+                          chunks=affinity_chunks(affs.shape))
     if key is not None:
         raise ValueError(f"affinity output {spec}: a zarr output is a whole store (e.g. "
                          f"aff.zarr), not a key inside one")
-    return _write_zarr(path, affs, document)
+    return write_zarr(path, affs, document, chunks=affinity_chunks(affs.shape),
+                      what=f"affinity output {spec}", earlier_output=is_affinity_store)
 
 
 def affinity_chunks(shape):
@@ -209,60 +200,6 @@ def affinity_chunks(shape):
     same chunks whoever wrote the file.
     """
     return (1,) + tuple(min(n, c) for n, c in zip(shape[1:], (16, 256, 256)))
-
-
-def _write_tiff(path, affs, document):
-    import tifffile
-
-    pages = affs.reshape((-1,) + affs.shape[2:])
-    with atomic_path(path, fsync=True) as tmp:
-        tifffile.imwrite(tmp, pages, photometric="minisblack", description=json.dumps(document),
-                         metadata=None)
-    return path
-
-
-def _write_hdf5(path, key, affs, document):
-    import h5py
-
-    name = "/".join(part for part in str(key).split("/") if part)
-    if not name:
-        raise ValueError(f"{path}:{key}: empty HDF5 dataset key")
-    with atomic_path(path, copy_existing=True, fsync=True) as tmp:
-        copied = tmp.stat().st_size > 0
-        with h5py.File(tmp, "r+" if copied else "w") as handle:
-            if name in handle:
-                del handle[name]
-            dataset = handle.create_dataset(name, data=affs, compression="gzip",
-                                            chunks=affinity_chunks(affs.shape))
-            for attr, value in document.items():
-                plain = isinstance(value, (str, int, float, bool))
-                dataset.attrs[attr] = value if plain else json.dumps(value)
-    return path
-
-
-def _write_zarr(path, affs, document):
-    import zarr
-
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent} (for {path})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
-    old = None
-    try:
-        array = zarr.open_array(str(tmp), mode="w", shape=affs.shape, dtype="float32",
-                                chunks=affinity_chunks(affs.shape), fill_value=0)
-        array[...] = affs
-        array.attrs.update(document)
-        default_permissions(tmp, directory=True)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
-            os.replace(path, old / "store")
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover)
-    return path
 
 
 # --------------------------------------------------------------------------- #
@@ -284,8 +221,6 @@ def _tiff_metadata(path):
 
 
 def _hdf5_dataset_name(path, key):
-    from fusionnet_tf.data.readers import resolve_hdf5_key
-
     if key is None:
         import h5py
 

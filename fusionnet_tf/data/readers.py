@@ -6,7 +6,12 @@ Supported specs (``str`` or ``pathlib.Path``):
 - a single 2D image (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``): N = 1;
 - a folder of 2D slices, sorted naturally (``z2.png`` before ``z10.png``);
 - an HDF5 dataset, ``file.h5:/key`` (also ``.hdf5``, ``.hdf``); the key may be
-  left out when the file holds exactly one dataset.
+  left out when the file holds exactly one dataset;
+- a zarr array: ``store.zarr``, ``store.zarr:key`` or ``store.zarr/key`` (an
+  OME-Zarr image reads as its level 0, or the level named).
+
+Specs are split by ``fusionnet_tf.io.spec.parse_spec`` (the rule every command
+follows); HDF5 and zarr are opened with ``fusionnet_tf.io.files``.
 
 ``read_stack`` loads the whole stack in its native dtype; ``open_stack`` keeps
 it on disk where possible (HDF5 dataset, uncompressed TIFF via memory map,
@@ -31,34 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp") + TIFF_SUFFIXES
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-SUPPORTED_SUFFIXES = IMAGE_SUFFIXES + HDF5_SUFFIXES
-
-_HDF5_SPEC = re.compile(r"^(?P<path>.*?\.(?:h5|hdf5|hdf))(?::(?P<key>.*))?$", re.IGNORECASE)
+from fusionnet_tf.io.files import open_hdf5_dataset, open_zarr
+# the suffix lists live with the spec parser (HDF5_SUFFIXES: re-exported for callers)
+from fusionnet_tf.io.spec import (HDF5_SUFFIXES, IMAGE_SUFFIXES,  # noqa: F401
+                                  TIFF_SUFFIXES, parse_spec)
 
 
 # --------------------------------------------------------------------------- #
-# Spec parsing and validation
+# Validation
 # --------------------------------------------------------------------------- #
-
-
-def split_hdf5_spec(spec):
-    """Split ``"file.h5:/key"`` into ``(Path("file.h5"), "/key")``.
-
-    Args:
-        spec: str or Path.
-
-    Returns:
-        ``(path, key)`` with ``key`` None when no ``:key`` part is given, or
-        ``None`` if ``spec`` does not name an HDF5 file.
-    """
-    match = _HDF5_SPEC.match(str(spec))
-    if match is None:
-        return None
-    key = match.group("key")
-    return Path(match.group("path")), (key if key else None)
 
 
 def natural_key(name):
@@ -104,16 +90,6 @@ def check_stack(array, name="stack", allow_bool=False):
 def _check_exists(path):
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
-
-
-def _check_suffix(path):
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise ValueError(
-            f"unknown image file extension {path.suffix!r} for {path}; supported: "
-            f"{', '.join(SUPPORTED_SUFFIXES)}, a folder of slices, or file.h5:/key"
-        )
-    return suffix
 
 
 # --------------------------------------------------------------------------- #
@@ -213,64 +189,6 @@ def _list_slices(folder):
             f"folder {folder} contains no image slices (looked for {', '.join(IMAGE_SUFFIXES)})"
         )
     return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def _open_hdf5_file(path):
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
-
-
-def _find_dataset(handle, path, key):
-    """Full name (``"/volumes/raw"``) of dataset ``key`` in the open file ``handle``."""
-    import h5py
-
-    datasets = []
-    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-    if key is None:
-        if len(datasets) != 1:
-            raise ValueError(
-                f"{path}: give the dataset as {path}:/KEY; the file holds "
-                f"{len(datasets)} datasets: {', '.join(datasets) or 'none'}"
-            )
-        key = datasets[0]
-    dataset = handle.get(key)
-    if not isinstance(dataset, h5py.Dataset):
-        raise ValueError(
-            f"{path}: no dataset with key {key!r}; available datasets: {', '.join(datasets) or 'none'}"
-        )
-    return dataset.name
-
-
-def _open_hdf5(path, key):
-    """Return the h5py dataset ``key`` of ``path`` (file left open; closed on error)."""
-    handle = _open_hdf5_file(path)
-    try:
-        return handle[_find_dataset(handle, path, key)]
-    except BaseException:
-        handle.close()
-        raise
-
-
-def resolve_hdf5_key(path, key=None):
-    """Name of the dataset that ``path:key`` reads, e.g. ``"/volumes/raw"``.
-
-    Args:
-        path: str or Path of an HDF5 file.
-        key: dataset key, or None when the file holds exactly one dataset.
-
-    Returns:
-        str, the absolute dataset name. The file is closed again.
-
-    Raises:
-        ValueError: unreadable file, missing key, or no key for a file with
-            several datasets.
-    """
-    with _open_hdf5_file(path) as handle:
-        return _find_dataset(handle, path, key)
 
 
 def close_stack(stack):
@@ -377,24 +295,21 @@ def _lazy_tiff(path):
 # --------------------------------------------------------------------------- #
 
 
-def _open_ome_zarr(spec):
-    """A (Z, Y, X) level of an OME-Zarr image (``image.ome.zarr`` = level 0, or
-    ``image.ome.zarr:/DATASET``), or None for any other spec."""
+def _open_zarr(spec):
+    """A (Z, Y, X) or (Y, X) zarr array: a level of an OME-Zarr image or a plain array."""
     from fusionnet_tf.io import ome_zarr
 
-    text = str(spec)
-    path, key = Path(text), None
-    if not path.exists() and ":" in text:
-        head, key = text.rsplit(":", 1)
-        path, key = Path(head), key.strip("/")
-    if not ome_zarr.is_ome_zarr(path):
-        if path.is_dir() and ome_zarr.is_ome_zarr_name(path):
-            ome_zarr.read_multiscale(path)  # raises: no multiscales metadata
-        return None
-    opened = ome_zarr.open_level(path, key)
-    if opened is None:
-        raise ValueError(f"{spec}: {path} has no resolution level '{key}'")
-    return opened[0]
+    _check_exists(spec.path)
+    if ome_zarr.is_ome_zarr_name(spec.path) and not ome_zarr.is_ome_zarr(spec.path):
+        ome_zarr.read_multiscale(spec.path)  # raises: no multiscales metadata
+    if ome_zarr.is_ome_zarr(spec.path) and spec.key is not None:
+        if ome_zarr.open_level(spec.path, spec.key) is None \
+                and not ome_zarr.is_ome_zarr(spec.path / spec.key):
+            raise ValueError(f"{spec}: {spec.path} has no resolution level '{spec.key}'")
+    try:
+        return open_zarr(spec.path, spec.key)[0]
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
 
 
 def read_stack(spec, allow_bool=False):
@@ -402,7 +317,8 @@ def read_stack(spec, allow_bool=False):
 
     Args:
         spec: a ``.tif``/``.tiff`` stack, a single ``.png``/``.jpg``/``.tif``
-            image, a folder of 2D slices (natural order) or ``"file.h5:/key"``.
+            image, a folder of 2D slices (natural order), ``"file.h5:/key"`` or
+            a zarr array (``store.zarr[:key]``); see ``io.spec.parse_spec``.
             A NumPy array is validated and returned as (N, H, W).
         allow_bool: bool. Accept boolean data (label masks). Defaults to False.
 
@@ -455,24 +371,24 @@ def open_stack(spec, allow_bool=False):
         return check_stack(spec, "array", allow_bool)
     if not isinstance(spec, (str, Path)):
         raise ValueError(f"stack spec must be a path string, Path or ndarray; received {type(spec).__name__}")
-    hdf5 = split_hdf5_spec(spec)
-    if hdf5 is not None:
-        path, key = hdf5
+    parsed = parse_spec(spec)
+    path = parsed.path
+    if parsed.kind == "hdf5":
         _check_exists(path)
-        dataset = _open_hdf5(path, key)
+        dataset = open_hdf5_dataset(path, parsed.key)
         try:
-            return check_stack(dataset, f"{path}:{key or ''}", allow_bool)
+            return check_stack(dataset, f"{path}:{parsed.key or ''}", allow_bool)
         except BaseException:
             close_stack(dataset)
             raise
-    ome = _open_ome_zarr(spec)
-    if ome is not None:
-        return check_stack(ome, str(spec), allow_bool)
-    path = Path(spec)
+    if parsed.kind == "zarr":
+        return check_stack(_open_zarr(parsed), str(spec), allow_bool)
+    if parsed.kind == "n5":
+        raise ValueError(f"{spec}: N5 containers are read block-wise by predict-volume and "
+                         f"segment-volume; give a TIFF, an image, a folder, file.h5:/key or zarr")
     _check_exists(path)
     if path.is_dir():
         return check_stack(_lazy_folder(path), str(path), allow_bool)
-    suffix = _check_suffix(path)
-    if suffix in TIFF_SUFFIXES:
+    if parsed.kind == "tiff":
         return check_stack(_lazy_tiff(path), str(path), allow_bool)
     return check_stack(_read_image(path), str(path), allow_bool)

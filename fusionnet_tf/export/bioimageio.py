@@ -60,7 +60,7 @@ import numpy as np
 # reading and loading packages is the bioimage.io backend's (load_package_model re-exported)
 from fusionnet_tf.inference.backends.bioimageio_zip import (  # noqa: F401
     load_package_model, read_package_description)
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 INPUT_ID = "raw"
 OUTPUT_ID = "membrane_probability"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.export import bioimageio as bio
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 INPUT_ID = bio.INPUT_ID
 OUTPUT_ID = "affinities"

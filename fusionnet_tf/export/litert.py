@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 QUANT_TYPES = ("none", "fp16", "dynamic-int8", "int8")
 TOLERANCES = {

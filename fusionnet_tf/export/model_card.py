@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 NORMALIZATION = ("per-slice min-max to float32 [0, 1]: (x - min) / (max - min), constant "
                  "slices -> 0; fusionnet_tf.data.normalize(stack, mode='slice')")

@@ -12,7 +12,7 @@ Running ``.onnx`` files is the ONNX backend's job
 
 from pathlib import Path
 
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 TOLERANCE = "max abs difference <= 1e-5 (onnxruntime CPU)"
 

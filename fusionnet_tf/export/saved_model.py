@@ -232,7 +232,7 @@ def write_offsets_sidecar(path, offsets):
     """
     import json
 
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

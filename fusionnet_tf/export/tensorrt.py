@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice, check_int
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 ROUTES = ("tf-trt", "onnx")
 PRECISIONS = ("fp32", "fp16")

@@ -251,7 +251,7 @@ def load_cache(path=None):
 
 def store_entry(key, entry, path=None):
     """Add ``entry`` under ``key`` to the cache file (atomic rename); a failure only warns."""
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     path = Path(path) if path else cache_path()
     try:

@@ -14,7 +14,7 @@ Output formats, chosen by the path:
 - ``pred.png``: one 8-bit PNG (single-slice predictions only).
 
 Files are written to a temporary file in the same folder, flushed to disk and
-renamed when complete (``fusionnet_tf.io_utils.atomic_path``); an existing
+renamed when complete (``fusionnet_tf.io.outputs.atomic_path``); an existing
 HDF5 file is first copied to that temporary file, so readers see the old file
 or the new one, never a half-written dataset (this costs one copy of the file,
 and changes others make to it meanwhile are lost). A PNG folder is written to
@@ -36,10 +36,10 @@ import numpy as np
 # (high = membrane, or high = cell interior as in ISBI); both re-exported
 from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
-from fusionnet_tf.data.readers import HDF5_SUFFIXES, TIFF_SUFFIXES, split_hdf5_spec
-from fusionnet_tf.io_utils import (atomic_path, check_hdf5_target, check_output_path,  # noqa: F401
-                                   default_permissions, _check_hdf5_key,
-                                   hdf5_key, replace_folder)
+from fusionnet_tf.io.files import write_hdf5, write_tiff
+from fusionnet_tf.io.outputs import (atomic_path, check_hdf5_target, check_output_path,
+                                     default_permissions, replace_folder)
+from fusionnet_tf.io.spec import HDF5_SUFFIXES, TIFF_SUFFIXES, parse_spec  # noqa: F401
 
 DEFAULT_HDF5_KEY = "prediction"
 
@@ -65,15 +65,6 @@ def _check_prob(prob):
     return prob
 
 
-def split_output_spec(path):
-    """Split an output spec into ``(Path, hdf5_key_or_None)``.
-
-    ``"out.h5:/group/key"`` -> ``(Path("out.h5"), "/group/key")``; other paths
-    -> ``(Path(path), None)``. HDF5 specs follow ``data.readers.split_hdf5_spec``.
-    """
-    return split_hdf5_spec(path) or (Path(str(path)), None)
-
-
 # a PNG-folder output holds only these names, so re-running a command may refresh it
 _PNG_FOLDER_ENTRY = re.compile(r"^slice_\d{4,}\.png$|^prediction\.json$")
 
@@ -93,22 +84,51 @@ def is_png_folder_output(folder):
 def output_kind(path):
     """``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"`` for an output spec.
 
+    The spec is split by ``io.spec.parse_spec``.
+
     Raises:
-        ValueError: for an unknown suffix.
+        ValueError: for an unknown suffix or another kind (zarr, ``.jpg``).
     """
-    file_path, _ = split_output_spec(path)
-    suffix = file_path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        return "tiff"
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
-    if suffix == ".png":
+    try:
+        spec = parse_spec(path)
+    except ValueError:
+        spec = None
+    if spec is not None and spec.kind in ("tiff", "hdf5", "folder"):
+        return "png_folder" if spec.kind == "folder" else spec.kind
+    if spec is not None and spec.path.suffix.lower() == ".png":
         return "png"
-    if suffix == "" or file_path.is_dir():
-        return "png_folder"
     raise ValueError(
         f"output must be a .tif/.tiff, .h5[:/key], .png file or a folder; received {path}"
     )
+
+
+def check_prediction_output(spec, option="--output"):
+    """Fail early, before any prediction, if ``spec`` cannot be written (the output guard).
+
+    Args:
+        spec: the output spec.
+        option: ``"--output"`` (any prediction format) or an overlay option
+            (``"--overlay"``, ``"--segment-overlay"``: a ``.png`` or a folder
+            only); named in the error messages.
+
+    Returns:
+        The output kind: ``"tiff"``, ``"hdf5"``, ``"png"`` or ``"png_folder"``.
+
+    Raises:
+        ValueError: unknown output format, an overlay that is not a ``.png``
+            or folder, or an HDF5 target that cannot take the dataset.
+        FileNotFoundError / PermissionError: missing or unwritable parent folder.
+        FileExistsError: a PNG folder output over a folder that is not an
+            earlier PNG-folder output (see ``io.outputs.check_output_path``).
+        IsADirectoryError: a file output that names an existing folder.
+    """
+    kind = overlay_kind(spec, option) if option.endswith("overlay") else output_kind(spec)
+    parsed = parse_spec(spec)
+    check_output_path(parsed.path, f"{option} {spec}", folder_output=kind == "png_folder",
+                      earlier_output=is_png_folder_output)
+    if kind == "hdf5":
+        check_hdf5_target(parsed.path, parsed.key or DEFAULT_HDF5_KEY)
+    return kind
 
 
 def overlay_kind(path, name="overlay"):
@@ -122,12 +142,13 @@ def overlay_kind(path, name="overlay"):
         ValueError: for anything else (``.tif``, ``.h5``, ``.jpg``, ...):
             overlays are RGB PNGs.
     """
-    file_path, key = split_output_spec(path)
-    suffix = file_path.suffix.lower()
-    if key is None and suffix == ".png":
+    try:
+        spec = parse_spec(path)
+    except ValueError:
+        spec = None
+    if spec is not None and spec.kind == "image" and spec.path.suffix.lower() == ".png":
         return "png"
-    if key is None and suffix not in TIFF_SUFFIXES + HDF5_SUFFIXES and (
-            suffix == "" or file_path.is_dir()):
+    if spec is not None and spec.kind == "folder":
         return "png_folder"
     raise ValueError(
         f"{name} {path}: overlays are written as RGB PNGs; give a .png file (one slice) or a "
@@ -167,10 +188,10 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
     metadata = dict(metadata or {}, convention="isbi" if isbi else "membrane", dtype=dtype)
     kind = output_kind(path)
     if kind == "tiff":
-        return _write_tiff(Path(path), data, metadata)
+        return write_tiff(Path(path), data, metadata)
     if kind == "hdf5":
-        file_path, key = split_output_spec(path)
-        return _write_hdf5(file_path, key or DEFAULT_HDF5_KEY, data, metadata)
+        spec = parse_spec(path)
+        return write_hdf5(spec.path, spec.key or DEFAULT_HDF5_KEY, data, metadata)
     if kind == "png":
         if len(prob) != 1:
             raise ValueError(
@@ -179,41 +200,6 @@ def write_prediction(path, membrane_prob, dtype="float32", isbi=False, metadata=
             )
         return _write_png(Path(path), to_uint8(prob[0]))
     return write_png_folder(Path(path), to_uint8(prob), metadata)
-
-
-def _write_tiff(path, data, metadata):
-    import tifffile
-
-    check_output_path(path, f"output {path}")
-    with atomic_path(path, fsync=True) as tmp:
-        # minisblack: without it tifffile stores 3- and 4-slice stacks as planar RGB(A)
-        tifffile.imwrite(tmp, data, photometric="minisblack", description=json.dumps(metadata),
-                         metadata=None)
-    return path
-
-
-def _write_hdf5(path, key, data, metadata, chunks=None):
-    """Store ``data`` as dataset ``key`` of ``path``, keeping the file's other objects.
-
-    ``chunks``: the HDF5 chunk shape; None = one slice (``(1,) + data.shape[1:]``).
-    """
-    import h5py
-
-    check_output_path(path, f"output {path}")
-    check_hdf5_target(path, key)
-    name = hdf5_key(key)
-    with atomic_path(path, copy_existing=True, fsync=True) as tmp:
-        copied = tmp.stat().st_size > 0  # the existing file, as it was when the copy was made
-        with h5py.File(tmp, "r+" if copied else "w") as handle:
-            _check_hdf5_key(handle, path, name)  # the file may have changed since the check
-            if name in handle:
-                del handle[name]  # HDF5 does not reuse the space; h5repack reclaims it
-            dataset = handle.create_dataset(name, data=data, compression="gzip",
-                                            chunks=chunks or (1,) + data.shape[1:])
-            for attr, value in metadata.items():
-                plain = isinstance(value, (str, int, float, bool))
-                dataset.attrs[attr] = value if plain else json.dumps(value)
-    return path
 
 
 def _png_bytes_writer(path, image):

@@ -63,7 +63,7 @@ import numpy as np
 from fusionnet_tf.checks import check_choice
 from fusionnet_tf.io.ngff import (DEFAULT_NGFF_VERSION, LABEL_METHODS, MIN_PYRAMID_EXTENT,
                                    NGFF_VERSIONS)
-from fusionnet_tf.io_utils import (atomic_path, check_output_folder, check_output_path,
+from fusionnet_tf.io.outputs import (atomic_path, check_output_folder, check_output_path,
                                    default_permissions,
                                    replace_folder, zarr_attributes)
 
@@ -376,11 +376,15 @@ def input_metadata(spec):
     ``(None, None)`` for anything else (another format, or an array that is
     not a level of a multiscale image).
     """
-    text = str(spec)
-    path, dataset = Path(text), None
-    if not path.exists() and ":" in text:
-        head, key = text.rsplit(":", 1)
-        path, dataset = Path(head), key.strip("/")
+    from fusionnet_tf.io.spec import parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        return None, None
+    path, dataset = parsed.path, parsed.key
+    if dataset is not None and is_ome_zarr(path / dataset):  # IMAGE/labels/NAME
+        path, dataset = path / dataset, None
     if not is_ome_zarr(path):
         return None, None
     multiscale = read_multiscale(path)
@@ -987,7 +991,7 @@ def check_output(path, command, option="OUTPUT"):
     """The output guard for an OME-Zarr output (before any work).
 
     A new path, an empty folder or an earlier output of ``command`` is fine;
-    anything else is refused (``io_utils.check_output_path``). Under an
+    anything else is refused (``io.outputs.check_output_path``). Under an
     image's ``labels/`` group the NAME must be new or an earlier label output.
     """
     path = Path(path)

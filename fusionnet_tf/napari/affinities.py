@@ -128,8 +128,9 @@ def get_zarr_reader(path):
     Other zarr stores are left to napari's own reader.
     """
     from fusionnet_tf.data.affinity_io import affinity_metadata as file_metadata
+    from fusionnet_tf.io.spec import parse_spec, spec_kind
 
-    if isinstance(path, list) or not str(path).lower().rstrip("/").endswith(".zarr"):
+    if isinstance(path, list) or spec_kind(path) != "zarr" or parse_spec(path).key:
         return None
     return read_zarr_affinities if file_metadata(str(path).rstrip("/")) else None
 

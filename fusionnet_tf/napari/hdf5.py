@@ -21,11 +21,14 @@ import numpy as np
 
 def get_reader(path):
     """npe2 reader command: a reader for an HDF5 ``path`` (or ``path:/key``), else None."""
-    from fusionnet_tf.data.readers import split_hdf5_spec
+    from fusionnet_tf.io.spec import parse_spec
 
-    if isinstance(path, list) or split_hdf5_spec(path) is None:
+    if isinstance(path, list):
         return None
-    return read_hdf5
+    try:
+        return read_hdf5 if parse_spec(path).kind == "hdf5" else None
+    except ValueError:
+        return None
 
 
 def _layer_type(array):
@@ -60,10 +63,11 @@ def read_hdf5(path):
     """
     from fusionnet_tf.data import read_stack
     from fusionnet_tf.data.affinity_io import affinity_metadata
-    from fusionnet_tf.data.readers import split_hdf5_spec
+    from fusionnet_tf.io.spec import parse_spec
     from fusionnet_tf.napari.affinities import read_affinity_file
 
-    file_path, key = split_hdf5_spec(path)
+    parsed = parse_spec(path)
+    file_path, key = parsed.path, parsed.key
     keys = [key] if key else _dataset_keys(file_path)
     layers = []
     for name in keys:

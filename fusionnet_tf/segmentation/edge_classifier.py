@@ -319,7 +319,7 @@ class EdgeClassifier:
         Returns:
             Path written.
         """
-        from fusionnet_tf.io_utils import atomic_path
+        from fusionnet_tf.io.outputs import atomic_path
 
         header = np.frombuffer(json.dumps(self.header()).encode(), np.uint8)
         arrays = {key: self.packed[key] for key in PACKED_ARRAYS}

@@ -14,39 +14,20 @@ Label images are written as:
   uint64 when the ids need it; other datasets in the file are kept;
 - ``labels.zarr``: a uint64 zarr array at the store root, one chunk per slice.
 
-Every write goes to a temporary file or folder that is renamed when complete.
+Every write goes to a temporary file or folder that is renamed when complete
+(``fusionnet_tf.io.files``). Specs are split by ``io.spec.parse_spec``.
 """
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.io_utils import (check_output_path, default_permissions, replace_folder,
-                                   zarr_attributes)
+from fusionnet_tf.io.files import write_hdf5, write_tiff, write_zarr
+from fusionnet_tf.io.outputs import check_output_path, zarr_attributes
+from fusionnet_tf.io.spec import parse_spec
 from fusionnet_tf.segmentation.segmenter import label_dtype
 
 DEFAULT_HDF5_KEY = "segmentation"
-ZARR_SUFFIX = ".zarr"
-
-
-def is_zarr_spec(spec):
-    """True for ``x.zarr`` or ``x.zarr:/key`` (existing or not), or a zarr folder."""
-    text = str(spec)
-    path = Path(text.split(ZARR_SUFFIX + ":", 1)[0] + ZARR_SUFFIX) if (
-        ZARR_SUFFIX + ":") in text.lower() else Path(text)
-    if path.suffix.lower() == ZARR_SUFFIX:
-        return True
-    return path.is_dir() and any((path / name).exists()
-                                 for name in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def _read_zarr(spec):
-    from fusionnet_tf.volumes.storage import open_volume
-
-    array, _ = open_volume(spec)
-    return np.asarray(array[...])
 
 
 def read_membrane(spec, convention="membrane"):
@@ -62,10 +43,8 @@ def read_membrane(spec, convention="membrane"):
         ValueError: integer type other than uint8, NaN/inf, values outside
             [0, 1] (naming ``spec``).
     """
-    from fusionnet_tf.inference.writers import membrane_from_array, read_probability_map
+    from fusionnet_tf.inference.writers import read_probability_map
 
-    if is_zarr_spec(spec):
-        return membrane_from_array(_read_zarr(spec), spec, convention)
     return read_probability_map(spec, convention)
 
 
@@ -107,8 +86,7 @@ def read_segments(spec, option="--seg"):
     """
     from fusionnet_tf.data import read_stack
 
-    data = _read_zarr(spec) if is_zarr_spec(spec) else np.asarray(read_stack(spec,
-                                                                            allow_bool=True))
+    data = np.asarray(read_stack(spec, allow_bool=True))
     if data.dtype == bool or not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{option} {spec}: a label image must have an integer type (one id per "
                          f"segment); received dtype {data.dtype}")
@@ -123,17 +101,20 @@ def label_kind(spec):
     Raises:
         ValueError: any other suffix, naming ``spec``.
     """
-    from fusionnet_tf.inference.writers import output_kind
     from fusionnet_tf.io.ome_zarr import is_ome_zarr_name
 
     if is_ome_zarr_name(spec):
         return "ome-zarr"
-    if is_zarr_spec(spec):
-        if (ZARR_SUFFIX + ":") in str(spec).lower():
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.kind == "zarr":
+        if parsed.key is not None:
             raise ValueError(f"labels output {spec}: a zarr output is a whole store (e.g. "
                              f"neurons.zarr), not a key inside one")
         return "zarr"
-    kind = output_kind(spec) if Path(str(spec).split(":")[0]).suffix else None
+    kind = parsed.kind if parsed is not None else None
     if kind not in ("tiff", "hdf5"):
         raise ValueError(f"labels output {spec}: give a .tif/.tiff (uint32), .h5[:/key] or "
                          f".zarr path")
@@ -164,7 +145,7 @@ def check_label_output(spec, option="labels output"):
     Returns:
         ``label_kind(spec)``.
     """
-    from fusionnet_tf.inference.writers import check_hdf5_target, split_output_spec
+    from fusionnet_tf.io.outputs import check_hdf5_target
 
     kind = label_kind(spec)
     if kind == "ome-zarr":
@@ -172,7 +153,8 @@ def check_label_output(spec, option="labels output"):
 
         check_output(spec, "segment", option)
         return kind
-    path, key = (Path(spec), None) if kind == "zarr" else split_output_spec(spec)
+    parsed = parse_spec(spec)
+    path, key = parsed.path, parsed.key
     check_output_path(path, f"{option} {spec}", folder_output=kind == "zarr",
                       earlier_output=is_label_store)
     if kind == "hdf5":
@@ -204,8 +186,6 @@ def write_labels(spec, labels, metadata=None, ome_plan=None):
     Raises:
         ValueError: unknown format, or ids beyond uint32 for a TIFF.
     """
-    from fusionnet_tf.inference.writers import _write_hdf5, _write_tiff, split_output_spec
-
     labels = np.asarray(labels)
     labels = labels[None] if labels.ndim == 2 else labels
     max_id = int(labels.max()) if labels.size else 0
@@ -216,37 +196,18 @@ def write_labels(spec, labels, metadata=None, ome_plan=None):
         if label_dtype(max_id) != np.uint32:
             raise ValueError(f"labels output {spec}: ids up to {max_id} do not fit a uint32 "
                              f"TIFF; write .h5 or .zarr")
-        return _write_tiff(Path(spec), labels, metadata)
+        return write_tiff(Path(spec), labels, metadata)
     if kind == "hdf5":
-        path, key = split_output_spec(spec)
-        return _write_hdf5(path, key or DEFAULT_HDF5_KEY, labels, metadata)
+        parsed = parse_spec(spec)
+        return write_hdf5(parsed.path, parsed.key or DEFAULT_HDF5_KEY, labels, metadata)
     if kind == "ome-zarr":
         from fusionnet_tf.io import ome_zarr
 
         plan = ome_plan or ome_zarr.OutputPlan(kind="labels", command="segment")
         return ome_zarr.write_ome_zarr(spec, labels, plan)
-    return _write_zarr(Path(spec), labels, metadata)
-
-
-def _write_zarr(path, labels, metadata):
-    """Write a uint64 zarr array to a temporary store, then rename it over ``path``."""
-    from fusionnet_tf.volumes.storage import import_zarr
-
-    zarr = import_zarr()
-    check_output_path(path, f"labels output {path}", folder_output=True,
-                      earlier_output=is_label_store)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
-    try:
-        array = zarr.open_array(str(tmp), mode="w", shape=labels.shape, dtype="uint64",
-                                chunks=(1,) + labels.shape[1:], fill_value=0)
-        array[...] = labels
-        array.attrs[LABELS_ATTRS_KEY] = metadata
-        default_permissions(tmp, directory=True)
-        replace_folder(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
+    path = Path(spec)  # a uint64 array at the store root, one chunk per slice
+    return write_zarr(path, labels, {LABELS_ATTRS_KEY: metadata},
+                      what=f"labels output {path}", earlier_output=is_label_store)
 
 
 def label_colours(labels, seed=0):

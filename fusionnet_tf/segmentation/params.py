@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from fusionnet_tf.checks import check_choice, check_int, check_range
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 SEED_METHODS = ("threshold", "distance")
 MERGE_STATISTICS = ("mean", "quantile")

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from fusionnet_tf.checks import check_int
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 
 STATE_FILE = "state.json"
 

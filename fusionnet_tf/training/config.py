@@ -453,7 +453,7 @@ def save_config(config, path):
     """Write ``config`` as YAML to ``path`` atomically."""
     import yaml
 
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -536,11 +536,13 @@ def _check_divisible(key, size, model_config):
 
 
 def _stack_path(spec):
-    """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``)."""
-    from fusionnet_tf.data.readers import split_hdf5_spec
+    """File-system part of a stack spec (``file.h5:/key`` -> ``file.h5``; ``io.spec``)."""
+    from fusionnet_tf.io.spec import parse_spec
 
-    hdf5 = split_hdf5_spec(spec)
-    return hdf5[0] if hdf5 else Path(str(spec))
+    try:
+        return parse_spec(spec).path
+    except ValueError:  # an unknown extension: the readers name it
+        return Path(str(spec))
 
 
 def check_config(config):

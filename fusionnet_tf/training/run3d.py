@@ -93,7 +93,7 @@ def write_offsets_sidecars(config, out):
     """
     import json
 
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     text = json.dumps({"offsets": [list(map(int, o)) for o in config_lib.affinity_offsets(config)]})
     for name in ("latest", "best"):

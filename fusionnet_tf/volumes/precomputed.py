@@ -354,7 +354,7 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
 
     Args:
         labels: ``(Z, Y, X)`` integer array-like (zarr, h5py, memmap, ndarray).
-        out_dir: output folder; checked by the caller (``io_utils.check_output_path``
+        out_dir: output folder; checked by the caller (``io.outputs.check_output_path``
             with :func:`is_precomputed_output`); replaced at the end.
         image: optional ``(Z, Y, X)`` array-like of the same shape (raw EM or
             probabilities).
@@ -377,7 +377,7 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
         ValueError: float labels, an image of another shape, bad block shape,
             bad ``min_voxels``, negative ids.
     """
-    from fusionnet_tf.io_utils import default_permissions, replace_folder
+    from fusionnet_tf.io.outputs import default_permissions, replace_folder
 
     shape = tuple(int(s) for s in labels.shape)
     seg_type = label_dtype(labels.dtype, labels_name)

@@ -10,6 +10,7 @@ import numpy as np
 from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
 from fusionnet_tf.data.readers import close_stack
+from fusionnet_tf.io.outputs import check_not_input
 from fusionnet_tf.volumes import blockwise, storage
 from fusionnet_tf.volumes.executors import (BlockFailures, blocks_line, check_block_hook,
                                             count_block, executor_context, is_distributed,
@@ -435,7 +436,7 @@ def _check_dask_model(model_path, model, distributed_run):
 def _input_shape(input_spec, output):
     """``(shape, name)`` of the input volume; refuses an output that is the input."""
     volume, name = storage.open_volume(input_spec)
-    storage.check_not_input(output, input_spec)
+    check_not_input(output, input_spec, "OUTPUT", "INPUT")
     shape = tuple(int(n) for n in volume.shape)
     close_stack(volume)
     return shape, name

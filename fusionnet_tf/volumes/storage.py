@@ -1,7 +1,8 @@
 """Lazy volume input (zarr v2/v3, HDF5) and the resumable zarr output store.
 
-Input specs: ``volume.zarr`` (an array at the store root), ``volume.zarr:/raw``
-(an array inside a zarr group), ``volume.h5:/raw`` (an HDF5 dataset; the key
+Input specs (split by ``io.spec.parse_spec``, as every command does):
+``volume.zarr`` (an array at the store root), ``volume.zarr:/raw`` or
+``volume.zarr/raw`` (an array inside a zarr group), ``volume.h5:/raw`` (an HDF5 dataset; the key
 may be left out when the file holds a single dataset), ``volume.n5:/raw`` or
 ``volume.n5/raw`` (an N5 dataset, read with ``tensorstore``; the key may be left
 out when the container holds one dataset). Arrays must be ``(Z, Y, X)``; N5
@@ -21,26 +22,22 @@ zarr and h5py are imported inside the functions; zarr belongs to the
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from fusionnet_tf.data.readers import HDF5_SUFFIXES, split_hdf5_spec
-from fusionnet_tf.io_utils import zarr_attributes
+from fusionnet_tf.io import files
+from fusionnet_tf.io.files import EXTRA_HINT  # noqa: F401 - named by executors
+from fusionnet_tf.io.outputs import zarr_attributes
+from fusionnet_tf.io.spec import HDF5_SUFFIXES, N5_ATTRIBUTES, parse_spec
 
 DONE_DIR = ".fusionnet-done"
 ATTRS_KEY = "fusionnet_volume"
-EXTRA_HINT = "install the volumes extra: pip install 'fusionnet-tf[volumes]'"
 
 
 def import_zarr():
     """Import zarr, or raise ImportError naming the ``[volumes]`` extra."""
-    try:
-        import zarr
-    except ImportError as exc:
-        raise ImportError(f"block-wise volume prediction needs zarr ({exc}); {EXTRA_HINT}") from exc
-    return zarr
+    return files.import_zarr("block-wise volume prediction")
 
 
 def zarr_major_version():
@@ -48,28 +45,21 @@ def zarr_major_version():
     return int(import_zarr().__version__.split(".")[0])
 
 
-def split_spec(spec):
-    """Split ``"path:/key"`` into ``(Path(path), key or None)``.
-
-    HDF5 specs are split as ``data.readers.split_hdf5_spec`` does. Other
-    specs (zarr) are split at the last ``:`` whose left part exists on disk,
-    so paths containing ``:`` still work. Keys lose their leading ``/``.
+def existing_spec(spec):
+    """``io.spec.parse_spec(spec)``, checked to name an existing file or folder.
 
     Raises:
-        FileNotFoundError: if no such file or folder exists.
+        FileNotFoundError: if no such file or folder exists (or ``spec`` is no spec).
     """
-    spec = str(spec)
-    hdf5 = split_hdf5_spec(spec)
-    if hdf5 is not None and hdf5[0].exists():
-        return hdf5[0], (hdf5[1].strip("/") or None) if hdf5[1] else None
-    if os.path.exists(spec):
-        return Path(spec), None
-    if ":" in spec:
-        path, key = spec.rsplit(":", 1)
-        if os.path.exists(path):
-            return Path(path), (key.strip("/") or None)
-    raise FileNotFoundError(f"input volume not found: {spec!r} (expected a zarr folder, "
-                            f"'volume.zarr:/key', 'volume.n5:/key' or 'volume.h5:/key')")
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        parsed = None
+    if parsed is None or not parsed.path.exists():
+        raise FileNotFoundError(f"input volume not found: {str(spec)!r} (expected a zarr "
+                                f"folder, 'volume.zarr:/key', 'volume.n5:/key' or "
+                                f"'volume.h5:/key')")
+    return parsed
 
 
 def is_hdf5(path):
@@ -107,18 +97,6 @@ def _open_hdf5(path, key):
         raise KeyError(f"dataset key '/{key}' not found in HDF5 file {path}; "
                        f"datasets: {['/' + n for n in names]}")
     return handle[key], key
-
-
-def _zarr_arrays(group):
-    """Paths of all arrays below a zarr group (zarr-python 3, or 2 as a fallback)."""
-    if hasattr(group, "members"):
-        return [name for name, member in group.members(max_depth=None) if hasattr(member, "shape")]
-    names = []
-    group.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
-    return names
-
-
-N5_ATTRIBUTES = "attributes.json"
 
 
 def is_n5(path):
@@ -200,39 +178,12 @@ def _open_n5(path, key):
     return N5Array(store), key
 
 
-def _open_zarr(path, key):
-    from fusionnet_tf.io import ome_zarr
-
-    level = ome_zarr.open_level(path, key)  # an OME-Zarr image: level 0, or the level named
-    if level is not None:
-        return level
-    zarr = import_zarr()
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for "not a zarr store"
-        raise ValueError(f"cannot open {path} as a zarr store or HDF5 file: {exc}") from exc
-    if hasattr(node, "shape"):
-        if key is not None:
-            raise KeyError(f"{path} is a zarr array, not a group; it has no key '/{key}'")
-        return node, None
-    names = _zarr_arrays(node)
-    if key is None:
-        if len(names) != 1:
-            raise ValueError(f"zarr group {path} holds {len(names)} arrays {names}; name one "
-                             f"as '{path}:/KEY'")
-        key = names[0]
-    if key not in names:
-        raise KeyError(f"array key '/{key}' not found in zarr group {path}; arrays: "
-                       f"{['/' + n for n in names]}")
-    return node[key], key
-
-
 def open_volume(spec):
     """Open a ``(Z, Y, X)`` volume lazily.
 
     Args:
-        spec: str or Path: ``volume.zarr``, ``volume.zarr:/key``,
-            ``volume.n5:/key`` / ``volume.n5/key`` (N5 via tensorstore) or
+        spec: str or Path: ``volume.zarr``, ``volume.zarr:/key`` /
+            ``volume.zarr/key``, ``volume.n5:/key`` / ``volume.n5/key`` (N5 via tensorstore) or
             ``volume.h5:/key`` (zarr format 2 or 3; the key is optional when
             the file holds one dataset).
 
@@ -253,13 +204,14 @@ def open_volume(spec):
     >>> volume.shape
     (3, 300, 500)
     """
-    path, key = split_spec(spec)
+    parsed = existing_spec(spec)
+    path, key = parsed.path, parsed.key
     if is_hdf5(path):
         array, key = _open_hdf5(path, key)
     elif is_n5(path):
         array, key = _open_n5(path, key)
     elif path.is_dir():
-        array, key = _open_zarr(path, key)
+        array, key = files.open_zarr(path, key)
     else:
         raise ValueError(f"input volume {path} is neither an HDF5 file nor a zarr folder")
     path = path.absolute()  # the name is recorded in the output: same from any folder
@@ -300,17 +252,6 @@ def is_volume_output(path):
     return ATTRS_KEY in zarr_attributes(path)
 
 
-def check_not_input(output, input_spec):
-    """Refuse an output that is, contains or lies inside the input (see ``io_utils``).
-
-    Raises:
-        ValueError: one line naming ``OUTPUT`` and ``INPUT``.
-    """
-    from fusionnet_tf.io_utils import check_output_not_input
-
-    check_output_not_input(input_spec, output, input_name="INPUT", output_name="OUTPUT")
-
-
 def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
     """Reopen an existing output to continue the same run, if there is one.
 
@@ -330,10 +271,10 @@ def open_output_for_resume(path, shape, chunks, settings, overwrite=False):
     Raises:
         FileExistsError: ``path`` exists but is a file or a non-empty folder
             that is not an earlier output of a block-wise command (never
-            replaced, even with ``overwrite``; see ``io_utils.check_output_path``).
+            replaced, even with ``overwrite``; see ``io.outputs.check_output_path``).
         ValueError: the existing output has another shape, chunking or settings.
     """
-    from fusionnet_tf.io_utils import check_output_path
+    from fusionnet_tf.io.outputs import check_output_path
 
     zarr = import_zarr()
     path = Path(path)
@@ -426,6 +367,8 @@ def check_resumable(array, path, shape, chunks, settings):
                          f"pass --overwrite")
     previous = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **(array.attrs.get(ATTRS_KEY) or {})}
     settings = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **settings}
+    if same_input_name(previous.get("input"), settings.get("input")):
+        previous["input"] = settings.get("input")  # one array, named the way of another version
     different = sorted(k for k in set(previous) | set(settings)
                        if k not in IGNORED_ON_RESUME and previous.get(k) != settings.get(k)
                        and not (k in COMPARED_ONLY_WHEN_RECORDED and k not in previous))
@@ -434,6 +377,27 @@ def check_resumable(array, path, shape, chunks, settings):
                            for k in different[:4])
         raise ValueError(f"output {path} was started with other settings ({detail}); resume "
                          f"with the same settings or pass --overwrite")
+
+
+def same_input_name(first, second):
+    """True if two recorded input names (``open_volume``'s) name the same array.
+
+    Older versions named ``store.zarr/raw`` (key given with ``/``) as the
+    folder ``ABS/store.zarr/raw``; this one as ``ABS/store.zarr:/raw``, as the
+    ``:`` spelling always was. Both split by ``io.spec.parse_spec`` into the
+    same container and key.
+    """
+    if not (isinstance(first, str) and isinstance(second, str)):
+        return False
+    try:
+        one, other = parse_spec(first), parse_spec(second)
+    except ValueError:
+        return False
+
+    def parts(key):
+        return tuple(p for p in (key or "").replace(":", "/").split("/") if p)
+
+    return one.path == other.path and parts(one.key) == parts(other.key)
 
 
 # stored with the settings, but taken from the store on resume (not compared)
@@ -497,7 +461,7 @@ def write_block(path, block, data):
 
 def mark_done(path, block, info):
     """Write ``block``'s done-marker atomically (call after its data is stored)."""
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     marker = done_marker(path, block)
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -540,7 +504,7 @@ def open_any_volume(spec, what="input volume"):
 
     text = str(spec)
     try:
-        path, _ = split_spec(text)
+        path = existing_spec(text).path
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}: no such file or folder") from None
     try:

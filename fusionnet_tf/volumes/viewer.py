@@ -256,7 +256,7 @@ def take_screenshot(viewer, path, size=(1024, 768)):
     """Open headless Chromium on ``viewer``, render, and write a PNG to ``path`` (atomically)."""
     from PIL import Image
 
-    from fusionnet_tf.io_utils import atomic_path
+    from fusionnet_tf.io.outputs import atomic_path
 
     driver = open_browser(viewer.get_viewer_url(), size)
     try:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 from fusionnet_tf.segmentation.blockwise.affinities import (read_affinity_region,
                                                             segment_affinity_region)
 from fusionnet_tf.segmentation.blockwise.geometry import (block_faces, extended_region,

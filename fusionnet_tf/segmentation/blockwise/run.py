@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path, check_not_input
 from fusionnet_tf.segmentation.blockwise.affinities import (check_affinity_volume,
                                                             open_affinity_input)
 from fusionnet_tf.segmentation.blockwise.blocks import watershed_task
@@ -135,7 +135,7 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
     halo = resolve_halo(halo, kind, params.anisotropy)
     job = SegmentJob(str(input_spec), str(output), params, mode, halo, shape, block_shape,
                      input_kind, offsets)
-    storage.check_not_input(output, input_spec)
+    check_not_input(output, input_spec, "OUTPUT", "INPUT")
     if not Path(output).absolute().parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {Path(output).absolute().parent} "
                                 f"(for {output})")

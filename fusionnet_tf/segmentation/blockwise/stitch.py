@@ -10,7 +10,7 @@ the output (``relabel_task``).
 
 import numpy as np
 
-from fusionnet_tf.io_utils import atomic_path
+from fusionnet_tf.io.outputs import atomic_path
 from fusionnet_tf.segmentation.blockwise.geometry import face_key
 from fusionnet_tf.segmentation.blockwise.store import write_block
 from fusionnet_tf.segmentation.segmenter import graph_components, link_segments

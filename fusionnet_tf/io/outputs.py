@@ -15,8 +15,11 @@ folder, zarr store) and every command (before any work) calls it. The rules:
   ``slice_NNNN.png`` files, or a zarr store carrying this command's
   attributes). Anything else of the user's is refused, never deleted.
 
-:func:`check_output_not_input` refuses an output that would overwrite or
-live inside an input (a file, an HDF5 dataset, a zarr store, a folder).
+:func:`check_not_input` refuses an output that would overwrite or live
+inside an input (a file, an HDF5 dataset, a zarr store, a folder).
+:func:`atomic_path` and :func:`replace_folder` make every write atomic.
+Specs are split by ``io.spec.parse_spec``; the writers that use these guards
+are in ``io.files``.
 """
 
 import contextlib
@@ -226,28 +229,26 @@ def _contains(folder, path):
 def stored_in(spec):
     """``(path, hdf5_key_or_None, kind)`` of the file or store that holds ``spec``.
 
-    ``kind`` is ``"hdf5"`` for ``file.h5[:/key]``, ``"zarr"`` for
-    ``store.zarr[:/key]`` (the path is the store's folder) and ``"file"``
-    otherwise.
+    ``kind`` is ``"hdf5"`` for ``file.h5[:/key]``, ``"zarr"`` for a zarr or
+    N5 container (``store.zarr[:key]``, ``store.zarr/key``; the path is the
+    store's folder) and ``"file"`` otherwise (also for a spec that
+    ``io.spec.parse_spec`` refuses, such as ``edges.npz``). Specs are split by
+    ``parse_spec``.
     """
-    from fusionnet_tf.data.readers import split_hdf5_spec
+    from fusionnet_tf.io.spec import FOLDER_CONTAINERS, parse_spec
 
-    hdf5 = split_hdf5_spec(spec)
-    if hdf5 is not None:
-        return hdf5[0], hdf5[1], "hdf5"
-    text = str(spec)
-    index = text.lower().find(".zarr:")
-    if index >= 0:
-        return Path(text[:index + len(".zarr")]), None, "zarr"
-    head = text.rsplit(":", 1)[0]
-    if head != text and not os.path.exists(text) and os.path.isdir(head):
-        return Path(head), None, "zarr"  # a store named otherwise, "store:/key"
-    return Path(text), None, "zarr" if text.lower().rstrip("/").endswith(".zarr") else "file"
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        return Path(str(spec)), None, "file"
+    if parsed.kind == "hdf5":
+        return parsed.path, parsed.key, "hdf5"
+    return parsed.path, None, "zarr" if parsed.kind in FOLDER_CONTAINERS else "file"
 
 
-def check_output_not_input(input_spec, output, input_name="INPUT", output_name="--output",
-                           default_key="prediction"):
-    """Refuse an output that would overwrite an input, before any work.
+def check_not_input(output, input_spec, output_name="--output", input_name="INPUT",
+                    default_key="prediction"):
+    """Refuse an output that would overwrite an input, before any work (the one such guard).
 
     An output over the input's file, over the zarr store that holds it, over
     a folder that contains it or inside the input's folder or store is
@@ -256,16 +257,16 @@ def check_output_not_input(input_spec, output, input_name="INPUT", output_name="
     input dataset itself (or a link to it).
 
     Args:
+        output: the output spec (the thing checked, first as in every guard here).
         input_spec: the input spec (``file.tif``, ``file.h5:/key``,
             ``store.zarr:/key``, a folder, ...).
-        output: the output spec.
-        input_name, output_name: how the error message calls them.
+        output_name, input_name: how the error message calls them (the option).
         default_key: the HDF5 key the output is written to when it names none.
 
     Raises:
-        ValueError: naming both (also for a symbolic-link loop).
+        ValueError: one line naming both (also for a symbolic-link loop).
     """
-    from fusionnet_tf.data.readers import resolve_hdf5_key
+    from fusionnet_tf.io.files import resolve_hdf5_key
 
     input_path, input_key, input_kind = stored_in(input_spec)
     output_path, output_key, output_kind = stored_in(output)
@@ -346,10 +347,10 @@ def check_hdf5_target(path, key):
     except OSError as error:
         raise ValueError(f"{path}: cannot open the existing HDF5 file ({error})") from error
     with handle:
-        _check_hdf5_key(handle, path, key)
+        check_hdf5_key(handle, path, key)
 
 
-def _check_hdf5_key(handle, path, key):
+def check_hdf5_key(handle, path, key):
     """Raise ValueError unless a dataset can be stored as ``key`` in the open file."""
     import h5py
 
