@@ -11,7 +11,9 @@ above it. Checked here:
    except the lazy imports in ``ALLOWED_TRAINING_TO_INFERENCE``;
 3. no import cycle between ``fusionnet_tf`` subpackages (each top-level module
    counts as one): none through module-level imports, and none through lazy
-   (function-level) imports except over the edges in ``ALLOWED_LAZY_CYCLE_EDGES``.
+   (function-level) imports except over the edges in ``ALLOWED_LAZY_CYCLE_EDGES``;
+4. every import points up ``LAYERS`` (the order the README's Layout drawing
+   shows), and every subpackage and top-level module has a layer there.
 
 An import counts wherever it is written: at module level, in a class body,
 in a function (``lazy``), or as a module named in a package ``_LAZY`` map
@@ -39,6 +41,21 @@ ALLOWED_TRAINING_TO_INFERENCE = {
 # (importing node, imported node): lazy edges allowed to close a cycle (none today: the spec
 # parser and the HDF5 key lookup moved down from data.readers into io)
 ALLOWED_LAZY_CYCLE_EDGES = {}
+
+
+# The layers, lowest first, as README.md's "Layout" draws them; a module may import only
+# from its own layer or one before it (training -> inference: ALLOWED_TRAINING_TO_INFERENCE).
+LAYERS = (
+    ("services", ("_compat", "backend", "lazy", "checks", "choices", "dihedral", "pretrained",
+                  "io", "metrics")),
+    ("data", ("data",)),
+    ("models", ("models",)),
+    ("inference | training", ("inference", "training")),
+    ("volumes", ("volumes",)),
+    ("segmentation", ("segmentation",)),
+    ("export", ("export",)),
+    ("entry points", ("cli", "napari", "__main__")),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +232,22 @@ def cycle_violations(imports, allowed=ALLOWED_LAZY_CYCLE_EDGES):
     return found
 
 
+def layer_violations(imports, layers=LAYERS):
+    """Imports from a later layer into an earlier one, and nodes that have no layer."""
+    rank = {name: index for index, (_, names) in enumerate(layers) for name in names}
+    found = []
+    for i in cross_node_imports(imports):
+        source, target = node(i.source), node(i.target)
+        if ROOT in (source, target) or "__version__" in (source, target):
+            continue  # the root facade, and `from fusionnet_tf import __version__`
+        for name in (source, target):
+            if name not in rank:
+                found.append(f"{i.where}: '{name}' has no layer in LAYERS (and the README)")
+        if source in rank and target in rank and rank[target] > rank[source]:
+            found.append(f"{i.where} imports {i.target}, a later layer")
+    return sorted(set(found))
+
+
 @pytest.fixture(scope="module")
 def imports():
     found = package_imports()
@@ -236,6 +269,22 @@ def test_training_and_inference_do_not_import_each_other(imports):
 
 def test_no_import_cycle_between_subpackages(imports):
     assert cycle_violations(imports) == []
+
+
+def test_imports_point_up_the_layers(imports):
+    assert layer_violations(imports) == []
+
+
+def test_readme_layout_draws_every_layer():
+    """The README's Layout block names each package of ``LAYERS`` in the same order."""
+    text = (PACKAGE_DIR.parent / "README.md").read_text()
+    block = text[text.index("### Layout"):]
+    block = block[block.index("```text"):block.index("```", block.index("```text") + 7)]
+    packages = [name for _, names in LAYERS for name in names
+                if (PACKAGE_DIR / name).is_dir()]
+    where = [block.index(f"  {name}/") if f"  {name}/" in block else block.index(f" {name}/")
+             for name in packages]
+    assert where == sorted(where), packages
 
 
 def test_allowed_exceptions_are_lazy_and_still_needed(imports):
@@ -293,6 +342,7 @@ def test_checker_reads_every_import_form(tmp_path):
     assert inference_export_violations(imports) == []
     assert training_inference_violations(imports, allowed) == []
     assert cycle_violations(imports, {}) == []
+    assert layer_violations(imports) == []
 
 
 @pytest.mark.parametrize("name,text,rule", [
@@ -312,6 +362,9 @@ def test_checker_reads_every_import_form(tmp_path):
      "cycle"),
     ("checks.py", "from fusionnet_tf.inference import tiling\n", "module-level cycle"),
     ("checks.py", "def c():\n    from fusionnet_tf.export import onnx\n", "cycle"),
+    # a stage reaching down the data flow, and a new package left out of the layers
+    ("models/fusionnet.py", "def f():\n    from fusionnet_tf.segmentation import x\n", "layer"),
+    ("newstage/__init__.py", "from fusionnet_tf import checks\n", "layer"),
 ])
 def test_checker_catches_a_reintroduced_import(tmp_path, name, text, rule):
     files = dict(CLEAN)
@@ -322,6 +375,7 @@ def test_checker_catches_a_reintroduced_import(tmp_path, name, text, rule):
         "export": inference_export_violations(imports),
         "training": training_inference_violations(imports, allowed),
         "cycle": cycle_violations(imports, {}),
+        "layer": layer_violations(imports),
     }
     key = "cycle" if "cycle" in rule else rule
     assert found[key], f"{rule} not caught: {found}"
