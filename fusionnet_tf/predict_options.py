@@ -161,7 +161,7 @@ class PredictOptions:
         Raises:
             ValueError: an unknown option, naming it, or a bad value.
         """
-        _check_known(changes, "prediction option")
+        _check_known(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self):
@@ -175,8 +175,11 @@ class PredictOptions:
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a mapping of options, received "
                              f"{type(values).__name__}")
-        _check_known(values, f"{source}: prediction option")
-        return cls(**values)
+        _check_known(values, source)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
     @classmethod
     def given(cls, options=None, **changes):
@@ -205,11 +208,13 @@ def _sides(name, value, minimum):
     return check_int(name, value, minimum)
 
 
-def _check_known(values, what):
+def _check_known(values, source=None):
+    """Refuse keys of ``values`` that are no option, naming them (and ``source``)."""
     known = [field.name for field in dataclasses.fields(PredictOptions)]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown {what}(s) {unknown}; known: {known}")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}unknown prediction option(s) {unknown}; known: {known}")
 
 
 # === Generated command-line options and widget parameters ===
