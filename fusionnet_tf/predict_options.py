@@ -41,8 +41,10 @@ class PredictOptions:
     Frozen and hashable: a worker caches its Predictor per options. Build
     one with keywords (``PredictOptions(tta=1)``), change one with
     ``replace``; invalid values raise a one-line ``ValueError`` naming the
-    option. The attributes are below (each with its meaning, unit and
-    default).
+    option. ``tile_shape``, ``overlap`` and ``align`` also take one int per
+    axis, ``(z, y, x)`` for a 3D model (``(T, T)`` for a 2D tile). The
+    attributes are below (each with its meaning, unit and default); each
+    field's text is also its command-line help and the widget's tooltip.
 
     Example:
     >>> PredictOptions(tile_shape=256).replace(tta=1).tile(2)
@@ -51,13 +53,13 @@ class PredictOptions:
 
     tile_shape: object = _option(
         512, "Tile side in pixels, a multiple of the model's input multiple (2**depth: 16 "
-             "for FusionNet/U-Net depth 4, 32 for FCN); an int T is a (T, T) tile, for a 3D "
-             f"model ({DEFAULT_TILE_Z}, T, T); a Python caller may give (z, y, x).",
+             "for FusionNet/U-Net depth 4, 32 for FCN): (T, T) tiles, for a 3D model "
+             f"({DEFAULT_TILE_Z}, T, T) (--tile-z).",
         "--tile-size", type=int, widget={"label": "tile size", "min": 16, "max": 4096,
                                          "step": 16})
     overlap: object = _option(
         64, "Minimum overlap of neighbouring tiles in pixels (y and x); for a 3D model a "
-            "quarter of the tile depth along z; a Python caller may give (z, y, x).",
+            "quarter of the tile depth along z (--overlap-z).",
         "--overlap", type=int, widget={"min": 0, "max": 2048, "step": 8})
     tta: int = _option(
         8, "Test-time augmentation: 1 = none, 4 = mirrorings, 8 = all rotations and flips; "
