@@ -191,6 +191,15 @@ def test_command_line_errors_name_the_flag_before_reading_input(command, option,
     assert f"error: {message}" in err and len(err.strip().splitlines()) == 1
 
 
+def test_library_messages_name_every_option_by_its_flag():
+    from fusionnet_tf.cli import error_message
+
+    args = build_parser().parse_args(["predict", "in.tif", "-o", "out.tif"])
+    for name, flag in FLAGS.items():
+        text = error_message(ValueError(f"`{name}` is bad; received {name}=3"), args)
+        assert text == f"{flag} is bad; received {flag} 3"
+
+
 # --------------------------------------------------------------------------- #
 # TileGrid against hand-computed grids
 # --------------------------------------------------------------------------- #
