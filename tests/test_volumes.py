@@ -314,7 +314,7 @@ def test_worker_predictor_cache_keeps_the_last_specs_only(model_path):
 
 
 def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path):
-    from fusionnet_tf.inference import Predictor, autotune, load_model
+    from fusionnet_tf.inference import PredictOptions, Predictor, autotune, load_model
     from fusionnet_tf.volumes import runner
 
     clock = {"plain": 20.0, "frozen": 20.0, "xla": 10.0}
@@ -360,18 +360,17 @@ def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path
     assert predict_volume(spec, out, timed_predictor(), **options)["blocks_skipped"] == 2
     assert not timed  # "auto" resumes such an output plain (their default), untimed
     # with Dask the variant is chosen once, in this process, and handed to the workers explicitly
-    options = dict(tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=None, blending="gaussian",
-                   align=None, precision="float32", engine="auto")
+    options = PredictOptions(tile_shape=TILE, overlap=OVERLAP, tta=1)
     assert runner._call_plan(options, (1, 128, 256)) == (1, 15)  # 3 x 5 tiles in one call
-    options["batch_size"] = 1
+    options = options.replace(batch_size=1)
     plan = runner._call_plan(options, (1, 128, 256))
     assert plan == (15, 1)
     timed_predictor().resolve_engine(calls=15, inputs=1)  # times the batch of one: plain, cached
     assert timed
     variant = runner._client_variant(str(model_path), options, plan, False)  # from the cache
     assert variant == {"engine": "plain", "precision": "float32"}
-    assert runner._explicit(options, variant)["engine"] == "plain"
-    assert runner._client_variant(str(model_path), {**options, "engine": "xla"}, plan, False) \
+    assert runner._explicit(options, variant).engine == "plain"
+    assert runner._client_variant(str(model_path), options.replace(engine="xla"), plan, False) \
         == {"engine": "xla", "precision": "float32"}  # explicit: nothing to load or time
 
 
