@@ -105,6 +105,9 @@ def test_napari_widget_defaults_are_the_dataclass_defaults():
 
 
 def test_predictor_and_volume_defaults_come_from_the_dataclass():
+    import fusionnet_tf
+
+    assert fusionnet_tf.PredictOptions is PredictOptions
     predictor = Predictor(identity)
     assert predictor.options == PredictOptions()
     assert (predictor.tile_shape, predictor.overlap, predictor.tta, predictor.blending) == \
@@ -170,10 +173,14 @@ def test_invalid_options_are_one_line_naming_the_option(changes, message):
         assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
-def test_a_2d_model_refuses_3d_only_tta():
+def test_a_2d_model_refuses_3d_only_tta_and_uneven_overlaps():
     with pytest.raises(ValueError, match=r"^`tta` must be one of 1, 4, 8 for a 2D model; "
                                          r"received tta=16$"):
         Predictor(identity, tta=16)
+    with pytest.raises(ValueError, match=r"^`overlap` must be one int for a 2D model"):
+        Predictor(identity, overlap=(8, 16))
+    assert Predictor(identity, tile_shape=(32, 32), overlap=(8, 8)).tile_origins(32, 40) == \
+        [(0, 0), (0, 8)]
 
 
 @pytest.mark.parametrize("command", [["predict", "missing.tif", "-o", "out.tif"],

@@ -249,6 +249,9 @@ class Predictor:
                              "this model takes 2D (B, H, W, 1) inputs")
         self.spatial_dims, self.offsets, self.channels = 2, None, 1
         self.tile_shape = options.tile(2)[0]
+        if len(set(options.overlaps(2))) > 1:
+            raise ValueError(f"`overlap` must be one int for a 2D model (square tiles); "
+                             f"received overlap={options.overlap!r}")
         self.overlap = options.overlaps(2)[0]
         self.tta = check_choice("tta", options.tta, TTA_TRANSFORMS, "for a 2D model")
         check_precision_applies(options.precision, model)
