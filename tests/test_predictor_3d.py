@@ -187,7 +187,7 @@ def test_a_2d_image_to_a_3d_model_and_the_reverse(aff_model):
     model_2d = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
     with pytest.raises(ValueError, match=r"`offsets` apply to 3D affinity models"):
         Predictor(model_2d, tile_shape=32, overlap=8, offsets=OFFSETS)
-    with pytest.raises(ValueError, match="`tile_shape` must be square"):
+    with pytest.raises(ValueError, match="`tile_shape` must be an int or 2 ints for this 2D"):
         Predictor(model_2d, tile_shape=(4, 16, 16), overlap=(1, 4, 4), tta=1)
 
 
