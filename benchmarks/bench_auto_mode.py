@@ -52,7 +52,7 @@ def call_sizes(base, tile_sides, rounds):
     rng = np.random.default_rng(0)
     plans = {}
     for side in tile_sides:
-        default = Predictor(lambda b: b, tile_shape=side, overlap=side // 4).inputs_per_call()
+        default = Predictor(lambda b: b, tile_shape=side, overlap=side // 4, tta=1).inputs_per_call()
         sizes = sorted({1, 4, default})
         count = max(8, (SIDE // side) ** 2) if side < SIDE else 4
         count = -(-count // max(sizes)) * max(sizes)  # whole calls for every size
@@ -84,21 +84,21 @@ def auto_engine(base, image):
     model = build_fusionnet(base_filters=base)
     with tempfile.TemporaryDirectory() as cache:
         os.environ[autotune.CACHE_ENV] = cache
-        timed = Predictor(model, tile_shape=SIDE)
+        timed = Predictor(model, tile_shape=SIDE, tta=1)
         seconds = wall(lambda: timed.resolve_engine())  # calls=None: always times
         timings = timed.network.timings
         result = {"choice": timed.network.variant.label, "timing_s": round(seconds, 2),
                   "s_per_call": {k: round(v["batch_s"], 3) for k, v in timings.items()},
                   "setup_s": {k: round(v["setup_s"], 2) for k, v in timings.items()}}
-        cached = Predictor(model, tile_shape=SIDE)
+        cached = Predictor(model, tile_shape=SIDE, tta=1)
         result["predict_cached_s"] = round(wall(lambda: cached.predict(image)), 2)
         result["cached_run_chose"] = cached.network.variant.label
     with tempfile.TemporaryDirectory() as cache:
         os.environ[autotune.CACHE_ENV] = cache
-        fresh = Predictor(model, tile_shape=SIDE)
+        fresh = Predictor(model, tile_shape=SIDE, tta=1)
         result["predict_first_run_s"] = round(wall(lambda: fresh.predict(image)), 2)
         result["first_run_chose"] = fresh.network.variant.label
-    plain = Predictor(model, tile_shape=SIDE, engine="plain")
+    plain = Predictor(model, tile_shape=SIDE, tta=1, engine="plain")
     result["predict_plain_s"] = round(wall(lambda: plain.predict(image)), 2)
     return result
 

@@ -66,7 +66,7 @@ def time_in_memory(volume, model_path, repeats):
     from fusionnet_tf.inference import Predictor, load_model
 
     predictor = Predictor(load_model(model_path), tile_shape=TILE, overlap=OVERLAP,
-                          batch_size=BATCH)
+                          batch_size=BATCH, tta=1)
     predictor.predict(normalize(volume[:1, :TILE, :TILE]))  # warm-up (graph tracing)
     best = 0.0
     for _ in range(repeats):
@@ -87,7 +87,7 @@ def time_blockwise(folder, spec, model_path, workers, block, warmup_spec, repeat
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     options = dict(block_shape=(1, block, block), tile_shape=TILE, overlap=OVERLAP,
-                   batch_size=BATCH, tf_threads=threads)
+                   batch_size=BATCH, tta=1, tf_threads=threads)
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                   dashboard_address=None, silence_logs=logging.ERROR) as cluster:
         address = cluster.scheduler_address

@@ -21,6 +21,7 @@ _LAZY = {
     "build_model": "fusionnet_tf.models",
     "model_depth": "fusionnet_tf.models",
     "Predictor": "fusionnet_tf.inference",
+    "PredictOptions": "fusionnet_tf.predict_options",
     "load_model": "fusionnet_tf.inference",
     "load_pretrained": "fusionnet_tf.pretrained",
     "predict_volume": "fusionnet_tf.volumes",

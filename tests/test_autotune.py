@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from fusionnet_tf.inference import Predictor, autotune
+from fusionnet_tf.inference import PredictOptions, Predictor, autotune
 from fusionnet_tf.models import build_fusionnet
 
 TILE = 32
@@ -247,7 +247,7 @@ def test_resolve_engine_before_the_first_batch_and_prefer(model, fake_clock):
 def test_explicit_engines_and_other_callables_have_no_choice(model):
     plain = Predictor(model, tile_shape=TILE, overlap=8, engine="plain")
     assert plain.variant == {"engine": "plain", "precision": "float32"}
-    xla = Predictor(model, tile_shape=TILE, overlap=8, jit_compile=True)  # the older flag
+    xla = Predictor(model, tile_shape=TILE, overlap=8, engine="xla")
     assert xla.variant == {"engine": "xla", "precision": "float32"}
     other = Predictor(lambda batch: batch, tile_shape=TILE, overlap=8, precision="auto")
     assert other.variant == {"engine": "as-is", "precision": "float32"}
@@ -328,16 +328,16 @@ def test_frozen_engine_from_the_command_line_and_in_volumes(model, tmp_path):
                  "--block", "64", "--workers", "0"] + small) == 0
     assert storage.recorded_settings(out)["engine"] == "frozen"
     in_memory = Predictor(keras.saving.load_model(model_file), tile_shape=TILE, overlap=8,
-                          engine="frozen").predict(normalize(volume))
+                          tta=1, engine="frozen").predict(normalize(volume))
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], in_memory)
     with pytest.raises(ValueError, match="engine: 'frozen' -> 'plain'"):
         predict_volume(spec, out, model_file, engine="plain", block_shape=(1, 64, 64),
-                       tile_shape=TILE, overlap=8)
+                       tile_shape=TILE, overlap=8, tta=1)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(engine="fast"), "engine='fast'"),
-    (dict(engine="plain", jit_compile=True), "jit_compile=True.*engine='plain'"),
+    (dict(engine="plain", jit_compile=True), r"unknown prediction option\(s\) \['jit_compile'\]"),
     (dict(precision="bf16"), "precision='bf16'"),
 ])
 def test_bad_engine_settings(model, kwargs, match):
@@ -375,14 +375,13 @@ def test_the_expected_calls_are_the_calls_made(tta):
     predictor.predict(np.zeros((3, 100, 150), np.float32))  # 3 slices of 2 x 3 tiles
     assert predictor.network_calls(3, 100, 150) == len(sizes)
     assert sum(sizes) == -(-3 * 6 * tta // sizes[0]) * sizes[0]  # only the last call padded
-    options = dict(tile_shape=64, overlap=16, tta=tta, batch_size=None, blending="gaussian",
-                   align=None, precision="float32", engine="auto")
+    options = PredictOptions(tile_shape=64, overlap=16, tta=tta)
     assert runner._call_plan(options, (3, 100, 150)) == (len(sizes), sizes[0])
 
 
 def test_small_tiles_share_a_call_of_one_slice_at_most():
     sizes = []
-    predictor = Predictor(recording_network(sizes), tile_shape=64, overlap=16)
+    predictor = Predictor(recording_network(sizes), tile_shape=64, overlap=16, tta=1)
     assert predictor.inputs_per_call() == 16  # 16 x 64 x 64 = 256 x 256 pixels
     image = np.zeros((100, 150), np.float32)  # 2 x 3 tiles
     assert predictor.inputs_per_call(100, 150) == len(predictor.tile_origins(100, 150)) == 6

@@ -105,7 +105,7 @@ def test_explicit_offsets_and_a_replaced_zarr_store(files, tmp_path, capsys):
      "--tile-z applies to 3D affinity models"),
     (["{volume}", "--model", "{model}", "--isbi"], "--isbi applies to membrane maps"),
     (["{volume}", "--model", "{model}", "--tile-size", "16", "--overlap", "16"],
-     "--overlap must be at least 0 and less than --tile-size 16; received 16"),
+     "--overlap must be less than --tile-size 16 so that tiles advance; received --overlap 16"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, capsys, argv, match):
     import re

@@ -173,7 +173,7 @@ def test_predict_refuses_to_overwrite_its_input(files, tmp_path, capsys, monkeyp
     assert path.read_bytes() == before
     code, err = run_cli(["predict", files.image, "-o", str(tmp_path / "q.tif"), "--serving-url",
                          "http://127.0.0.1:9/v1/models/x", "--precision", "mixed_bfloat16"], capsys)
-    assert code == 2 and "precision='mixed_bfloat16' applies to Keras models only; the serving endpoint " \
+    assert code == 2 and "--precision 'mixed_bfloat16' applies to Keras models only; the serving endpoint " \
         "http://127.0.0.1:9/v1/models/x" in err
     assert not (tmp_path / "q.tif").exists()
     from PIL import Image

@@ -101,7 +101,7 @@ def test_saved_model_carries_offsets_and_loads_in_predictor(tiny3d, saved_model_
     function = load_model(saved_model_dir)
     assert (function.spatial_dims, function.input_multiple) == (3, MULTIPLES)
     volume = np.random.default_rng(2).random((6, 20, 24)).astype("float32")
-    options = dict(tile_shape=(4, 16, 16), overlap=(2, 4, 4), engine="plain")
+    options = dict(tile_shape=(4, 16, 16), overlap=(2, 4, 4), tta=1, engine="plain")
     exported = Predictor(str(saved_model_dir), **options)
     assert exported.offsets == OFFSETS
     np.testing.assert_allclose(exported.predict(volume),
@@ -161,7 +161,7 @@ def test_predict_cli_runs_the_exported_onnx_model(tiny3d, onnx_file, tmp_path):
     array = zarr.open(str(out), mode="r")
     assert [tuple(o) for o in array.attrs["offsets"]] == list(OFFSETS)
     expected = Predictor(model, tile_shape=(4, 16, 16), overlap=(1, 4, 4), offsets=OFFSETS,
-                         engine="plain").predict(normalize(raw, mode="slice"))
+                         tta=1, engine="plain").predict(normalize(raw, mode="slice"))
     np.testing.assert_allclose(np.asarray(array), expected, atol=1e-4)
 
 

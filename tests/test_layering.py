@@ -47,7 +47,7 @@ ALLOWED_LAZY_CYCLE_EDGES = {}
 # from its own layer or one before it (training -> inference: ALLOWED_TRAINING_TO_INFERENCE).
 LAYERS = (
     ("services", ("_compat", "backend", "lazy", "checks", "choices", "dihedral", "pretrained",
-                  "io", "metrics")),
+                  "predict_options", "io", "metrics")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("inference | training", ("inference", "training")),

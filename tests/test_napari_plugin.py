@@ -387,15 +387,17 @@ def test_bad_input_gives_a_notification_and_no_layer(viewer, tmp_path, case):
     assert [layer.name for layer in viewer.layers] == ["bad"]
 
 
-@pytest.mark.parametrize("case", ["overlap_equals_tile", "corrupt_model"])
+@pytest.mark.parametrize("case", ["overlap_past_the_alignment", "corrupt_model"])
 def test_errors_in_the_worker_give_one_notification_and_no_layer(viewer, qt, tiny_model_path,
                                                                    tmp_path, case):
     viewer.add_image(np.random.default_rng(0).random((64, 64), dtype=np.float32), name="em")
     widget = dock(viewer, "Predict membranes")
     widget.tile_size.value, widget.overlap.value, widget.tta.value = 32, 8, 1
-    if case == "overlap_equals_tile":
+    if case == "overlap_past_the_alignment":
         widget.model_path.value = tiny_model_path
-        widget.overlap.value = 32  # the widget allows it; Predictor() refuses it in the worker
+        # PredictOptions takes 30 < 32; the model's 2**depth = 4 alignment allows at most 28,
+        # which only the worker knows (it loads the model)
+        widget.overlap.value = 30
     else:
         corrupt = tmp_path / "corrupt.keras"
         corrupt.write_bytes(b"not a zip file")
@@ -411,7 +413,7 @@ def test_errors_in_the_worker_give_one_notification_and_no_layer(viewer, qt, tin
     messages = error_notifications()[before:]
     assert len(messages) == 1, messages
     assert messages[0].startswith("Predict membranes: ")
-    assert ("overlap" if case == "overlap_equals_tile" else "corrupt.keras") in messages[0]
+    assert ("overlap" if case == "overlap_past_the_alignment" else "corrupt.keras") in messages[0]
     assert [layer.name for layer in viewer.layers] == ["em"]
 
 
@@ -827,7 +829,10 @@ def test_predict_refuses_a_2d_image_for_a_3d_model_before_the_worker(tiny_3d_mod
     assert predictor_options(options, 2, tiny_model_path) == {"tile_shape": 64, "overlap": 16,
                                                               "tta": 1}
     assert predictor_options(options, 3, tiny_3d_model_path) == {
-        "tile_shape": (8, 64, 64), "overlap": (2, 16, 16), "tta": 1, "offsets": NN_OFFSETS}
+        "tile_shape": (8, 64, 64), "overlap": 16, "tta": 1, "offsets": NN_OFFSETS}
+    from fusionnet_tf.predict_options import PredictOptions
+
+    assert PredictOptions(tile_shape=(8, 64, 64), overlap=16).overlaps(3) == (2, 16, 16)
     bare = tiny_3d_model_path.with_name("bare.keras")
     bare.write_bytes(tiny_3d_model_path.read_bytes())
     with pytest.raises(ValueError, match=r"offsets of the 3D model .*bare.keras are unknown"):

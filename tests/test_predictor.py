@@ -44,7 +44,7 @@ def test_identity_reproduces_the_input():
     images = random_images((2, 70, 45))
     predictor = Predictor(lambda batch: batch, tile_shape=32, overlap=8, tta=8, batch_size=5)
     np.testing.assert_allclose(predictor.predict(images), images, rtol=0, atol=1e-6)
-    single = Predictor(lambda batch: batch, tile_shape=32, overlap=8, blending="constant")
+    single = Predictor(lambda batch: batch, tile_shape=32, overlap=8, tta=1, blending="constant")
     np.testing.assert_array_equal(single.predict(images[0, :32, :32]), images[0, :32, :32])
 
 
@@ -52,13 +52,13 @@ def test_tiled_equals_whole_image_away_from_the_border():
     model = conv_model()
     image = random_images((96, 112), seed=1)
     whole = model(image[None, ..., None]).numpy()[0, ..., 0]
-    tiled = Predictor(model, tile_shape=48, overlap=24).predict(image)
-    assert len(Predictor(model, tile_shape=48, overlap=24).tile_origins(96, 112)) > 4
+    tiled = Predictor(model, tile_shape=48, overlap=24, tta=1).predict(image)
+    assert len(Predictor(model, tile_shape=48, overlap=24, tta=1).tile_origins(96, 112)) > 4
     margin = 3  # receptive-field radius of three 3x3 convolutions
     inner = (slice(margin, -margin),) * 2
     np.testing.assert_allclose(tiled[inner], whole[inner], rtol=0, atol=1e-4)
     # without overlap the tile seams show
-    seams = Predictor(model, tile_shape=48, overlap=0, blending="constant").predict(image)
+    seams = Predictor(model, tile_shape=48, overlap=0, tta=1, blending="constant").predict(image)
     assert np.abs(seams[inner] - whole[inner]).max() > 1e-3
 
 
@@ -86,7 +86,7 @@ def test_small_images_are_reflect_padded_and_cropped():
         seen.append(batch.copy())
         return batch
 
-    predictor = Predictor(record, tile_shape=32, overlap=8)
+    predictor = Predictor(record, tile_shape=32, overlap=8, tta=1)
     image = random_images((10, 40))
     assert predictor.tile_origins(10, 40) == [(0, 0), (0, 8)]
     out = predictor.predict(image)
@@ -125,7 +125,7 @@ def test_predict_steps_reports_progress_returns_the_prediction_and_can_stop():
         return model(batch).numpy()
 
     stack = random_images((2, 40, 40), seed=4)  # 2 slices x 4 tiles of 32 px
-    predictor = Predictor(counting, tile_shape=32, overlap=8, batch_size=2)
+    predictor = Predictor(counting, tile_shape=32, overlap=8, tta=1, batch_size=2)
     steps = predictor.predict_steps(stack)
     reported = []
     while True:
@@ -205,7 +205,7 @@ def test_xla_compiled_network_matches_within_1e5():
     model = build_fusionnet(base_filters=4, depth=2)
     randomize_batchnorm(model)
     image = random_images((1, 48, 40, 1), seed=7)[0, ..., 0]
-    xla = Predictor(model, tile_shape=32, overlap=8, tta=4, jit_compile=True)
+    xla = Predictor(model, tile_shape=32, overlap=8, tta=4, engine="xla")
     assert xla.network.network._jit_compile is True  # the tf.function is compiled by XLA
     plain = Predictor(model, tile_shape=32, overlap=8, tta=4).predict(image)
     np.testing.assert_allclose(xla.predict(image), plain, atol=1e-5)
@@ -329,10 +329,10 @@ def test_sequential_models_are_folded_and_recast():
     randomize_batchnorm(model)
     image = random_images((32, 32), seed=8)
     expected = model(image[None, ..., None], training=False).numpy()[0, ..., 0]
-    predictor = Predictor(model, tile_shape=32, overlap=8, engine="plain")
+    predictor = Predictor(model, tile_shape=32, overlap=8, tta=1, engine="plain")
     assert not any(isinstance(l, layers.BatchNormalization) for l in predictor.network.model.layers)
     np.testing.assert_allclose(predictor.predict(image), expected, atol=1e-5)
-    half = Predictor(model, tile_shape=32, overlap=8, precision="mixed_bfloat16", engine="plain")
+    half = Predictor(model, tile_shape=32, overlap=8, tta=1, precision="mixed_bfloat16", engine="plain")
     convs = [l for l in half.network.model.layers if isinstance(l, layers.Conv2D)]
     assert [l.dtype_policy.compute_dtype for l in convs] == ["bfloat16", "float32"]  # output kept
     np.testing.assert_allclose(half.predict(image), expected, atol=3e-2)

@@ -43,7 +43,7 @@ def test_nd_grid_is_the_product_of_the_axis_steps():
 def test_tiled_3d_equals_untiled_for_a_translation_equivariant_model(volume):
     model = pointwise_model()
     whole = np.moveaxis(model(volume[None, ..., None]).numpy()[0], -1, 0)
-    predictor = Predictor(model, tile_shape=(4, 16, 8), overlap=(2, 6, 3), engine="plain")
+    predictor = Predictor(model, tile_shape=(4, 16, 8), tta=1, overlap=(2, 6, 3), engine="plain")
     assert len(predictor.tile_origins(*volume.shape)) >= 3 * 2 * 4  # tiles along z, y and x
     result = predictor.predict(volume)
     assert result.shape == (3,) + volume.shape and result.dtype == np.float32
@@ -55,20 +55,20 @@ def test_tiled_3d_conv_model_equals_whole_volume_up_to_tile_border_effects():
     # y, x multiples of the (1, 2, 2) input multiple: tiles see the whole volume's pooling grid
     volume = np.random.default_rng(0).random((12, 24, 22), dtype=np.float32)
     whole = np.moveaxis(model(volume[None, ..., None]).numpy()[0], -1, 0)
-    predictor = Predictor(model, tile_shape=(8, 12, 12), overlap=(6, 6, 6), engine="plain")
+    predictor = Predictor(model, tile_shape=(8, 12, 12), tta=1, overlap=(6, 6, 6), engine="plain")
     assert predictor.input_multiple == (1, 2, 2) and predictor.align == (1, 2, 2)
     result = predictor.predict(volume)
     inner = (slice(None), slice(1, -1), slice(3, -3), slice(3, -3))  # receptive radius
     # voxels near a tile's border get a (zero-padded) value with a small gaussian weight
     assert np.abs(result[inner] - whole[inner]).max() < 2e-3
-    seams = Predictor(model, tile_shape=(8, 12, 12), overlap=0, blending="constant",
+    seams = Predictor(model, tile_shape=(8, 12, 12), tta=1, overlap=(0, 0, 0), blending="constant",
                       engine="plain").predict(volume)
     assert np.abs(seams[inner] - whole[inner]).max() > 2e-2
 
 
 def test_small_volume_and_single_section_are_padded_to_the_input_multiple():
     model = conv_model()
-    predictor = Predictor(model, tile_shape=(8, 32, 32), overlap=(2, 8, 8), engine="plain")
+    predictor = Predictor(model, tile_shape=(8, 32, 32), tta=1, overlap=(2, 8, 8), engine="plain")
     assert predictor.tile_for((1, 13, 9)) == (1, 14, 10)  # not padded to the whole tile
     section = np.random.default_rng(1).random((1, 13, 9), dtype=np.float32)
     result = predictor.predict(section)
@@ -81,7 +81,7 @@ def test_small_volume_and_single_section_are_padded_to_the_input_multiple():
 # === Affinity TTA ===
 
 def test_the_affinity_model_computes_affinities(aff_model, volume):
-    result = Predictor(aff_model, tile_shape=(8, 32, 24), engine="plain",
+    result = Predictor(aff_model, tile_shape=(8, 32, 24), overlap=(2, 8, 6), tta=1, engine="plain",
                        offsets=OFFSETS).predict(volume)
     np.testing.assert_allclose(result, true_affinities(volume, OFFSETS), atol=1e-5)
 
@@ -100,7 +100,7 @@ def test_channel_map_by_hand():
 
 @pytest.mark.parametrize("tta", [2, 4, 8, 16])
 def test_affinity_tta_equals_no_tta_on_an_equivariant_model(aff_model, volume, tta):
-    plain = Predictor(aff_model, tile_shape=(4, 16, 16), overlap=(2, 6, 6), engine="plain",
+    plain = Predictor(aff_model, tile_shape=(4, 16, 16), tta=1, overlap=(2, 6, 6), engine="plain",
                       offsets=OFFSETS)
     augmented = Predictor(aff_model, tile_shape=(4, 16, 16), overlap=(2, 6, 6), engine="plain",
                           offsets=OFFSETS, tta=tta)
@@ -120,10 +120,11 @@ def _drop_shift(offsets, t, original=affinity_tta.channel_map):
 @pytest.mark.parametrize("tta", [2, 8, 16])
 def test_affinity_tta_is_wrong_without_the_mapping_or_the_shift(aff_model, volume, monkeypatch,
                                                                 mutant, tta):
-    plain = Predictor(aff_model, tile_shape=(8, 32, 24), engine="plain",
+    plain = Predictor(aff_model, tile_shape=(8, 32, 24), overlap=(2, 8, 6), tta=1, engine="plain",
                       offsets=OFFSETS).predict(volume)
     monkeypatch.setattr(affinity_tta, "channel_map", mutant)
-    augmented = Predictor(aff_model, tile_shape=(8, 32, 24), engine="plain", offsets=OFFSETS,
+    augmented = Predictor(aff_model, tile_shape=(8, 32, 24), overlap=(2, 8, 6), engine="plain",
+                          offsets=OFFSETS,
                           tta=tta).predict(volume)
     assert np.abs(augmented - plain).max() > 0.05
 
@@ -131,9 +132,11 @@ def test_affinity_tta_is_wrong_without_the_mapping_or_the_shift(aff_model, volum
 def test_offsets_not_closed_under_a_transform_are_refused():
     offsets = [(0, -3, 0), (0, 0, -1)]
     model = affinity_model(offsets)
-    Predictor(model, tile_shape=(4, 16, 16), offsets=offsets, tta=4, engine="plain")  # flips: ok
+    Predictor(model, tile_shape=(4, 16, 16), overlap=(1, 4, 4), offsets=offsets, tta=4,
+              engine="plain")  # flips: ok
     with pytest.raises(ValueError, match=r"not closed under TTA transform rot90: \[0, -3, 0\]"):
-        Predictor(model, tile_shape=(4, 16, 16), offsets=offsets, tta=8, engine="plain")
+        Predictor(model, tile_shape=(4, 16, 16), overlap=(1, 4, 4), offsets=offsets, tta=8,
+                  engine="plain")
 
 
 # === Offsets ===
@@ -143,14 +146,15 @@ def test_offsets_from_the_model_sidecar(aff_model, tmp_path, volume):
     aff_model.save(path)
     assert model_offsets_path(path) == tmp_path / "aff.offsets.json"
     model_offsets_path(path).write_text(json.dumps({"offsets": OFFSETS}))
-    predictor = Predictor(str(path), tile_shape=(8, 32, 24), tta=16, engine="plain")
+    predictor = Predictor(str(path), tile_shape=(8, 32, 24), overlap=(2, 8, 6), tta=16,
+                          engine="plain")
     assert predictor.offsets == tuple(OFFSETS)
     np.testing.assert_allclose(predictor.predict(volume), true_affinities(volume, OFFSETS),
                                atol=1e-5)
     model_offsets_path(path).write_text(json.dumps({"offsets": OFFSETS[:2]}))
     with pytest.raises(ValueError, match="aff.offsets.json: 2 offsets do not match the model's "
                                          "6 output channels"):
-        Predictor(str(path), tile_shape=(8, 32, 24), engine="plain")
+        Predictor(str(path), tile_shape=(8, 32, 24), overlap=(2, 8, 6), tta=1, engine="plain")
 
 
 # === Bad input ===
@@ -164,25 +168,27 @@ def test_offsets_from_the_model_sidecar(aff_model, tmp_path, volume):
 ])
 def test_bad_3d_settings(aff_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        Predictor(aff_model, **{"tile_shape": (4, 16, 16), "engine": "plain", **kwargs})
+        Predictor(aff_model, **{"tile_shape": (4, 16, 16), "overlap": (1, 4, 4), "tta": 1,
+                                "engine": "plain", **kwargs})
 
 
 def test_tile_must_be_a_multiple_of_the_input_multiple():
     with pytest.raises(ValueError, match=r"multiple of the model's input multiple \(1, 2, 2\)"):
-        Predictor(conv_model(), tile_shape=(4, 15, 16), engine="plain")
+        Predictor(conv_model(), tile_shape=(4, 15, 16), overlap=(1, 3, 4), tta=1, engine="plain")
 
 
 def test_a_2d_image_to_a_3d_model_and_the_reverse(aff_model):
-    predictor = Predictor(aff_model, tile_shape=(4, 16, 16), offsets=OFFSETS, engine="plain")
+    predictor = Predictor(aff_model, tile_shape=(4, 16, 16), overlap=(1, 4, 4), tta=1,
+                          offsets=OFFSETS, engine="plain")
     with pytest.raises(ValueError, match=r"3D model needs a \(Z, Y, X\) volume; received a 2D "
                                          r"image of shape \(32, 32\)"):
         predictor.predict(np.zeros((32, 32), np.float32))
     inputs = keras.Input((None, None, 1))
     model_2d = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
     with pytest.raises(ValueError, match=r"`offsets` apply to 3D affinity models"):
-        Predictor(model_2d, tile_shape=32, offsets=OFFSETS)
-    with pytest.raises(ValueError, match="`tile_shape` must be square"):
-        Predictor(model_2d, tile_shape=(4, 16, 16))
+        Predictor(model_2d, tile_shape=32, overlap=8, offsets=OFFSETS)
+    with pytest.raises(ValueError, match="`tile_shape` must be an int or 2 ints for this 2D"):
+        Predictor(model_2d, tile_shape=(4, 16, 16), overlap=(1, 4, 4), tta=1)
 
 
 # === The auto engine's fixed choice for 3D models ===
@@ -190,10 +196,10 @@ def test_a_2d_image_to_a_3d_model_and_the_reverse(aff_model):
 def test_auto_engine_runs_a_3d_model_frozen_with_plain_results(volume):
     model = conv_model()
     volume = volume[:, :24, :22]
-    auto = Predictor(model, tile_shape=(4, 12, 12), overlap=(2, 4, 4))
+    auto = Predictor(model, tile_shape=(4, 12, 12), tta=1, overlap=(2, 4, 4))
     assert auto.variant == {"engine": "frozen", "precision": "float32"}
     assert auto.network.constant_weights and not auto.network.jit_compile
-    plain = Predictor(model, tile_shape=(4, 12, 12), overlap=(2, 4, 4), engine="plain")
+    plain = Predictor(model, tile_shape=(4, 12, 12), tta=1, overlap=(2, 4, 4), engine="plain")
     assert plain.variant == {"engine": "plain", "precision": "float32"}
     assert not plain.network.constant_weights
     np.testing.assert_allclose(auto.predict(volume), plain.predict(volume), rtol=0, atol=1e-5)
@@ -210,7 +216,8 @@ def test_auto_engine_runs_a_3d_model_frozen_with_plain_results(volume):
     (dict(engine="plain"), "plain"),
 ])
 def test_auto_engine_3d_choice_by_settings(kwargs, engine):
-    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12), **kwargs)
+    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12), overlap=(1, 3, 3), tta=1,
+                          **kwargs)
     assert predictor.variant["engine"] == engine
 
 
@@ -218,5 +225,5 @@ def test_auto_engine_3d_falls_back_to_plain_for_weights_too_large_for_constants(
     from fusionnet_tf.inference import optimize
 
     monkeypatch.setattr(optimize, "MAX_CONSTANT_BYTES", 0)
-    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12))
+    predictor = Predictor(conv_model(), tile_shape=(4, 12, 12), overlap=(1, 3, 3), tta=1)
     assert predictor.variant == {"engine": "plain", "precision": "float32"}

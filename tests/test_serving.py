@@ -154,8 +154,8 @@ def test_concurrent_clients(server, model):
 def test_predictor_with_serving_client_matches_local(server, model):
     image = np.random.default_rng(4).random((50, 70), dtype=np.float32)
     remote = Predictor(ServingClient(server.url), tile_shape=TILE, overlap=OVERLAP, align=4,
-                       batch_size=3).predict(image)
-    local = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=3,
+                       batch_size=3, tta=1).predict(image)
+    local = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=3, tta=1,
                       fold_batchnorm=False).predict(image)
     np.testing.assert_allclose(remote, local, atol=1e-5)
 

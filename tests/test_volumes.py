@@ -17,7 +17,7 @@ from fusionnet_tf.volumes import geometry, storage  # noqa: E402
 TILE, OVERLAP, BLOCK = 64, 16, (1, 128, 128)
 # engine "plain": the auto engine may time and pick frozen or XLA (equal only to ~2e-6) in
 # one process and plain in another; the engine tests below choose it explicitly
-OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4, engine="plain")
+OPTIONS = dict(tile_shape=TILE, overlap=OVERLAP, batch_size=4, engine="plain", tta=1)
 
 
 # ----------------------------------------------------------------- fixtures
@@ -279,7 +279,7 @@ def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_pat
         sizes.append(len(batch))
         return network(batch)
 
-    predictor = Predictor(recording, tile_shape=TILE, overlap=OVERLAP)
+    predictor = Predictor(recording, tile_shape=TILE, overlap=OVERLAP, tta=1)
     small = volume[:, :128, :200]  # fewer tiles than a call could hold (16 of 64 px)
     assert predictor.inputs_per_call(128, 200) == len(predictor.tile_origins(128, 200)) == 12
     expected = predictor.predict(normalize(small))
@@ -287,17 +287,19 @@ def test_default_batch_blockwise_equals_in_memory_with_calls_of_one_size(tmp_pat
     sizes.clear()
     spec = write_zarr(tmp_path / "vol.zarr", small)
     out = tmp_path / "out.zarr"
-    predict_volume(spec, out, predictor, block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP)
+    predict_volume(spec, out, predictor, block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP,
+                   tta=1)
     assert set(sizes) == {12}
     np.testing.assert_array_equal(read_output(out), expected)
 
 
 def test_worker_predictor_cache_keeps_the_last_specs_only(model_path):
+    from fusionnet_tf.predict_options import PredictOptions
     from fusionnet_tf.volumes import blockwise
 
     blockwise.worker_predictor.cache_clear()
-    specs = [blockwise.PredictorSpec(model=str(model_path), tile_shape=tile, overlap=8,
-                                     engine="plain") for tile in (32, 48, 64)]
+    specs = [blockwise.PredictorSpec(model=str(model_path), options=PredictOptions(
+        tile_shape=tile, overlap=8, engine="plain")) for tile in (32, 48, 64)]
     loads = blockwise.predictor_loads()
     first = blockwise.worker_predictor(specs[0])
     assert blockwise.worker_predictor(specs[0]) is first  # loaded once
@@ -312,7 +314,7 @@ def test_worker_predictor_cache_keeps_the_last_specs_only(model_path):
 
 
 def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path):
-    from fusionnet_tf.inference import Predictor, autotune, load_model
+    from fusionnet_tf.inference import PredictOptions, Predictor, autotune, load_model
     from fusionnet_tf.volumes import runner
 
     clock = {"plain": 20.0, "frozen": 20.0, "xla": 10.0}
@@ -326,14 +328,14 @@ def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path
 
     def timed_predictor():
         """A live auto-engine Predictor of the options below, timed by ``fake_timer``."""
-        predictor = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
+        predictor = Predictor(model, tile_shape=TILE, overlap=OVERLAP, batch_size=1, tta=1)
         predictor.network.timer = fake_timer
         return predictor
 
     spec = write_zarr(tmp_path / "vol.zarr", volume[:1, :128, :256])
     out = tmp_path / "out.zarr"
     # one tile per call: 15 calls, enough to be worth timing
-    options = dict(block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP, batch_size=1)
+    options = dict(block_shape=BLOCK, tile_shape=TILE, overlap=OVERLAP, batch_size=1, tta=1)
     predict_volume(spec, out, timed_predictor(), **options)  # engine="auto": xla is faster
     assert timed and storage.recorded_settings(out)["engine"] == "xla"
     first = read_output(out)
@@ -358,18 +360,17 @@ def test_auto_engine_is_recorded_and_kept_on_resume(tmp_path, volume, model_path
     assert predict_volume(spec, out, timed_predictor(), **options)["blocks_skipped"] == 2
     assert not timed  # "auto" resumes such an output plain (their default), untimed
     # with Dask the variant is chosen once, in this process, and handed to the workers explicitly
-    options = dict(tile_shape=TILE, overlap=OVERLAP, tta=1, batch_size=None, blending="gaussian",
-                   align=None, precision="float32", engine="auto")
+    options = PredictOptions(tile_shape=TILE, overlap=OVERLAP, tta=1)
     assert runner._call_plan(options, (1, 128, 256)) == (1, 15)  # 3 x 5 tiles in one call
-    options["batch_size"] = 1
+    options = options.replace(batch_size=1)
     plan = runner._call_plan(options, (1, 128, 256))
     assert plan == (15, 1)
     timed_predictor().resolve_engine(calls=15, inputs=1)  # times the batch of one: plain, cached
     assert timed
     variant = runner._client_variant(str(model_path), options, plan, False)  # from the cache
     assert variant == {"engine": "plain", "precision": "float32"}
-    assert runner._explicit(options, variant)["engine"] == "plain"
-    assert runner._client_variant(str(model_path), {**options, "engine": "xla"}, plan, False) \
+    assert runner._explicit(options, variant).engine == "plain"
+    assert runner._client_variant(str(model_path), options.replace(engine="xla"), plan, False) \
         == {"engine": "xla", "precision": "float32"}  # explicit: nothing to load or time
 
 
@@ -380,10 +381,10 @@ def test_hdf5_small_slices_deep_blocks_and_tta(tmp_path, model_path):
 
     small = synthetic_volume((3, 40, 90), seed=1).astype(np.uint16) * 50
     spec = write_h5(tmp_path / "small.h5", "raw", small)
-    tta = Predictor(load_model(model_path), tta=8, **OPTIONS)
+    tta = Predictor(load_model(model_path), **{**OPTIONS, "tta": 8})
     expected = tta.predict(normalize(small))
     out = tmp_path / "small.zarr"
-    summary = predict_volume(spec, out, tta, block_shape=(2, 32, 48), tta=8, **OPTIONS)
+    summary = predict_volume(spec, out, tta, block_shape=(2, 32, 48), **{**OPTIONS, "tta": 8})
     np.testing.assert_allclose(read_output(out), expected, atol=1e-5, rtol=0)
     assert summary["blocks_computed"] == 2 * 2 * 2
 

@@ -132,13 +132,20 @@ PARAMETER_OPTIONS = {
 }
 
 
+def _parameter_options():
+    """``PARAMETER_OPTIONS`` and the flag of every ``PredictOptions`` field (generated)."""
+    from fusionnet_tf.predict_options import flags
+
+    return {**flags(), **PARAMETER_OPTIONS}
+
+
 def name_options(text, args=None):
-    """``text`` with the library parameters of ``PARAMETER_OPTIONS`` named as ``args``'s options.
+    """``text`` with library parameters (``_parameter_options``) named as ``args``'s options.
 
     ```tile_shape``` becomes ``--tile-size`` and ``tile_shape=30`` becomes
     ``--tile-size 30``, for the parameters whose option the command has.
     """
-    for name, (dest, option) in PARAMETER_OPTIONS.items():
+    for name, (dest, option) in _parameter_options().items():
         if args is not None and hasattr(args, dest):
             text = re.sub(rf"`{name}`", option, text)
             text = re.sub(rf"(?<![\w.-]){name}=", f"{option} ", text)

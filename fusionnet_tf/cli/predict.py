@@ -78,74 +78,32 @@ def add_parser(subparsers):
 
 
 def add_tiling_arguments(parser):
-    """The Predictor options shared by ``predict`` and ``predict-volume``.
+    """The prediction options shared by ``predict`` and ``predict-volume``.
 
-    Adds ``--tile-size``, ``--overlap``, ``--tta``, ``--batch-size``, ``--blending``,
-    ``--normalization``, ``--align``, ``--engine`` and ``--precision`` with the
-    Predictor's defaults, so both
-    commands tile, blend and normalize the same way.
+    One option per ``PredictOptions`` field (``--tile-size``, ``--overlap``,
+    ``--tta``, ``--batch-size``, ``--blending``, ``--align``, ``--engine``,
+    ``--precision``), generated from the dataclass with its defaults and
+    help, plus ``--normalization`` and the 3D options, so both commands tile,
+    blend and normalize the same way as the Python API.
     """
-    from fusionnet_tf.choices import (BLENDINGS, ENGINES, INFERENCE_PRECISION_CHOICES,
-                                      NORMALIZATION_MODES, TTA_VALUES)
+    from fusionnet_tf import predict_options
+    from fusionnet_tf.choices import NORMALIZATION_MODES
 
-    parser.add_argument("--tile-size", type=int, default=512,
-                        help="Tile side in pixels (as in 'fusionnet export --tile-size'), a "
-                             "multiple of the model's 2**depth "
-                             "(16 for FusionNet/U-Net depth 4, 32 for FCN) (default: 512).")
-    parser.add_argument("--overlap", type=int, default=64,
-                        help="Minimum overlap between tiles in pixels (default: 64).")
-    from fusionnet_tf.choices import TTA_VALUES_3D
-
-    parser.add_argument("--tta", type=int, choices=sorted(set(TTA_VALUES) | set(TTA_VALUES_3D)),
-                        default=8,
-                        help="Test-time augmentation: 1 = none, 4 = mirrorings, "
-                             "8 = all rotations and flips; for 3D affinity models also "
-                             "2 = z-flip and 16 = 8 x z-flip (default: 8).")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="Network inputs (tiles x TTA variants) per call; every call is "
-                             "padded to it (default: the TTA variants of as few tiles as make "
-                             "~256x256 pixels, at most one slice's tiles: one 512 px tile, "
-                             "16 tiles of 64 px without TTA).")
-    parser.add_argument("--blending", choices=BLENDINGS,
-                        default="gaussian", help="Tile blending weights (default: gaussian).")
+    predict_options.add_arguments(parser)
     parser.add_argument("--normalization", choices=NORMALIZATION_MODES, default="slice",
                         help="Intensity normalization to [0, 1]: per-slice min-max, whole-stack "
                              "min-max or the dtype range (default: slice).")
-    parser.add_argument("--align", type=int, default=None,
-                        help="Tile origins are multiples of this (default: the 2**depth of a Keras "
-                             "model, package, .onnx or .tflite file, 1 for a SavedModel or "
-                             "serving endpoint).")
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="How a .keras model runs: plain (BatchNorm folded, oneDNN), "
-                             "frozen (plain with the weights as graph constants: for wide "
-                             "models faster per call but seconds longer to start, e.g. base "
-                             "64: ~13%% faster, +7-13 s; base 16: 0-5%%, +0.2 s), xla "
-                             "(also compiled with XLA: on a CPU faster for wide models, slower "
-                             "for narrow ones, compiles for seconds) or auto: on the first "
-                             "batch time the eligible variants (plain, frozen, xla, and "
-                             "bfloat16 with --precision auto), keep "
-                             "the fastest for the job, start-up included, and cache the "
-                             "timings per model, tile and machine (in $FUSIONNET_TF_CACHE_DIR "
-                             "or ~/.cache/fusionnet-tf); a job under 8 calls (e.g. one slice) "
-                             "runs plain, untimed; one under 5 s runs on the first variant "
-                             "tried (default: auto).")
-    parser.add_argument("--precision", choices=INFERENCE_PRECISION_CHOICES,
-                        default="float32",
-                        help="Compute precision of a .keras model. mixed_bfloat16 is several "
-                             "faster on CPUs with bfloat16 matrix instructions (AMX: about 7x; "
-                             "AVX512-BF16: about 2x) and on GPUs, and changes "
-                             "probabilities by ~1e-3 on average; mixed_float16 is for GPUs; "
-                             "auto lets --engine auto also time mixed_bfloat16 where the "
-                             "machine has those units (default: float32).")
     add_affinity_arguments(parser)
 
 
 def add_affinity_arguments(parser):
     """Options for 3D affinity models only: ``--tile-z``, ``--overlap-z``, ``--offsets``."""
     group = parser.add_argument_group("3D affinity models (input (B, Z, Y, X, 1))")
+    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
+
     group.add_argument("--tile-z", type=int, default=None,
                        help="Tile depth in sections; --tile-size is the tile's height and "
-                            "width (default: 16).")
+                            f"width (default: {DEFAULT_TILE_Z}).")
     group.add_argument("--overlap-z", type=int, default=None,
                        help="Minimum overlap of tiles along z; --overlap is the in-plane one "
                             "(default: a quarter of the tile depth).")
@@ -156,7 +114,22 @@ def add_affinity_arguments(parser):
 
 
 AFFINITY_ONLY_OPTIONS = ("tile_z", "overlap_z", "offsets")
-DEFAULT_TILE_Z = 16
+
+
+def affinity_options(args, options):
+    """``options`` with 3D tiles: ``(--tile-z, --tile-size, --tile-size)`` and the overlap.
+
+    Without ``--tile-z`` the tile depth is ``PredictOptions``'s 3D default;
+    without ``--overlap-z`` the z overlap is a quarter of the tile depth.
+    """
+    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
+
+    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
+    overlap = options.overlap
+    if args.overlap_z is not None:
+        overlap = (args.overlap_z, overlap, overlap)
+    return options.replace(tile_shape=(tile_z, options.tile_shape, options.tile_shape),
+                           overlap=overlap)
 
 
 def parse_offsets(text):
@@ -227,21 +200,18 @@ def serving_client(url):
 
 
 def check_tiling_arguments(args):
-    """Range checks of the tiling options, naming them, before anything is loaded.
+    """The ``PredictOptions`` of the parsed options, checked before anything is loaded.
+
+    Returns:
+        ``PredictOptions``.
 
     Raises:
-        ValueError: ``--tile-size`` < 1, ``--overlap`` < 0 or >= ``--tile-size``,
-            ``--batch-size`` < 1, ``--align`` < 1.
+        ValueError: a bad value, naming its option (``--overlap`` not below
+            ``--tile-size``, ``--batch-size`` < 1, ...).
     """
-    if args.tile_size < 1:
-        raise ValueError(f"--tile-size must be a positive number of pixels; received "
-                         f"{args.tile_size}")
-    if not 0 <= args.overlap < args.tile_size:
-        raise ValueError(f"--overlap must be at least 0 and less than --tile-size "
-                         f"{args.tile_size}; received {args.overlap}")
-    for option, value in (("--batch-size", args.batch_size), ("--align", args.align)):
-        if value is not None and value < 1:
-            raise ValueError(f"{option} must be at least 1; received {value}")
+    from fusionnet_tf.predict_options import from_args
+
+    return from_args(args)
 
 
 # a tile may exceed the slices (it is padded) up to this side, the default --tile-size
@@ -297,7 +267,7 @@ def run(args):
 
     from fusionnet_tf.io import ome_zarr
 
-    check_tiling_arguments(args)
+    options = check_tiling_arguments(args)
     args.model, args.model_name = resolve_model_spec(args.model)  # a name -> its weights
     args.input = ome_zarr.level_spec(args.input, args.level)
     check_outputs_not_input(args.input, args.output, args.overlay)
@@ -336,17 +306,13 @@ def run(args):
     images = normalize(raw, mode=args.normalization)
     model = model or resolve_model(args)
     if model_spatial_dims(model) == 3:
-        return predict_affinities(args, model, images, offsets)
+        return predict_affinities(args, model, images, offsets, options)
     _refuse_affinity_options(args)
     if affinity_store:
         check_prediction_output(args.output)  # names the formats a membrane map can take
     if ome_plan is not None and ome_plan.kind != "probability":
         ome_plan = dataclasses.replace(ome_plan, kind="probability")
-    predictor = Predictor(
-        model, tile_shape=args.tile_size, overlap=args.overlap,
-        tta=args.tta, batch_size=args.batch_size, blending=args.blending,
-        progress=not args.quiet, align=args.align, precision=args.precision, engine=args.engine,
-    )
+    predictor = Predictor(model, options, progress=not args.quiet)
     membrane = predictor.predict(images)
     variant = predictor.variant
     metadata = {
@@ -388,7 +354,7 @@ def _refuse_affinity_options(args):
                              f"the model takes 2D images")
 
 
-def predict_affinities(args, model, images, offsets):
+def predict_affinities(args, model, images, offsets, options):
     """``fusionnet predict`` with a 3D affinity model: (C, Z, Y, X) float32 affinities.
 
     Everything is checked before predicting: options that only apply to
@@ -418,14 +384,8 @@ def predict_affinities(args, model, images, offsets):
         raise ValueError(f"the offsets of the 3D model {args.model or args.serving_url} are "
                          "unknown: give --offsets '[[dz,dy,dx], ...]' or write "
                          "MODEL.offsets.json beside the model")
-    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
-    overlap_z = tile_z // 4 if args.overlap_z is None else args.overlap_z
-    predictor = Predictor(
-        model, tile_shape=(tile_z, args.tile_size, args.tile_size),
-        overlap=(overlap_z, args.overlap, args.overlap), tta=args.tta,
-        batch_size=args.batch_size, blending=args.blending, progress=not args.quiet,
-        align=args.align, precision=args.precision, engine=args.engine, offsets=offsets,
-    )
+    predictor = Predictor(model, affinity_options(args, options), progress=not args.quiet,
+                          offsets=offsets)
     affinities = predictor.predict(images)
     variant = predictor.variant
     metadata = {

@@ -95,7 +95,7 @@ def run(args):
 
     from fusionnet_tf.pretrained import resolve_model_spec
 
-    check_tiling_arguments(args)
+    options = check_tiling_arguments(args)
     args.model, _ = resolve_model_spec(args.model)  # a shipped name -> its weights
     for option, value in (("--block", args.block), ("--block-z", args.block_z)):
         if value is not None and value < 1:
@@ -109,19 +109,15 @@ def run(args):
     check_volume_paths(args.input, args.output, plan)
     shape = input_shape(args.input)
     check_tile_size(args.tile_size, shape[1], shape[2], args.tta)
-    tiling = _tiling(args)
+    tiling = _tiling(args, options)
     output = args.output if plan is None else ome_zarr.start_output(args.output, plan,
                                                                      args.overwrite)
     try:
         from fusionnet_tf.volumes import BlockFailures, format_summary, predict_volume
 
         summary = predict_volume(
-            args.input, output, args.model,
-            block_shape=(tiling["block_z"], args.block, args.block),
-            tile_shape=tiling["tile"], overlap=tiling["overlap"], offsets=tiling["offsets"],
-            tta=args.tta,
-            batch_size=args.batch_size, blending=args.blending, align=args.align,
-            engine=args.engine, precision=args.precision,
+            args.input, output, args.model, tiling["options"],
+            block_shape=(tiling["block_z"], args.block, args.block), offsets=tiling["offsets"],
             normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,
@@ -149,24 +145,24 @@ def finish_ome_output(args, plan):
           f"{args.output}", file=sys.stderr)
 
 
-def _tiling(args):
-    """Tile, overlap, offsets and block depth: (z, y, x) tuples for a 3D affinity model.
+def _tiling(args, options):
+    """``PredictOptions`` (3D tiles for a 3D affinity model), offsets and block depth.
 
     Raises:
         ValueError: a 3D-only option (--tile-z, --overlap-z, --offsets) with a 2D model.
     """
-    from fusionnet_tf.cli.predict import DEFAULT_TILE_Z, _refuse_affinity_options, parse_offsets
+    from fusionnet_tf.cli.predict import (_refuse_affinity_options, affinity_options,
+                                          parse_offsets)
     from fusionnet_tf.volumes.runner import is_affinity_model
 
     offsets = parse_offsets(args.offsets)
     if not (args.model and is_affinity_model(args.model)):
         _refuse_affinity_options(args)
-        return {"tile": args.tile_size, "overlap": args.overlap, "offsets": None,
+        return {"options": options, "offsets": None,
                 "block_z": 1 if args.block_z is None else args.block_z}
-    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
-    overlap_z = tile_z // 4 if args.overlap_z is None else args.overlap_z
-    return {"tile": (tile_z, args.tile_size, args.tile_size),
-            "overlap": (overlap_z, args.overlap, args.overlap), "offsets": offsets,
+    options = affinity_options(args, options)
+    tile_z = options.tile_shape[0]
+    return {"options": options, "offsets": offsets,
             "block_z": tile_z if args.block_z is None else args.block_z}
 
 

@@ -53,7 +53,7 @@ import numpy as np
 from fusionnet_tf.checks import check_choice, check_int
 # tta -> dihedral transform indices (see fusionnet_tf.dihedral), re-exported
 from fusionnet_tf.choices import TTA_TRANSFORMS  # noqa: F401
-from fusionnet_tf.choices import ENGINES, INFERENCE_PRECISION_CHOICES
+from fusionnet_tf.choices import INFERENCE_PRECISION_CHOICES
 from fusionnet_tf.data.normalize import check_finite
 from fusionnet_tf.dihedral import dihedral_np, inverse_dihedral_np
 from fusionnet_tf.inference import affinity_tta, autotune, tiling
@@ -61,6 +61,7 @@ from fusionnet_tf.inference.affinity_tta import TTA_TRANSFORMS_3D
 # loading model files is the backends' job (one adapter per runtime); load_model re-exported
 from fusionnet_tf.inference.backends import load_model, resolve_model_path
 from fusionnet_tf.inference.backends.keras_file import keras_file_spatial_dims
+from fusionnet_tf.predict_options import PredictOptions
 
 
 # pixels one network call should hold at least, with the default batch size: measured on
@@ -176,67 +177,22 @@ class Predictor:
             callable mapping a (B, T, T, 1) float32 NumPy batch in [0, 1] to
             (B, T, T, 1) (or (B, T, T)) membrane probabilities, e.g. a REST
             ``ServingClient``.
-        tile_shape: int. Tile side T in pixels; a multiple of the input
-            multiple of a Keras model (``fusionnet_tf.models.input_multiple``:
-            ``2**depth``, 16 for FusionNet depth 4, 32 for an FCN). Defaults
-            to 512 (one tile per ISBI slice). For a 3D model: ``(tz, ty, tx)`` (an int T is
-            (T, T, T)), each a multiple of the model's input multiple along
-            that axis (the product of its 3D pooling strides).
-        overlap: int or None. Minimum overlap of neighbouring tiles in
-            pixels. None (default): 64; for a 3D model a quarter of the tile
-            along each axis. A 3D model also takes one value per axis.
-        tta: int. Test-time augmentation: 1 (none), 4 (identity, rot180,
-            flip W, flip H) or 8 (all dihedral transforms). Defaults to 1.
-            For a 3D model also 2 (z-flip) and 16 (8 in-plane x z-flip);
-            above 1 the offsets must be known and closed under the
-            transforms (``affinity_tta``).
-        batch_size: int or None. Network inputs (tiles x TTA variants) per
-            call; every call is padded to it. None (default): the TTA
-            variants of as few tiles as give a call ~256 x 256 pixels, and no
-            more tiles than a slice has, so one tile is never padded (see
-            ``inputs_per_call``).
-        blending: ``"gaussian"`` (sigma = T / 8), ``"cosine"`` or
-            ``"constant"``. Defaults to ``"gaussian"``.
-        progress: bool. Show a tqdm progress bar over tiles on stderr.
-            Defaults to False.
-        align: int or None. Tile origins (except the last along each axis)
-            are multiples of it. None = the input multiple of a Keras model
-            (those tiles see the pooling grid of the whole image; the last
-            tile along an axis ends at the border instead, and sees it only
-            when the image size is a multiple of it), 1 otherwise.
+        options: ``fusionnet_tf.predict_options.PredictOptions`` or None
+            (its defaults): tile size, overlap, TTA (default 8), batch size,
+            blending, alignment, engine and precision; each option's meaning,
+            unit and default are documented there, once. For a 3D model an
+            int tile side T means (16, T, T) tiles and an int overlap O means
+            (tile depth // 4, O, O). The tile side must be a multiple of the
+            model's input multiple (``2**depth`` for a 2D Keras model; per
+            axis for a 3D one). An alignment of None is the input multiple of
+            a Keras model (those tiles see the pooling grid of the whole
+            image), 1 otherwise.
+        **changes: options by name, applied to ``options``:
+            ``Predictor(model, tta=1)`` is ``Predictor(model, PredictOptions(tta=1))``.
+        progress: bool. Show a tqdm progress bar over tiles on stderr; the
+            auto engine then says what it chose. Defaults to False.
         fold_batchnorm: bool. Fold BatchNormalization into the convolutions
             of a Keras model for speed (same result to ~1e-6). Defaults to True.
-        jit_compile: bool. True is ``engine="xla"`` (the older name).
-            Defaults to False.
-        precision: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or
-            ``"auto"``: compute precision of a Keras model (see
-            ``inference_copy``). ``mixed_bfloat16`` is faster on CPUs with
-            bfloat16 matrix instructions (AMX: ~7x, AVX512-BF16: ~2x) and on
-            GPUs, and changes
-            membrane probabilities by about 1e-3 on average, 0.08 at most on
-            ISBI slices (BENCHMARKS.md). ``"auto"`` lets the auto engine also
-            time mixed_bfloat16 where the machine has those units (float32
-            elsewhere). Other precisions only for Keras models; other
-            callables run as they are. Defaults to ``"float32"``.
-        engine: ``"auto"``, ``"plain"``, ``"frozen"`` or ``"xla"``: how a
-            Keras model runs. ``"plain"``: BatchNorm folded, TensorFlow's
-            oneDNN kernels, variable weights (no set-up cost);
-            ``"frozen"``: plain with the weights as graph constants, a
-            snapshot taken here (see ``KerasFunction``; base 64: ~13%
-            faster per call, +7-13 s set-up in each process; base 16: 0-5%,
-            +0.2 s);
-            ``"xla"``: also compiled with XLA (on a CPU faster for wide models,
-            slower for narrow ones, compiles for seconds in each process);
-            ``"auto"``: on the first batch, time each eligible variant (plain,
-            frozen, xla, and with
-            ``precision="auto"`` bfloat16) and keep the fastest for the job
-            (set-up weighed against its calls; a job under 8 calls runs
-            plain), cached per model, batch shape and host
-            (``fusionnet_tf.inference.autotune``); says what it chose on
-            stderr when ``progress`` is on. A 3D model is not timed: auto
-            runs it frozen in float32, plain otherwise
-            (``autotune.untimed_variant``). Ignored for other callables.
-            Defaults to ``"auto"``.
         offsets: list of (dz, dy, dx) or None. 3D affinity models only: the
             offset of each output channel (as many as the model's channels).
             None: read from ``MODEL.offsets.json`` beside a model given as a
@@ -244,6 +200,11 @@ class Predictor:
             be 1).
 
     Attributes:
+        options: the ``PredictOptions`` given (with ``changes`` applied).
+        tile_shape, overlap, tta, batch_size, blending, precision, engine: the
+            options as this model uses them (for a 3D model ``tile_shape``,
+            ``overlap`` per axis).
+        grid_for: ``grid_for(*shape)``, the ``tiling.TileGrid`` of an image.
         network: the callable run on each (B, T, T, 1) float32 batch (for
             Keras models a ``KerasFunction``, or an ``autotune.AutoNetwork``
             choosing between several; else ``model`` itself).
@@ -264,38 +225,37 @@ class Predictor:
             of the model's input multiple.
 
     Example:
-    >>> predictor = Predictor(build_fusionnet(base_filters=4, depth=2), tile_shape=64, overlap=16)
+    >>> options = PredictOptions(tile_shape=64, overlap=16, tta=1)
+    >>> predictor = Predictor(build_fusionnet(base_filters=4, depth=2), options)
     >>> predictor.predict(np.random.rand(100, 90).astype("float32")).shape
     (100, 90)
     """
 
-    def __init__(self, model, tile_shape=512, overlap=None, tta=1, batch_size=None,
-                 blending="gaussian", progress=False, align=None, fold_batchnorm=True,
-                 jit_compile=False, precision="float32", engine="auto", offsets=None):
+    def __init__(self, model, options=None, *, progress=False, fold_batchnorm=True,
+                 offsets=None, **changes):
+        options = PredictOptions.given(options, **changes)
         model_path = None
         if isinstance(model, (str, Path)):
             model_path = resolve_model_path(model)
             model = load_model(model_path)
+        self.options = options
+        self.blending, self.batch_size = options.blending, options.batch_size
+        self.progress = bool(progress)
         if model_spatial_dims(model) == 3:
-            self._init_3d(model, model_path, dict(
-                tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                blending=blending, progress=progress, align=align, fold=fold_batchnorm,
-                jit_compile=jit_compile, precision=precision, engine=engine, offsets=offsets))
+            self._init_3d(model, model_path, fold_batchnorm, offsets)
             return
         if offsets is not None:
             raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); "
                              "this model takes 2D (B, H, W, 1) inputs")
         self.spatial_dims, self.offsets, self.channels = 2, None, 1
-        self.tile_shape = _tile_side(tile_shape)
-        overlap = 64 if overlap is None else overlap
-        self.overlap = overlap
-        self.tta = check_choice("tta", tta, TTA_TRANSFORMS)
-        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        self.blending = check_choice("blending", blending, tiling.BLENDINGS)
-        self.progress = bool(progress)
-        check_precision_applies(precision, model)
-        self.engine = _engine(engine, jit_compile)
-        self.precision = precision
+        self.tile_shape = options.tile(2)[0]
+        if len(set(options.overlaps(2))) > 1:
+            raise ValueError(f"`overlap` must be one int for a 2D model (square tiles); "
+                             f"received overlap={options.overlap!r}")
+        self.overlap = options.overlaps(2)[0]
+        self.tta = check_choice("tta", options.tta, TTA_TRANSFORMS, "for a 2D model")
+        check_precision_applies(options.precision, model)
+        self.engine, self.precision = options.engine, options.precision
         self._variant = None  # the one variant of a Keras model when there is no choice
         depth, multiple = _keras_depth(model), _keras_input_multiple(model)
         if depth is not None:
@@ -313,30 +273,24 @@ class Predictor:
         if multiple is None:  # e.g. OnnxRunner / LiteRTRunner know their pooling grid
             multiple = getattr(self.network, "input_multiple", None)
             self._check_callable_tile(multiple)
-        self.align = align if align is not None else (multiple or 1)
-        tiling.check_tile_args(self.tile_shape, overlap, self.align)
-        self.blend_weights = tiling.blend_weights(self.tile_shape, blending)
+        self.align = options.align if options.align is not None else (multiple or 1)
+        if not isinstance(self.align, int):
+            raise ValueError(f"`align` must be an int for a 2D model; received "
+                             f"align={self.align!r}")
+        tiling.check_tile_args(self.tile_shape, self.overlap, self.align)
+        self.blend_weights = tiling.blend_weights(self.tile_shape, self.blending)
 
-    def _init_3d(self, model, model_path, options):
-        """``__init__`` for a 3D affinity model (5D input); ``options`` are its arguments."""
+    def _init_3d(self, model, model_path, fold, offsets):
+        """``__init__`` for a 3D affinity model (5D input)."""
+        options = self.options
         self.spatial_dims = 3
-        self.tile_shape = tuple(check_int("tile_shape", t, 1) for t in
-                                tiling.per_axis("tile_shape", options["tile_shape"], 3))
-        overlap = options["overlap"]
-        overlap = tuple(t // 4 for t in self.tile_shape) if overlap is None else overlap
-        self.overlap = tuple(check_int("overlap", o, 0) for o in
-                             tiling.per_axis("overlap", overlap, 3))
-        self.tta = check_choice("tta", options["tta"], TTA_TRANSFORMS_3D)
-        batch_size = options["batch_size"]
-        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        self.blending = check_choice("blending", options["blending"], tiling.BLENDINGS)
-        self.progress = bool(options["progress"])
-        check_precision_applies(options["precision"], model)
-        self.engine = _engine(options["engine"], options["jit_compile"])
-        self.precision = options["precision"]
+        self.tile_shape, self.overlap = options.tile(3), options.overlaps(3)
+        self.tta = check_choice("tta", options.tta, TTA_TRANSFORMS_3D)
+        check_precision_applies(options.precision, model)
+        self.engine, self.precision = options.engine, options.precision
         self.depth = _keras_depth(model)
         self.channels = _output_channels(model)
-        self.offsets = _resolve_offsets(options["offsets"], model_path, self.channels)
+        self.offsets = _resolve_offsets(offsets, model_path, self.channels)
         if self.tta > 1:
             if self.offsets is None:
                 raise ValueError(f"tta={self.tta} for an affinity model needs its offsets: pass "
@@ -344,7 +298,7 @@ class Predictor:
                                  "the model")
             affinity_tta.check_tta_offsets(self.offsets, self.tta)
         self.input_multiple = _input_multiples(model)
-        align = options["align"]
+        align = options.align
         self.align = tuple(check_int("align", a, 1) for a in tiling.per_axis(
             "align", align if align is not None else self.input_multiple, 3))
         self._check_tile_3d(model)
@@ -354,7 +308,7 @@ class Predictor:
             self._variant = autotune.untimed_variant(
                 self.engine, self.precision,
                 weights_fit_constants=optimize._weight_bytes(model) <= optimize.MAX_CONSTANT_BYTES)
-            self.network = _build_keras_function(model, None, options["fold"], self._variant)
+            self.network = _build_keras_function(model, None, fold, self._variant)
         elif callable(model):
             self._variant, self.network = None, model
         else:
@@ -488,16 +442,24 @@ class Predictor:
         Raises:
             ValueError: ``shape`` has another number of axes than the model.
         """
+        return self.grid_for(*shape).origins
+
+    def grid_for(self, *shape):
+        """The ``tiling.TileGrid`` of one (height, width) slice, or a (Z, Y, X) volume in 3D.
+
+        2D: ``tile_shape`` square tiles with ``overlap`` and ``align``. 3D: the
+        ``tile_for(shape)`` tiles, the overlap clamped below them.
+
+        Raises:
+            ValueError: ``shape`` has another number of axes than the model.
+        """
         if len(shape) != self.spatial_dims:
             raise ValueError(f"`shape` must have {self.spatial_dims} sizes for this "
                              f"{self.spatial_dims}D model; received {shape}")
         if self.spatial_dims == 3:
             tile = self.tile_for(shape)
-            return tiling.tile_origins_nd(tiling.padded_shape_nd(shape, tile), tile,
-                                          self._overlap_for(tile), self.align)
-        height, width = shape
-        padded_h, padded_w = tiling.padded_shape(height, width, self.tile_shape)
-        return tiling.tile_origins(padded_h, padded_w, self.tile_shape, self.overlap, self.align)
+            return tiling.TileGrid.of(shape, tile, self._overlap_for(tile), self.align)
+        return tiling.TileGrid.of(shape, self.tile_shape, self.overlap, self.align)
 
     def predict_tiles(self, tiles, inputs_per_call=None):
         """Membrane probabilities of a batch of tiles, averaged over TTA.
@@ -576,28 +538,21 @@ class Predictor:
         Returns:
             int.
         """
-        if self.batch_size is not None:
-            return self.batch_size
         if self.spatial_dims == 3:
-            return 1
-        variants = len(TTA_TRANSFORMS[self.tta])
-        tiles = max(1, -(-CALL_PIXELS // (variants * self.tile_shape ** 2)))
-        if height is not None and width is not None:
-            tiles = min(tiles, len(self.tile_origins(height, width)))
-        return tiles * variants
+            return self.batch_size or 1
+        grid = None if height is None or width is None else self.grid_for(height, width)
+        return inputs_per_call(self.options, grid)
 
     def network_calls(self, count, height, width):
         """Network calls ``predict`` makes on a (count, height, width) stack (2D models).
 
-        Every tile's TTA variants, in calls of ``inputs_per_call(height,
-        width)`` inputs (only the last call is padded). The auto engine weighs
+        See ``network_calls`` (the module function); the auto engine weighs
         its set-up against this job size.
 
         Returns:
             int.
         """
-        inputs = count * len(self.tile_origins(height, width)) * len(TTA_TRANSFORMS[self.tta])
-        return -(-inputs // self.inputs_per_call(height, width))
+        return network_calls(self.options, self.grid_for(height, width), count)
 
     def _run_full_batch(self, batch, size):
         """``_run`` on ``batch`` zero-padded to ``size`` inputs; extras dropped.
@@ -702,19 +657,12 @@ class Predictor:
         For a 3D model ``weight_sum(depth, height, width)``: the padded
         (Z, Y, X) sum of the ``tile_for(shape)`` weights.
         """
-        if self.spatial_dims == 3:
-            tile = self.tile_for(shape)
-            weights = tiling.blend_weights(tile, self.blending)
-            total = np.zeros(tiling.padded_shape_nd(shape, tile), np.float32)
-            for origin in self.tile_origins(*shape):
-                total[_window(origin, tile)] += weights
-            return total
-        height, width = shape
-        padded = tiling.padded_shape(height, width, self.tile_shape)
-        total = np.zeros(padded, np.float32)
-        side = self.tile_shape
-        for y, x in self.tile_origins(height, width):
-            total[y:y + side, x:x + side] += self.blend_weights
+        grid = self.grid_for(*shape)
+        weights = tiling.blend_weights(grid.tile if self.spatial_dims == 3 else self.tile_shape,
+                                       self.blending)
+        total = np.zeros(grid.padded_shape, np.float32)
+        for origin in grid.origins:
+            total[grid.window(origin)] += weights
         return total
 
     def _predict_stack(self, stack):
@@ -777,6 +725,44 @@ class Predictor:
             raise RuntimeError("the prediction contains NaN or infinite values; check the model "
                                "and that the input is normalized to [0, 1]")
         return np.ascontiguousarray(np.moveaxis(result, -1, 0))
+
+
+def inputs_per_call(options, grid=None):
+    """Network inputs (tiles x TTA variants) per call of 2D prediction with ``options``.
+
+    ``options.batch_size`` if it was given. Otherwise the TTA variants of
+    ``k`` tiles, ``k`` the fewest tiles with ``CALL_PIXELS`` (256 x 256)
+    pixels or more (per-call overhead dominates small calls), but no more
+    than the tiles of one slice (``grid``), so a single tile is never padded.
+
+    Args:
+        options: ``PredictOptions`` (a 2D ``tta``).
+        grid: ``tiling.TileGrid`` of one slice, or None (no cap).
+
+    Returns:
+        int.
+    """
+    if options.batch_size is not None:
+        return options.batch_size
+    variants = len(TTA_TRANSFORMS[options.tta])
+    side = options.tile(2)[0]
+    tiles = max(1, -(-CALL_PIXELS // (variants * side ** 2)))
+    if grid is not None:
+        tiles = min(tiles, len(grid))
+    return tiles * variants
+
+
+def network_calls(options, grid, count):
+    """Network calls of 2D prediction of ``count`` slices tiled by ``grid``.
+
+    Every tile's TTA variants, in calls of ``inputs_per_call(options, grid)``
+    inputs (only the last call is padded).
+
+    Returns:
+        int.
+    """
+    inputs = count * len(grid) * len(TTA_TRANSFORMS[options.tta])
+    return -(-inputs // inputs_per_call(options, grid))
 
 
 def _window(origin, tile):
@@ -905,16 +891,6 @@ def _run_to_end(steps):
             return stop.value
 
 
-def _engine(engine, jit_compile):
-    """The engine asked for by ``engine`` and the older ``jit_compile`` flag."""
-    check_choice("engine", engine, ENGINES)
-    if jit_compile:
-        if engine == "plain":
-            raise ValueError("`jit_compile=True` asks for engine='xla'; received engine='plain'")
-        return "xla"
-    return engine
-
-
 def _build_keras_function(model, tile, fold, variant):
     """The ``KerasFunction`` of ``variant``; its ``variant`` attribute is set to it."""
     function = KerasFunction(model, tile, fold=fold, jit_compile=variant.engine == "xla",
@@ -922,14 +898,6 @@ def _build_keras_function(model, tile, fold, variant):
                              constant_weights=variant.engine == "frozen")
     function.variant = variant
     return function
-
-
-def _tile_side(tile_shape):
-    if isinstance(tile_shape, (tuple, list)):
-        if len(tile_shape) != 2 or tile_shape[0] != tile_shape[1]:
-            raise ValueError(f"`tile_shape` must be square; received tile_shape={tile_shape!r}")
-        tile_shape = tile_shape[0]
-    return check_int("tile_shape", tile_shape, 1)
 
 
 def _keras_depth(model):
@@ -978,7 +946,8 @@ def _progress_bar(total, enabled):
     return tqdm(total=total, unit="tile", file=sys.stderr, desc="predict", delay=delay)
 
 
-__all__ = ["Predictor", "load_model", "KerasFunction", "TTA_TRANSFORMS",
+__all__ = ["Predictor", "PredictOptions", "load_model", "KerasFunction", "TTA_TRANSFORMS",
+           "inputs_per_call", "network_calls",
            "check_precision_applies", "model_spatial_dims", "model_file_spatial_dims",
            "check_volume_for_3d_model",
            "read_model_offsets",

@@ -18,6 +18,7 @@ smallest positive weight so that the summed weights can never be zero.
 Nothing here imports TensorFlow; ``tests/test_tiling.py`` tests it alone.
 """
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -148,11 +149,92 @@ def tile_origins_nd(shape, tile, overlap, align=1):
     >>> tile_origins_nd((8, 64, 96), (8, 64, 64), (0, 16, 16))
     [(0, 0, 0), (0, 0, 32)]
     """
-    ndim = len(shape)
-    steps = [compute_steps(size, t, o, a) for size, t, o, a in
-             zip(shape, per_axis("tile", tile, ndim), per_axis("overlap", overlap, ndim),
-                 per_axis("align", align, ndim))]
-    return [tuple(origin) for origin in itertools.product(*steps)]
+    grid = TileGrid.of(shape, tile, overlap, align)
+    if grid.padded_shape != grid.shape:
+        raise ValueError(f"`shape` must be at least the tile {grid.tile} along each axis; "
+                         f"received shape {grid.shape} (pad first)")
+    return grid.origins
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    """The overlap-tile geometry of one image: its padding and where its tiles go.
+
+    A value object: ``Predictor`` cuts images along it and block-wise volume
+    prediction plans its calls with it, so both place the same tiles. Along
+    each axis an image shorter than the tile is padded at the end to the tile
+    (``pad_to_tile``); on the padded image the origins run from 0 to
+    ``padded - tile`` (``compute_steps``).
+
+    Attributes:
+        shape: tuple of ints. Image shape before padding, (H, W) or (Z, Y, X).
+        tile: tuple of ints. Tile side per axis.
+        overlap: tuple of ints. Minimum overlap of neighbours per axis, in
+            ``[0, tile - align]``.
+        align: tuple of ints. Origins but the last along an axis are multiples of it.
+
+    Example:
+    >>> grid = TileGrid.of((512, 512), 256, 32, align=16)
+    >>> grid.steps, len(grid)
+    (((0, 128, 256), (0, 128, 256)), 9)
+    """
+
+    shape: tuple
+    tile: tuple
+    overlap: tuple
+    align: tuple
+
+    @classmethod
+    def of(cls, shape, tile, overlap, align=1):
+        """Validated grid; ``tile``, ``overlap`` and ``align`` are ints or one per axis.
+
+        Raises:
+            ValueError: a bad size, tile, overlap or alignment, naming it.
+        """
+        ndim = len(shape)
+        shape = tuple(check_int("shape", n, 1) for n in shape)
+        sides = [check_tile_args(t, o, a) for t, o, a in zip(
+            per_axis("tile", tile, ndim), per_axis("overlap", overlap, ndim),
+            per_axis("align", align, ndim))]
+        return cls(shape, *(tuple(side[i] for side in sides) for i in range(3)))
+
+    @property
+    def padded_shape(self):
+        """Shape after padding: ``max(size, tile)`` per axis."""
+        return padded_shape_nd(self.shape, self.tile)
+
+    @property
+    def padding(self):
+        """``((0, after), ...)`` per axis: the ``np.pad`` widths of ``pad_to_tile``."""
+        return tuple((0, p - n) for n, p in zip(self.shape, self.padded_shape))
+
+    @functools.cached_property
+    def steps(self):
+        """Tile origins along each axis: a tuple of int tuples."""
+        return tuple(tuple(compute_steps(size, t, o, a)) for size, t, o, a in
+                     zip(self.padded_shape, self.tile, self.overlap, self.align))
+
+    @property
+    def strides(self):
+        """Distances between consecutive origins along each axis (empty for one tile)."""
+        return tuple(tuple(b - a for a, b in zip(s, s[1:])) for s in self.steps)
+
+    @property
+    def counts(self):
+        """Tiles along each axis."""
+        return tuple(len(s) for s in self.steps)
+
+    @property
+    def origins(self):
+        """All origins in C order (last axis fastest): a list of int tuples."""
+        return [tuple(origin) for origin in itertools.product(*self.steps)]
+
+    def __len__(self):
+        return math.prod(self.counts)
+
+    def window(self, origin):
+        """The slices of the tile at ``origin``, one per axis."""
+        return tuple(slice(o, o + t) for o, t in zip(origin, self.tile))
 
 
 def padded_shape(height, width, tile):

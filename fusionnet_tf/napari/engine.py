@@ -128,8 +128,8 @@ def predictor_options(options, spatial_dims, model):
 
     Returns:
         dict of ``Predictor`` keyword arguments. A 3D model gets tiles
-        ``(tile_z, tile, tile)``, overlap ``(tile_z // 4, overlap, overlap)``
-        (``fusionnet predict``'s defaults) and its offsets.
+        ``(tile_z, tile, tile)`` (the z overlap is then a quarter of
+        ``tile_z``: ``PredictOptions``) and its offsets.
 
     Raises:
         ValueError: a 3D model whose offsets are unknown, naming its file.
@@ -145,10 +145,11 @@ def predictor_options(options, spatial_dims, model):
         where = model_offsets_path(model) if model is not None else "MODEL.offsets.json"
         raise ValueError(f"the offsets of the 3D model {model} are unknown: write {where} "
                          "beside the model ({\"offsets\": [[dz, dy, dx], ...]})")
-    tile, overlap = arguments["tile_shape"], arguments["overlap"]
-    tile_z = int(tile_z or 16)
-    arguments.update(tile_shape=(tile_z, tile, tile), overlap=(tile_z // 4, overlap, overlap),
-                     offsets=[tuple(o) for o in offsets])
+    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
+
+    tile = arguments["tile_shape"]
+    tile_z = int(tile_z or DEFAULT_TILE_Z)
+    arguments.update(tile_shape=(tile_z, tile, tile), offsets=[tuple(o) for o in offsets])
     return arguments
 
 

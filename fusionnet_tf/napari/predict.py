@@ -23,6 +23,7 @@ refused in one line, in the viewer's thread when the model's kind can be read
 without TensorFlow (shipped models, ``.keras`` files), else by the worker.
 """
 
+import inspect
 from pathlib import Path
 
 import napari
@@ -31,7 +32,8 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 
-from fusionnet_tf.choices import ENGINES, NORMALIZATION_MODES, PRECISIONS, TTA_VALUES
+from fusionnet_tf import predict_options
+from fusionnet_tf.choices import NORMALIZATION_MODES
 from fusionnet_tf.napari.engine import (PredictionCancelled, PredictionFailed, PredictionResult,
                                         acquire_engine, release_engine)
 from fusionnet_tf.napari.layers import add_or_replace, layer_array, report_errors, show_error
@@ -40,7 +42,6 @@ from fusionnet_tf.napari.settings import remember_settings
 TITLE = "Predict membranes"
 OUTPUT_SUFFIX = " membranes"  # the output layer is "<image name> membranes"
 
-# Defaults are those of `fusionnet predict` (cli/predict.py add_tiling_arguments).
 def _pretrained_names():
     from fusionnet_tf.pretrained import REGISTRY
 
@@ -58,25 +59,44 @@ OPTIONS = {
                               "SavedModel folder (type its path); empty = the shipped model "
                               "chosen above.",
                    "filter": "*.keras *.zip *.h5"},
-    "tile_size": {"label": "tile size", "min": 16, "max": 4096, "step": 16},
+    # the prediction options: generated from PredictOptions (tile_size, overlap, tta, ...)
+    **predict_options.widget_options(),
     "tile_z": {"label": "tile z", "min": 1, "max": 512,
                "tooltip": "3D models: sections per tile (overlap: a quarter of it), as "
                           "fusionnet predict --tile-z."},
-    "overlap": {"min": 0, "max": 2048, "step": 8},
-    "tta": {"label": "TTA", "choices": list(TTA_VALUES),
-            "tooltip": "Test-time augmentation: 1 none, 4 mirrorings, 8 all rotations/flips."},
-    "precision": {"choices": list(PRECISIONS)},
-    "engine": {"choices": list(ENGINES),
-               "tooltip": "auto: on long jobs, times plain, frozen and XLA and keeps the "
-                          "fastest (the choice is cached); plain: TensorFlow's oneDNN kernels; "
-                          "frozen: the same with the weights as constants (faster calls for "
-                          "wide models, slower start); xla: compiled with XLA."},
     "normalization": {"choices": list(NORMALIZATION_MODES)},
 }
-# the parameters the widget remembers between sessions (settings.py)
-SETTINGS = ("pretrained", "model_path", "tile_size", "tile_z", "overlap", "tta", "precision",
-            "engine", "normalization")
-DEFAULT_TILE_Z = 16  # fusionnet predict --tile-z
+# the widget's parameters after the image: the model, the PredictOptions fields the widget
+# shows (named like the command-line options, defaults from the dataclass), 3D tile depth and
+# normalization; all of them are remembered between sessions (settings.py)
+SETTINGS = ("pretrained", "model_path",
+            *(name for name, _, _ in predict_options.widget_parameters()),
+            "tile_z", "normalization")
+
+
+def predict_signature():
+    """``inspect.Signature`` of the widget, its option parameters generated from PredictOptions.
+
+    ``viewer``, ``image``, ``pretrained``, ``model_path``, then one
+    parameter per ``predict_options.widget_parameters()`` (``tile_size``,
+    ``overlap``, ``tta``, ...: the ``fusionnet predict`` option names and
+    the ``PredictOptions`` defaults), ``tile_z`` and ``normalization``.
+    """
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [
+        inspect.Parameter("viewer", kind, annotation=napari.viewer.Viewer),
+        inspect.Parameter("image", kind, annotation=Image),
+        inspect.Parameter("pretrained", kind, annotation=str, default="isbi2012"),
+        inspect.Parameter("model_path", kind, annotation=Path, default=Path("")),
+    ]
+    for name, annotation, default in predict_options.widget_parameters():
+        parameters.append(inspect.Parameter(name, kind, annotation=annotation, default=default))
+    parameters += [
+        inspect.Parameter("tile_z", kind, annotation=int,
+                          default=predict_options.DEFAULT_TILE_Z),
+        inspect.Parameter("normalization", kind, annotation=str, default="slice"),
+    ]
+    return inspect.Signature(parameters)
 
 
 def model_spec(model_path, pretrained=None):
@@ -187,7 +207,13 @@ class PredictWidget(FunctionGui):
     """
 
     def __init__(self):
-        super().__init__(self.predict_membranes, call_button=TITLE, param_options=OPTIONS)
+        signature = predict_signature()
+
+        def predict_membranes(*args, **kwargs):
+            return self.predict_membranes(**signature.bind(*args, **kwargs).arguments)
+
+        predict_membranes.__signature__ = signature  # magicgui builds the widgets from it
+        super().__init__(predict_membranes, call_button=TITLE, param_options=OPTIONS)
         remember_settings(self, SETTINGS, "predict")
         self.worker = None
         self.prediction_engine = acquire_engine()
@@ -197,24 +223,25 @@ class PredictWidget(FunctionGui):
         self.cancel_button.changed.connect(self.cancel)
         self.extend([self.progress, self.cancel_button])
 
-    def predict_membranes(self, viewer: napari.viewer.Viewer, image: Image,
-                          pretrained: str = "isbi2012", model_path: Path = Path(""),
-                          tile_size: int = 512, tile_z: int = DEFAULT_TILE_Z, overlap: int = 64,
-                          tta: int = 8, precision: str = "float32", engine: str = "auto",
-                          normalization: str = "slice"):
-        """Check the input, then start the worker; returns it (None if refused)."""
+    def predict_membranes(self, viewer=None, image=None, pretrained="isbi2012",
+                          model_path=Path(""), tile_z=predict_options.DEFAULT_TILE_Z,
+                          normalization="slice", **values):
+        """Check the input, then start the worker; returns it (None if refused).
+
+        ``values`` are the option parameters (``predict_signature``).
+        """
         if self.worker is not None:
             show_info(f"{TITLE}: a prediction is already running")
             return None
         with report_errors(TITLE):
             from fusionnet_tf.inference.predictor import check_precision_applies
 
+            chosen = predict_options.from_widget(values)  # checked here, in one line
             model = model_spec(model_path, pretrained)
-            check_precision_applies(precision, model)
+            check_precision_applies(chosen.precision, model)
             images = prepare_images(image, normalization)
             check_image_for_model(images, model_spatial_dims(model), image)
-            options = {"tile_shape": tile_size, "overlap": overlap, "tta": tta,
-                       "precision": precision, "engine": engine, "tile_z": tile_z}
+            options = {**chosen.to_dict(), "tile_z": tile_z}
             return self.start(viewer or napari.current_viewer(), image, images, model, options)
         return None
 
@@ -320,10 +347,12 @@ def run_metadata(model, options, normalization):
     from fusionnet_tf.pretrained import pretrained_name_of
 
     name = pretrained_name_of(model) if model is not None else None
+    tile_z = options.get("tile_z") or predict_options.DEFAULT_TILE_Z
+    tile = options["tile_shape"]
+    three_d = predict_options.PredictOptions(tile_shape=(tile_z, tile, tile),
+                                             overlap=options["overlap"])
     return {"model": name or (str(model) if model is not None else "pretrained"),
-            "tile": [options.get("tile_z"), options["tile_shape"], options["tile_shape"]],
-            "overlap": [int(options.get("tile_z") or 0) // 4, options["overlap"],
-                        options["overlap"]],
+            "tile": list(three_d.tile(3)), "overlap": list(three_d.overlaps(3)),
             "tta": options["tta"], "normalization": normalization,
             "precision": options["precision"], "engine": options["engine"]}
 

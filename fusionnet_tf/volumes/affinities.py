@@ -116,12 +116,12 @@ def predict_block_3d(volume, block, predictor, lo, hi):
 def spec_for(predictor, model_path, tf_threads):
     """The workers' ``PredictorSpec`` of a 3D Predictor (its settings, explicit engine)."""
     variant = predictor.variant
-    return blockwise.PredictorSpec(
-        model=model_path, tile_shape=predictor.tile_shape, overlap=predictor.overlap,
-        tta=predictor.tta, batch_size=predictor.batch_size, blending=predictor.blending,
-        align=predictor.align, precision=variant["precision"],
-        engine="plain" if variant["engine"] == "as-is" else variant["engine"],
-        tf_threads=tf_threads, offsets=predictor.offsets)
+    options = predictor.options.replace(
+        tile_shape=predictor.tile_shape, overlap=predictor.overlap, align=predictor.align,
+        precision=variant["precision"],
+        engine="plain" if variant["engine"] == "as-is" else variant["engine"])
+    return blockwise.PredictorSpec(model=model_path, options=options, tf_threads=tf_threads,
+                                   offsets=predictor.offsets)
 
 
 def settings_of(name, shape, block_shape, model_name, predictor, normalization):

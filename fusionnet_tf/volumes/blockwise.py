@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from fusionnet_tf.data.readers import close_stack
+from fusionnet_tf.predict_options import PredictOptions
 from fusionnet_tf.volumes import storage
 from fusionnet_tf.volumes.executors import worker_name
 from fusionnet_tf.volumes.geometry import tiles_for_block, tiles_region
@@ -30,26 +31,16 @@ class PredictorSpec:
 
     Attributes:
         model: str path of a ``.keras`` file or SavedModel folder.
-        tile_shape, overlap, tta, batch_size, blending, align, jit_compile,
-            precision, engine: ``Predictor`` options (the volume runner
-            passes an explicit engine and precision, so workers never time).
+        options: ``PredictOptions`` of the Predictor (the volume runner
+            gives an explicit engine and precision, so workers never time).
         tf_threads: TensorFlow intra-op threads for the worker process, set
             before the model loads; 0 leaves TensorFlow's default.
-        offsets: the offsets of a 3D affinity model, or None. A 3D model
-            takes ``tile_shape``, ``overlap`` and ``align`` as (z, y, x) tuples.
+        offsets: the offsets of a 3D affinity model, or None.
     """
 
     model: str
-    tile_shape: int = 512
-    overlap: int = 64
-    tta: int = 1
-    batch_size: int = None
-    blending: str = "gaussian"
-    align: int = None
-    jit_compile: bool = False
-    precision: str = "float32"
+    options: PredictOptions = PredictOptions()
     tf_threads: int = 0
-    engine: str = "auto"
     offsets: tuple = None  # 3D affinity models: ((dz, dy, dx), ...)
 
 
@@ -109,11 +100,7 @@ def worker_predictor(spec):
     from fusionnet_tf.inference import Predictor, load_model
 
     model = load_model(spec.model)
-    predictor = Predictor(model, tile_shape=spec.tile_shape, overlap=spec.overlap,
-                          tta=spec.tta, batch_size=spec.batch_size,
-                          blending=spec.blending, align=spec.align,
-                          jit_compile=spec.jit_compile, precision=spec.precision,
-                          engine=spec.engine, progress=False, offsets=spec.offsets)
+    predictor = Predictor(model, spec.options, progress=False, offsets=spec.offsets)
     _LOADS["count"] += 1
     return predictor
 

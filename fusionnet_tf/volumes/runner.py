@@ -11,6 +11,7 @@ from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.io.outputs import check_not_input
+from fusionnet_tf.predict_options import PredictOptions
 from fusionnet_tf.volumes import blockwise, storage
 from fusionnet_tf.volumes.executors import (BlockFailures, blocks_line, check_block_hook,
                                             count_block, executor_context, is_distributed,
@@ -45,15 +46,26 @@ def _live_predictor(model, options):
         return model
     from fusionnet_tf.inference import Predictor
 
-    return Predictor(model, progress=False, **options)
+    return Predictor(model, options, progress=False)
 
 
-def _geometry_predictor(options):
-    """A Predictor around a dummy callable: validates the options on the client."""
-    from fusionnet_tf.inference import Predictor
+def _slice_grid(options, height, width):
+    """The ``TileGrid`` of one (height, width) slice for a 2D model, checking ``options``.
 
-    geometry = {k: v for k, v in options.items() if k != "precision"}  # a callable runs as is
-    return Predictor(lambda batch: batch, progress=False, **geometry)
+    The alignment is ``options.align``, else 1 (a Keras model's own input
+    multiple is known only once it is loaded; the grid plans the calls).
+
+    Raises:
+        ValueError: options a 2D model refuses (a 3D-only ``tta``, a 3D tile,
+            an overlap the tile cannot take), naming them.
+    """
+    from fusionnet_tf.choices import TTA_TRANSFORMS
+    from fusionnet_tf.inference.tiling import TileGrid
+
+    check_choice("tta", options.tta, TTA_TRANSFORMS, "for a 2D model")
+    (tile, _), (overlap, _) = options.tile(2), options.overlaps(2)
+    return TileGrid.of((height, width), tile, overlap,
+                       1 if options.align is None else options.align)
 
 
 def intensity_ranges(volume, blocks, mode, executor, input_spec, progress=False):
@@ -137,18 +149,20 @@ def _resume_options(options, previous):
     if not previous:
         return options
     recorded = {**storage.SETTINGS_BEFORE_THEY_WERE_RECORDED, "engine": "plain", **previous}
-    resumed = dict(options)
+    resumed = {}
     for key, allowed in (("engine", ENGINES), ("precision", PRECISIONS)):
-        if options[key] == "auto" and recorded.get(key) in allowed:
+        if getattr(options, key) == "auto" and recorded.get(key) in allowed:
             resumed[key] = recorded[key]
-    return resumed
+    return options.replace(**resumed)
 
 
 def _call_plan(options, shape):
     """``(calls, inputs per call)`` of whole-slice prediction of the volume (for auto engines)."""
-    geometry = _geometry_predictor(options)
+    from fusionnet_tf.inference.predictor import inputs_per_call, network_calls
+
     depth, height, width = shape
-    return geometry.network_calls(depth, height, width), geometry.inputs_per_call(height, width)
+    grid = _slice_grid(options, height, width)
+    return network_calls(options, grid, depth), inputs_per_call(options, grid)
 
 
 def _resolve_variant(predictor, options, plan, progress):
@@ -160,8 +174,8 @@ def _resolve_variant(predictor, options, plan, progress):
     from fusionnet_tf.inference import autotune
 
     prefer = None
-    if "auto" not in (options["engine"], options["precision"]):
-        prefer = {"engine": options["engine"], "precision": options["precision"]}
+    if "auto" not in (options.engine, options.precision):
+        prefer = {"engine": options.engine, "precision": options.precision}
     if progress and isinstance(getattr(predictor, "network", None), autotune.AutoNetwork):
         predictor.network.report = autotune.print_to_stderr
     if not hasattr(predictor, "resolve_engine"):  # a duck-typed predictor
@@ -181,48 +195,44 @@ def _client_variant(model_path, options, plan, progress):
 
     Loads the model in this process only when the engine or precision is "auto".
     """
-    if "auto" not in (options["engine"], options["precision"]):
-        return {"engine": options["engine"], "precision": options["precision"]}
+    if "auto" not in (options.engine, options.precision):
+        return {"engine": options.engine, "precision": options.precision}
     from fusionnet_tf.inference import Predictor, load_model
 
-    predictor = Predictor(load_model(model_path), progress=False, **options)
+    predictor = Predictor(load_model(model_path), options, progress=False)
     return _resolve_variant(predictor, options, plan, progress)
 
 
 def _recorded(options, variant):
-    """``options`` with the engine and precision of the variant that runs (as the output
-    records it): a live Predictor's own choice wins over the defaults of ``options``."""
+    """``options`` as a dict with the engine and precision of the variant that runs (as the
+    output records it): a live Predictor's own choice wins over the defaults of ``options``."""
+    recorded = options.to_dict()
     if variant["engine"] == "as-is":  # not a Keras model: only "auto" is replaced
-        return {**options, **{k: variant[k] for k in ("engine", "precision")
-                              if options[k] == "auto"}}
-    return {**options, "engine": variant["engine"], "precision": variant["precision"]}
+        return {**recorded, **{k: variant[k] for k in ("engine", "precision")
+                               if recorded[k] == "auto"}}
+    return {**recorded, "engine": variant["engine"], "precision": variant["precision"]}
 
 
 def _explicit(options, variant):
     """Options for the workers' Predictors: the chosen variant, nothing left to time."""
     explicit = _recorded(options, variant)
-    if explicit["engine"] == "as-is":  # not a Keras model: the engine is ignored
-        explicit["engine"] = "plain"
-    return explicit
+    return options.replace(precision=explicit["precision"],  # as-is: the engine is ignored
+                           engine="plain" if explicit["engine"] == "as-is" else explicit["engine"])
 
 
 # ------------------------------------------------------------------ entry point
 
-def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024),
-                   tile_shape=512, overlap=64, tta=1, batch_size=None, blending="gaussian",
-                   align=None, jit_compile=False, precision="float32", engine="auto",
-                   normalization="slice",
-                   workers=0, scheduler=None,
-                   tf_threads=None,
-                   zarr_format=3, overwrite=False, progress=False, block_hook=None,
-                   offsets=None):
+def predict_volume(input_spec, output, model=None, options=None, *,
+                   block_shape=(1, 1024, 1024), normalization="slice", workers=0,
+                   scheduler=None, tf_threads=None, zarr_format=3, overwrite=False,
+                   progress=False, block_hook=None, offsets=None, **changes):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
 
     With a 3D affinity model (5D input) the output is (C, Z, Y, X) float32
     affinities with ``kind`` and ``offsets`` attributes, predicted from 3D
     tiles with halos in z, y and x (``fusionnet_tf.volumes.affinities``);
-    ``tile_shape``, ``overlap`` and ``align`` are then per axis (z, y, x), and
-    ``offsets`` (else ``MODEL.offsets.json``) names the channels.
+    the tiles are then 3D (see ``Predictor``), and ``offsets`` (else
+    ``MODEL.offsets.json``) names the channels.
 
     Every 2D slice gets the result ``Predictor.predict`` gives for the whole
     slice (same global tile grid, TTA, blending and per-slice normalization),
@@ -240,15 +250,15 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        tile_shape, overlap, tta, batch_size, blending, align, jit_compile, precision,
-            engine: ``Predictor`` options; defaults 512, 64, 1, None (one
-            slice's calls as ``Predictor.inputs_per_call``), ``"gaussian"``,
-            None (2**depth), False, ``"float32"``, ``"auto"``. An ``"auto"``
-            engine or precision is chosen once, in this process, before any
-            block (so all workers run the same variant). The engine and
-            precision that run are recorded in the output; a resumed run
-            reuses them where this call says ``"auto"`` and refuses others,
-            so an output never mixes two.
+        options: ``PredictOptions`` of the Predictor (tile, overlap, TTA, batch
+            size, blending, alignment, engine, precision), or None for their
+            defaults (``fusionnet_tf.predict_options``); ignored for a live
+            ``Predictor``, which keeps its own. An ``"auto"`` engine or
+            precision is chosen once, in this process, before any block (so
+            all workers run the same variant). The engine and precision that
+            run are recorded in the output; a resumed run reuses them where
+            this call says ``"auto"`` and refuses others, so an output never
+            mixes two.
         normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
             or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
@@ -263,6 +273,7 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
         block_hook: optional ``hook(block)`` run before each block is written
             (``workers=0`` only; for fault-injection tests).
         offsets: 3D affinity models only: list of (dz, dy, dx), or None.
+        **changes: options by name, applied to ``options`` (``tta=1``).
 
     Returns:
         dict: ``blocks_total``, ``blocks_skipped`` (done before), ``blocks_computed``,
@@ -283,20 +294,16 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
 
     Example:
     >>> summary = predict_volume("em.h5:/raw", "membranes.zarr", "model.keras",
-    ...                          block_shape=(1, 1024, 1024), workers=2)
+    ...                          PredictOptions(tta=1), workers=2)
     >>> summary["blocks_computed"]
     12
     """
     block_shape = check_block_shape(block_shape)
-    from fusionnet_tf.inference.predictor import _engine
-
-    options = dict(tile_shape=tile_shape, overlap=overlap, tta=tta, batch_size=batch_size,
-                   blending=blending, align=align, precision=precision,
-                   engine=_engine(engine, jit_compile))
+    options = PredictOptions.given(options, **changes)
     from fusionnet_tf.inference.predictor import check_precision_applies
 
     if not _is_predictor(model):  # before any model is loaded; a Predictor keeps its own
-        check_precision_applies(precision, model)
+        check_precision_applies(options.precision, model)
     if is_affinity_model(model):
         return _predict_affinities(input_spec, output, model, options, offsets, dict(
             block_shape=block_shape, normalization=normalization, workers=workers,
@@ -318,15 +325,15 @@ def predict_volume(input_spec, output, model=None, *, block_shape=(1, 1024, 1024
     if not distributed_run:  # load (or wrap) the model before touching the output
         predictor = _live_predictor(
             live_model if live_model is not None
-            else blockwise.worker_predictor(blockwise.PredictorSpec(model=model_path, **options,
-                                                                    tf_threads=threads)),
+            else blockwise.worker_predictor(blockwise.PredictorSpec(
+                model=model_path, options=options, tf_threads=threads)),
             options)
         variant = _resolve_variant(predictor, options, plan, progress)
     else:
         variant = _client_variant(model_path, options, plan, progress)
     settings = _settings(name, shape, block_shape, model_name, _recorded(options, variant),
                          normalization)
-    spec = blockwise.PredictorSpec(model=model_path, **_explicit(options, variant),
+    spec = blockwise.PredictorSpec(model=model_path, options=_explicit(options, variant),
                                    tf_threads=threads) if model_path else None
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
                               normalization=normalization)
@@ -380,17 +387,16 @@ def _predict_affinities(input_spec, output, model, options, offsets, run):
     check_block_hook(run["block_hook"], distributed_run)
     if offsets is None and model_path is not None:
         offsets = read_model_offsets(model_path)
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     threads = _tf_threads(run["tf_threads"], workers, run["scheduler"])
     if _is_predictor(live_model):
         predictor = live_model
     elif live_model is not None:
-        predictor = Predictor(live_model, progress=False, offsets=offsets, **options)
+        predictor = Predictor(live_model, options, progress=False, offsets=offsets)
     elif distributed_run:  # checked here; each worker loads its own
-        predictor = Predictor(load_model(model_path), progress=False, offsets=offsets, **options)
+        predictor = Predictor(load_model(model_path), options, progress=False, offsets=offsets)
     else:
         predictor = blockwise.worker_predictor(blockwise.PredictorSpec(
-            model=model_path, **options, tf_threads=threads,
+            model=model_path, options=options, tf_threads=threads,
             offsets=None if offsets is None else tuple(tuple(o) for o in offsets)))
     return affinities.predict_affinity_volume(
         input_spec, output, predictor, model_path, model_name, tf_threads=threads,
@@ -411,11 +417,11 @@ def _check_run(model, options, normalization, workers, scheduler, block_hook):
     distributed_run = is_distributed(workers, scheduler)
     _check_dask_model(model_path, model, distributed_run)
     check_block_hook(block_hook, distributed_run)
-    _geometry_predictor(options)  # validates tile, overlap, tta, blending early
+    _slice_grid(options, 1, 1)  # checks the tile, overlap and tta early
     from fusionnet_tf.inference.predictor import check_precision_applies
 
     if not _is_predictor(live_model):  # a live Predictor keeps its own precision
-        check_precision_applies(options["precision"],
+        check_precision_applies(options.precision,
                                 model_path if model_path is not None else live_model)
     return model_path, live_model, model_name, distributed_run
 
