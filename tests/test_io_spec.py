@@ -265,19 +265,9 @@ def _imports(path):
     return [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
 
 
-# pre-existing imports of private names outside the I/O code (issue 24 item 1 did not touch
-# them); each is listed so that no new one appears
-KNOWN_PRIVATE_IMPORTS = {
-    ("fusionnet_tf/volumes/runner.py", "fusionnet_tf.inference.predictor", "_engine"),
-    ("fusionnet_tf/segmentation/affinity_tune.py", "fusionnet_tf.segmentation.tune", "_best"),
-    ("fusionnet_tf/segmentation/affinity_tune.py", "fusionnet_tf.segmentation.tune", "_key"),
-    ("fusionnet_tf/segmentation/affinity_tune.py", "fusionnet_tf.segmentation.tune",
-     "_neighbours"),
-    ("fusionnet_tf/segmentation/affinity_tune.py", "fusionnet_tf.segmentation.tune",
-     "_random_points"),
-    ("fusionnet_tf/cli/predict_volume.py", "fusionnet_tf.cli.predict",
-     "_refuse_affinity_options"),
-}
+# (file, module, name) of imports of private names still allowed: none (the tuner's helpers,
+# the predictor's engine and the CLI's affinity-option check became public names)
+KNOWN_PRIVATE_IMPORTS = set()
 
 
 def private_imports(package_dir=PACKAGE_DIR):

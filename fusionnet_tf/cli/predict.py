@@ -307,7 +307,7 @@ def run(args):
     model = model or resolve_model(args)
     if model_spatial_dims(model) == 3:
         return predict_affinities(args, model, images, offsets, options)
-    _refuse_affinity_options(args)
+    refuse_affinity_options(args)
     if affinity_store:
         check_prediction_output(args.output)  # names the formats a membrane map can take
     if ome_plan is not None and ome_plan.kind != "probability":
@@ -345,7 +345,7 @@ def run(args):
     return 0
 
 
-def _refuse_affinity_options(args):
+def refuse_affinity_options(args):
     """A 2D model: the 3D-only options are an error (one line)."""
     for name in AFFINITY_ONLY_OPTIONS:
         if getattr(args, name) is not None:

@@ -151,13 +151,13 @@ def _tiling(args, options):
     Raises:
         ValueError: a 3D-only option (--tile-z, --overlap-z, --offsets) with a 2D model.
     """
-    from fusionnet_tf.cli.predict import (_refuse_affinity_options, affinity_options,
+    from fusionnet_tf.cli.predict import (refuse_affinity_options, affinity_options,
                                           parse_offsets)
     from fusionnet_tf.volumes.runner import is_affinity_model
 
     offsets = parse_offsets(args.offsets)
     if not (args.model and is_affinity_model(args.model)):
-        _refuse_affinity_options(args)
+        refuse_affinity_options(args)
         return {"options": options, "offsets": None,
                 "block_z": 1 if args.block_z is None else args.block_z}
     options = affinity_options(args, options)

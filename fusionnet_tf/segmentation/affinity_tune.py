@@ -14,7 +14,7 @@ import numpy as np
 
 from fusionnet_tf.checks import check_int
 from fusionnet_tf.segmentation.affinity_params import AffinityParams
-from fusionnet_tf.segmentation.tune import _best, _key, _neighbours, _random_points
+from fusionnet_tf.segmentation.tune import best_setting, setting_key, grid_neighbours, random_points
 
 AFFINITY_SEARCH_SPACE = {
     "boundary": ("mean", "min"),
@@ -102,7 +102,7 @@ def tune_affinities(affs, offsets, labels, budget=40, start=None, space=None, se
 
     def evaluate(point):
         params = AffinityParams(**_canonical(point, start))
-        key = _key(params.to_dict())
+        key = setting_key(params.to_dict())
         if key in seen or len(rows) >= budget:
             return
         began = time.perf_counter()
@@ -117,15 +117,15 @@ def tune_affinities(affs, offsets, labels, budget=40, start=None, space=None, se
 
     evaluate(start)
     rng = np.random.default_rng(seed)
-    for point in _random_points(space, max(0, budget // 3 - 1), rng):
+    for point in random_points(space, max(0, budget // 3 - 1), rng):
         evaluate(dict(start, **point))
     expanded = set()
     while len(rows) < budget:
-        candidates = [row for row in rows if _key(row["params"]) not in expanded]
+        candidates = [row for row in rows if setting_key(row["params"]) not in expanded]
         if not candidates:
             break
-        best = _best(candidates)
-        expanded.add(_key(best["params"]))
-        for point in _neighbours({key: best["params"][key] for key in space}, space):
+        best = best_setting(candidates)
+        expanded.add(setting_key(best["params"]))
+        for point in grid_neighbours({key: best["params"][key] for key in space}, space):
             evaluate(dict(best["params"], **point))
-    return AffinityParams(**_best(rows)["params"]), rows
+    return AffinityParams(**best_setting(rows)["params"]), rows

@@ -48,13 +48,13 @@ def score_segmentation(labels, segments):
     return scores["v_rand"], scores["v_info"]
 
 
-def _random_points(space, count, rng):
+def random_points(space, count, rng):
     keys = list(space)
     for _ in range(count):
         yield {key: space[key][rng.integers(len(space[key]))] for key in keys}
 
 
-def _neighbours(point, space):
+def grid_neighbours(point, space):
     """Points that differ from ``point`` in exactly one parameter (any other grid value)."""
     for key, values in space.items():
         for value in values:
@@ -94,7 +94,7 @@ def tune(membrane, labels, budget=60, mode="2d", start=None, space=None, seed=0,
         return {"v_rand": v_rand, "v_info": v_info}
 
     rows = search(score, budget=budget, start=start, space=space, seed=seed, callback=callback)
-    return SegmentParams(**_best(rows)["params"]), rows
+    return SegmentParams(**best_setting(rows)["params"]), rows
 
 
 def search(score, budget=60, start=None, space=None, seed=0, callback=None):
@@ -120,7 +120,7 @@ def search(score, budget=60, start=None, space=None, seed=0, callback=None):
 
     def evaluate(point):
         params = SegmentParams(**_canonical(point, start))
-        key = _key(params.to_dict())
+        key = setting_key(params.to_dict())
         if key in seen or len(rows) >= budget:
             return seen.get(key)
         began = time.perf_counter()
@@ -134,16 +134,16 @@ def search(score, budget=60, start=None, space=None, seed=0, callback=None):
 
     evaluate(start)
     rng = np.random.default_rng(seed)
-    for point in _random_points(space, max(0, budget // 3 - 1), rng):
+    for point in random_points(space, max(0, budget // 3 - 1), rng):
         evaluate(dict(start, **point))
     expanded = set()
     while len(rows) < budget:  # best-first: expand the best setting not expanded yet
-        candidates = [row for row in rows if _key(row["params"]) not in expanded]
+        candidates = [row for row in rows if setting_key(row["params"]) not in expanded]
         if not candidates:
             break
-        best = _best(candidates)
-        expanded.add(_key(best["params"]))
-        for point in _neighbours(best["params"], space):
+        best = best_setting(candidates)
+        expanded.add(setting_key(best["params"]))
+        for point in grid_neighbours(best["params"], space):
             evaluate(point)
     return rows
 
@@ -208,7 +208,7 @@ class FoldScorer:
         """Contingency counts ``(joint, gt_sizes, proposal_sizes)`` of ``params`` on fold ``fold``."""
         from fusionnet_tf.metrics import segmentation_counts
 
-        key = (_key(params.to_dict()), fold)
+        key = (setting_key(params.to_dict()), fold)
         if key not in self._counts:
             index = self.folds[fold]
             segments, _ = segment(self.membrane[index], params, mode=self.mode)
@@ -286,8 +286,8 @@ def cross_validate(membrane, labels, folds=5, budget=60, mode="2d", start=None, 
         rows = search(lambda params, train=train: scorer.score(params, train), budget=budget,
                       start=start, space=space, seed=seed, callback=callback)
         for row in rows:
-            candidates.setdefault(_key(row["params"]), row["params"])
-        winner = _best(rows)
+            candidates.setdefault(setting_key(row["params"]), row["params"])
+        winner = best_setting(rows)
         params = SegmentParams(**winner["params"])
         outside = scorer.score(params, [fold])
         winners.append(params)
@@ -347,11 +347,11 @@ def _canonical(point, start):
     return point
 
 
-def _key(values):
+def setting_key(values):
     return tuple(sorted(values.items()))
 
 
-def _best(rows):
+def best_setting(rows):
     return max(rows, key=lambda row: row.get("objective", (row["v_rand"], row["v_info"])))
 
 
