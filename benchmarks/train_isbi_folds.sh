@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Train the five ISBI 2012 fold models of issue 23: fold k validates on slices 5k..5k+4 and
+# trains on the other 20, so every labelled slice has a model that never saw it. Resumable:
+# a killed run resumes from its folder, and a finished fold (its DONE file) is skipped.
+# Then: python benchmarks/bench_segment.py --cv --runs "$OUT/fold{k}" --data "$DATA"
+#
+#   DATA=../shared/data/isbi2012 OUT=runs/isbi_cv EPOCHS=8 STEPS=150 bash benchmarks/train_isbi_folds.sh
+set -euo pipefail
+DATA=${DATA:-../shared/data/isbi2012}
+OUT=${OUT:-runs/isbi_cv}
+EPOCHS=${EPOCHS:-8}
+STEPS=${STEPS:-150}
+PRECISION=${PRECISION:-mixed_bfloat16}
+for k in 0 1 2 3 4; do
+  run="$OUT/fold$k"
+  [ -f "$run/DONE" ] && continue
+  lo=$((5 * k)); hi=$((5 * k + 4))
+  if [ "$k" -eq 0 ]; then train="5-24"
+  elif [ "$k" -eq 4 ]; then train="0-19"
+  else train="0-$((lo - 1)),$((hi + 1))-24"; fi
+  fusionnet train --config training/configs/isbi2012.yaml \
+    --set data.train_images="$DATA/train-volume.tif" --set data.train_labels="$DATA/train-labels.tif" \
+    --set data.train_slices="$train" --set data.val_slices="$lo-$hi" \
+    --set epochs="$EPOCHS" --set steps_per_epoch="$STEPS" --set precision="$PRECISION" \
+    --set isbi_eval_every="$EPOCHS" --set tensorboard=false --set output_dir="$run"
+  touch "$run/DONE"
+done
