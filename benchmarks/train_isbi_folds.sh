@@ -23,5 +23,5 @@ for k in 0 1 2 3 4; do
     --set data.train_slices="$train" --set data.val_slices="$lo-$hi" \
     --set epochs="$EPOCHS" --set steps_per_epoch="$STEPS" --set precision="$PRECISION" \
     --set isbi_eval_every="$EPOCHS" --set tensorboard=false --set output_dir="$run"
-  touch "$run/DONE"
+  mkdir -p "$run" && touch "$run/DONE"
 done
