@@ -315,3 +315,22 @@ def test_one_home_for_the_writers_and_guards():
     assert seg_io.write_tiff is files.write_tiff is affinity_io.write_tiff
     assert not hasattr(storage, "check_not_input")
     assert not (PACKAGE_DIR / "io_utils.py").exists()
+
+
+def test_staged_folder_replaces_on_success_and_keeps_the_old_folder_on_error(tmp_path):
+    from fusionnet_tf.io.outputs import staged_folder
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_folder(folder) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("fails half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+    assert sorted(p.name for p in folder.iterdir()) == ["old.txt"]
+    with staged_folder(folder) as tmp:
+        assert tmp.parent == tmp_path and tmp != folder
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in folder.iterdir()) == ["new.txt"]

@@ -24,10 +24,7 @@ folder.
 """
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +35,7 @@ from fusionnet_tf.checks import check_choice
 from fusionnet_tf.choices import DTYPES, PRED_CONVENTIONS  # noqa: F401
 from fusionnet_tf.io.files import write_hdf5, write_tiff
 from fusionnet_tf.io.outputs import (atomic_path, check_hdf5_target, check_output_path,
-                                     default_permissions, replace_folder)
+                                     staged_folder)
 from fusionnet_tf.io.spec import HDF5_SUFFIXES, TIFF_SUFFIXES, parse_spec  # noqa: F401
 
 DEFAULT_HDF5_KEY = "prediction"
@@ -235,17 +232,11 @@ def write_png_folder(folder, slices, metadata=None):
     folder = Path(folder)
     check_output_path(folder, f"output {folder}", folder_output=True,
                       earlier_output=is_png_folder_output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.absolute().parent))
-    try:
+    with staged_folder(folder) as tmp:
         for index, image in enumerate(slices):
             _png_bytes_writer(tmp / f"slice_{index:04d}.png", np.asarray(image))
         if metadata is not None:
             (tmp / "prediction.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        default_permissions(tmp, directory=True)
-        replace_folder(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 

@@ -20,13 +20,10 @@ are split by ``io.spec.parse_spec``; these functions take the parts.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from fusionnet_tf.io.outputs import (atomic_path, check_hdf5_key, check_hdf5_target,
-                                     check_output_path, default_permissions, hdf5_key,
-                                     replace_folder)
+                                     check_output_path, hdf5_key, staged_folder)
 
 EXTRA_HINT = "install the volumes extra: pip install 'fusionnet-tf[volumes]'"
 
@@ -130,17 +127,11 @@ def write_zarr(path, data, attributes, chunks=None, what=None, earlier_output=No
     path = Path(path)
     check_output_path(path, what or f"output {path}", folder_output=True,
                       earlier_output=earlier_output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.absolute().parent))
-    try:
+    with staged_folder(path) as tmp:
         array = zarr.open_array(str(tmp), mode="w", shape=data.shape, dtype=data.dtype,
                                 chunks=chunks or (1,) + data.shape[1:], fill_value=0)
         array[...] = data
         array.attrs.update(attributes)
-        default_permissions(tmp, directory=True)
-        replace_folder(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

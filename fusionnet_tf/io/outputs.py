@@ -186,6 +186,26 @@ def zarr_attributes(path):
     return {}
 
 
+@contextlib.contextmanager
+def staged_folder(folder, suffix=""):
+    """Write a folder output in a temporary sibling, then move it to ``folder``.
+
+    Yields the temporary folder (``Path``). When the block ends normally it
+    gets default permissions and replaces ``folder`` (:func:`replace_folder`);
+    on an error it is removed and ``folder`` is left as it was. Call
+    :func:`check_output_path` first.
+    """
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{suffix}", dir=folder.absolute().parent))
+    try:
+        yield tmp
+        default_permissions(tmp, directory=True)
+        replace_folder(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_folder(new, folder):
     """Move the finished folder ``new`` to ``folder``, removing what ``folder`` held.
 

@@ -31,8 +31,6 @@ imported inside the functions.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -377,7 +375,7 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
         ValueError: float labels, an image of another shape, bad block shape,
             bad ``min_voxels``, negative ids.
     """
-    from fusionnet_tf.io.outputs import default_permissions, replace_folder
+    from fusionnet_tf.io.outputs import staged_folder
 
     shape = tuple(int(s) for s in labels.shape)
     seg_type = label_dtype(labels.dtype, labels_name)
@@ -392,8 +390,7 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
     import_volume_packages(mesh, skeleton)
     out_dir = Path(out_dir)
     blocks = block_grid_zyx(shape, block_shape)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.absolute().parent))
-    try:
+    with staged_folder(out_dir, "tmp.") as tmp:
         layers = ["segmentation"]
         if image is not None:
             write_layer(tmp / "image", image, layer_info("image", img_type, shape, voxel_size),
@@ -412,9 +409,4 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
                    "layers": layers}
         (tmp / MARKER).write_text(json.dumps({"command": COMMAND, "settings": settings or {},
                                               "summary": summary}, indent=1))
-        default_permissions(tmp, directory=True)
-        replace_folder(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary
