@@ -271,3 +271,23 @@ def test_affinity_quantile_of_a_two_valued_face():
     for quantile, merged in ((0.75, True), (0.25, False)):
         params = PARAMS.replace(merge_statistic="quantile", merge_quantile=quantile)
         assert (agglomerate_affinities(labels, 2, affs, NN, params)[2] == 1) == merged
+
+
+def test_cli_tune_segment_gt_components_scores_the_pieces_of_a_cut_out(tmp_path, capsys):
+    """Two cubes with one ground-truth id (joined outside the cut-out): only their pieces fit."""
+    labels, affs, cut = two_cubes(2, LONG)
+    write_affinities(tmp_path / "aff.h5", affs, LONG)
+    joined = np.ones_like(labels)  # both cubes one id ...
+    joined[:, :, cut] = 0  # ... apart from each other in the volume: a boundary between them
+    assert len(np.unique(labels[labels > 0])) == 2
+    tifffile.imwrite(tmp_path / "ids.tif", joined.astype(np.uint16))
+    errors = {}
+    for extra in ([], ["--gt-components"]):
+        code, _, err = run_cli(["tune-segment", "--pred", tmp_path / "aff.h5", "--labels",
+                                tmp_path / "ids.tif", "-o", tmp_path / "p.json", "--budget", "3",
+                                "--method", "mws"] + extra, capsys)
+        assert code == 0, err
+        document = json.loads((tmp_path / "p.json").read_text())
+        errors[document["ground_truth"]] = document["adapted_rand_error"]
+        (tmp_path / "p.json").unlink()
+    assert errors["components"] == 0.0 and errors["ids"] > 0.3, errors

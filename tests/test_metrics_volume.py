@@ -8,6 +8,7 @@ import pytest
 import tifffile
 
 from fusionnet_tf.cli import main
+from fusionnet_tf import metrics
 from fusionnet_tf.metrics import volume_scores
 
 KEYS = {"adapted_rand_error", "rand_precision", "rand_recall", "voi_split", "voi_merge",
@@ -104,3 +105,58 @@ def test_cli_evaluate_volume_needs_seg(tmp_path, capsys):
     tifffile.imwrite(pred, np.zeros((2, 1, 2), np.float32))
     code = main(["evaluate", "--labels", gt, "--pred", str(pred), "--volume"])
     assert code == 2 and "give --seg" in capsys.readouterr().err
+
+
+# --- ground truth cut out of a larger volume: its connected pieces (--gt-components)
+
+def test_ground_truth_components_face_connectivity_by_hand():
+    # id 1 in two pieces (joined only "outside" this cut-out); id 2 touches 1 diagonally;
+    # id 3 is one piece through both sections (face-connected along z)
+    labels = np.array([[[1, 0, 1, 3]],
+                       [[0, 2, 0, 3]]])
+    pieces = metrics.ground_truth_components(labels)
+    assert pieces.tolist() == [[[1, 0, 2, 3]], [[0, 4, 0, 3]]]
+    # diagonal contact between two voxels of ONE id does not join them
+    diagonal = metrics.ground_truth_components(np.array([[[1, 0], [0, 1]]]))
+    assert sorted(np.unique(diagonal).tolist()) == [0, 1, 2]
+
+
+def test_a_perfect_segmentation_of_a_cut_out_scores_zero_only_against_its_pieces():
+    # one ground-truth id in two pieces of 2 voxels; the segmentation gives each piece an id
+    gt = np.array([[[1, 1, 0, 1, 1]], [[1, 1, 0, 1, 1]]])
+    seg = np.array([[[5, 5, 0, 6, 6]], [[5, 5, 0, 6, 6]]])
+    # raw ids: n = [[4, 4]]: precision 1, recall (16 + 16) / 64 = 1/2, ARE = 1 - 1 / 1.5 = 1/3
+    assert volume_scores(gt, seg)["adapted_rand_error"] == pytest.approx(1 / 3)
+    against_pieces = volume_scores(metrics.ground_truth_components(gt), seg)
+    assert against_pieces["adapted_rand_error"] == pytest.approx(0.0)
+    assert against_pieces["voi_split"] == pytest.approx(0.0)
+
+
+def test_cli_evaluate_volume_gt_components(tmp_path, capsys):
+    gt = _write(tmp_path / "gt.tif", [[[1, 1, 0, 1, 1]], [[1, 1, 0, 1, 1]]])
+    seg = _write(tmp_path / "seg.tif", [[[5, 5, 0, 6, 6]], [[5, 5, 0, 6, 6]]])
+    assert main(["evaluate", "--labels", gt, "--seg", seg, "--volume", "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert raw["adapted_rand_error"] == pytest.approx(1 / 3) and raw["ground_truth"] == "ids"
+    assert main(["evaluate", "--labels", gt, "--seg", seg, "--volume", "--json",
+                 "--gt-components"]) == 0
+    pieces = json.loads(capsys.readouterr().out)
+    assert pieces["adapted_rand_error"] == pytest.approx(0.0)
+    assert pieces["ground_truth"] == "components"
+    assert main(["evaluate", "--labels", gt, "--seg", seg, "--volume", "--gt-components"]) == 0
+    assert "connected pieces" in capsys.readouterr().out
+
+
+def test_cli_gt_components_needs_volume_and_affinities(tmp_path, capsys):
+    gt = _write(tmp_path / "gt.tif", [[[1, 1]], [[1, 1]]])
+    seg = _write(tmp_path / "seg.tif", [[[1, 1]], [[1, 1]]])
+    code = main(["evaluate", "--labels", gt, "--seg", seg, "--gt-components",
+                 "--label-convention", "instance"])
+    err = capsys.readouterr().err
+    assert code == 2 and "add --volume" in err and len(err.strip().splitlines()) == 1, err
+    pred = tmp_path / "pred.tif"
+    tifffile.imwrite(pred, np.zeros((2, 1, 2), np.float32))
+    code = main(["tune-segment", "--pred", str(pred), "--labels", gt, "-o",
+                 str(tmp_path / "p.json"), "--gt-components"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--gt-components applies to affinity files" in err, err

@@ -117,6 +117,9 @@ def run_tune(args):
     if labels.shape != affs.shape[1:]:
         raise ValueError(f"--labels {args.labels} has shape {labels.shape} but --pred "
                          f"{args.pred} covers {affs.shape[1:]}")
+    from fusionnet_tf.cli.evaluate import scored_ground_truth
+
+    labels = scored_ground_truth(labels, getattr(args, "gt_components", False))
     with tqdm(total=args.budget, desc="tune-segment", unit="setting", file=sys.stderr) as bar:
         best, rows = tune_affinities(affs, offsets, labels, budget=args.budget, start=start,
                                      seed=args.seed, callback=lambda row: bar.update(1))
@@ -125,7 +128,8 @@ def run_tune(args):
     save_params(args.output, best, extra={
         "adapted_rand_error": top["adapted_rand_error"], "v_info": top["v_info"],
         "kind": "affinities", "pred": str(args.pred), "labels": str(args.labels),
-        "shape": list(labels.shape), "settings_tried": len(rows)})
+        "shape": list(labels.shape), "settings_tried": len(rows),
+        "ground_truth": "components" if getattr(args, "gt_components", False) else "ids"})
     print(f"wrote {args.output}: adapted Rand error {top['adapted_rand_error']:.4f} (3D)",
           file=sys.stderr)
     return 0

@@ -51,7 +51,28 @@ def add_parser(subparsers):
                         help="With --seg: whole-volume 3D scores (SNEMI3D/CREMI): --labels are "
                              "ground-truth ids shared across sections, 0 not counted; one "
                              "contingency table over the volume (default: per slice).")
+    add_gt_components_argument(parser)
     parser.set_defaults(run=run)
+
+
+GT_COMPONENTS_HELP = (
+    "Score against the ground truth's connected pieces inside this volume: each "
+    "face-connected piece of an id becomes its own id. Use it when LABELS are cut out of a "
+    "larger labelled volume (a crop, SNEMI3D sections 60-74), whose ids may join pieces "
+    "outside it that no segmentation of the cut-out can join; the raw ids count each such "
+    "piece as a split (default: the raw ids, as the SNEMI3D and CREMI scripts score).")
+
+
+def add_gt_components_argument(parser):
+    """``--gt-components`` (evaluate --volume, tune-segment on affinities); argparse only."""
+    parser.add_argument("--gt-components", action="store_true", help=GT_COMPONENTS_HELP)
+
+
+def scored_ground_truth(labels, gt_components):
+    """The ids scored against: ``labels`` or, with ``--gt-components``, its connected pieces."""
+    from fusionnet_tf.metrics import ground_truth_components
+
+    return ground_truth_components(labels) if gt_components else labels
 
 
 VOLUME_ROWS = (("adapted Rand error", "adapted_rand_error"), ("Rand precision", "rand_precision"),
@@ -61,8 +82,10 @@ VOLUME_ROWS = (("adapted Rand error", "adapted_rand_error"), ("Rand precision", 
 
 def format_volume_table(scores, shape):
     """Readable table of ``metrics.volume_scores`` output for a (Z, Y, X) volume."""
-    lines = [f"3D scores over a {shape[0]}x{shape[1]}x{shape[2]} volume (ground-truth id 0 "
-             "not counted; VOI in bits)", f"{'metric':<20} {'score':>8}"]
+    truth = ("connected pieces of the ground-truth ids" if scores.get("ground_truth") ==
+             "components" else "ground-truth ids")
+    lines = [f"3D scores over a {shape[0]}x{shape[1]}x{shape[2]} volume against the {truth} "
+             "(id 0 not counted; VOI in bits)", f"{'metric':<20} {'score':>8}"]
     lines += [f"{title:<20} {scores[key]:>8.4f}" for title, key in VOLUME_ROWS]
     return "\n".join(lines)
 
@@ -80,7 +103,9 @@ def run_volume(args):
                          f"section {labels.shape} (score it without --volume)")
     segments = read_segments(args.seg, "--seg")
     _check_shapes(args, labels, segments, "--seg", args.seg)
-    return _report(args, volume_scores(labels, segments), labels.shape, format_volume_table)
+    scores = volume_scores(scored_ground_truth(labels, args.gt_components), segments)
+    scores["ground_truth"] = "components" if args.gt_components else "ids"
+    return _report(args, scores, labels.shape, format_volume_table)
 
 
 def format_table(scores, shape):
@@ -133,6 +158,9 @@ def run(args):
 
     if args.volume:
         return run_volume(args)
+    if args.gt_components:
+        raise ValueError("--gt-components applies to 3D scores: add --volume (per-slice scores "
+                         "already split the ground truth into each slice's cells)")
     labels = read_labels(args.labels, args.label_convention, threshold=args.label_threshold)
     if args.seg is not None:
         from fusionnet_tf.metrics import segmentation_scores_report

@@ -72,6 +72,9 @@ def add_parser(subparsers):
     from fusionnet_tf.cli.slices import add_slices_argument
 
     add_slices_argument(parser, "--labels, and of --pred when it holds the whole stack")
+    from fusionnet_tf.cli.evaluate import add_gt_components_argument
+
+    add_gt_components_argument(parser)  # affinity files only: 3D ids
     parser.set_defaults(run=run)
 
 
@@ -114,8 +117,9 @@ def run(args):
                 raise ValueError(f"{option} applies to 2D membrane maps; --pred {args.pred} "
                                  "holds 3D affinities (tuned on the whole volume)")
         return run_tune(args)
-    if args.method is not None:
-        raise ValueError(f"--method applies to affinity files; --pred {args.pred} is not one")
+    for option, value in (("--method", args.method), ("--gt-components", args.gt_components)):
+        if value:
+            raise ValueError(f"{option} applies to affinity files; --pred {args.pred} is not one")
     start = load_params(args.start) if args.start else default_params()
     labels = read_labels(args.labels, args.label_convention)
     membrane = read_membrane(args.pred, args.pred_convention)
