@@ -10,25 +10,31 @@ are generated from the fields, so their defaults and help cannot drift apart.
 Pure Python (no NumPy, no TensorFlow): building the CLI parser imports it.
 """
 
+import argparse
 import dataclasses
 
 from fusionnet_tf.checks import check_choice, check_int
 from fusionnet_tf.choices import (BLENDINGS, ENGINES, INFERENCE_PRECISION_CHOICES,
-                                  TTA_TRANSFORMS, TTA_TRANSFORMS_3D)
+                                  NORMALIZATION_MODES, TTA_TRANSFORMS, TTA_TRANSFORMS_3D)
 
-# 3D models: tiles of an int ``tile_shape`` T are (DEFAULT_TILE_Z, T, T), and an int
-# ``overlap`` O overlaps them by (tile depth // Z_OVERLAP_FRACTION, O, O)
+# 3D models: tiles of an int ``tile_shape`` T are (tile_z, T, T) (default DEFAULT_TILE_Z), and
+# an int ``overlap`` O overlaps them by (overlap_z, else tile depth // Z_OVERLAP_FRACTION, O, O)
 DEFAULT_TILE_Z = 16
 Z_OVERLAP_FRACTION = 4
 TTA_CHOICES = tuple(sorted(set(TTA_TRANSFORMS) | set(TTA_TRANSFORMS_3D)))
+# the command-line group of the options that apply to 3D affinity models only
+THREE_D_GROUP = "3D affinity models (input (B, Z, Y, X, 1))"
+# the parsed arguments' attribute naming the options given on the command line (a set of dests)
+GIVEN = "given_prediction_options"
 
 
 def _option(default, help, flag, **extra):
     """A field with its command-line ``flag``, ``help`` (meaning, unit, default) and extras.
 
     ``extra`` may hold ``type`` and ``choices`` (argparse), ``default_text``
-    (the default as the help shows it) and ``widget`` (magicgui options, or
-    None: not in the napari widget).
+    (the default as the help shows it), ``group`` (the command-line group,
+    e.g. ``THREE_D_GROUP``: only 3D models take the option) and ``widget``
+    (magicgui options, or None: not in the napari widget).
     """
     return dataclasses.field(default=default,
                              metadata={"help": help, "flag": flag, **extra})
@@ -36,13 +42,17 @@ def _option(default, help, flag, **extra):
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """How an image is cut into tiles, predicted, augmented and blended.
+    """How an image is normalized, cut into tiles, predicted, augmented and blended.
 
     Frozen and hashable: a worker caches its Predictor per options. Build
     one with keywords (``PredictOptions(tta=1)``), change one with
     ``replace``; invalid values raise a one-line ``ValueError`` naming the
     option. ``tile_shape``, ``overlap`` and ``align`` also take one int per
-    axis, ``(z, y, x)`` for a 3D model (``(T, T)`` for a 2D tile). The
+    axis, ``(z, y, x)`` for a 3D model (``(T, T)`` for a 2D tile); then
+    ``tile_z`` / ``overlap_z`` are not used. ``normalization`` is applied by
+    the entry points that read raw data (``fusionnet predict`` /
+    ``predict-volume``, ``predict_volume``, the napari widget);
+    ``Predictor.predict`` takes images already in [0, 1]. The
     attributes are below (each with its meaning, unit and default); each
     field's text is also its command-line help and the widget's tooltip.
 
@@ -54,12 +64,12 @@ class PredictOptions:
     tile_shape: object = _option(
         512, "Tile side in pixels, a multiple of the model's input multiple (2**depth: 16 "
              "for FusionNet/U-Net depth 4, 32 for FCN): (T, T) tiles, for a 3D model "
-             f"({DEFAULT_TILE_Z}, T, T) (--tile-z).",
+             "(--tile-z, T, T).",
         "--tile-size", type=int, widget={"label": "tile size", "min": 16, "max": 4096,
                                          "step": 16})
     overlap: object = _option(
-        64, "Minimum overlap of neighbouring tiles in pixels (y and x); for a 3D model a "
-            "quarter of the tile depth along z (--overlap-z).",
+        64, "Minimum overlap of neighbouring tiles in pixels (y and x); for a 3D model "
+            "--overlap-z along z.",
         "--overlap", type=int, widget={"min": 0, "max": 2048, "step": 8})
     tta: int = _option(
         8, "Test-time augmentation: 1 = none, 4 = mirrorings, 8 = all rotations and flips; "
@@ -107,6 +117,25 @@ class PredictOptions:
                    "mixed_bfloat16 where the machine has those units. Other models run in "
                    "the precision they were exported with.",
         "--precision", choices=INFERENCE_PRECISION_CHOICES, widget={})
+    tile_z: int = _option(
+        DEFAULT_TILE_Z, "Tile depth in sections of a 3D model; --tile-size is the tile's height "
+                        "and width.",
+        "--tile-z", type=int, group=THREE_D_GROUP,
+        widget={"label": "tile z", "min": 1, "max": 512,
+                "tooltip": "3D models: sections per tile (the z overlap is a quarter of it), "
+                           "as fusionnet predict --tile-z (default: 16)."})
+    overlap_z: object = _option(
+        None, "Minimum overlap of the tiles of a 3D model along z, in sections; --overlap is "
+              "the in-plane one.",
+        "--overlap-z", type=int, group=THREE_D_GROUP,
+        default_text="a quarter of the tile depth, rounded down",
+        widget=None)
+    normalization: str = _option(
+        "slice", "Intensity normalization of the input to [0, 1] before prediction: slice "
+                 "(min-max per slice, or per section of a volume), global (min-max over the "
+                 "whole stack or volume) or dtype (the dtype's range: 0-255 for uint8; float "
+                 "input is taken as already in [0, 1]).",
+        "--normalization", choices=NORMALIZATION_MODES, widget={})
 
     def __post_init__(self):
         for name, minimum in (("tile_shape", 1), ("overlap", 0), ("align", 1)):
@@ -119,10 +148,29 @@ class PredictOptions:
         check_choice("blending", self.blending, BLENDINGS)
         check_choice("engine", self.engine, ENGINES)
         check_choice("precision", self.precision, INFERENCE_PRECISION_CHOICES)
+        check_choice("normalization", self.normalization, NORMALIZATION_MODES)
+        check_int("tile_z", self.tile_z, 1)
+        if self.overlap_z is not None:
+            check_int("overlap_z", self.overlap_z, 0)
         if isinstance(self.tile_shape, int) and isinstance(self.overlap, int) \
                 and self.overlap >= self.tile_shape:
             raise ValueError(f"`overlap` must be less than `tile_shape` {self.tile_shape} so "
                              f"that tiles advance; received overlap={self.overlap}")
+        self._check_overlap_z()
+
+    def _check_overlap_z(self):
+        """Refuse an ``overlap_z`` that is not below the tile depth it applies to (one line)."""
+        if self.overlap_z is None or not isinstance(self.overlap, int):
+            return  # not given, or the overlap gives every axis itself
+        if isinstance(self.tile_shape, int):
+            depth, name = self.tile_z, "`tile_z`"
+        elif len(self.tile_shape) == 3:
+            depth, name = self.tile_shape[0], "the tile depth"
+        else:
+            return  # a 2D tile: a 2D model does not use it
+        if self.overlap_z >= depth:
+            raise ValueError(f"`overlap_z` must be less than {name} {depth} so that tiles "
+                             f"advance; received overlap_z={self.overlap_z}")
 
     # === Resolution per model ===
 
@@ -135,7 +183,7 @@ class PredictOptions:
         """
         tile = self.tile_shape
         if isinstance(tile, int):
-            return (tile, tile) if spatial_dims == 2 else (DEFAULT_TILE_Z, tile, tile)
+            return (tile, tile) if spatial_dims == 2 else (self.tile_z, tile, tile)
         if spatial_dims == 2 and len(tile) == 2 and tile[0] != tile[1]:
             raise ValueError(f"`tile_shape` must be square; received tile_shape={tile!r}")
         if len(tile) != spatial_dims:
@@ -144,7 +192,8 @@ class PredictOptions:
         return tuple(tile)
 
     def overlaps(self, spatial_dims):
-        """Minimum overlap per axis: ``(O, O)``, or ``(tz // 4, O, O)`` for an int on 3D."""
+        """Minimum overlap per axis: ``(O, O)``; for an int on 3D ``(overlap_z, O, O)``,
+        without ``overlap_z`` ``(tile depth // 4, O, O)``."""
         overlap = self.overlap
         if not isinstance(overlap, int):
             if len(overlap) != spatial_dims:
@@ -153,6 +202,8 @@ class PredictOptions:
             return tuple(overlap)
         if spatial_dims == 2:
             return overlap, overlap
+        if self.overlap_z is not None:
+            return self.overlap_z, overlap, overlap
         return self.tile(3)[0] // Z_OVERLAP_FRACTION, overlap, overlap
 
     # === Conversions ===
@@ -232,16 +283,50 @@ def help_text(field):
     return f"{field.metadata['help'].rstrip('.')} (default: {default})."
 
 
+class _StoreGiven(argparse.Action):
+    """Store the value and note the option as given (``given_flags``): a 2D model refuses
+    the 3D-only options when they were typed, whatever their value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, GIVEN, set(getattr(namespace, GIVEN, ())) | {self.dest})
+
+
 def add_arguments(parser):
     """Add one option per field to ``parser`` (``--tile-size``, ``--tta``, ...).
 
     Defaults, types, choices and help come from the fields; argparse's help
-    escapes ``%``.
+    escapes ``%``. Fields with a ``group`` go into an argument group of that
+    title (``--tile-z`` and ``--overlap-z`` into ``THREE_D_GROUP``).
+
+    Returns:
+        ``{title: argument group}`` of the groups made (a command adds its
+        own options of the same kind there, e.g. ``--offsets``).
     """
+    groups = {}
     for field in dataclasses.fields(PredictOptions):
+        title = field.metadata.get("group")
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
         extra = {k: field.metadata[k] for k in ("type", "choices") if k in field.metadata}
-        parser.add_argument(field.metadata["flag"], default=field.default,
-                            help=help_text(field).replace("%", "%%"), **extra)
+        groups.get(title, parser).add_argument(
+            field.metadata["flag"], default=field.default, action=_StoreGiven,
+            help=help_text(field).replace("%", "%%"), **extra)
+    return groups
+
+
+def given_flags(args):
+    """``{field name: flag}`` of the options typed on the command line (``add_arguments``)."""
+    typed = getattr(args, GIVEN, set())
+    return {field.name: field.metadata["flag"] for field in dataclasses.fields(PredictOptions)
+            if dest(field) in typed}
+
+
+def three_d_flags(args):
+    """The flags of the 3D-only options (``THREE_D_GROUP``) given on the command line."""
+    fields = {field.name: field for field in dataclasses.fields(PredictOptions)}
+    return [flag for name, flag in given_flags(args).items()
+            if fields[name].metadata.get("group") == THREE_D_GROUP]
 
 
 def from_args(args, **changes):
@@ -297,4 +382,4 @@ def _document_fields():
 _document_fields()
 
 __all__ = ["PredictOptions", "DEFAULT_TILE_Z", "add_arguments", "from_args", "widget_parameters",
-           "widget_options", "from_widget", "flags"]
+           "widget_options", "from_widget", "flags", "given_flags", "three_d_flags"]

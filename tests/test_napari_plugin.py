@@ -671,6 +671,31 @@ def test_segment_runs_in_a_worker_thread(viewer, qt, monkeypatch):
     assert "membranes neurons" in viewer.layers and widget.call_button.enabled
 
 
+def test_the_widget_normalizes_as_its_normalization_says(viewer, monkeypatch):
+    from fusionnet_tf.data import normalize
+    from fusionnet_tf.napari.predict import PredictWidget
+
+    started = []
+    monkeypatch.setattr(PredictWidget, "start",
+                        lambda self, viewer, image, images, model, options:
+                        started.append((images, options)))
+    rng = np.random.default_rng(0)
+    raw = np.stack([rng.integers(10, 60, (32, 32)), rng.integers(60, 200, (32, 32))]
+                   ).astype(np.uint8)
+    viewer.add_image(raw, name="em")
+    widget = dock(viewer, "Predict membranes")
+    widget.tile_z.value = 4
+    widget()  # the default: per slice
+    widget.normalization.value = "global"
+    widget()
+    (by_slice, first), (whole, second) = started
+    np.testing.assert_allclose(by_slice, normalize(raw, mode="slice"))
+    np.testing.assert_allclose(whole, normalize(raw, mode="global"))
+    assert np.abs(by_slice - whole).max() > 0.05
+    assert (first["normalization"], second["normalization"]) == ("slice", "global")
+    assert first["tile_z"] == second["tile_z"] == 4
+
+
 def test_widgets_remember_their_settings(qt, tiny_model_path, tmp_path, monkeypatch):
     from fusionnet_tf.napari.evaluate import make_evaluate_widget
     from fusionnet_tf.napari.predict import SETTINGS, make_predict_widget
@@ -825,14 +850,15 @@ def test_predict_refuses_a_2d_image_for_a_3d_model_before_the_worker(tiny_3d_mod
         check_model_input(SimpleNamespace(spatial_dims=3), np.zeros((1, 32, 32), np.float32))
     check_model_input(SimpleNamespace(spatial_dims=2), np.zeros((1, 32, 32), np.float32))
 
-    options = {"tile_shape": 64, "overlap": 16, "tile_z": 8, "tta": 1}
-    assert predictor_options(options, 2, tiny_model_path) == {"tile_shape": 64, "overlap": 16,
-                                                              "tta": 1}
-    assert predictor_options(options, 3, tiny_3d_model_path) == {
-        "tile_shape": (8, 64, 64), "overlap": 16, "tta": 1, "offsets": NN_OFFSETS}
     from fusionnet_tf.predict_options import PredictOptions
 
-    assert PredictOptions(tile_shape=(8, 64, 64), overlap=16).overlaps(3) == (2, 16, 16)
+    options = PredictOptions(tile_shape=64, overlap=16, tile_z=8, tta=1).to_dict()
+    assert predictor_options(options, 2, tiny_model_path) == options
+    assert predictor_options(options, 3, tiny_3d_model_path) == {**options,
+                                                                 "offsets": NN_OFFSETS}
+    # the widget's tile_z reaches the 3D tiles: (tile_z, T, T), z overlap tile_z // 4
+    three_d = PredictOptions.from_dict(options)
+    assert (three_d.tile(3), three_d.overlaps(3)) == ((8, 64, 64), (2, 16, 16))
     bare = tiny_3d_model_path.with_name("bare.keras")
     bare.write_bytes(tiny_3d_model_path.read_bytes())
     with pytest.raises(ValueError, match=r"offsets of the 3D model .*bare.keras are unknown"):

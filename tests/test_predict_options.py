@@ -21,10 +21,12 @@ from fusionnet_tf.predict_options import PredictOptions
 
 # the one default of each option, written out by hand
 DEFAULTS = {"tile_shape": 512, "overlap": 64, "tta": 8, "batch_size": None,
-            "blending": "gaussian", "align": None, "engine": "auto", "precision": "float32"}
+            "blending": "gaussian", "align": None, "engine": "auto", "precision": "float32",
+            "tile_z": 16, "overlap_z": None, "normalization": "slice"}
 FLAGS = {"tile_shape": "--tile-size", "overlap": "--overlap", "tta": "--tta",
          "batch_size": "--batch-size", "blending": "--blending", "align": "--align",
-         "engine": "--engine", "precision": "--precision"}
+         "engine": "--engine", "precision": "--precision", "tile_z": "--tile-z",
+         "overlap_z": "--overlap-z", "normalization": "--normalization"}
 
 
 def identity(batch):
@@ -56,6 +58,13 @@ def test_command_line_defaults_are_the_dataclass_defaults(command):
                                                   "--tta", "1", "--engine", "plain"])
     assert predict_options.from_args(parsed) == PredictOptions(tile_shape=256, overlap=32,
                                                                tta=1, engine="plain")
+    assert predict_options.three_d_flags(parsed) == []
+    parsed = build_parser().parse_args(command + ["--tile-z", "16", "--overlap-z", "2",
+                                                  "--normalization", "global"])
+    assert predict_options.from_args(parsed) == PredictOptions(tile_z=16, overlap_z=2,
+                                                               normalization="global")
+    # typed, even at the default value: a 2D model refuses them
+    assert predict_options.three_d_flags(parsed) == ["--tile-z", "--overlap-z"]
 
 
 def test_help_shows_each_fields_text_and_default(capsys):
@@ -97,11 +106,14 @@ def test_napari_widget_defaults_are_the_dataclass_defaults():
     assert report["choices"]["engine"] == ["auto", "plain", "frozen", "xla"]
     assert report["choices"]["precision"] == ["float32", "mixed_float16", "mixed_bfloat16",
                                               "auto"]
+    assert report["choices"]["normalization"] == ["slice", "global", "dtype"]
     assert report["settings"] == ["pretrained", "model_path", "tile_size", "overlap", "tta",
                                   "blending", "engine", "precision", "tile_z", "normalization"]
-    assert predict_options.from_widget({"tile_size": 512, "overlap": 64, "tta": 8,
-                                        "blending": "gaussian", "engine": "auto",
-                                        "precision": "float32"}) == PredictOptions()
+    widget_defaults = {k: v for k, v in report["defaults"].items() if k != "pretrained"}
+    assert predict_options.from_widget(widget_defaults) == PredictOptions()
+    assert predict_options.from_widget({**widget_defaults, "tile_z": 4,
+                                        "normalization": "dtype"}) == \
+        PredictOptions(tile_z=4, normalization="dtype")
 
 
 def test_predictor_and_volume_defaults_come_from_the_dataclass():
@@ -121,6 +133,10 @@ def test_predictor_and_volume_defaults_come_from_the_dataclass():
 def test_3d_tiles_and_overlaps_from_ints_and_tuples():
     assert PredictOptions(tile_shape=128).tile(3) == (16, 128, 128)
     assert PredictOptions(tile_shape=128).overlaps(3) == (4, 64, 64)
+    assert PredictOptions(tile_shape=128, tile_z=8).tile(3) == (8, 128, 128)
+    assert PredictOptions(tile_shape=128, tile_z=8).overlaps(3) == (2, 64, 64)
+    assert PredictOptions(tile_shape=128, tile_z=8, overlap_z=3).overlaps(3) == (3, 64, 64)
+    assert PredictOptions(tile_shape=128, tile_z=8, overlap_z=3).tile(2) == (128, 128)
     assert PredictOptions(tile_shape=(8, 32, 32), overlap=16).overlaps(3) == (2, 16, 16)
     assert PredictOptions(tile_shape=[8, 32, 32], overlap=[1, 2, 3]).overlaps(3) == (1, 2, 3)
     assert PredictOptions(tile_shape=(32, 32)).tile(2) == (32, 32)
@@ -164,6 +180,14 @@ def test_to_dict_from_dict_replace_and_hash():
                         "engine='gpu'"),
     ({"precision": "float16"}, "`precision` must be one of float32, mixed_float16, "
                                "mixed_bfloat16, auto; received precision='float16'"),
+    ({"tile_z": 0}, "`tile_z` must be an integer >= 1; received tile_z=0"),
+    ({"overlap_z": -1}, "`overlap_z` must be an integer >= 0; received overlap_z=-1"),
+    ({"tile_z": 4, "overlap_z": 4}, "`overlap_z` must be less than `tile_z` 4 so that tiles "
+                                    "advance; received overlap_z=4"),
+    ({"tile_shape": (8, 32, 32), "overlap_z": 8}, "`overlap_z` must be less than the tile "
+                                                  "depth 8 so that tiles advance"),
+    ({"normalization": "minmax"}, "`normalization` must be one of slice, global, dtype; "
+                                  "received normalization='minmax'"),
 ])
 def test_invalid_options_are_one_line_naming_the_option(changes, message):
     for build in (lambda: PredictOptions(**changes), lambda: PredictOptions().replace(**changes),
@@ -190,12 +214,30 @@ def test_a_2d_model_refuses_3d_only_tta_and_uneven_overlaps():
                            "received --overlap 512"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1; received --batch-size 0"),
     (["--align", "0"], "--align must be an integer >= 1; received --align 0"),
+    (["--tile-z", "0"], "--tile-z must be an integer >= 1; received --tile-z 0"),
+    (["--overlap-z", "-1"], "--overlap-z must be an integer >= 0; received --overlap-z -1"),
+    (["--tile-z", "4", "--overlap-z", "4"], "--overlap-z must be less than --tile-z 4 so that "
+                                            "tiles advance; received --overlap-z 4"),
 ])
 def test_command_line_errors_name_the_flag_before_reading_input(command, option, message,
                                                                 capsys):
     assert main(command + option) == 2
     err = capsys.readouterr().err
     assert f"error: {message}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["predict", "missing.tif", "-o", "out.tif"],
+                                     ["predict-volume", "missing.zarr", "out.zarr"]])
+@pytest.mark.parametrize("option, message", [
+    (["--normalization", "minmax"], "argument --normalization: invalid choice: 'minmax'"),
+    (["--tile-z", "x"], "argument --tile-z: invalid int value: 'x'"),
+])
+def test_command_line_refuses_bad_choices_with_exit_2(command, option, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + option)
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
 
 
 def test_library_messages_name_every_option_by_its_flag():
@@ -259,6 +301,121 @@ def test_the_predictor_tiles_and_weights_along_its_grid():
         assert volume.grid_for(40, 32, 56).steps == ((0, 12, 24), (0,), (0, 24))
     finally:
         del identity.spatial_dims
+
+
+def test_tile_z_and_overlap_z_reach_the_3d_grid():
+    identity.spatial_dims = 3
+    try:
+        volume = Predictor(identity, tile_shape=32, overlap=8, tile_z=8, overlap_z=2, tta=1)
+        assert volume.tile_shape == (8, 32, 32) and volume.overlap == (2, 8, 8)
+        # z: 20 - 8 = 12 in steps of at most 8 - 2 = 6: origins 0, 6, 12
+        assert volume.grid_for(20, 32, 56) == TileGrid.of((20, 32, 56), (8, 32, 32), (2, 8, 8))
+        assert volume.grid_for(20, 32, 56).steps == ((0, 6, 12), (0,), (0, 24))
+        # without overlap_z the z overlap is a quarter of tile_z: 4 - 1 = 3 per step
+        assert Predictor(identity, tile_shape=32, overlap=8, tile_z=4, tta=1).grid_for(
+            10, 32, 32).steps == ((0, 3, 6),) + ((0,),) * 2
+    finally:
+        del identity.spatial_dims
+    # a 2D model ignores them (square (T, T) tiles)
+    assert Predictor(identity, tile_shape=32, overlap=8, tile_z=4, overlap_z=1,
+                     tta=1).grid_for(32, 40) == TileGrid.of((32, 40), 32, 8)
+
+
+# --------------------------------------------------------------------------- #
+# normalization: one option, applied by every entry point that reads raw data
+# --------------------------------------------------------------------------- #
+
+def uneven_slices():
+    """(2, 40, 40) uint8 whose slices span different ranges: each mode normalizes differently."""
+    rng = np.random.default_rng(0)
+    return np.stack([rng.integers(10, 60, (40, 40)), rng.integers(60, 200, (40, 40))]
+                    ).astype(np.uint8)
+
+
+def normalized(raw, mode):
+    from fusionnet_tf.data import normalize
+
+    return normalize(raw, mode=mode)
+
+
+def test_the_modes_differ_on_the_test_stack():
+    raw = uneven_slices()
+    for first, second in (("slice", "global"), ("slice", "dtype"), ("global", "dtype")):
+        assert np.abs(normalized(raw, first) - normalized(raw, second)).max() > 0.05
+
+
+TILING = ["--tile-size", "32", "--overlap", "8", "--tta", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("mode", [None, "global", "dtype"])
+def test_predict_normalizes_as_the_option_says(tmp_path, monkeypatch, mode):
+    # an identity "model" writes its input: the output is the normalized image
+    import tifffile
+
+    monkeypatch.setattr("fusionnet_tf.cli.predict.resolve_model", lambda args: identity)
+    raw = uneven_slices()
+    tifffile.imwrite(tmp_path / "in.tif", raw)
+    extra = [] if mode is None else ["--normalization", mode]
+    assert main(["predict", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif")]
+                + TILING + extra) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"),
+                               normalized(raw, mode or "slice"), atol=1e-5)
+
+
+def write_volume(path, raw):
+    import zarr
+
+    array = zarr.open_array(str(path), mode="w", shape=raw.shape, dtype=raw.dtype,
+                            chunks=raw.shape)
+    array[...] = raw
+    return str(path)
+
+
+def read_volume(path):
+    import zarr
+
+    return zarr.open_array(str(path), mode="r")[...]
+
+
+@pytest.mark.parametrize("mode", [None, "global", "dtype"])
+def test_predict_volume_normalizes_as_the_option_says(tmp_path, mode):
+    from fusionnet_tf.volumes import predict_volume
+
+    raw = uneven_slices()
+    spec = write_volume(tmp_path / "in.zarr", raw)
+    changes = {} if mode is None else {"normalization": mode}
+    predict_volume(spec, tmp_path / "kw.zarr", identity, tile_shape=32, overlap=8, tta=1,
+                   block_shape=(1, 40, 24), **changes)
+    np.testing.assert_allclose(read_volume(tmp_path / "kw.zarr"),
+                               normalized(raw, mode or "slice"), atol=1e-5)
+    if mode is not None:  # the same through PredictOptions
+        predict_volume(spec, tmp_path / "opts.zarr", identity,
+                       PredictOptions(tile_shape=32, overlap=8, tta=1, normalization=mode),
+                       block_shape=(1, 40, 24))
+        np.testing.assert_array_equal(read_volume(tmp_path / "opts.zarr"),
+                                      read_volume(tmp_path / "kw.zarr"))
+
+
+def test_predict_volume_command_normalizes_as_the_option_says(tmp_path, monkeypatch):
+    # the command's options reach predict_volume, run here with an identity "model"
+    from fusionnet_tf import volumes
+
+    real = volumes.predict_volume
+    seen = []
+
+    def with_identity(input_spec, output, model, options, **kwargs):
+        seen.append(options)
+        kwargs.update(workers=0, scheduler=None, tf_threads=None)
+        return real(input_spec, output, identity, options, **kwargs)
+
+    monkeypatch.setattr(volumes, "predict_volume", with_identity)
+    raw = uneven_slices()
+    spec = write_volume(tmp_path / "in.zarr", raw)
+    assert main(["predict-volume", spec, str(tmp_path / "out.zarr"), "--workers", "0",
+                 "--normalization", "global"] + TILING) == 0
+    assert seen == [PredictOptions(tile_shape=32, overlap=8, tta=1, normalization="global")]
+    np.testing.assert_allclose(read_volume(tmp_path / "out.zarr"), normalized(raw, "global"),
+                               atol=1e-5)
 
 
 def test_volume_call_plan_comes_from_the_grid_without_a_predictor(monkeypatch):

@@ -82,54 +82,19 @@ def add_tiling_arguments(parser):
 
     One option per ``PredictOptions`` field (``--tile-size``, ``--overlap``,
     ``--tta``, ``--batch-size``, ``--blending``, ``--align``, ``--engine``,
-    ``--precision``), generated from the dataclass with its defaults and
-    help, plus ``--normalization`` and the 3D options, so both commands tile,
-    blend and normalize the same way as the Python API.
+    ``--precision``, ``--normalization`` and, in the 3D group, ``--tile-z``
+    and ``--overlap-z``), generated from the dataclass with its defaults and
+    help, plus ``--offsets``, so both commands normalize, tile and blend the
+    same way as the Python API.
     """
     from fusionnet_tf import predict_options
-    from fusionnet_tf.choices import NORMALIZATION_MODES
 
-    predict_options.add_arguments(parser)
-    parser.add_argument("--normalization", choices=NORMALIZATION_MODES, default="slice",
-                        help="Intensity normalization to [0, 1]: per-slice min-max, whole-stack "
-                             "min-max or the dtype range (default: slice).")
-    add_affinity_arguments(parser)
-
-
-def add_affinity_arguments(parser):
-    """Options for 3D affinity models only: ``--tile-z``, ``--overlap-z``, ``--offsets``."""
-    group = parser.add_argument_group("3D affinity models (input (B, Z, Y, X, 1))")
-    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
-
-    group.add_argument("--tile-z", type=int, default=None,
-                       help="Tile depth in sections; --tile-size is the tile's height and "
-                            f"width (default: {DEFAULT_TILE_Z}).")
-    group.add_argument("--overlap-z", type=int, default=None,
-                       help="Minimum overlap of tiles along z; --overlap is the in-plane one "
-                            "(default: a quarter of the tile depth).")
-    group.add_argument("--offsets", default=None, metavar="JSON",
-                       help="The model's offsets, one (dz, dy, dx) per output channel, e.g. "
-                            "'[[-1,0,0],[0,-1,0],[0,0,-1]]' (default: read from MODEL.offsets.json "
-                            "beside the model, e.g. best.offsets.json for best.keras).")
-
-
-AFFINITY_ONLY_OPTIONS = ("tile_z", "overlap_z", "offsets")
-
-
-def affinity_options(args, options):
-    """``options`` with 3D tiles: ``(--tile-z, --tile-size, --tile-size)`` and the overlap.
-
-    Without ``--tile-z`` the tile depth is ``PredictOptions``'s 3D default;
-    without ``--overlap-z`` the z overlap is a quarter of the tile depth.
-    """
-    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
-
-    tile_z = DEFAULT_TILE_Z if args.tile_z is None else args.tile_z
-    overlap = options.overlap
-    if args.overlap_z is not None:
-        overlap = (args.overlap_z, overlap, overlap)
-    return options.replace(tile_shape=(tile_z, options.tile_shape, options.tile_shape),
-                           overlap=overlap)
+    groups = predict_options.add_arguments(parser)
+    groups[predict_options.THREE_D_GROUP].add_argument(
+        "--offsets", default=None, metavar="JSON",
+        help="The model's offsets, one (dz, dy, dx) per output channel, e.g. "
+             "'[[-1,0,0],[0,-1,0],[0,0,-1]]' (default: read from MODEL.offsets.json "
+             "beside the model, e.g. best.offsets.json for best.keras).")
 
 
 def parse_offsets(text):
@@ -303,7 +268,7 @@ def run(args):
     model = resolve_model(args) if args.serving_url else None  # reachable? (no TensorFlow)
     from fusionnet_tf.inference import Predictor
 
-    images = normalize(raw, mode=args.normalization)
+    images = normalize(raw, mode=options.normalization)
     model = model or resolve_model(args)
     if model_spatial_dims(model) == 3:
         return predict_affinities(args, model, images, offsets, options)
@@ -319,7 +284,7 @@ def run(args):
         "input": str(args.input),
         "model": args.model_name or args.model or args.serving_url or "pretrained",
         "tile": args.tile_size, "overlap": args.overlap, "tta": args.tta,
-        "blending": args.blending, "normalization": args.normalization,
+        "blending": args.blending, "normalization": options.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
     }
     if args.slices:
@@ -346,12 +311,13 @@ def run(args):
 
 
 def refuse_affinity_options(args):
-    """A 2D model: the 3D-only options are an error (one line)."""
-    for name in AFFINITY_ONLY_OPTIONS:
-        if getattr(args, name) is not None:
-            option = "--" + name.replace("_", "-")
-            raise ValueError(f"{option} applies to 3D affinity models (input (B, Z, Y, X, 1)); "
-                             f"the model takes 2D images")
+    """A 2D model: the 3D-only options given on the command line are an error (one line)."""
+    from fusionnet_tf.predict_options import three_d_flags
+
+    typed = three_d_flags(args) + (["--offsets"] if args.offsets is not None else [])
+    if typed:
+        raise ValueError(f"{typed[0]} applies to 3D affinity models (input (B, Z, Y, X, 1)); "
+                         f"the model takes 2D images")
 
 
 def predict_affinities(args, model, images, offsets, options):
@@ -384,14 +350,13 @@ def predict_affinities(args, model, images, offsets, options):
         raise ValueError(f"the offsets of the 3D model {args.model or args.serving_url} are "
                          "unknown: give --offsets '[[dz,dy,dx], ...]' or write "
                          "MODEL.offsets.json beside the model")
-    predictor = Predictor(model, affinity_options(args, options), progress=not args.quiet,
-                          offsets=offsets)
+    predictor = Predictor(model, options, progress=not args.quiet, offsets=offsets)
     affinities = predictor.predict(images)
     variant = predictor.variant
     metadata = {
         "input": str(args.input), "model": args.model_name or args.model or args.serving_url,
         "tile": list(predictor.tile_shape), "overlap": list(predictor.overlap),
-        "tta": args.tta, "blending": args.blending, "normalization": args.normalization,
+        "tta": args.tta, "blending": args.blending, "normalization": options.normalization,
         "precision": variant["precision"], "engine": variant["engine"],
     }
     from fusionnet_tf.io import ome_zarr

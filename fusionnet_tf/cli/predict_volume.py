@@ -118,7 +118,6 @@ def run(args):
         summary = predict_volume(
             args.input, output, args.model, tiling["options"],
             block_shape=(tiling["block_z"], args.block, args.block), offsets=tiling["offsets"],
-            normalization=args.normalization,
             workers=args.workers, scheduler=args.scheduler, tf_threads=args.tf_threads,
             zarr_format=args.zarr_format, overwrite=args.overwrite,
             progress=not args.quiet,
@@ -151,8 +150,7 @@ def _tiling(args, options):
     Raises:
         ValueError: a 3D-only option (--tile-z, --overlap-z, --offsets) with a 2D model.
     """
-    from fusionnet_tf.cli.predict import (refuse_affinity_options, affinity_options,
-                                          parse_offsets)
+    from fusionnet_tf.cli.predict import parse_offsets, refuse_affinity_options
     from fusionnet_tf.volumes.runner import is_affinity_model
 
     offsets = parse_offsets(args.offsets)
@@ -160,8 +158,7 @@ def _tiling(args, options):
         refuse_affinity_options(args)
         return {"options": options, "offsets": None,
                 "block_z": 1 if args.block_z is None else args.block_z}
-    options = affinity_options(args, options)
-    tile_z = options.tile_shape[0]
+    tile_z = options.tile(3)[0]
     return {"options": options, "offsets": offsets,
             "block_z": tile_z if args.block_z is None else args.block_z}
 

@@ -181,8 +181,10 @@ class Predictor:
             (its defaults): tile size, overlap, TTA (default 8), batch size,
             blending, alignment, engine and precision; each option's meaning,
             unit and default are documented there, once. For a 3D model an
-            int tile side T means (16, T, T) tiles and an int overlap O means
-            (tile depth // 4, O, O). The tile side must be a multiple of the
+            int tile side T means (tile_z, T, T) tiles (default 16) and an int
+            overlap O means (overlap_z, else tile depth // 4, O, O). Its
+            ``normalization`` is for the caller (``predict`` takes images
+            already in [0, 1]). The tile side must be a multiple of the
             model's input multiple (``2**depth`` for a 2D Keras model; per
             axis for a 3D one). An alignment of None is the input multiple of
             a Keras model (those tiles see the pooling grid of the whole
@@ -596,7 +598,8 @@ class Predictor:
 
         Args:
             images: (H, W) or (N, H, W) float array, normalized to [0, 1]
-                (e.g. ``fusionnet_tf.data.normalize``). Any H, W. For a 3D
+                (``fusionnet_tf.data.normalize(raw, mode=options.normalization)``,
+                as the entry points do). Any H, W. For a 3D
                 model: one (Z, Y, X) volume.
 
         Returns:

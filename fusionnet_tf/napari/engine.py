@@ -94,8 +94,7 @@ class _LoadedModels:
     def predictor_for(self, model, options):
         """A ``Predictor`` of ``model`` (None = shipped) with ``options``, loaded once.
 
-        ``options`` are ``predictor_options``'s input: Predictor arguments
-        for 2D tiles plus ``tile_z``, used for a 3D model.
+        ``options`` are ``predictor_options``'s input: ``PredictOptions.to_dict()``.
         """
         from fusionnet_tf.inference import Predictor, load_model
         from fusionnet_tf.inference.predictor import model_spatial_dims
@@ -119,23 +118,22 @@ def predictor_options(options, spatial_dims, model):
     """``Predictor`` arguments from the widget's ``options`` for a 2D or 3D model.
 
     Args:
-        options: dict with ``tile_shape`` and ``overlap`` (in-plane pixels),
-            ``tile_z`` (sections per tile of a 3D model) and the other
-            ``Predictor`` arguments (tta, precision, engine).
+        options: dict of ``PredictOptions`` fields (``to_dict``): an int
+            ``tile_shape`` and ``overlap`` (in-plane pixels), ``tile_z``
+            (sections per tile of a 3D model), tta, precision, engine, ...
         spatial_dims: 2 or 3 (``model_spatial_dims`` of the loaded model).
         model: the model path (its ``MODEL.offsets.json`` gives a 3D
             model's offsets), or None (the shipped 2D model).
 
     Returns:
-        dict of ``Predictor`` keyword arguments. A 3D model gets tiles
-        ``(tile_z, tile, tile)`` (the z overlap is then a quarter of
-        ``tile_z``: ``PredictOptions``) and its offsets.
+        dict of ``Predictor`` keyword arguments: ``options``, and for a 3D
+        model its offsets (its tiles are then ``(tile_z, tile, tile)``, the z
+        overlap a quarter of ``tile_z``: ``PredictOptions.tile``).
 
     Raises:
         ValueError: a 3D model whose offsets are unknown, naming its file.
     """
     arguments = dict(options)
-    tile_z = arguments.pop("tile_z", None)
     if spatial_dims != 3:
         return arguments
     from fusionnet_tf.inference.predictor import model_offsets_path, read_model_offsets
@@ -145,11 +143,7 @@ def predictor_options(options, spatial_dims, model):
         where = model_offsets_path(model) if model is not None else "MODEL.offsets.json"
         raise ValueError(f"the offsets of the 3D model {model} are unknown: write {where} "
                          "beside the model ({\"offsets\": [[dz, dy, dx], ...]})")
-    from fusionnet_tf.predict_options import DEFAULT_TILE_Z
-
-    tile = arguments["tile_shape"]
-    tile_z = int(tile_z or DEFAULT_TILE_Z)
-    arguments.update(tile_shape=(tile_z, tile, tile), offsets=[tuple(o) for o in offsets])
+    arguments.update(offsets=[tuple(o) for o in offsets])
     return arguments
 
 
@@ -267,8 +261,8 @@ class PredictionEngine:
                 ``MODEL.offsets.json`` beside it).
             images: (H, W) or (N, H, W) float32 in [0, 1]; (Z, Y, X) for a
                 3D model.
-            options: dict of ``Predictor`` arguments (tile_shape, overlap, ...)
-                and ``tile_z`` (see ``predictor_options``).
+            options: dict of ``PredictOptions`` fields (tile_shape, overlap,
+                tile_z, ...; see ``predictor_options``).
 
         Yields:
             ``(done, total)`` tile counts.

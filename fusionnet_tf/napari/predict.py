@@ -33,7 +33,6 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 
 from fusionnet_tf import predict_options
-from fusionnet_tf.choices import NORMALIZATION_MODES
 from fusionnet_tf.napari.engine import (PredictionCancelled, PredictionFailed, PredictionResult,
                                         acquire_engine, release_engine)
 from fusionnet_tf.napari.layers import add_or_replace, layer_array, report_errors, show_error
@@ -59,19 +58,15 @@ OPTIONS = {
                               "SavedModel folder (type its path); empty = the shipped model "
                               "chosen above.",
                    "filter": "*.keras *.zip *.h5"},
-    # the prediction options: generated from PredictOptions (tile_size, overlap, tta, ...)
+    # the prediction options: generated from PredictOptions (tile_size, overlap, tta, ...,
+    # tile_z, normalization)
     **predict_options.widget_options(),
-    "tile_z": {"label": "tile z", "min": 1, "max": 512,
-               "tooltip": "3D models: sections per tile (overlap: a quarter of it), as "
-                          "fusionnet predict --tile-z."},
-    "normalization": {"choices": list(NORMALIZATION_MODES)},
 }
-# the widget's parameters after the image: the model, the PredictOptions fields the widget
-# shows (named like the command-line options, defaults from the dataclass), 3D tile depth and
-# normalization; all of them are remembered between sessions (settings.py)
+# the widget's parameters after the image: the model, then the PredictOptions fields the
+# widget shows (named like the command-line options, defaults from the dataclass); all of
+# them are remembered between sessions (settings.py)
 SETTINGS = ("pretrained", "model_path",
-            *(name for name, _, _ in predict_options.widget_parameters()),
-            "tile_z", "normalization")
+            *(name for name, _, _ in predict_options.widget_parameters()))
 
 
 def predict_signature():
@@ -79,8 +74,8 @@ def predict_signature():
 
     ``viewer``, ``image``, ``pretrained``, ``model_path``, then one
     parameter per ``predict_options.widget_parameters()`` (``tile_size``,
-    ``overlap``, ``tta``, ...: the ``fusionnet predict`` option names and
-    the ``PredictOptions`` defaults), ``tile_z`` and ``normalization``.
+    ``overlap``, ``tta``, ..., ``tile_z``, ``normalization``: the
+    ``fusionnet predict`` option names and the ``PredictOptions`` defaults).
     """
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = [
@@ -91,11 +86,6 @@ def predict_signature():
     ]
     for name, annotation, default in predict_options.widget_parameters():
         parameters.append(inspect.Parameter(name, kind, annotation=annotation, default=default))
-    parameters += [
-        inspect.Parameter("tile_z", kind, annotation=int,
-                          default=predict_options.DEFAULT_TILE_Z),
-        inspect.Parameter("normalization", kind, annotation=str, default="slice"),
-    ]
     return inspect.Signature(parameters)
 
 
@@ -224,8 +214,7 @@ class PredictWidget(FunctionGui):
         self.extend([self.progress, self.cancel_button])
 
     def predict_membranes(self, viewer=None, image=None, pretrained="isbi2012",
-                          model_path=Path(""), tile_z=predict_options.DEFAULT_TILE_Z,
-                          normalization="slice", **values):
+                          model_path=Path(""), **values):
         """Check the input, then start the worker; returns it (None if refused).
 
         ``values`` are the option parameters (``predict_signature``).
@@ -239,15 +228,15 @@ class PredictWidget(FunctionGui):
             chosen = predict_options.from_widget(values)  # checked here, in one line
             model = model_spec(model_path, pretrained)
             check_precision_applies(chosen.precision, model)
-            images = prepare_images(image, normalization)
+            images = prepare_images(image, chosen.normalization)
             check_image_for_model(images, model_spatial_dims(model), image)
-            options = {**chosen.to_dict(), "tile_z": tile_z}
-            return self.start(viewer or napari.current_viewer(), image, images, model, options)
+            return self.start(viewer or napari.current_viewer(), image, images, model,
+                              chosen.to_dict())
         return None
 
     def start(self, viewer, image, images, model, options):
         """Run the engine in a napari worker; connect progress, result and errors."""
-        described = run_metadata(model, options, self.normalization.value)
+        described = run_metadata(model, options)
         worker = create_worker(predict_and_prepare, self.prediction_engine, model, images,
                                options, name=image.name, _connect={"errored": self._errored},
                                _start_thread=False)
@@ -342,19 +331,20 @@ def predict_and_prepare(prediction_engine, model, images, options, name=""):
     return result
 
 
-def run_metadata(model, options, normalization):
-    """What the affinity layer's metadata records of the run (as ``fusionnet predict``'s file)."""
+def run_metadata(model, options):
+    """What the affinity layer's metadata records of the run (as ``fusionnet predict``'s file).
+
+    Args:
+        options: ``PredictOptions.to_dict()`` of the run.
+    """
     from fusionnet_tf.pretrained import pretrained_name_of
 
     name = pretrained_name_of(model) if model is not None else None
-    tile_z = options.get("tile_z") or predict_options.DEFAULT_TILE_Z
-    tile = options["tile_shape"]
-    three_d = predict_options.PredictOptions(tile_shape=(tile_z, tile, tile),
-                                             overlap=options["overlap"])
+    chosen = predict_options.PredictOptions.from_dict(options)
     return {"model": name or (str(model) if model is not None else "pretrained"),
-            "tile": list(three_d.tile(3)), "overlap": list(three_d.overlaps(3)),
-            "tta": options["tta"], "normalization": normalization,
-            "precision": options["precision"], "engine": options["engine"]}
+            "tile": list(chosen.tile(3)), "overlap": list(chosen.overlaps(3)),
+            "tta": chosen.tta, "normalization": chosen.normalization,
+            "precision": chosen.precision, "engine": chosen.engine}
 
 
 def make_predict_widget():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionnet_tf.checks import check_choice, check_int
-from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS
+from fusionnet_tf.data.normalize import NORMALIZATION_MODES as NORMALIZATIONS  # noqa: F401
 from fusionnet_tf.data.readers import close_stack
 from fusionnet_tf.io.outputs import check_not_input
 from fusionnet_tf.predict_options import PredictOptions
@@ -125,11 +125,11 @@ def check_block_finite(block, block_lo, block_hi, input_spec):
                          "before predicting")
 
 
-def _settings(name, shape, block_shape, model_name, options, normalization):
+def _settings(name, shape, block_shape, model_name, options):
     return {"input": name, "shape": list(shape), "block": list(block_shape),
-            "model": model_name, "normalization": normalization,
-            **{k: options[k] for k in ("tile_shape", "overlap", "tta", "blending", "align",
-                                       "precision", "engine")}}
+            "model": model_name,
+            **{k: options[k] for k in ("normalization", "tile_shape", "overlap", "tta",
+                                       "blending", "align", "precision", "engine")}}
 
 
 # ------------------------------------------------------------------ engine and precision
@@ -223,7 +223,7 @@ def _explicit(options, variant):
 # ------------------------------------------------------------------ entry point
 
 def predict_volume(input_spec, output, model=None, options=None, *,
-                   block_shape=(1, 1024, 1024), normalization="slice", workers=0,
+                   block_shape=(1, 1024, 1024), workers=0,
                    scheduler=None, tf_threads=None, zarr_format=3, overwrite=False,
                    progress=False, block_hook=None, offsets=None, **changes):
     """Block-wise membrane prediction of a chunked ``(Z, Y, X)`` volume into zarr.
@@ -250,17 +250,18 @@ def predict_volume(input_spec, output, model=None, options=None, *,
             live ``keras.Model``, ``Predictor`` or callable on (B, T, T, 1) batches.
         block_shape: ``(block_z, block_y, block_x)`` output block in voxels.
             Defaults to ``(1, 1024, 1024)``.
-        options: ``PredictOptions`` of the Predictor (tile, overlap, TTA, batch
-            size, blending, alignment, engine, precision), or None for their
-            defaults (``fusionnet_tf.predict_options``); ignored for a live
-            ``Predictor``, which keeps its own. An ``"auto"`` engine or
+        options: ``PredictOptions``: the input's normalization (``"slice"``:
+            per-slice min-max, the default; ``"global"`` or ``"dtype"``, as
+            ``fusionnet_tf.data.normalize``), and the Predictor's tile, overlap,
+            TTA, batch size, blending, alignment, engine and precision; None
+            for their defaults (``fusionnet_tf.predict_options``). A live
+            ``Predictor`` keeps its own (but the normalization of these
+            ``options`` applies). An ``"auto"`` engine or
             precision is chosen once, in this process, before any block (so
             all workers run the same variant). The engine and precision that
             run are recorded in the output; a resumed run reuses them where
             this call says ``"auto"`` and refuses others, so an output never
             mixes two.
-        normalization: ``"slice"`` (per-slice min-max, default), ``"global"``
-            or ``"dtype"``, as ``fusionnet_tf.data.normalize``.
         workers: 0 runs in this process; N >= 1 starts a local Dask cluster of
             N single-threaded worker processes. Defaults to 0.
         scheduler: address of a running Dask scheduler; overrides ``workers``.
@@ -273,7 +274,8 @@ def predict_volume(input_spec, output, model=None, options=None, *,
         block_hook: optional ``hook(block)`` run before each block is written
             (``workers=0`` only; for fault-injection tests).
         offsets: 3D affinity models only: list of (dz, dy, dx), or None.
-        **changes: options by name, applied to ``options`` (``tta=1``).
+        **changes: options by name, applied to ``options`` (``tta=1``,
+            ``normalization="global"``).
 
     Returns:
         dict: ``blocks_total``, ``blocks_skipped`` (done before), ``blocks_computed``,
@@ -306,14 +308,14 @@ def predict_volume(input_spec, output, model=None, options=None, *,
         check_precision_applies(options.precision, model)
     if is_affinity_model(model):
         return _predict_affinities(input_spec, output, model, options, offsets, dict(
-            block_shape=block_shape, normalization=normalization, workers=workers,
+            block_shape=block_shape, normalization=options.normalization, workers=workers,
             scheduler=scheduler, tf_threads=tf_threads, zarr_format=zarr_format,
             overwrite=overwrite, progress=progress, block_hook=block_hook))
     if offsets is not None:
         raise ValueError("`offsets` apply to 3D affinity models (input (B, Z, Y, X, 1)); the "
                          "model takes 2D images")
     model_path, live_model, model_name, distributed_run = _check_run(
-        model, options, normalization, workers, scheduler, block_hook)
+        model, options, workers, scheduler, block_hook)
     shape, name = _input_shape(input_spec, output)
     blocks = block_grid(shape, block_shape)
     input_spec = str(input_spec)
@@ -331,12 +333,11 @@ def predict_volume(input_spec, output, model=None, options=None, *,
         variant = _resolve_variant(predictor, options, plan, progress)
     else:
         variant = _client_variant(model_path, options, plan, progress)
-    settings = _settings(name, shape, block_shape, model_name, _recorded(options, variant),
-                         normalization)
+    settings = _settings(name, shape, block_shape, model_name, _recorded(options, variant))
     spec = blockwise.PredictorSpec(model=model_path, options=_explicit(options, variant),
                                    tf_threads=threads) if model_path else None
     job = blockwise.VolumeJob(input_spec=input_spec, output_path=str(output), predictor=spec,
-                              normalization=normalization)
+                              normalization=options.normalization)
 
     context = executor_context(workers, scheduler)
     # an output of another run fails here, before a cluster starts
@@ -379,7 +380,6 @@ def _predict_affinities(input_spec, output, model, options, offsets, run):
     from fusionnet_tf.inference.predictor import read_model_offsets
     from fusionnet_tf.volumes import affinities
 
-    check_choice("normalization", run["normalization"], NORMALIZATIONS)
     workers = check_int("workers", run["workers"], 0)
     model_path, live_model, model_name = _resolve_model(model)
     distributed_run = is_distributed(workers, run["scheduler"])
@@ -404,14 +404,13 @@ def _predict_affinities(input_spec, output, model, options, offsets, run):
                                "zarr_format", "overwrite", "progress", "block_hook")})
 
 
-def _check_run(model, options, normalization, workers, scheduler, block_hook):
+def _check_run(model, options, workers, scheduler, block_hook):
     """Validate the options that need no input data; resolve the model.
 
     Returns:
         ``(model_path or None, live_model or None, model_name, distributed_run)``:
         the first three as ``_resolve_model``; ``distributed_run`` is True with Dask.
     """
-    check_choice("normalization", normalization, NORMALIZATIONS)
     check_int("workers", workers, 0)
     model_path, live_model, model_name = _resolve_model(model)
     distributed_run = is_distributed(workers, scheduler)
