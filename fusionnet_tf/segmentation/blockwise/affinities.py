@@ -91,3 +91,21 @@ def segment_affinity_region(affs, offsets, params):
 
     labels, _ = segment_affinities(affs, offsets, params)
     return labels
+
+
+def fragment_affinity_region(affs, offsets, params):
+    """Fragments of a (C, z, y, x) affinity region and where their seeds start.
+
+    The fragments of in-memory agglomeration (``affinities.fragments``), for
+    runs that agglomerate one graph of the whole volume
+    (``job.agglomerates_globally``).
+
+    Returns:
+        ``(labels, seeds)``: int64 (z, y, x) fragment ids 1..K and int64
+        (K + 1,) flat index into the region of each fragment's seed's first
+        voxel (entry 0 is -1).
+    """
+    from fusionnet_tf.segmentation.affinities import fragments
+
+    labels, _, seeds = fragments(affs, offsets, params, return_seeds=True)
+    return labels, seeds
