@@ -232,16 +232,52 @@ def test_noisy_cells_within_0_01_of_in_memory_without_seams(tmp_path, voronoi_fi
     assert sorted(np.unique(labels)) == list(range(1, labels.max() + 1))
 
 
-@pytest.mark.parametrize("params", [PARAMS.replace(min_size=20),
+# min_size 500 merges away some segments (fragment sizes summed over blocks decide which)
+@pytest.mark.parametrize("params", [PARAMS.replace(min_size=500),
                                     SHIPPED_LIKE.replace(min_size=20),
-                                    SHIPPED_LIKE.replace(fragments="2d", min_size=40)],
+                                    SHIPPED_LIKE.replace(fragments="2d", min_size=500)],
                          ids=["mean", "shipped-like", "shipped-like-2d"])
 def test_noisy_cells_agglomerated_globally_equal_in_memory(tmp_path, voronoi_file, params):
     spec, affs = voronoi_file
     reference, max_id = segment_affinities(affs, OFFSETS, params)
+    if params.min_size == 500:
+        assert max_id < segment_affinities(affs, OFFSETS, params.replace(min_size=0))[1]
     labels, summary = run(spec, tmp_path / "out.zarr", params)
     np.testing.assert_array_equal(labels, reference)
     assert summary["segments"] == max_id and summary["fragments"] > max_id
+
+
+@pytest.mark.parametrize("fragments_mode", ["2d", "3d"])
+def test_fragment_seeds_start_inside_their_fragment_in_id_order(voronoi_file, fragments_mode):
+    _, affs = voronoi_file
+    params = SHIPPED_LIKE.replace(fragments=fragments_mode)
+    labels, count, seeds = fragments(affs, OFFSETS, params, return_seeds=True)
+    assert np.array_equal(labels, fragments(affs, OFFSETS, params)[0])
+    assert seeds.shape == (count + 1,) and seeds[0] == -1
+    assert np.all(np.diff(seeds[1:]) > 0)  # ids follow the seeds in raster order
+    np.testing.assert_array_equal(labels.ravel()[seeds[1:]], np.arange(1, count + 1))
+
+
+def test_block_graphs_sum_to_the_graph_of_the_volume(voronoi_file):
+    from fusionnet_tf.segmentation.affinities import affinity_face_pairs, affinity_graph
+    from fusionnet_tf.segmentation.agglomeration import sum_graphs
+    from fusionnet_tf.segmentation.blockwise.graph import block_graph
+    from fusionnet_tf.volumes.geometry import block_grid
+
+    _, affs = voronoi_file
+    labels, count = fragments(affs, OFFSETS, SHIPPED_LIKE)
+    whole = affinity_graph(*affinity_face_pairs(labels, affs, OFFSETS), count + 1, SHIPPED_LIKE)
+    parts = []
+    for block in block_grid(VORONOI_SHAPE, (5, 24, 20)):  # uneven: 3 x 3 x 4 blocks
+        region = tuple(slice(start, min(stop + 1, size)) for (start, stop), size in
+                       zip((block.z, block.y, block.x), VORONOI_SHAPE))
+        parts.append(block_graph(labels[region], affs[(slice(None),) + region], OFFSETS,
+                                 block.shape, count + 1, SHIPPED_LIKE))
+    summed = sum_graphs(parts, count + 1)
+    for key in ("u", "v", "length", "hist"):
+        np.testing.assert_array_equal(summed[key], whole[key], err_msg=key)
+    np.testing.assert_allclose(summed["total"], whole["total"], rtol=1e-12)
+    assert len(parts) == 36
 
 
 def test_one_block_equals_in_memory(tmp_path, voronoi_file):

@@ -2,10 +2,12 @@
 
 Affinities are ``(C, Z, Y, X)`` float32 in [0, 1] with ``"kind":
 "affinities"`` and ``"offsets"`` metadata (``data.affinity_io``). Blocks
-(segmentation kind ``"affinities"``) are read with a halo in z, y and x and
-segmented by ``segment_affinities``, the function of in-memory ``fusionnet
-segment``; their ids are then stitched across faces like those of ``3d``
-mode. Everything specific to affinity input lives in this module.
+(segmentation kind ``"affinities"``) are read with a halo in z, y and x. With
+the mutex watershed they are segmented by ``segment_affinities``, the
+function of in-memory ``fusionnet segment``, and their ids stitched across
+faces like those of ``3d`` mode; with agglomeration they are cut into its
+fragments (``fragment_affinity_region``), agglomerated as one graph of the
+volume by ``graph``. Reading and checking affinity input lives in this module.
 """
 
 import numpy as np

@@ -71,9 +71,10 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
             ``predict-volume``'s output), or ``(C, Z, Y, X)`` float32
             affinities in [0, 1] with ``"kind": "affinities"`` and
             ``"offsets"`` metadata (``data.affinity_io``; e.g. ``predict-volume``
-            with a 3D affinity model). Affinities are segmented in 3D block by
-            block with ``segment_affinities``, the function of in-memory
-            ``fusionnet segment`` (agglomeration or mutex watershed).
+            with a 3D affinity model). Affinities are segmented in 3D as
+            in-memory ``fusionnet segment`` (``segment_affinities``): the mutex
+            watershed block by block; agglomeration as one graph of the
+            volume's fragments, built by blocks (``graph``).
         output: path of the output zarr store: uint64 ``(Z, Y, X)`` ids
             1..K, one chunk per block; an existing output of the same run is
             resumed.
@@ -105,7 +106,10 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
         ``segments`` (K), ``voxels``, ``seconds``, ``voxels_per_s``,
         ``watershed_cpu_seconds`` (CPU time of pass 1 summed over workers),
         ``blocks_per_worker``, ``halo``, ``mode``, ``input_kind``, ``method``
-        (affinities: ``params.method``, else None), ``output``, ``executor``.
+        (affinities: ``params.method``, else None), ``output``, ``executor``;
+        with global agglomeration (when pass 2 ran in this call) also
+        ``fragments`` (F), ``edges`` (of the volume's graph),
+        ``blocks_graphed`` and ``graph_cpu_seconds`` (the edges pass).
 
     Raises:
         FileNotFoundError, KeyError, ValueError: bad input (missing, not 3D,
