@@ -2,9 +2,12 @@
 
 Hand-built affinities: boxes that touch (affinity 0 across their face), boxes
 cut by a weak face inside a block or exactly on a block face, objects spanning
-many blocks; and noisy affinities of random 3D Voronoi cells. Block-wise
-results are compared with in-memory ``segment_affinities`` (what ``fusionnet
-segment AFF`` runs) on the same affinities.
+many blocks; three objects whose merge depends on a chain of merges across
+block faces (where agglomerating each block's crop gives another answer);
+and noisy affinities of random 3D Voronoi cells. Block-wise results are
+compared with in-memory ``segment_affinities`` (what ``fusionnet segment
+AFF`` runs) on the same affinities: agglomeration (one graph of the volume's
+fragments) equals it exactly.
 """
 
 import json
@@ -17,7 +20,7 @@ from fusionnet_tf.data.affinities import affinity_targets
 from fusionnet_tf.data.affinity_io import write_affinities
 from fusionnet_tf.metrics import segmentation_scores_report
 from fusionnet_tf.segmentation import SegmentParams
-from fusionnet_tf.segmentation.affinities import segment_affinities
+from fusionnet_tf.segmentation.affinities import fragments, segment_affinities
 from fusionnet_tf.segmentation.affinity_params import AffinityParams
 from fusionnet_tf.segmentation.blockwise import seam_splits, segment_volume
 from fusionnet_tf.volumes import BlockFailures
@@ -30,6 +33,15 @@ OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -3, 0), (0, 0, -3
 PARAMS = AffinityParams(merge_threshold=0.5, min_size=0, anisotropy=2.0, seed_threshold=0.1)
 BOXES_SHAPE = (8, 40, 40)
 BOXES_BLOCKS = (4, 16, 16)  # faces at z 4, y 16 and 32, x 16 and 32
+# the shipped snemi3d recipe on a small scale: fragments from the lowest affinity smoothed
+# by 1 px (without smoothing, the plateaus of affinities clipped to 0 are flooded in an order
+# that depends on the crop, and a fragment can differ), seeds at its minima, merging on the
+# median face affinity (64-bin histograms)
+SHIPPED_LIKE = PARAMS.replace(boundary="min", sigma=1.0, seed_method="minima",
+                              seed_threshold=0.5, merge_threshold=0.7,
+                              merge_statistic="quantile")
+CHAIN_SHAPE = (4, 24, 64)
+CHAIN_BLOCKS = (2, 12, 16)  # faces at z 2, y 12, x 16, 32 and 48
 VORONOI_SHAPE = (12, 64, 64)
 VORONOI_BLOCKS = (6, 24, 24)
 HALO = 16
@@ -74,6 +86,45 @@ def boxes():
     return expected, affs
 
 
+def face_affinities(labels, table, offsets=OFFSETS):
+    """Ground-truth affinities with nearest-neighbour pairs across faces set by ``table``.
+
+    ``table[(a, b)]`` (a < b) is the affinity of every 6-neighbour pair of
+    objects ``a`` and ``b``; pairs inside an object keep 1.
+    """
+    affs, _ = affinity_targets(labels, offsets)
+    for channel, offset in enumerate(offsets):
+        if sum(abs(v) for v in offset) != 1:
+            continue
+        axis = [abs(v) for v in offset].index(1)
+        later = [slice(None)] * 3
+        earlier = [slice(None)] * 3
+        later[axis], earlier[axis] = slice(1, None), slice(None, -1)
+        a, b = labels[tuple(later)], labels[tuple(earlier)]  # (-e_axis): value at the later voxel
+        view = affs[channel][tuple(later)]
+        for (u, v), value in table.items():
+            view[((a == u) & (b == v)) | ((a == v) & (b == u))] = value
+    return affs
+
+
+def chain():
+    """(labels, affs): three objects whose merge is decided by a chain over block faces.
+
+    X (1) is the top (y < 12 for x < 16, y < 10 beyond), Y (2) the bottom-left
+    (y >= 12, x < 16), Z (3) the rest. Affinities across faces: Y-Z 0.95 (all
+    its pairs cross the block face x = 16), X-Y 0.9 (on the block face y =
+    12), X-Z 0.6 (mostly inside blocks). Y and Z merge first; then the face
+    X-YZ has mean affinity 0.67 (median 0.6) in the whole volume: no merge at
+    0.7, two objects. A crop of block (0, 1, 0) plus halo 4 (x < 20) sees
+    little of X-Z: mean 0.82, median 0.9, and merges X too.
+    """
+    labels = np.full(CHAIN_SHAPE, 3, np.int64)
+    labels[:, :12, :16] = 1
+    labels[:, :10, 16:] = 1
+    labels[:, 12:, :16] = 2
+    return labels, face_affinities(labels, {(1, 2): 0.9, (1, 3): 0.6, (2, 3): 0.95})
+
+
 def voronoi_affinities(seed=0, cells=25, noise=0.1):
     """(labels, affs): random 3D Voronoi cells (z twice as coarse), uniform noise +-``noise``."""
     rng = np.random.default_rng(seed)
@@ -110,6 +161,13 @@ def boxes_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def chain_file(tmp_path_factory):
+    labels, affs = chain()
+    path = tmp_path_factory.mktemp("chain") / "aff.zarr"
+    return str(write_affinities(path, affs, OFFSETS)), labels, affs
+
+
+@pytest.fixture(scope="module")
 def voronoi_file(tmp_path_factory):
     _, affs = voronoi_affinities()
     path = tmp_path_factory.mktemp("voronoi") / "aff.zarr"
@@ -141,6 +199,25 @@ def test_hand_built_boxes_equal_in_memory_exactly(tmp_path, boxes_file, method):
     assert np.array_equal(labels[3], labels[4])
 
 
+@pytest.mark.parametrize("statistic", ["mean", "quantile"])
+def test_a_chain_of_merges_across_block_faces_equals_in_memory(tmp_path, chain_file, statistic):
+    spec, objects, affs = chain_file
+    params = SHIPPED_LIKE.replace(sigma=0.0, merge_statistic=statistic)  # fragments = objects
+    reference, max_id = segment_affinities(affs, OFFSETS, params)
+    assert same_partition(reference, np.where(objects == 1, 1, 2))  # X | Y+Z
+    # the premise: agglomerating a block's crop alone merges X as well
+    crop, _ = segment_affinities(affs[:, :, :, :20], OFFSETS, params)
+    assert np.unique(crop).size == 1
+    labels, summary = run(spec, tmp_path / "out.zarr", params, block_shape=CHAIN_BLOCKS, halo=4)
+    np.testing.assert_array_equal(labels, reference)
+    assert summary["segments"] == max_id == 2
+    assert seam_splits(reference, labels, CHAIN_BLOCKS) == []
+    # fragments cut by the block faces (2 x 2 x 4 blocks) are joined back into those of the volume
+    _, count = fragments(affs, OFFSETS, params)
+    assert summary["fragments"] == count and summary["joins"] > summary["blocks_total"]
+    assert summary["edges"] >= 3 and summary["blocks_graphed"] == 16
+
+
 @pytest.mark.parametrize("method", ["agglomeration", "mws"])
 def test_noisy_cells_within_0_01_of_in_memory_without_seams(tmp_path, voronoi_file, method):
     spec, affs = voronoi_file
@@ -155,6 +232,54 @@ def test_noisy_cells_within_0_01_of_in_memory_without_seams(tmp_path, voronoi_fi
     assert sorted(np.unique(labels)) == list(range(1, labels.max() + 1))
 
 
+# min_size 500 merges away some segments (fragment sizes summed over blocks decide which)
+@pytest.mark.parametrize("params", [PARAMS.replace(min_size=500),
+                                    SHIPPED_LIKE.replace(min_size=20),
+                                    SHIPPED_LIKE.replace(fragments="2d", min_size=500)],
+                         ids=["mean", "shipped-like", "shipped-like-2d"])
+def test_noisy_cells_agglomerated_globally_equal_in_memory(tmp_path, voronoi_file, params):
+    spec, affs = voronoi_file
+    reference, max_id = segment_affinities(affs, OFFSETS, params)
+    if params.min_size == 500:
+        assert max_id < segment_affinities(affs, OFFSETS, params.replace(min_size=0))[1]
+    labels, summary = run(spec, tmp_path / "out.zarr", params)
+    np.testing.assert_array_equal(labels, reference)
+    assert summary["segments"] == max_id and summary["fragments"] > max_id
+
+
+@pytest.mark.parametrize("fragments_mode", ["2d", "3d"])
+def test_fragment_seeds_start_inside_their_fragment_in_id_order(voronoi_file, fragments_mode):
+    _, affs = voronoi_file
+    params = SHIPPED_LIKE.replace(fragments=fragments_mode)
+    labels, count, seeds = fragments(affs, OFFSETS, params, return_seeds=True)
+    assert np.array_equal(labels, fragments(affs, OFFSETS, params)[0])
+    assert seeds.shape == (count + 1,) and seeds[0] == -1
+    assert np.all(np.diff(seeds[1:]) > 0)  # ids follow the seeds in raster order
+    np.testing.assert_array_equal(labels.ravel()[seeds[1:]], np.arange(1, count + 1))
+
+
+def test_block_graphs_sum_to_the_graph_of_the_volume(voronoi_file):
+    from fusionnet_tf.segmentation.affinities import affinity_face_pairs, affinity_graph
+    from fusionnet_tf.segmentation.agglomeration import sum_graphs
+    from fusionnet_tf.segmentation.blockwise.graph import block_graph
+    from fusionnet_tf.volumes.geometry import block_grid
+
+    _, affs = voronoi_file
+    labels, count = fragments(affs, OFFSETS, SHIPPED_LIKE)
+    whole = affinity_graph(*affinity_face_pairs(labels, affs, OFFSETS), count + 1, SHIPPED_LIKE)
+    parts = []
+    for block in block_grid(VORONOI_SHAPE, (5, 24, 20)):  # uneven: 3 x 3 x 4 blocks
+        region = tuple(slice(start, min(stop + 1, size)) for (start, stop), size in
+                       zip((block.z, block.y, block.x), VORONOI_SHAPE))
+        parts.append(block_graph(labels[region], affs[(slice(None),) + region], OFFSETS,
+                                 block.shape, count + 1, SHIPPED_LIKE))
+    summed = sum_graphs(parts, count + 1)
+    for key in ("u", "v", "length", "hist"):
+        np.testing.assert_array_equal(summed[key], whole[key], err_msg=key)
+    np.testing.assert_allclose(summed["total"], whole["total"], rtol=1e-12)
+    assert len(parts) == 36
+
+
 def test_one_block_equals_in_memory(tmp_path, voronoi_file):
     spec, affs = voronoi_file
     reference, max_id = segment_affinities(affs, OFFSETS, PARAMS)
@@ -165,13 +290,14 @@ def test_one_block_equals_in_memory(tmp_path, voronoi_file):
 
 # ------------------------------------------------------------------ resume and refusals
 
-def test_fault_then_resume_gives_identical_output(tmp_path, voronoi_file):
+@pytest.mark.parametrize("failing_pass", ["watershed", "edges", "relabel"])
+def test_fault_then_resume_gives_identical_output(tmp_path, voronoi_file, failing_pass):
     spec, _ = voronoi_file
     expected, _ = run(spec, tmp_path / "clean.zarr")
     seen = []
 
     def fault(pass_name, block):
-        if pass_name == "watershed":
+        if pass_name == failing_pass:
             seen.append(block.name)
             if len(seen) == 7:
                 raise RuntimeError("simulated kill")
@@ -179,10 +305,34 @@ def test_fault_then_resume_gives_identical_output(tmp_path, voronoi_file):
     out = tmp_path / "out.zarr"
     with pytest.raises(BlockFailures, match="1 of 18 blocks failed"):
         run(spec, out, block_hook=fault)
+    work = out / ".fusionnet-segment"
+    assert (work / "fragments.npz").is_file() == (failing_pass != "watershed")
     labels, summary = run(spec, out)
     np.testing.assert_array_equal(labels, expected)
-    assert summary["blocks_segmented"] == 1  # only the failed block is redone
-    assert not (out / ".fusionnet-segment").exists()
+    # only the failed block's part of the failed pass is redone
+    assert summary["blocks_segmented"] == (failing_pass == "watershed")
+    assert summary.get("blocks_graphed", 0) == {"watershed": 18, "edges": 1,
+                                                "relabel": 0}[failing_pass]
+    assert summary["blocks_skipped"] == (17 if failing_pass == "relabel" else 0)
+    assert not work.exists()
+
+
+def test_outputs_of_per_block_agglomeration_are_not_resumed(tmp_path, voronoi_file):
+    spec, _ = voronoi_file
+    out = tmp_path / "out.zarr"
+
+    def fault(pass_name, block):
+        if pass_name == "relabel":
+            raise RuntimeError("simulated kill")
+
+    with pytest.raises(BlockFailures):
+        run(spec, out, block_hook=fault)
+    array = zarr.open_array(str(out), mode="r+")
+    settings = dict(array.attrs["fusionnet_volume"])
+    assert settings.pop("agglomeration") == "global"
+    array.attrs["fusionnet_volume"] = settings  # as written by versions without the graph
+    with pytest.raises(ValueError, match="started with other settings.*agglomeration"):
+        run(spec, out)
 
 
 def test_resume_from_the_other_input_kind_is_refused(tmp_path, voronoi_file):

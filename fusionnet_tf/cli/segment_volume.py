@@ -14,8 +14,12 @@ it up to a small adapted Rand error (0 on ISBI predictions with the default halo
 Finished blocks of each pass get done-markers inside OUT; rerunning the same command
 resumes. An affinity volume (C, Z, Y, X) whose metadata says "kind": "affinities"
 (e.g. 'predict-volume' with a 3D affinity model) is segmented in 3D like
-'fusionnet segment AFF' (--method agglomeration or mws), block by block with a halo
-in z too. Needs: pip install 'fusionnet-tf[volumes]'.
+'fusionnet segment AFF', with a halo in z too: --method mws block by block, stitched
+as above; --method agglomeration cuts the blocks into its fragments and
+agglomerates one graph of the whole volume's fragments (their faces summed over
+blocks), which equals 'fusionnet segment AFF' when the blocks' fragments are those
+of the whole volume (the graph must fit in memory). Needs: pip install
+'fusionnet-tf[volumes]'.
 """
 
 EPILOG = """\

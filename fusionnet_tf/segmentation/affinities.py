@@ -179,28 +179,57 @@ def _seeds(boundary, params, sampling):
     return seeds.astype(np.int64), count
 
 
-def fragments(affs, offsets, params=None):
+def first_voxels(seeds, count):
+    """Flat index (C order) of the first voxel of each seed id 1..count: int64 (count + 1,).
+
+    Entry 0 is -1. ``ndimage.label`` numbers seeds in this order, so the
+    result is increasing for its labels.
+    """
+    first = np.full(count + 1, -1, np.int64)
+    flat = np.flatnonzero(seeds)
+    ids, where = np.unique(seeds.ravel()[flat], return_index=True)
+    first[ids] = flat[where]
+    return first
+
+
+def fragments(affs, offsets, params=None, return_seeds=False):
     """Over-segmentation: watershed on ``1 - mean nearest-neighbour affinity``.
+
+    Fragment ids follow their seeds' first voxels in raster (C) order over
+    the whole array (in 2D mode: section by section, then raster order in the
+    section), the order ``ndimage.label`` numbers seeds in. Block-wise runs
+    (``segmentation.blockwise.graph``) number the fragments of a volume by
+    the same rule, so that both agglomerate the same graph.
 
     Args:
         affs: (C, Z, Y, X) float32 affinities in [0, 1].
         offsets: the C offsets.
         params: ``AffinityParams`` (``fragments``, ``anisotropy``, ``sigma``,
             ``seed_method``, ``seed_threshold``, ``seed_distance``).
+        return_seeds: also return where each fragment's seed starts.
 
     Returns:
         ``(labels, count)``: int64 (Z, Y, X) fragment ids 1..count covering
         every voxel. In 2D mode every fragment lies in one section (and every
-        section has at least one fragment).
+        section has at least one fragment). With ``return_seeds``,
+        ``(labels, count, seeds)``: ``seeds`` int64 (count + 1,), the flat
+        index into (Z, Y, X) of each fragment's seed's first voxel (increasing
+        with the id; entry 0 is -1).
     """
+    labels, count, seeds = _fragments_and_seeds(affs, offsets, params or AffinityParams())
+    return (labels, count, seeds) if return_seeds else (labels, count)
+
+
+def _fragments_and_seeds(affs, offsets, params):
+    """``fragments(..., return_seeds=True)``."""
     from skimage.segmentation import watershed
 
-    params = params or AffinityParams()
     in_2d = fragments_in_2d(params)
     sampling = (params.anisotropy, 1.0, 1.0)
     boundary = boundary_map(affs, offsets, (1, 2) if in_2d else (0, 1, 2), params.boundary)
     if in_2d:  # 2D seeds and in-plane flooding, section by section (faster than a 3D flood)
         labels = np.empty(boundary.shape, np.int64)
+        firsts = [np.full(1, -1, np.int64)]
         count = 0
         for z, section in enumerate(boundary):
             section = smooth(section, params.sigma)
@@ -208,14 +237,15 @@ def fragments(affs, offsets, params=None):
             if found == 0:  # a section without seeds is one fragment
                 seeds.flat[int(np.argmin(section))] = found = 1
             labels[z] = watershed(section, markers=seeds, connectivity=1) + count
+            firsts.append(first_voxels(seeds, found)[1:] + z * section.size)
             count += found
-        return labels, count
+        return labels, count, np.concatenate(firsts)
     boundary = smooth(boundary, params.sigma, sampling)
     seeds, count = _seeds(boundary, params, sampling)
     if count == 0:
-        return np.ones(boundary.shape, np.int64), 1
+        return np.ones(boundary.shape, np.int64), 1, np.array([-1, 0], np.int64)
     labels = watershed(boundary, markers=seeds, connectivity=1)
-    return labels.astype(np.int64), count
+    return labels.astype(np.int64), count, first_voxels(seeds, count)
 
 
 # --------------------------------------------------------------------------- #
@@ -236,20 +266,56 @@ def affinity_face_pairs(labels, affs, offsets):
         z pairs carry the z affinity, y/x pairs the y/x affinities.
     """
     channels = nearest_neighbour_channels(offsets, labels.shape)
-    lows, highs, values = [], [], []
-    for axis in sorted(channels):
-        first, second = _pair_slices(axis)
-        a, b = labels[first], labels[second]
-        crossing = a != b
-        a, b = a[crossing], b[crossing]
-        lows.append(np.minimum(a, b).astype(np.int64))
-        highs.append(np.maximum(a, b).astype(np.int64))
-        values.append(1.0 - edge_affinities(affs, offsets, axis, channels)[crossing])
-    if not lows:
+    parts = [affinity_face_pairs_along(labels, affs, offsets, axis, channels)
+             for axis in sorted(channels)]
+    if not parts:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
-    return (np.concatenate(lows), np.concatenate(highs),
-            np.concatenate(values).astype(np.float32))
+    lows, highs, values = zip(*parts)
+    return np.concatenate(lows), np.concatenate(highs), np.concatenate(values)
+
+
+def affinity_face_pairs_along(labels, affs, offsets, axis, channels=None):
+    """``affinity_face_pairs`` for the pairs ``(p, p + e_axis)`` along one axis.
+
+    Args:
+        labels: (Z, Y, X) int fragment ids.
+        affs, offsets: (C, Z, Y, X) affinities and their offsets.
+        axis: 0, 1 or 2.
+        channels: optional ``nearest_neighbour_channels`` result.
+
+    Returns:
+        ``(low, high, value)`` as ``affinity_face_pairs``, in raster order of
+        the pairs' first voxels; empty if ``labels`` has one voxel along
+        ``axis``.
+    """
+    channels = channels or nearest_neighbour_channels(offsets, labels.shape)
+    if axis not in channels:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    first, second = _pair_slices(axis)
+    a, b = labels[first], labels[second]
+    crossing = a != b
+    a, b = a[crossing], b[crossing]
+    value = 1.0 - edge_affinities(affs, offsets, axis, channels)[crossing]
+    return (np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64),
+            value.astype(np.float32))
+
+
+def affinity_graph(low, high, value, span, params):
+    """Region adjacency graph of face pairs (``graph_from_pairs``), with histograms if needed.
+
+    Args:
+        low, high, value: ``affinity_face_pairs`` output.
+        span: int greater than every id.
+        params: ``AffinityParams``; ``merge_statistic="quantile"`` adds
+            the per-edge histograms.
+
+    Returns:
+        dict as ``agglomeration.graph_from_pairs``.
+    """
+    return graph_from_pairs(low, high, value, span,
+                            histogram=params.merge_statistic == "quantile")
 
 
 def agglomerate_affinities(labels, count, affs, offsets, params=None):
@@ -267,10 +333,26 @@ def agglomerate_affinities(labels, count, affs, offsets, params=None):
         (apply with ``mapping[labels]``).
     """
     params = params or AffinityParams()
-    quantile = params.merge_statistic == "quantile"
-    graph = graph_from_pairs(*affinity_face_pairs(labels, affs, offsets), count + 1,
-                             histogram=quantile)
+    graph = affinity_graph(*affinity_face_pairs(labels, affs, offsets), count + 1, params)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    return agglomerate_affinity_graph(graph, count, sizes, params)
+
+
+def agglomerate_affinity_graph(graph, count, sizes, params):
+    """``agglomerate_affinities`` on a ready graph of fragment faces.
+
+    Block-wise runs build the graph of a whole volume from blocks
+    (``segmentation.blockwise.graph``) and agglomerate it here.
+
+    Args:
+        graph: dict from ``affinity_graph`` (values ``1 - affinity``).
+        count: int, the largest fragment id.
+        sizes: int (count + 1,) voxels per fragment.
+        params: ``AffinityParams``.
+
+    Returns:
+        int array (count + 1,): the merged id of each fragment.
+    """
     # agglomeration merges while a boundary value stays below a threshold: 1 - affinity,
     # and the affinity quantile q is the (1 - q) quantile of 1 - affinity
     return agglomerate_graph(graph, count, sizes, 1.0 - params.merge_threshold,

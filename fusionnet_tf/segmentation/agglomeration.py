@@ -99,6 +99,49 @@ def graph_from_pairs(low, high, value, span, histogram=False):
     return graph
 
 
+def sum_graphs(graphs, span):
+    """One region adjacency graph from graphs of parts of a volume (statistics added).
+
+    Each graph holds the boundary pairs of one part (e.g. a block, with the
+    pairs across its faces to later blocks), every pair in exactly one part;
+    summing lengths, totals and histograms per edge gives the graph of the
+    union (the totals up to float64 rounding: they are added in another order).
+
+    Args:
+        graphs: list of dicts from ``graph_from_pairs`` (all with or all
+            without ``hist``).
+        span: int greater than every id.
+
+    Returns:
+        dict as ``region_adjacency``, edges sorted by ``(u, v)``.
+    """
+    histogram = bool(graphs) and "hist" in graphs[0]
+    graph = {"u": np.zeros(0, np.int64), "v": np.zeros(0, np.int64),
+             "length": np.zeros(0, np.int64), "total": np.zeros(0, np.float64)}
+    if histogram:
+        graph["hist"] = np.zeros((0, HISTOGRAM_BINS), np.int64)
+    if not graphs:
+        return graph
+    keys = np.concatenate([np.asarray(g["u"], np.int64) * span + np.asarray(g["v"], np.int64)
+                           for g in graphs])
+    unique, edge = _unique_inverse(keys)
+    graph = {
+        "u": unique // span,
+        "v": unique % span,
+        "length": np.bincount(edge, weights=np.concatenate([g["length"] for g in graphs]),
+                              minlength=unique.size).astype(np.int64),
+        "total": np.bincount(edge, weights=np.concatenate([g["total"] for g in graphs]),
+                             minlength=unique.size),
+    }
+    if histogram:
+        order = np.argsort(edge, kind="stable")
+        starts = np.flatnonzero(np.diff(edge[order], prepend=-1))  # every edge occurs
+        hist = np.concatenate([g["hist"] for g in graphs]).astype(np.int64)[order]
+        graph["hist"] = np.add.reduceat(hist, starts, axis=0) if hist.size else \
+            np.zeros((0, HISTOGRAM_BINS), np.int64)
+    return graph
+
+
 def _unique_inverse(keys):
     """``np.unique(keys, return_inverse=True)`` with a stable sort.
 

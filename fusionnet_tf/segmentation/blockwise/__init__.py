@@ -32,15 +32,42 @@ every pass is resumable:
    the work folder is removed.
 
 Affinities (segmentation kind ``"affinities"``, module ``affinities``) are
-segmented like ``3d`` mode: each block plus a halo in z, y and x (an int halo
-``h`` is ``max(2, ceil(h / anisotropy))`` slices along z) by
-``segment_affinities`` (agglomeration or mutex watershed, the in-memory
-function), faces matched along all three axes. Measured on degraded SNEMI3D
-ground-truth affinities (15 x 512 x 512, 256 px blocks, shipped snemi3d
-parameters; BENCHMARKS.md "Block-wise segmentation"): see there for the
-adapted Rand error against in-memory segmentation at each halo. The settings
-record ``input_kind`` (``"membrane"`` or ``"affinities"``) so an output is
-never resumed from the other kind of input.
+read like ``3d`` mode: each block plus a halo in z, y and x (an int halo ``h``
+is ``max(2, ceil(h / anisotropy))`` slices along z), faces matched along all
+three axes. The mutex watershed (``method="mws"``) segments each block region
+with ``segment_affinities`` and is stitched as above. Agglomeration is not
+local (a merge outside a block's crop changes the face statistics inside it),
+so ``method="agglomeration"`` agglomerates one graph of the whole volume
+(``job.agglomerates_globally``, module ``graph``):
+
+1. pass 1 writes the in-memory *fragments* (``affinities.fragments``) of each
+   block plus halo, keeping the inner ones, and where their seeds start;
+2. pass 2 joins fragments cut by a face by overlap (``match_slabs``) and
+   numbers them in raster order of their seeds, as in-memory (written
+   atomically, ``fragments.npz``); an *edges* pass writes per block the
+   region adjacency graph of the voxel pairs whose first voxel lies in the
+   block (the pairs inside it and, one voxel layer into the next blocks,
+   those across its end faces: each face counted once) with the statistics
+   of in-memory agglomeration (pair counts, sums and histograms of ``1 -
+   affinity``) and the fragments' sizes (``edges/<block>.npz``, done when
+   present); the graphs and sizes are summed and agglomerated once by
+   ``agglomerate_affinity_graph`` (the in-memory function), giving the
+   local -> global mapping;
+3. relabel as above.
+
+When the blocks' crops make the fragments of the whole volume (a halo of
+about a cell diameter; smoothed boundaries, ``sigma`` > 0, avoid plateaus
+whose flooding order depends on the crop) the result equals in-memory
+``segment_affinities`` exactly (with the mean statistic up to float64
+rounding of the summed totals). Measured on degraded SNEMI3D ground-truth
+affinities (15 x 512 x 512, 256 px blocks, shipped snemi3d parameters;
+BENCHMARKS.md "Affinity volumes, block-wise vs in-memory"): see there for the
+adapted Rand error against in-memory segmentation at each halo. The graph
+(fragments and their faces, not voxels) must fit in the memory of the process
+that runs ``segment_volume``. The settings record ``input_kind``
+(``"membrane"`` or ``"affinities"``, so an output is never resumed from the
+other kind of input) and, for global agglomeration, ``"agglomeration":
+"global"`` (outputs of versions that agglomerated each block are not resumed).
 
 In ``2d`` mode with blocks spanning whole slices there are no faces to merge
 and the result is the in-memory ``segment(..., mode="2d")`` partition exactly.
@@ -67,7 +94,8 @@ Modules: ``run`` (``segment_volume``: checks, passes, summary), ``job`` (the
 input and segmentation kinds, ``SegmentJob``), ``geometry`` (halos, faces,
 face slabs), ``membrane`` and ``affinities`` (each input's reading, checks
 and per-region segmentation), ``blocks`` (pass 1), ``stitch`` (passes 2 and
-3), ``store`` (label arrays, settings), ``diagnostics`` (``seam_splits``).
+3), ``graph`` (global agglomeration of affinity fragments), ``store`` (label
+arrays, settings), ``diagnostics`` (``seam_splits``).
 The executors are ``fusionnet_tf.volumes.executors``, shared with
 ``predict-volume``.
 
@@ -77,6 +105,8 @@ Layout of ``OUTPUT`` (a zarr array at the store root, chunks = blocks)::
     OUTPUT/.fusionnet-segment/labels.zarr        pass 1 local ids (+ markers)
     OUTPUT/.fusionnet-segment/faces/<block>.npz  pass 1 face slabs
     OUTPUT/.fusionnet-segment/mapping.npy        pass 2 local -> global ids
+    OUTPUT/.fusionnet-segment/fragments.npz      global agglomeration: fragment ids
+    OUTPUT/.fusionnet-segment/edges/<block>.npz  global agglomeration: block graphs
 """
 
 from fusionnet_tf.segmentation.blockwise.diagnostics import seam_splits

@@ -2,10 +2,12 @@
 
 Affinities are ``(C, Z, Y, X)`` float32 in [0, 1] with ``"kind":
 "affinities"`` and ``"offsets"`` metadata (``data.affinity_io``). Blocks
-(segmentation kind ``"affinities"``) are read with a halo in z, y and x and
-segmented by ``segment_affinities``, the function of in-memory ``fusionnet
-segment``; their ids are then stitched across faces like those of ``3d``
-mode. Everything specific to affinity input lives in this module.
+(segmentation kind ``"affinities"``) are read with a halo in z, y and x. With
+the mutex watershed they are segmented by ``segment_affinities``, the
+function of in-memory ``fusionnet segment``, and their ids stitched across
+faces like those of ``3d`` mode; with agglomeration they are cut into its
+fragments (``fragment_affinity_region``), agglomerated as one graph of the
+volume by ``graph``. Reading and checking affinity input lives in this module.
 """
 
 import numpy as np
@@ -91,3 +93,21 @@ def segment_affinity_region(affs, offsets, params):
 
     labels, _ = segment_affinities(affs, offsets, params)
     return labels
+
+
+def fragment_affinity_region(affs, offsets, params):
+    """Fragments of a (C, z, y, x) affinity region and where their seeds start.
+
+    The fragments of in-memory agglomeration (``affinities.fragments``), for
+    runs that agglomerate one graph of the whole volume
+    (``job.agglomerates_globally``).
+
+    Returns:
+        ``(labels, seeds)``: int64 (z, y, x) fragment ids 1..K and int64
+        (K + 1,) flat index into the region of each fragment's seed's first
+        voxel (entry 0 is -1).
+    """
+    from fusionnet_tf.segmentation.affinities import fragments
+
+    labels, _, seeds = fragments(affs, offsets, params, return_seeds=True)
+    return labels, seeds

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from fusionnet_tf.io.outputs import atomic_path
-from fusionnet_tf.segmentation.blockwise.affinities import (read_affinity_region,
+from fusionnet_tf.segmentation.blockwise.affinities import (fragment_affinity_region,
+                                                            read_affinity_region,
                                                             segment_affinity_region)
 from fusionnet_tf.segmentation.blockwise.geometry import (block_faces, extended_region,
                                                           face_key, face_slab, inner_selection)
@@ -55,6 +56,12 @@ def inner_first(labels, inner):
         ``(local, k)``: uint32 labels of ``labels``' shape and k, the number of
         ids that occur inside the block (numbered in increasing old-id order).
     """
+    table, count = inner_first_table(labels, inner)
+    return table[labels].astype(np.uint32), count
+
+
+def inner_first_table(labels, inner):
+    """``inner_first``'s renumbering: ``(table, k)``, new id ``table[old]`` (0 for absent ids)."""
     table = np.zeros(int(labels.max()) + 1, np.int64)
     present = np.bincount(labels.ravel(), minlength=table.size) > 0
     in_block = np.bincount(labels[inner].ravel(), minlength=table.size) > 0
@@ -62,7 +69,29 @@ def inner_first(labels, inner):
     count = int(in_block.sum())
     table[in_block] = np.arange(1, count + 1)
     table[halo_only] = np.arange(count + 1, count + 1 + int(halo_only.sum()))
-    return table[labels].astype(np.uint32), count
+    return table, count
+
+
+def inner_seeds(seeds, table, count, region, volume_shape):
+    """Where the seeds of a block's inner fragments start, as flat indices into the volume.
+
+    Args:
+        seeds: int64 (K + 1,) flat index into the region of each fragment's
+            seed's first voxel (``fragment_affinity_region``).
+        table, count: ``inner_first_table`` of the region's fragments.
+        region: the extended region, 3 ``(start, stop)``.
+        volume_shape: ``(Z, Y, X)``.
+
+    Returns:
+        int64 (count + 1,): entry ``i`` for inner id ``i`` (entry 0 is -1).
+    """
+    shape = tuple(stop - start for start, stop in region)
+    old = np.flatnonzero((table >= 1) & (table <= count))
+    where = np.unravel_index(seeds[old], shape)
+    result = np.full(count + 1, -1, np.int64)
+    result[table[old]] = np.ravel_multi_index(
+        tuple(w + start for w, (start, _) in zip(where, region)), volume_shape)
+    return result
 
 
 def read_region(job, region):
@@ -75,6 +104,9 @@ def read_region(job, region):
 def watershed_task(job, block, hook=None):
     """Pass 1 for one block: segment block + halo, save face slabs and inner labels, mark.
 
+    With global agglomeration (``job.global_graph``) the block's labels are
+    fragments, and the face file also holds ``seeds`` (``inner_seeds``).
+
     Returns:
         dict: ``index``, ``worker``, ``count`` (inner ids), ``seconds``,
         ``cpu_seconds`` (CPU time of this process), ``skipped`` (already done).
@@ -85,11 +117,18 @@ def watershed_task(job, block, hook=None):
         return {**info, "skipped": True, "count": read_count(job, block), "seconds": 0.0,
                 "cpu_seconds": 0.0}
     region = extended_region(block, job.halo, job.volume_shape)
-    labels = segment_region(read_region(job, region), job.params, job.kind, job.offsets)
     inner = inner_selection(block, region)
-    local, count = inner_first(labels, inner)
+    if job.global_graph:  # fragments only; blockwise.graph agglomerates the volume's graph
+        labels, seeds = fragment_affinity_region(read_region(job, region), job.offsets,
+                                                 job.params)
+    else:
+        labels = segment_region(read_region(job, region), job.params, job.kind, job.offsets)
+    table, count = inner_first_table(labels, inner)
+    local = table[labels].astype(np.uint32)
     slabs = {face_key(axis, side): local[face_slab(block, axis, side, width, region)]
              for axis, side, width in block_faces(block, job)}
+    if job.global_graph:
+        slabs["seeds"] = inner_seeds(seeds, table, count, region, job.volume_shape)
     job.faces_file(block).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(job.faces_file(block)) as tmp:
         np.savez(tmp, count=np.int64(count), **slabs)

@@ -31,6 +31,19 @@ def input_kind_of(input_spec):
     return AFFINITIES if affinity_metadata(input_spec) is not None else MEMBRANE
 
 
+def agglomerates_globally(kind, params):
+    """True when blocks make fragments and one graph of the volume is agglomerated.
+
+    That is affinity agglomeration (``kind == "affinities"``, method
+    ``"agglomeration"``): its merges are not local (a merge outside a block
+    changes the face statistics inside), so blocks only compute fragments and
+    their faces, and ``blockwise.graph`` agglomerates the fragments of the
+    whole volume at once. The mutex watershed segments each block (plus halo)
+    and is stitched by overlap like membrane maps.
+    """
+    return kind == AFFINITIES and params.method == "agglomeration"
+
+
 def segmentation_kind(input_kind, mode, params):
     """How the blocks of a run are segmented: ``"2d"``, ``"linked"``, ``"3d"`` or ``"affinities"``.
 
@@ -104,6 +117,20 @@ class SegmentJob:
     def kind(self):
         """How blocks are segmented (``segmentation_kind``): 2d, linked, 3d or affinities."""
         return segmentation_kind(self.input_kind, self.mode, self.params)
+
+    @property
+    def global_graph(self):
+        """Blocks make fragments; one graph of the volume is agglomerated (``agglomerates_globally``)."""
+        return agglomerates_globally(self.kind, self.params)
+
+    @property
+    def fragments(self):
+        """Global agglomeration: local ids of all blocks -> fragment ids 1..F (``graph``)."""
+        return self.work / "fragments.npz"
+
+    def edges_file(self, block):
+        """Global agglomeration: ``block``'s fragment faces and sizes (``graph.edges_task``)."""
+        return self.work / "edges" / f"{block.name}.npz"
 
     @property
     def mapping_2d(self):

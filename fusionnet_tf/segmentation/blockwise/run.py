@@ -17,6 +17,8 @@ from fusionnet_tf.segmentation.blockwise.affinities import (check_affinity_volum
 from fusionnet_tf.segmentation.blockwise.blocks import watershed_task
 from fusionnet_tf.segmentation.blockwise.geometry import (DEFAULT_HALO, neighbour_pairs,
                                                           resolve_halo)
+from fusionnet_tf.segmentation.blockwise.graph import (agglomerate_pass, edges_pass,
+                                                       fragment_pass)
 from fusionnet_tf.segmentation.blockwise.job import (AFFINITIES, DEFAULT_BLOCK, SegmentJob,
                                                      input_kind_of, segmentation_kind)
 from fusionnet_tf.segmentation.blockwise.membrane import (check_membrane_volume,
@@ -69,9 +71,10 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
             ``predict-volume``'s output), or ``(C, Z, Y, X)`` float32
             affinities in [0, 1] with ``"kind": "affinities"`` and
             ``"offsets"`` metadata (``data.affinity_io``; e.g. ``predict-volume``
-            with a 3D affinity model). Affinities are segmented in 3D block by
-            block with ``segment_affinities``, the function of in-memory
-            ``fusionnet segment`` (agglomeration or mutex watershed).
+            with a 3D affinity model). Affinities are segmented in 3D as
+            in-memory ``fusionnet segment`` (``segment_affinities``): the mutex
+            watershed block by block; agglomeration as one graph of the
+            volume's fragments, built by blocks (``graph``).
         output: path of the output zarr store: uint64 ``(Z, Y, X)`` ids
             1..K, one chunk per block; an existing output of the same run is
             resumed.
@@ -103,7 +106,10 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
         ``segments`` (K), ``voxels``, ``seconds``, ``voxels_per_s``,
         ``watershed_cpu_seconds`` (CPU time of pass 1 summed over workers),
         ``blocks_per_worker``, ``halo``, ``mode``, ``input_kind``, ``method``
-        (affinities: ``params.method``, else None), ``output``, ``executor``.
+        (affinities: ``params.method``, else None), ``output``, ``executor``;
+        with global agglomeration (when pass 2 ran in this call) also
+        ``fragments`` (F), ``edges`` (of the volume's graph),
+        ``blocks_graphed`` and ``graph_cpu_seconds`` (the edges pass).
 
     Raises:
         FileNotFoundError, KeyError, ValueError: bad input (missing, not 3D,
@@ -141,7 +147,7 @@ def segment_volume(input_spec, output, params=None, mode="2d", *, block_shape=No
                                 f"(for {output})")
     blocks = block_grid(shape, block_shape)
     settings = segment_settings(name, dtype, shape, block_shape, halo, mode, params, input_kind,
-                                offsets)
+                                offsets, job.global_graph)
     if not overwrite:
         check_same_input_kind(output, input_kind, name)
     array = storage.open_output_for_resume(output, shape, block_shape, settings, overwrite)
@@ -191,7 +197,7 @@ def _run_passes(job, blocks, executor, progress, hook):
     if not job.local_labels.exists():
         create_label_array(job.local_labels, job.volume_shape, job.block_shape, "uint32")
     counts = _watershed_pass(job, blocks, executor, progress, hook, summary)
-    _merge_pass(job, blocks, counts, executor, progress, summary)
+    _merge_pass(job, blocks, counts, executor, progress, summary, hook)
     _relabel_pass(job, blocks, todo, counts, executor, progress, hook, summary)
     shutil.rmtree(job.work, ignore_errors=True)
     return summary
@@ -220,26 +226,23 @@ def _watershed_pass(job, blocks, executor, progress, hook, summary):
     return counts
 
 
-def _merge_pass(job, blocks, counts, executor, progress, summary):
+def _merge_pass(job, blocks, counts, executor, progress, summary, hook=None):
     """Pass 2: match faces, number the global segments (and link sections), record them.
 
+    With global agglomeration (``job.global_graph``) the matched fragments are
+    numbered, their graph built by blocks and agglomerated (``graph``).
     Skipped when the mapping exists (an earlier run finished it). Sets
-    ``faces``, ``joins`` and ``segments`` of ``summary``.
+    ``faces``, ``joins`` and ``segments`` of ``summary`` (and ``fragments``,
+    ``edges`` with global agglomeration).
     """
     output = Path(job.output_path)
-    number = {b.index: n for n, b in enumerate(blocks)}
-    pairs = neighbour_pairs(blocks, job)
-    summary["faces"] = len(pairs)
+    summary["faces"] = len(neighbour_pairs(blocks, job))
     if not job.mapping.is_file():
-        items = [(job, blocks[a], blocks[b], axis, counts[a], counts[b]) for a, b, axis in pairs]
-        results, failures = run_tasks(executor, match_task, items, progress,
-                                      "segment-volume: merge faces")
-        if failures:
-            raise BlockFailures(summary, failures)
-        joins = [(number[item[1].index], number[item[2].index], ids_a, ids_b)
-                 for item, (ids_a, ids_b) in results]
-        summary["joins"] = int(sum(ids_a.size for _, _, ids_a, _ in joins))
-        new_ids, _, segments = global_mapping(counts, joins)
+        if job.global_graph:
+            new_ids, segments = _agglomerate_fragments(job, blocks, counts, executor, progress,
+                                                       summary, hook)
+        else:
+            new_ids, segments = _match_faces(job, blocks, counts, executor, progress, summary)
         if job.kind == "linked":
             new_ids, segments, failures = link_pass(job, blocks, counts, new_ids, segments,
                                                     executor, progress)
@@ -250,6 +253,51 @@ def _merge_pass(job, blocks, counts, executor, progress, summary):
         write_attrs(output, {"max_id": segments, "joins": summary["joins"]})
     stored = read_attrs(output)
     summary["segments"], summary["joins"] = int(stored["max_id"]), int(stored["joins"])
+
+
+def _match_faces(job, blocks, counts, executor, progress, summary):
+    """Join ids across faces by overlap (``match_task``); returns ``global_mapping``'s ids, K.
+
+    Sets ``summary["joins"]``.
+    """
+    number = {b.index: n for n, b in enumerate(blocks)}
+    items = [(job, blocks[a], blocks[b], axis, counts[a], counts[b])
+             for a, b, axis in neighbour_pairs(blocks, job)]
+    results, failures = run_tasks(executor, match_task, items, progress,
+                                  "segment-volume: merge faces")
+    if failures:
+        raise BlockFailures(summary, failures)
+    joins = [(number[item[1].index], number[item[2].index], ids_a, ids_b)
+             for item, (ids_a, ids_b) in results]
+    summary["joins"] = int(sum(ids_a.size for _, _, ids_a, _ in joins))
+    new_ids, _, segments = global_mapping(counts, joins)
+    return new_ids, segments
+
+
+def _agglomerate_fragments(job, blocks, counts, executor, progress, summary, hook):
+    """Global agglomeration (``graph``): fragment ids, edges pass, one agglomeration.
+
+    Each step is resumable: the fragment ids and every block's edges are
+    files. Sets ``joins``, ``fragments``, ``edges``, ``blocks_graphed`` and
+    ``graph_cpu_seconds`` of ``summary``.
+
+    Returns:
+        ``(segment id of every local id uint64, K)``.
+    """
+    components = count = None
+    if not job.fragments.is_file():
+        components, count = _match_faces(job, blocks, counts, executor, progress, summary)
+    fragment_ids, fragments, joins = fragment_pass(job, blocks, components, count,
+                                                   summary["joins"])
+    summary["joins"], summary["fragments"] = joins, fragments
+    results, failures = edges_pass(job, blocks, counts, executor, progress, hook)
+    done = [info for _, info in results if not info["skipped"]]
+    summary["blocks_graphed"] = len(done)
+    summary["graph_cpu_seconds"] = float(sum(info["cpu_seconds"] for info in done))
+    if failures:
+        raise BlockFailures(summary, failures)
+    new_ids, segments, summary["edges"] = agglomerate_pass(job, blocks, fragment_ids, fragments)
+    return new_ids, segments
 
 
 def _relabel_pass(job, blocks, todo, counts, executor, progress, hook, summary):

@@ -46,16 +46,21 @@ def write_attrs(output, values):
 
 
 def segment_settings(name, dtype, shape, block_shape, halo, mode, params, input_kind=MEMBRANE,
-                     offsets=None):
+                     offsets=None, global_graph=False):
     """The settings a ``segment_volume`` output records (JSON: lists, so a resume compares equal).
 
     A resumed run must match them (``storage.open_output_for_resume``).
+    ``global_graph`` (``job.agglomerates_globally``) records ``"agglomeration":
+    "global"``: pass 1 of such runs writes fragments, so outputs of versions
+    that agglomerated each block are not resumed by it.
     """
     settings = {"command": "segment-volume", "input": name, "input_kind": input_kind,
                 "dtype": str(dtype), "shape": list(shape), "block": list(block_shape),
                 "halo": list(halo), "mode": mode, "params": params.to_dict()}
     if offsets is not None:
         settings["offsets"] = [list(offset) for offset in offsets]
+    if global_graph:
+        settings["agglomeration"] = "global"
     return settings
 
 
