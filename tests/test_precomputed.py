@@ -200,6 +200,23 @@ def test_each_lod_spans_the_voxels_it_samples(exported):
                                        err_msg=f"id {label} lod {lod}")
 
 
+def test_vertices_decode_onto_the_marching_cubes_lattice(exported):
+    """Marching cubes puts vertices on a half-voxel lattice (voxel faces and centres); after
+    quantization to the node's box they must come back within half a quantization step."""
+    out, labels, _ = exported
+    mesh_dir = out / "segmentation" / "mesh"
+    steps = 2 ** mesh_info(out)["vertex_quantization_bits"] - 1
+    for label in label_ids(labels, MIN_VOXELS):
+        manifest, fragments = read_fragments(mesh_dir, label)
+        for lod, parts in fragments.items():
+            node = manifest["chunk_shape"] * 2 ** lod
+            for position, quantized, _ in parts:
+                stored = (manifest["grid_origin"] + manifest["vertex_offsets"][lod]
+                          + node * (position + quantized / steps))  # voxels
+                error = np.abs(stored * 2 - np.round(stored * 2)) / 2
+                assert (error <= node / steps / 2 + 1e-6).all(), (label, lod)
+
+
 def test_cloud_volume_reads_the_meshes_inside_the_bounding_boxes(exported):
     out, labels, _ = exported
     segmentation = layer(out / "segmentation")
