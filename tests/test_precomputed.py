@@ -27,6 +27,9 @@ def synthetic_labels():
     yy, xx = np.mgrid[:100, :130]
     disc = (yy - 80) ** 2 + (xx - 40) ** 2 < 12 ** 2
     labels[3:12][:, disc] = 12  # a cylinder: a curved surface
+    # a 1-voxel line of 3 at an odd y into the third x block: LOD 1 and 2 (every 2nd / 4th
+    # voxel in y) miss it there, so that node's coarse fragments are empty
+    labels[3, 11, 70:130] = 3
     return labels
 
 
@@ -276,9 +279,13 @@ def test_manifest_octree_is_valid(exported):
 
 
 def test_id_across_blocks_has_one_fragment_per_block(exported):
+    """Id 3: a box over 2 x 2 x 2 blocks and a thin line into a third x block, which
+    only LOD 0 resolves; LOD 1 still lists that block's node (empty), LOD 2 is the root."""
     out, _, _ = exported
     manifest = read_manifest(out / "segmentation" / "mesh" / "3.index")
-    assert [len(p) for p in manifest["positions"]] == [8, 1, 1]  # 2 blocks along each axis
+    assert [len(p) for p in manifest["positions"]] == [9, 2, 1]
+    lod1 = dict(zip(map(tuple, manifest["positions"][1]), manifest["sizes"][1]))
+    assert lod1[(1, 0, 0)] == 0 and lod1[(0, 0, 0)] > 0
 
 
 @pytest.mark.parametrize("lod", [0, 1, 2])
@@ -310,6 +317,20 @@ def test_skeleton_of_an_id_across_blocks_is_one_connected_skeleton(exported):
     for label in (3, 7):  # 3 spans 2 x 2 x 2 blocks, 7 spans 1 x 2 x 2
         skeleton = segmentation.skeleton.get(label)
         assert len(skeleton.components()) == 1, label
+
+
+def test_skeleton_reaches_every_block_of_its_id(exported):
+    """The joined skeleton has vertices in every block that holds >= 100 voxels of the id."""
+    out, labels, _ = exported
+    segmentation = layer(out / "segmentation")
+    block_zyx = np.array([16, 64, 64])
+    for label in label_ids(labels, MIN_VOXELS):
+        voxels = np.argwhere(labels == label) // block_zyx
+        blocks, counts = np.unique(voxels, axis=0, return_counts=True)
+        needed = {tuple(b) for b, n in zip(blocks, counts) if n >= 100}
+        vertices = segmentation.skeleton.get(label).vertices / np.array(VOXEL_ZYX[::-1], float)
+        reached = {tuple(b) for b in (np.floor(vertices[:, ::-1]).astype(int) // block_zyx)}
+        assert needed <= reached, (label, needed - reached)
 
 
 def test_skeletons_lie_inside_their_cells(exported):
