@@ -182,3 +182,90 @@ def test_voxel_size_defaults_to_the_ome_zarr_metadata(files, tmp_path, monkeypat
             capsys.readouterr().err
         assert seen["scales"] == pytest.approx(scales), argv
         assert seen["units"] == ["m", "m", "m"]
+
+
+# ---------------------------------------------------------------- precomputed meshes in the browser
+
+def range_file_server(folder):
+    """A static HTTP server of ``folder`` on a free port that answers Range requests and
+    sends CORS headers (Neuroglancer fetches multi-resolution mesh fragments by range)."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def end_headers(self):
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def do_GET(self):
+            spec = self.headers.get("Range", "")
+            path = Path(self.translate_path(self.path))
+            if not spec.startswith("bytes=") or not path.is_file():
+                return super().do_GET()
+            data = path.read_bytes()
+            start, _, stop = spec[len("bytes="):].partition("-")
+            start, stop = int(start), (int(stop) if stop else len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {start}-{stop}/{len(data)}")
+            self.send_header("Content-Length", str(stop + 1 - start))
+            self.end_headers()
+            self.wfile.write(data[start:stop + 1])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@needs_browser
+@pytest.mark.large
+def test_exported_multiresolution_meshes_render_in_the_browser(tmp_path):
+    """export-precomputed --mesh output, served over HTTP, is drawn by Neuroglancer's own
+    multi-resolution mesh reader: only meshes are on screen (no slices), each id where its
+    voxels are. Both ids span 2 x 2 x 2 blocks."""
+    import neuroglancer
+
+    labels = np.zeros((32, 128, 128), np.uint32)
+    labels[4:28, 16:112, 8:56] = LEFT  # small x
+    labels[4:28, 16:112, 72:120] = RIGHT  # large x
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    out = tmp_path / "ng"
+    assert main(["export-precomputed", str(tmp_path / "labels.tif"), str(out), "--mesh",
+                 "--voxel-size", "30,6,6", "--block", "64", "--block-z", "16"]) == 0
+    server = range_file_server(out)
+    viewer = neuroglancer.Viewer()
+    driver = None
+    try:
+        with viewer.txn() as state:
+            state.layers["cells"] = neuroglancer.SegmentationLayer(
+                source=f"precomputed://http://127.0.0.1:{server.server_port}/segmentation")
+            state.layout = "3d"
+            state.show_slices = False
+            state.show_axis_lines = False
+            state.show_default_annotations = False  # no bounding box
+            state.show_scale_bar = False
+        driver = viewer_lib.open_browser(viewer.get_viewer_url(), size=(400, 300))
+        viewer_lib.browser_state(driver)
+        centres = {}
+        for ids in ([], [LEFT], [RIGHT]):
+            with viewer.txn() as state:
+                state.layers["cells"].segments = set(ids)
+            mask = coloured(viewer_lib.screenshot_image(viewer, size=(400, 300)))
+            if not ids:
+                assert mask.sum() == 0  # nothing but meshes is drawn
+                continue
+            assert mask.sum() > 500, ids
+            rows, cols = np.nonzero(mask)
+            centres[ids[0]] = cols.mean()
+            # seen along z: 48 voxels wide (x), 96 high (y)
+            assert 1.6 < np.ptp(rows) / np.ptp(cols) < 2.4, (ids, np.ptp(rows), np.ptp(cols))
+        assert centres[LEFT] < centres[RIGHT]
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.shutdown()

@@ -5,8 +5,10 @@ HELP = "Write a segmentation (and image) as Neuroglancer precomputed layers with
 DESCRIPTION = """\
 Write a (Z, Y, X) label volume as a Neuroglancer precomputed segmentation layer
 (compressed_segmentation chunks), optionally with the raw image (or a probability
-map) as an image layer, per-neuron 3D meshes (--mesh, zmesh) and skeletons
-(--skeleton, kimimaro). Works block by block on Dask threads: a zarr or HDF5
+map) as an image layer, per-neuron multi-resolution 3D meshes (--mesh: zmesh
+marching cubes at --mesh-lods levels of detail, Draco-encoded, Neuroglancer's
+neuroglancer_multilod_draco format) and one skeleton per id (--skeleton,
+kimimaro). Works block by block on Dask threads: a zarr or HDF5
 input is never loaded whole. Serve OUT_DIR over HTTP and open
 precomputed://http://HOST/OUT_DIR/segmentation in Neuroglancer, or look at it with
 'fusionnet view'. Needs: pip install 'fusionnet-tf[volumes]'.
@@ -44,9 +46,9 @@ def add_parser(subparsers):
                              "--image's metadata, else 1,1,1; SNEMI3D: 30,6,6).")
     parser.add_argument("--min-voxels", type=int, default=100,
                         help="Smallest id, in voxels, that gets a mesh/skeleton (default: 100).")
-    parser.add_argument("--mesh-reduction", type=int, default=0,
-                        help="zmesh simplification: keep about 1/N of the triangles "
-                             "(default: 0 = none).")
+    parser.add_argument("--mesh-lods", type=int, default=3,
+                        help="Levels of detail of the multi-resolution meshes, 1 to 5; LOD k "
+                             "meshes every 2**k-th voxel in-plane (default: 3).")
     parser.add_argument("--block", type=int, default=512,
                         help="Block height and width in voxels per task, a multiple of 64 "
                              "(default: 512).")
@@ -70,8 +72,8 @@ def check_args(args):
         raise ValueError(f"--min-voxels must be >= 1; received {args.min_voxels}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; received {args.workers}")
-    if args.mesh_reduction < 0:
-        raise ValueError(f"--mesh-reduction must be >= 0; received {args.mesh_reduction}")
+    if not 1 <= args.mesh_lods <= 5:
+        raise ValueError(f"--mesh-lods must be from 1 to 5; received {args.mesh_lods}")
     try:
         check_block_shape((args.block_z, args.block, args.block))
     except ValueError:
@@ -103,12 +105,13 @@ def run(args):
     import_volume_packages(args.mesh, args.skeleton)
     labels, image, voxel_size = check_args(args)
     settings = {"labels": str(args.labels), "image": args.image, "voxel_size": list(voxel_size),
-                "mesh": args.mesh, "skeleton": args.skeleton, "min_voxels": args.min_voxels}
+                "mesh": args.mesh, "mesh_lods": args.mesh_lods, "skeleton": args.skeleton,
+                "min_voxels": args.min_voxels}
     summary = export_precomputed(labels, args.output, image=image, voxel_size=voxel_size,
                                  mesh=args.mesh, skeleton=args.skeleton,
                                  min_voxels=args.min_voxels,
                                  block_shape=(args.block_z, args.block, args.block),
-                                 workers=args.workers, mesh_reduction=args.mesh_reduction,
+                                 workers=args.workers, mesh_lods=args.mesh_lods,
                                  labels_name=f"LABELS {args.labels}",
                                  image_name=f"--image {args.image}", settings=settings)
     z, y, x = summary["shape"]

@@ -8,7 +8,8 @@ writes a folder Neuroglancer opens as ``precomputed://`` (served over HTTP):
       image/                         precomputed image layer (with ``image``)
       segmentation/                  precomputed segmentation layer
         info                         uint32/uint64 ids, compressed_segmentation
-        mesh/                        legacy meshes: ``ID:0`` manifests + fragments
+        mesh/                        multi-resolution meshes: ``info``, ``ID.index``
+                                     manifests, ``ID`` Draco fragments per LOD
         skeletons/                   precomputed skeletons (with ``skeleton``)
 
 Axes: the volumes here are ``(Z, Y, X)`` arrays and ``voxel_size`` is
@@ -16,13 +17,16 @@ Axes: the volumes here are ``(Z, Y, X)`` arrays and ``voxel_size`` is
 the resolution reversed on the way out. Mesh and skeleton vertices are in
 physical units (voxel size units, e.g. nm) with voxel ``i`` spanning
 ``[i, i + 1) * size``: a label occupying voxels ``lo..hi`` along an axis has a
-mesh from ``lo * size`` to ``(hi + 1) * size``.
+LOD 0 mesh from ``lo * size`` to ``(hi + 1) * size``.
 
 Work is block-wise on Dask (threads): each block of ``block_shape`` voxels is
 read from the input (zarr, HDF5, TIFF memory map), written as whole
-precomputed chunks, and meshed with one voxel of overlap on its upper faces
-(so the per-block mesh fragments meet without gaps). The whole volume is never
-in memory; only the per-id voxel counts are.
+precomputed chunks, and meshed at each level of detail with one voxel of
+overlap on its lower faces: each block's mesh is the fragment of one cell of
+the multi-resolution octree, and the fragments meet without gaps
+(``volumes.multires_mesh``). Skeletons are made per block (one voxel of
+overlap on the upper faces) and joined into one skeleton per id. The whole
+volume is never in memory; only the per-id voxel counts are.
 
 Everything is written into a temporary folder next to ``OUT_DIR`` and renamed
 into place at the end: a failed run leaves nothing behind. cloud-volume,
@@ -34,6 +38,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from fusionnet_tf.volumes.multires_mesh import (DEFAULT_LODS, lod_factors, mesh_block_lods,
+                                                 write_mesh_info, write_segment)
 
 MARKER = "fusionnet-precomputed.json"
 COMMAND = "export-precomputed"
@@ -197,49 +204,6 @@ def read_with_border(source, block, shape):
     return data, origin
 
 
-def mesh_block(source, block, shape, voxel_size_zyx, keep_ids, mesh_dir, reduction=0,
-               max_error=None):
-    """Mesh every id of ``keep_ids`` in one block; write one fragment file per id.
-
-    The block is read with one voxel past its upper faces (the next block's
-    first voxel), so the marching-cubes surfaces of neighbouring blocks meet.
-
-    Args:
-        source: ``(Z, Y, X)`` label array-like.
-        block: ``((z0, z1), (y0, y1), (x0, x1))``.
-        shape: volume shape ``(Z, Y, X)``.
-        voxel_size_zyx: ``(z, y, x)``.
-        keep_ids: set of ids to mesh (others are skipped).
-        mesh_dir: Path of the layer's ``mesh`` folder.
-        reduction, max_error: zmesh simplification (0: none).
-
-    Returns:
-        ``{id: fragment file name}`` for the ids meshed in this block.
-    """
-    import zmesh
-
-    labels, origin = read_with_border(source, block, shape)
-    resolution = tuple(float(v) for v in voxel_size_zyx[::-1])  # (x, y, z)
-    mesher = zmesh.Mesher(resolution)
-    mesher.mesh(np.asfortranarray(labels.T), close=False)  # (X, Y, Z) in Fortran order
-    offset = np.array(origin[::-1], dtype=np.float64) * resolution
-    (z0, z1), (y0, y1), (x0, x1) = block
-    fragments = {}
-    for label in mesher.ids():
-        if int(label) not in keep_ids:
-            continue
-        mesh = mesher.get(label, normals=False, reduction_factor=reduction, max_error=max_error,
-                          voxel_centered=True)
-        if len(mesh.faces) == 0:
-            continue
-        mesh.vertices = (mesh.vertices + offset).astype(np.float32)
-        name = f"{int(label)}:0:{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
-        (Path(mesh_dir) / name).write_bytes(mesh.to_precomputed())
-        fragments[int(label)] = name
-    mesher.clear()
-    return fragments
-
-
 def skeletonize_block(source, block, shape, voxel_size_zyx, keep_ids, dust_threshold):
     """kimimaro skeletons of the ids in one block, in physical units of the volume.
 
@@ -291,28 +255,46 @@ def write_layer(layer_dir, source, info, blocks, workers, count_ids=False):
     return totals
 
 
-def write_meshes(layer_dir, source, blocks, shape, voxel_size_zyx, keep_ids, workers,
-                 reduction=0, max_error=None):
-    """Mesh ``keep_ids`` block-wise into ``layer_dir/mesh`` (legacy precomputed format).
+def write_meshes(layer_dir, source, blocks, shape, block_shape, voxel_size_zyx, keep_ids,
+                 workers, lods=DEFAULT_LODS):
+    """Mesh ``keep_ids`` block-wise into ``layer_dir/mesh`` (multi-resolution format).
 
-    Writes ``mesh/info``, a fragment per (id, block) and an ``ID:0`` manifest
-    listing each id's fragments. Returns ``{id: number of fragments}``.
+    Two Dask passes: every block meshes its ids at each LOD and writes the
+    quantized pieces into a scratch folder next to the layer; then every id's
+    pieces become its ``<id>`` fragment file and ``<id>.index`` manifest
+    (``volumes.multires_mesh``). The scratch folder is removed at the end.
+
+    Returns:
+        ``{id: [fragments per LOD]}``.
+
+    Raises:
+        ValueError: a LOD's sampling factor does not divide ``block_shape``.
     """
+    import shutil
+
     import dask
 
+    factors = lod_factors(shape, voxel_size_zyx, lods)
+    for factor in factors:
+        if any(b % f for b, f in zip(block_shape, factor)):
+            raise ValueError(f"block shape {tuple(block_shape)} (z, y, x) is not divisible by "
+                             f"the LOD sampling factors {factor}; use fewer --mesh-lods")
     mesh_dir = Path(layer_dir) / "mesh"
-    mesh_dir.mkdir()
-    (mesh_dir / "info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh"}))
-    tasks = [dask.delayed(mesh_block)(source, block, shape, voxel_size_zyx, keep_ids, mesh_dir,
-                                      reduction, max_error)
+    write_mesh_info(mesh_dir, voxel_size_zyx)
+    pieces_dir = Path(layer_dir).parent / "mesh-pieces"
+    pieces_dir.mkdir()
+    tasks = [dask.delayed(mesh_block_lods)(source, block, shape, block_shape, factors, keep_ids,
+                                           pieces_dir)
              for block in blocks]
-    manifests = {}
-    for fragments in run_tasks(tasks, workers):
-        for label, name in fragments.items():
-            manifests.setdefault(label, []).append(name)
-    for label, names in manifests.items():
-        (mesh_dir / f"{label}:0").write_text(json.dumps({"fragments": sorted(names)}))
-    return {label: len(names) for label, names in manifests.items()}
+    meshed = set()
+    for triangles in run_tasks(tasks, workers):
+        meshed |= set(triangles)
+    labels = sorted(int(p.name) for p in pieces_dir.iterdir())
+    tasks = [dask.delayed(write_segment)(pieces_dir, label, mesh_dir, block_shape, factors)
+             for label in labels]
+    fragments = dict(zip(labels, run_tasks(tasks, workers)))
+    shutil.rmtree(pieces_dir)
+    return fragments
 
 
 def write_skeletons(layer_dir, source, blocks, shape, voxel_size_zyx, keep_ids, workers,
@@ -346,7 +328,7 @@ def write_skeletons(layer_dir, source, blocks, shape, voxel_size_zyx, keep_ids, 
 
 def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), mesh=False,
                        skeleton=False, min_voxels=100, block_shape=DEFAULT_BLOCK, workers=1,
-                       mesh_reduction=0, labels_name="LABELS", image_name="--image",
+                       mesh_lods=DEFAULT_LODS, labels_name="LABELS", image_name="--image",
                        settings=None):
     """Write ``labels`` (and ``image``) as Neuroglancer precomputed layers into ``out_dir``.
 
@@ -357,13 +339,15 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
         image: optional ``(Z, Y, X)`` array-like of the same shape (raw EM or
             probabilities).
         voxel_size: ``(z, y, x)`` positive floats (nm).
-        mesh: write legacy meshes of every id with at least ``min_voxels`` voxels.
+        mesh: write multi-resolution meshes (``volumes.multires_mesh``) of every id
+            with at least ``min_voxels`` voxels.
         skeleton: write kimimaro skeletons of the same ids.
         min_voxels: int >= 1, smallest id (in voxels) that gets a mesh / skeleton.
         block_shape: ``(z, y, x)`` voxels per Dask task, whole chunks
             (``CHUNK_XYZ`` reversed).
         workers: Dask threads.
-        mesh_reduction: zmesh simplification factor (0: none).
+        mesh_lods: levels of detail per mesh (1..5; LOD ``k`` meshes every
+            ``2**k``-th voxel in-plane).
         labels_name, image_name: how messages name the inputs.
         settings: JSON-serialisable dict recorded in the marker file.
 
@@ -400,10 +384,11 @@ def export_precomputed(labels, out_dir, image=None, voxel_size=(1.0, 1.0, 1.0), 
         info = layer_info("segmentation", seg_type, shape, voxel_size, mesh, skeleton)
         counts = write_layer(seg_dir, labels, info, blocks, workers, count_ids=True)
         keep = {label for label, voxels in counts.items() if voxels >= int(min_voxels)}
-        meshes = (write_meshes(seg_dir, labels, blocks, shape, voxel_size, keep, workers,
-                               mesh_reduction) if mesh else {})
+        meshes = (write_meshes(seg_dir, labels, blocks, shape, block_shape, voxel_size, keep,
+                               workers, mesh_lods) if mesh else {})
+        # ids were chosen by their whole size; a block may hold a sliver of one (dust 0)
         skeletons = (write_skeletons(seg_dir, labels, blocks, shape, voxel_size, keep, workers,
-                                     dust_threshold=int(min_voxels)) if skeleton else {})
+                                     dust_threshold=0) if skeleton else {})
         summary = {"shape": list(shape), "voxel_size": list(map(float, voxel_size)),
                    "ids": len(counts), "meshes": len(meshes), "skeletons": len(skeletons),
                    "layers": layers}
