@@ -217,7 +217,7 @@ def edges_task(job, block, starts, hook=None):
 
 
 def neighbour_starts(block, blocks, starts):
-    """``{index: start}`` of ``block`` and the blocks after it along z, y, x (for ``edges_task``)."""
+    """``{index: start}`` of ``block`` and of the blocks after it (for ``edges_task``)."""
     number = {b.index: n for n, b in enumerate(blocks)}
     result = {}
     for dz in (0, 1):

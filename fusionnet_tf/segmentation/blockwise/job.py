@@ -120,7 +120,7 @@ class SegmentJob:
 
     @property
     def global_graph(self):
-        """Blocks make fragments; one graph of the volume is agglomerated (``agglomerates_globally``)."""
+        """Blocks make fragments; one graph of the volume is agglomerated (see ``graph``)."""
         return agglomerates_globally(self.kind, self.params)
 
     @property
