@@ -38,8 +38,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 # setup.cfg (tests/test_cli_errors.py checks that they agree)
 EXTRA_MODULES = {
     "export": ("onnxruntime", "ai_edge_litert", "tf2onnx", "onnx"),
-    "volumes": ("zarr", "dask", "distributed", "ome_zarr", "cloudvolume", "zmesh", "kimimaro",
-                "tensorstore"),
+    "volumes": ("zarr", "dask", "distributed", "ome_zarr", "cloudvolume", "zmesh", "DracoPy",
+                "kimimaro", "tensorstore"),
     "viewer": ("neuroglancer", "selenium"),
     "mws": ("mwatershed",),
     "bioimageio": ("bioimageio", "pydantic", "tf2onnx", "onnx", "onnxruntime"),
