@@ -1,5 +1,18 @@
-"""Shared pytest fixtures: quiet TensorFlow, reset Keras state between tests."""
+"""Shared pytest set-up: quiet TensorFlow, test kinds, Keras state reset between tests.
 
+Test kinds (markers, ``-m unit`` etc.):
+
+- ``unit``: no Keras model is built (numpy, I/O, argument checks, CLI errors);
+- ``integration``: tiny models, the CLI run in-process;
+- ``e2e``: subprocesses, Dask clusters, servers, bioimage.io packages, a browser.
+
+Each test file has a kind in ``TEST_KINDS``; a test may carry its own kind
+marker instead (an e2e test in an integration file). ``tests/test_markers.py``
+checks that every test file is listed, and a ``unit`` test that builds a Keras
+layer fails.
+"""
+
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +23,127 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+KINDS = ("unit", "integration", "e2e")
+
+# The kind of each test file's tests (those without a kind marker of their own).
+TEST_KINDS = {
+    "test_affinities.py": "unit",
+    "test_affinity_io.py": "unit",
+    "test_affinity_segmentation.py": "unit",
+    "test_autotune.py": "integration",
+    "test_backends.py": "integration",
+    "test_checks.py": "unit",
+    "test_cli_e2e.py": "integration",
+    "test_cli_errors.py": "unit",
+    "test_cli_export_dispatch.py": "unit",
+    "test_cli_predict_3d.py": "integration",
+    "test_cli_predict_evaluate.py": "integration",
+    "test_cli_quiet.py": "unit",
+    "test_cli_segment.py": "integration",
+    "test_cli_slices.py": "integration",
+    "test_cli_tile_size.py": "integration",
+    "test_compat.py": "integration",
+    "test_conv_flops_3d.py": "integration",
+    "test_data_pipeline.py": "unit",
+    "test_data_readers.py": "unit",
+    "test_dihedral.py": "unit",
+    "test_edge_classifier.py": "unit",
+    "test_export.py": "integration",
+    "test_export_3d.py": "integration",
+    "test_export_bioimageio.py": "e2e",
+    "test_hdf5_spec.py": "unit",
+    "test_instance_labels.py": "unit",
+    "test_io_spec.py": "unit",
+    "test_layering.py": "unit",
+    "test_markers.py": "unit",
+    "test_metrics.py": "unit",
+    "test_metrics_segmentation.py": "unit",
+    "test_metrics_volume.py": "unit",
+    "test_models.py": "integration",
+    "test_models_3d.py": "integration",
+    "test_models_fcn.py": "integration",
+    "test_n5_input.py": "integration",
+    "test_napari_plugin.py": "e2e",
+    "test_ome_zarr.py": "integration",
+    "test_optimize.py": "integration",
+    "test_output_safety.py": "e2e",
+    "test_pipeline3d.py": "integration",
+    "test_precomputed.py": "unit",
+    "test_predict_options.py": "integration",
+    "test_predict_volume_3d.py": "integration",
+    "test_predictor.py": "integration",
+    "test_predictor_3d.py": "integration",
+    "test_pretrained.py": "integration",
+    "test_pretrained_registry.py": "integration",
+    "test_quickstart.py": "e2e",
+    "test_segment_volume.py": "unit",
+    "test_segment_volume_affinities.py": "unit",
+    "test_segmentation.py": "unit",
+    "test_serving.py": "e2e",
+    "test_tiling.py": "unit",
+    "test_training_backup.py": "unit",
+    "test_training_config.py": "unit",
+    "test_training_finetune.py": "integration",
+    "test_training_fused_batchnorm.py": "integration",
+    "test_training_losses.py": "unit",
+    "test_training_multiworker.py": "e2e",
+    "test_training_run.py": "integration",
+    "test_tune_cv.py": "unit",
+    "test_viewer.py": "e2e",
+    "test_volumes.py": "integration",
+}
+
+
+def test_kind(item):
+    """The kind of a collected test: its own kind marker, else its file's."""
+    own = [mark.name for mark in item.iter_markers() if mark.name in KINDS]
+    if len(own) > 1:
+        raise pytest.UsageError(f"{item.nodeid} has more than one kind: {own}")
+    if own:
+        return own[0]
+    try:
+        return TEST_KINDS[item.path.name]
+    except KeyError:
+        raise pytest.UsageError(f"{item.path.name} is not in tests/conftest.py TEST_KINDS; "
+                                f"add it as one of {KINDS}") from None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kind = test_kind(item)
+        if not any(mark.name == kind for mark in item.iter_markers()):
+            item.add_marker(kind)
+
+
+def pytest_collection_finish(session):
+    """Move what the imports made (TensorFlow's million objects) out of the collector's view.
+
+    Each test's ``keras.backend.clear_session()`` runs a full garbage collection;
+    over TensorFlow's objects that took ~0.5 s, per test. Frozen objects are
+    not scanned, so a collection sees what the tests made since.
+    """
+    keras.backend.clear_session()  # layers built at import count for no test
+    gc.collect()
+    gc.freeze()
+
+
+def keras_layers_named():
+    """Keras layers and symbolic tensors named since the last ``clear_session``.
+
+    Empty unless a layer or model was built or loaded: a functional model names
+    its ``keras_tensor``s, a layer without an explicit name is named after its
+    class. Optimizers and ops (``cond``) are named the same way and left out.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.utils.naming import to_snake_case
+
+    kinds = {to_snake_case(name) for module in (keras.layers, keras.models)
+             for name, value in vars(module).items() if isinstance(value, type)}
+    named = global_state.get_global_attribute("object_name_uids") or {}
+    return {name: count for name, count in named.items()
+            if name == "keras_tensor" or name in kinds}
+
 
 @pytest.fixture(autouse=True)
 def _private_autotune_cache(tmp_path, monkeypatch):
@@ -18,8 +152,16 @@ def _private_autotune_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _reset_keras_state():
-    """Each test starts with float32 policy and a fresh name scope."""
+def _reset_keras_state(request):
+    """Each test starts with float32 policy and a fresh name scope; unit tests build no layers.
+
+    Layers built by the fixtures a test asks for count as the test's: a unit test
+    that asks for a model fails.
+    """
     yield
+    built = keras_layers_named()
     keras.mixed_precision.set_dtype_policy("float32")
     keras.backend.clear_session()
+    if built and request.node.get_closest_marker("unit"):
+        pytest.fail(f"a unit test built Keras layers {sorted(built)}: mark it integration "
+                    f"(tests/conftest.py TEST_KINDS)", pytrace=False)

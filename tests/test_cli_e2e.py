@@ -256,6 +256,7 @@ def test_export_litert_each_quantization(model_file, image_file, tmp_path, monke
 
 # === serve ===
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_serve_options_reach_the_server(model_file, tmp_path, capsys, monkeypatch):
     """--model-name, --port 0, --max-request-mb and --log-requests, on a live server."""
@@ -301,6 +302,7 @@ def test_serve_options_reach_the_server(model_file, tmp_path, capsys, monkeypatc
 
 # === predict-volume ===
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_predict_volume_block_z_zarr_format_and_workers(model_file, tmp_path, capsys):
     zarr = pytest.importorskip("zarr")

@@ -231,6 +231,7 @@ def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
                                expected_prediction(files, tta=1), atol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_predict_through_serving_url_matches_local_prediction(files, tmp_path):
     """``--serving-url`` against the real local server (TTA 8) equals local prediction."""
@@ -367,6 +368,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, output):
     assert (tmp_path / "old.tif").read_bytes() == b"old"
 
 
+@pytest.mark.e2e
 def test_cli_modules_import_without_tensorflow():
     import subprocess
     import sys

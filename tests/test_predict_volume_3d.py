@@ -61,6 +61,7 @@ def test_blockwise_3d_equals_in_memory(tmp_path, volume, model_file, reference):
     assert again["blocks_skipped"] == again["blocks_total"]  # resumed: nothing left
 
 
+@pytest.mark.e2e
 def test_cli_predict_volume_3d_on_dask(tmp_path, volume, model_file, reference, capsys,
                                        monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", {"predict-volume": "fusionnet_tf.cli.predict_volume"})

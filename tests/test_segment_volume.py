@@ -293,6 +293,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, membrane, pred, capsys):
 
 # ------------------------------------------------------------------ Dask
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_local_dask_cluster_of_two_workers_matches_in_process(tmp_path, pred):
     expected, _ = run(pred, tmp_path / "local.zarr")

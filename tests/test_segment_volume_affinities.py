@@ -281,6 +281,7 @@ def test_cli_method_with_a_membrane_map_exits_2(tmp_path, voronoi_file, capsys):
 
 # ------------------------------------------------------------------ Dask
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_dask_worker_matches_in_process(tmp_path, voronoi_file):
     spec, _ = voronoi_file

@@ -495,6 +495,7 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, 
     assert zarr.open_array(spec, mode="r").shape == (1, 128, 200)  # input untouched
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run):
     """A real kill (SIGKILL) of the CLI after a few blocks; the rerun finishes the rest."""
@@ -703,6 +704,7 @@ def cluster():
         yield cluster
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path, reference):
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
@@ -715,6 +717,7 @@ def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path,
     assert summary["executor"].startswith("dask tcp://")
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, reference,
                                                cluster, capsys):
