@@ -108,12 +108,25 @@ def test_kind(item):
                                 f"add it as one of {KINDS}") from None
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker and xdist groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         kind = test_kind(item)
         if not any(mark.name == kind for mark in item.iter_markers()):
             item.add_marker(kind)
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+
+
+def xdist_group(item):
+    """The pytest-xdist group of a test (``--dist loadgroup``, set in setup.cfg).
+
+    A file's tests run on one worker, so its module fixtures are built once, not
+    on each; the tests using ``dask_cluster`` run on one worker, so one cluster
+    starts.
+    """
+    if "dask_cluster" in getattr(item, "fixturenames", ()):
+        return "dask"
+    return item.path.name
 
 
 def pytest_collection_finish(session):
@@ -165,3 +178,111 @@ def _reset_keras_state(request):
     if built and request.node.get_closest_marker("unit"):
         pytest.fail(f"a unit test built Keras layers {sorted(built)}: mark it integration "
                     f"(tests/conftest.py TEST_KINDS)", pytrace=False)
+
+
+# === Shared session fixtures: build, save, export and start each thing once ===
+# Read-only: a test that changes one of these objects or folders copies it first.
+
+TINY_2D = {"base_filters": 4, "depth": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny 2D FusionNet (base 4, depth 2, seed 0, untrained) the tests share.
+
+    Seed 0 keeps its outputs in (0.5, 1) on [0, 1] inputs (untrained nets saturate),
+    and its int8 quantization error small (see ``test_cli_e2e``).
+    """
+    from fusionnet_tf.models import build_fusionnet
+
+    keras.utils.set_random_seed(0)
+    return build_fusionnet(**TINY_2D)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tiny_model, tmp_path_factory):
+    """``tiny.keras``: ``tiny_model`` saved, alone in its folder."""
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.keras"
+    tiny_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_serving_base(tiny_model, tmp_path_factory):
+    """``tiny_model`` as a TF-Serving model base ``.../membranes`` (version 1; tiles of 32,
+    overlap 8, batch 2, all signatures)."""
+    from fusionnet_tf.export.saved_model import export_saved_model
+
+    base = tmp_path_factory.mktemp("serving")
+    export_saved_model(tiny_model, base, "membranes", tile_size=32, overlap=8, batch_size=2)
+    return base / "membranes"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    """``tiny_model`` exported to ``tiny.onnx``."""
+    from fusionnet_tf.export.onnx import export_onnx
+
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tiny_model, tmp_path_factory):
+    """``tiny_model`` exported to a float32 LiteRT ``tiny.tflite``."""
+    from fusionnet_tf.export.litert import export_litert
+
+    return export_litert(tiny_model, tmp_path_factory.mktemp("litert"), "tiny")
+
+
+AFFINITY_OFFSETS_3D = ((-1, 0, 0), (0, -1, 0), (0, 0, -3))
+
+
+@pytest.fixture(scope="session")
+def tiny_affinity_model(tmp_path_factory):
+    """The tiny 3D affinity FusionNet: ``(model, .keras path with MODEL.offsets.json,
+    a (1, 4, 16, 16, 1) batch, its Keras output)``.
+
+    Base 2, depth 2, one anisotropic level, ``AFFINITY_OFFSETS_3D``; the batch
+    normalization statistics are random, so channels and voxels differ.
+    """
+    import json
+
+    import numpy as np
+
+    from fusionnet_tf.models import build_fusionnet3d
+
+    keras.utils.set_random_seed(0)
+    model = build_fusionnet3d(base_filters=2, depth=2, anisotropic_levels=1, residual_convs=1,
+                              out_channels=len(AFFINITY_OFFSETS_3D))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = layer.moving_mean, layer.moving_variance
+            mean.assign(rng.normal(0, 0.1, mean.shape).astype("float32"))
+            var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
+    folder = tmp_path_factory.mktemp("affinity_model")
+    path = folder / "aff.keras"
+    model.save(path)
+    offsets = [list(o) for o in AFFINITY_OFFSETS_3D]
+    (folder / "aff.offsets.json").write_text(json.dumps({"offsets": offsets}))
+    batch = rng.random((1, 4, 16, 16, 1)).astype("float32")
+    return model, path, batch, np.asarray(model(batch, training=False))
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One local Dask cluster (2 worker processes, 1 thread each) for every test that needs one.
+
+    Tests pass ``scheduler=dask_cluster.scheduler_address`` (``--scheduler``);
+    they run on one pytest-xdist worker (``xdist_group("dask")``, added for
+    every test using this fixture), so one cluster starts per run. Starting a
+    cluster from ``workers=N`` is tested once, in ``test_volumes.py``.
+    """
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        with distributed.Client(cluster) as client:
+            client.wait_for_workers(2)
+        yield cluster

@@ -14,16 +14,14 @@ import tifffile
 from fusionnet_tf.cli import main
 from fusionnet_tf.data import normalize, read_stack
 from fusionnet_tf.inference import Predictor
-from fusionnet_tf.models import build_fusionnet
 
 SMALL = ["--tile-size", "32", "--overlap", "8", "--tta", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=4, depth=2).save(path)
-    return path
+def model_file(tiny_model_file):
+    """The session's tiny model (seed 0): its int8 error is reproducible (see below)."""
+    return tiny_model_file
 
 
 def two_range_stack(shape=(2, 40, 70), seed=0):
@@ -258,18 +256,13 @@ def test_export_litert_each_quantization(model_file, image_file, tmp_path, monke
 
 @pytest.mark.e2e
 @pytest.mark.large
-def test_serve_options_reach_the_server(model_file, tmp_path, capsys, monkeypatch):
+def test_serve_options_reach_the_server(tiny_serving_base, capsys, monkeypatch):
     """--model-name, --port 0, --max-request-mb and --log-requests, on a live server."""
     import http.client
 
-    import keras
-
     from fusionnet_tf.cli import serve as serve_cli
-    from fusionnet_tf.export.saved_model import export_saved_model
     from fusionnet_tf.export.server import ModelServer
 
-    model = keras.saving.load_model(model_file, compile=False)
-    export_saved_model(model, tmp_path, "membranes", tile_size=32, overlap=8)
     answers = {}
 
     def one_request(server, method, path, body=None):
@@ -291,7 +284,7 @@ def test_serve_options_reach_the_server(model_file, tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(ModelServer, "serve_forever", exercise)
     monkeypatch.setattr(serve_cli, "_stop_on_sigterm", lambda: None)
-    assert main(["serve", "--model-base", str(tmp_path / "membranes"), "--model-name", "custom",
+    assert main(["serve", "--model-base", str(tiny_serving_base), "--model-name", "custom",
                  "--port", "0", "--host", "127.0.0.1", "--max-request-mb", "0.01",
                  "--log-requests"]) == 0
     err = capsys.readouterr().err
@@ -304,9 +297,27 @@ def test_serve_options_reach_the_server(model_file, tmp_path, capsys, monkeypatc
 
 @pytest.mark.e2e
 @pytest.mark.large
-def test_predict_volume_block_z_zarr_format_and_workers(model_file, tmp_path, capsys):
+def test_predict_volume_block_z_zarr_format_and_workers(model_file, tmp_path, capsys,
+                                                        monkeypatch, dask_cluster):
+    """--workers 2 reaches the executor, which runs the blocks on the session's cluster of 2
+    (a cluster started from ``workers`` is tested in test_volumes.py)."""
     zarr = pytest.importorskip("zarr")
+    import contextlib
+
+    import distributed
     import keras
+
+    from fusionnet_tf.volumes import executors
+
+    asked = []
+
+    @contextlib.contextmanager
+    def on_the_session_cluster(workers=1, scheduler=None):
+        asked.append((workers, scheduler))
+        with distributed.Client(dask_cluster) as client:
+            yield executors.DaskExecutor(client)
+
+    monkeypatch.setattr(executors, "dask_executor", on_the_session_cluster)
 
     volume = np.concatenate([two_range_stack((2, 40, 70)), two_range_stack((2, 40, 70), 1)])
     source = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=volume.shape,
@@ -317,6 +328,7 @@ def test_predict_volume_block_z_zarr_format_and_workers(model_file, tmp_path, ca
                  str(model_file), "--block", "32", "--block-z", "2", "--zarr-format", "2",
                  "--workers", "2", "--tile-size", "32", "--overlap", "8", "--tta", "1",
                  "--quiet"]) == 0
+    assert asked == [(2, None)]
     assert "on 2 worker(s)" in capsys.readouterr().err
     result = zarr.open_array(str(out), mode="r")
     assert result.metadata.zarr_format == 2 and result.chunks == (2, 32, 32)

@@ -41,12 +41,8 @@ def volume():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from fusionnet_tf import build_fusionnet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=4, depth=2).save(path)
-    return path
+def model_path(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture(scope="module")
@@ -694,16 +690,6 @@ def test_cli_help_states_defaults(capsys):
 
 # ----------------------------------------------------------------- Dask
 
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    import logging
-
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        yield cluster
-
-
 @pytest.mark.e2e
 @pytest.mark.large
 def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path, reference):
@@ -720,7 +706,8 @@ def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path,
 @pytest.mark.e2e
 @pytest.mark.large
 def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, reference,
-                                               cluster, capsys):
+                                               dask_cluster, capsys):
+    cluster = dask_cluster
     spec = write_zarr(tmp_path / "vol.zarr", volume)
     out = tmp_path / "out.zarr"
     command = ["predict-volume", spec, str(out), "--model", str(model_path),
