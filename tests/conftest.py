@@ -94,7 +94,7 @@ TEST_KINDS = {
 }
 
 
-def test_kind(item):
+def kind_of_test(item):
     """The kind of a collected test: its own kind marker, else its file's."""
     own = [mark.name for mark in item.iter_markers() if mark.name in KINDS]
     if len(own) > 1:
@@ -108,25 +108,69 @@ def test_kind(item):
                                 f"add it as one of {KINDS}") from None
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects by marker and xdist groups
+# The tests that use ``dask_cluster``: with -n they run together on one worker, which
+# starts the cluster once (``pytest_xdist_make_scheduler``); collection fails for a test
+# that uses the fixture and is missing here.
+DASK_CLUSTER_TESTS = {
+    "test_cli_e2e.py::test_predict_volume_block_z_zarr_format_and_workers",
+    "test_predict_volume_3d.py::test_cli_predict_volume_3d_on_dask",
+    "test_segment_volume.py::test_dask_cluster_of_two_workers_matches_in_process",
+    "test_segment_volume_affinities.py::test_dask_workers_match_in_process",
+    "test_volumes.py::test_cli_scheduler_two_workers_then_resume",
+}
+# With -n, the order work is handed out in: the cluster's tests, then e2e, integration and
+# unit files (roughly slowest first, so the quick files even out the two workers' ends)
+KIND_ORDER = {"e2e": 1, "integration": 2, "unit": 3}
+
+
+def short_test_name(nodeid):
+    """``file.py::function`` of a node id (folders and parameters dropped)."""
+    path, _, name = nodeid.partition("::")
+    return f"{path.rsplit('/', 1)[-1]}::{name.split('[')[0]}"
+
+
+def xdist_scope(nodeid):
+    """The unit of work of a test with -n: ``"dask"`` or its file."""
+    return "dask" if short_test_name(nodeid) in DASK_CLUSTER_TESTS else nodeid.partition("::")[0]
+
+
+def scheduling_rank(item):
+    if xdist_scope(item.nodeid) == "dask":
+        return 0
+    return KIND_ORDER[TEST_KINDS[item.path.name]]
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        kind = test_kind(item)
+        kind = kind_of_test(item)
         if not any(mark.name == kind for mark in item.iter_markers()):
             item.add_marker(kind)
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+        if ("dask_cluster" in getattr(item, "fixturenames", ())
+                and short_test_name(item.nodeid) not in DASK_CLUSTER_TESTS):
+            raise pytest.UsageError(f"{short_test_name(item.nodeid)} uses dask_cluster: add it to "
+                                    f"tests/conftest.py DASK_CLUSTER_TESTS")
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller hands out
+        items.sort(key=scheduling_rank)  # work in this order (stable: files stay together)
 
 
-def xdist_group(item):
-    """The pytest-xdist group of a test (``--dist loadgroup``, set in setup.cfg).
+def pytest_xdist_make_scheduler(config, log):
+    """With -n (``--dist load``): a file's tests on one worker, so its module fixtures are
+    built once, not on each worker; the tests of the Dask cluster on one worker.
 
-    A file's tests run on one worker, so its module fixtures are built once, not
-    on each; the tests using ``dask_cluster`` run on one worker, so one cluster
-    starts.
+    Work goes out in the order of the workers' collection (``scheduling_rank``).
+    Another ``--dist`` mode given on the command line applies as usual.
     """
-    if "dask_cluster" in getattr(item, "fixturenames", ()):
-        return "dask"
-    return item.path.name
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_scope(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection's order
+    return FilesAndCluster(config, log)
 
 
 def pytest_collection_finish(session):
@@ -274,9 +318,9 @@ def dask_cluster():
     """One local Dask cluster (2 worker processes, 1 thread each) for every test that needs one.
 
     Tests pass ``scheduler=dask_cluster.scheduler_address`` (``--scheduler``);
-    they run on one pytest-xdist worker (``xdist_group("dask")``, added for
-    every test using this fixture), so one cluster starts per run. Starting a
-    cluster from ``workers=N`` is tested once, in ``test_volumes.py``.
+    with -n they run on one pytest-xdist worker (``DASK_CLUSTER_TESTS``), so one
+    cluster starts per run. Starting a cluster from ``workers=N`` is tested
+    once, in ``test_volumes.py``.
     """
     distributed = pytest.importorskip("distributed")
     import logging
@@ -286,3 +330,64 @@ def dask_cluster():
         with distributed.Client(cluster) as client:
             client.wait_for_workers(2)
         yield cluster
+
+
+# === One tiny trained run ===
+
+TRAINING_STEPS, TRAINING_EPOCHS = 3, 2
+
+
+@pytest.fixture(scope="session")
+def training_stack(tmp_path_factory):
+    """``(img.tif, lab.tif)``: a 4 x 64 x 64 synthetic EM-like stack, dark membrane lines
+    on a bright, noisy background, and its labels (ISBI convention: 0 = membrane)."""
+    import numpy as np
+    import tifffile
+
+    folder = tmp_path_factory.mktemp("training_stack")
+    rng = np.random.default_rng(0)
+    membrane = np.zeros((4, 64, 64), bool)
+    for n in range(4):
+        for row in rng.choice(60, 3, replace=False):
+            membrane[n, row:row + 2, :] = True
+        for col in rng.choice(60, 3, replace=False):
+            membrane[n, :, col:col + 2] = True
+    image = np.where(membrane, 60, 190) + rng.normal(0, 12, membrane.shape)
+    tifffile.imwrite(folder / "img.tif", np.clip(image, 0, 255).astype(np.uint8))
+    tifffile.imwrite(folder / "lab.tif", np.where(membrane, 0, 255).astype(np.uint8))
+    return folder / "img.tif", folder / "lab.tif"
+
+
+def tiny_training_config(stack, output_dir, **top):
+    """The config of the tiny run: FusionNet base 4, depth 2, one residual conv, 32 px tiles,
+    ``TRAINING_EPOCHS`` epochs of ``TRAINING_STEPS`` steps of 4, a backup every step;
+    ``top`` overrides top-level keys."""
+    from fusionnet_tf.training.config import config_from_dict
+
+    images, labels = stack
+    mapping = {
+        "model": {"base_filters": 4, "depth": 2, "residual_convs": 1},
+        "data": {"train_images": str(images), "train_labels": str(labels),
+                 "train_slices": "0-2", "val_slices": "3", "tile_size": 32,
+                 "val_tile_size": 32},
+        "augment": False,
+        "optimizer": {"learning_rate": 0.01},
+        "epochs": TRAINING_EPOCHS, "steps_per_epoch": TRAINING_STEPS, "batch_size": 4,
+        "backup_every_steps": 1, "output_dir": str(output_dir), "tensorboard": False,
+    }
+    mapping.update(top)
+    return config_from_dict(mapping)
+
+
+@pytest.fixture(scope="session")
+def trained_run(training_stack, tmp_path_factory):
+    """ONE tiny trained run, uninterrupted: ``(config, TrainResult)``; its folder
+    ``config.output_dir`` holds config.yaml, latest/best.keras, log.csv and the backup.
+
+    Read-only: the resume tests compare their runs with it; a test that would
+    write into the folder copies it first.
+    """
+    from fusionnet_tf.training.run import train
+
+    config = tiny_training_config(training_stack, tmp_path_factory.mktemp("trained") / "run")
+    return config, train(config, verbose=0)

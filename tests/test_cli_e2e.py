@@ -215,6 +215,10 @@ def test_train_cli_early_stopping_then_resume_does_nothing(tmp_path, capsys):
 
 # === export --format litert ===
 
+# The errors depend on the weights: on the session's model (seed 0) they are 5e-4 (fp16),
+# 6e-3 (dynamic-int8) and 0.023 (int8), the same on every run (conversion and calibration
+# tiles are deterministic). This test once failed at 0.104 (int8) when the model was built
+# unseeded: over seeds 0-9 the int8 error of this tiny untrained net ranges 0.019-0.146.
 @pytest.mark.large
 @pytest.mark.parametrize("quantize,atol", [("none", 1e-5), ("fp16", 1e-2),
                                            ("dynamic-int8", 0.1), ("int8", 0.1)])

@@ -31,3 +31,17 @@ def test_building_a_layer_is_seen(request):
     assert {"dense", "sequential", "input_layer"} <= set(conftest.keras_layers_named())
     keras.backend.clear_session()  # so this unit test passes the check it tests
     assert conftest.keras_layers_named() == {}
+
+
+def test_every_listed_dask_cluster_test_exists():
+    for name in conftest.DASK_CLUSTER_TESTS:
+        file, function = name.split("::")
+        assert f"def {function}(" in (TESTS / file).read_text(), name
+
+
+def test_work_units_of_the_xdist_scheduler():
+    assert conftest.xdist_scope("tests/test_volumes.py::test_cli_scheduler_two_workers_then_resume"
+                                ) == "dask"
+    assert conftest.xdist_scope("tests/test_volumes.py::test_block_grid_covers_volume_exactly"
+                                ) == "tests/test_volumes.py"
+    assert conftest.xdist_scope("tests/test_io_spec.py::test_x[a::b]") == "tests/test_io_spec.py"
