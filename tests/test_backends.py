@@ -139,6 +139,7 @@ def test_predictor_of_a_3d_name_reads_the_offsets_beside_its_weights(shipped):
 
 # === Imports ===
 
+@pytest.mark.e2e
 def test_loading_a_keras_file_imports_no_other_runtime(tmp_path):
     tiny_model().save(tmp_path / "m.keras")
     code = ("import sys; from fusionnet_tf.inference import load_model; "

@@ -13,26 +13,24 @@ from affinity_models import OFFSETS, affinity_model
 from fusionnet_tf import cli
 from fusionnet_tf.data import normalize
 from fusionnet_tf.inference import Predictor
-from fusionnet_tf.models import build_fusionnet
 
 TILING = ["--tile-size", "16", "--tile-z", "4", "--overlap", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A saved affinity model with its offsets sidecar, one without, a 2D model, volumes."""
+def files(tmp_path_factory, tiny_model_file):
+    """A saved affinity model with its offsets sidecar, one without, the 2D model, volumes."""
     root = tmp_path_factory.mktemp("cli3d")
     model = affinity_model(OFFSETS)
     model.save(root / "aff.keras")
     (root / "aff.offsets.json").write_text(json.dumps({"offsets": OFFSETS}))
     model.save(root / "bare.keras")  # no sidecar
-    build_fusionnet(base_filters=2, depth=1).save(root / "membrane.keras")
     raw = np.random.default_rng(0).integers(0, 256, (6, 20, 18), dtype=np.uint8)
     tifffile.imwrite(root / "volume.tif", raw)
     tifffile.imwrite(root / "section.tif", raw[:1])
     return types.SimpleNamespace(root=root, raw=raw, model=str(root / "aff.keras"),
                                  bare=str(root / "bare.keras"),
-                                 membrane=str(root / "membrane.keras"),
+                                 membrane=str(tiny_model_file),
                                  volume=str(root / "volume.tif"),
                                  section=str(root / "section.tif"))
 

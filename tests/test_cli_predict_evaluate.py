@@ -12,24 +12,21 @@ from fusionnet_tf.cli import main
 from fusionnet_tf.data import normalize, read_stack
 from fusionnet_tf.inference import Predictor
 from fusionnet_tf.inference import writers
-from fusionnet_tf.models import build_fusionnet
 
 SMALL = ["--tile-size", "32", "--overlap", "8", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny saved FusionNet, a 2 x 40 x 50 uint8 stack and ISBI-convention labels."""
+def files(tmp_path_factory, tiny_model_file):
+    """The session's tiny saved FusionNet, a 2 x 40 x 50 uint8 stack and ISBI-convention labels."""
     root = tmp_path_factory.mktemp("cli")
-    model = build_fusionnet(base_filters=4, depth=2)
-    model.save(root / "model.keras")
     rng = np.random.default_rng(0)
     tifffile.imwrite(root / "image.tif", rng.integers(0, 256, (2, 40, 50), dtype=np.uint8))
     labels = np.full((2, 40, 50), 255, np.uint8)  # ISBI: 0 = membrane
     labels[:, 20, :] = 0
     labels[:, :, 25] = 0
     tifffile.imwrite(root / "labels.tif", labels)
-    return types.SimpleNamespace(root=root, model=str(root / "model.keras"),
+    return types.SimpleNamespace(root=root, model=str(tiny_model_file),
                                  image=str(root / "image.tif"), labels=str(root / "labels.tif"),
                                  membrane=(labels == 0).astype(np.float32))
 
@@ -231,19 +228,17 @@ def test_predict_without_model_uses_pretrained(files, tmp_path, monkeypatch):
                                expected_prediction(files, tta=1), atol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.large
-def test_predict_through_serving_url_matches_local_prediction(files, tmp_path):
+def test_predict_through_serving_url_matches_local_prediction(files, tiny_model,
+                                                              tiny_serving_base, tmp_path):
     """``--serving-url`` against the real local server (TTA 8) equals local prediction."""
-    import keras
-
-    from fusionnet_tf.export.saved_model import export_saved_model
     from fusionnet_tf.export.server import ModelServer
 
-    model = keras.saving.load_model(files.model, compile=False)
-    export_saved_model(model, tmp_path / "base", "membranes", tile_size=32, overlap=8)
+    model = tiny_model
     image = tmp_path / "wide.tif"  # 70 px wide: tile origins depend on --align
     tifffile.imwrite(image, np.random.default_rng(3).integers(0, 256, (2, 40, 70), np.uint8))
-    server = ModelServer(tmp_path / "base" / "membranes", port=0).start()
+    server = ModelServer(tiny_serving_base, port=0).start()
     try:
         assert main(["predict", str(image), "-o", str(tmp_path / "remote.tif"), "--serving-url",
                      server.url, "--tta", "8", "--batch-size", "8", "--align", "4"] + SMALL) == 0
@@ -367,6 +362,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, output):
     assert (tmp_path / "old.tif").read_bytes() == b"old"
 
 
+@pytest.mark.e2e
 def test_cli_modules_import_without_tensorflow():
     import subprocess
     import sys

@@ -52,6 +52,7 @@ def _run_cli(*args):
     return result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_cli_is_quiet_unless_verbose():
     quiet = _run_cli()

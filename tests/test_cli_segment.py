@@ -203,14 +203,11 @@ def test_tune_segment_refuses_shape_mismatch_and_bad_budget(files, capsys):
     assert not (root / "t.json").exists()
 
 
-def test_predict_segment_in_one_go_equals_predict_then_segment(tmp_path, capsys):
-    from fusionnet_tf.models import build_fusionnet
-
-    model = build_fusionnet(base_filters=4, depth=2)
-    model.save(tmp_path / "model.keras")
+def test_predict_segment_in_one_go_equals_predict_then_segment(tmp_path, capsys,
+                                                               tiny_model_file):
     image = _write(tmp_path / "image.tif",
                    np.random.default_rng(0).integers(0, 256, (2, 32, 40), dtype=np.uint8))
-    common = ["--model", tmp_path / "model.keras", "--tile-size", "32", "--overlap", "8", "--tta",
+    common = ["--model", tiny_model_file, "--tile-size", "32", "--overlap", "8", "--tta",
               "1", "--quiet"]
     code, _, err = run_cli(["predict", image, "-o", tmp_path / "pred.tif", "--segment",
                             tmp_path / "seg.tif", "--set", "min_size=4"] + common, capsys)

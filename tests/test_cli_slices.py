@@ -1,6 +1,7 @@
 """``--slices`` on ``predict``, ``evaluate``, ``segment`` and ``tune-segment``."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,17 +11,16 @@ from fusionnet_tf.cli import main
 from fusionnet_tf.data import normalize, read_stack
 from fusionnet_tf.inference import Predictor
 from fusionnet_tf.metrics import isbi_scores, segmentation_scores_report
-from fusionnet_tf.models import build_fusionnet
 from fusionnet_tf.segmentation import default_params, segment
 
 SMALL = ["--tile-size", "32", "--overlap", "8", "--quiet", "--tta", "1", "--engine", "plain"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny saved FusionNet, a 4 x 32 x 40 stack, labels and a membrane map that differ per slice."""
+def files(tmp_path_factory, tiny_model_file):
+    """The tiny saved FusionNet, a 4 x 32 x 40 stack, labels and a membrane map that differ per slice."""
     root = tmp_path_factory.mktemp("slices")
-    build_fusionnet(base_filters=2, depth=2).save(root / "model.keras")
+    shutil.copy(tiny_model_file, root / "model.keras")
     rng = np.random.default_rng(0)
     tifffile.imwrite(root / "image.tif", rng.integers(0, 256, (4, 32, 40), dtype=np.uint8))
     labels = np.full((4, 32, 40), 255, np.uint8)  # ISBI: 0 = membrane

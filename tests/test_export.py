@@ -308,11 +308,11 @@ def test_cli_tensorrt_exits_nonzero_with_one_line(tmp_path, capsys):
 
 # === CLI ===
 @pytest.fixture(scope="module")
-def keras_file(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    (path.parent / "config.yaml").write_text("epochs: 1\n")
-    return path
+def keras_file(trained_run):
+    """The session's trained run: ``best.keras`` beside the run's ``config.yaml``."""
+    from pathlib import Path
+
+    return Path(trained_run[0].output_dir) / "best.keras"
 
 
 @pytest.mark.large
@@ -334,12 +334,13 @@ def test_cli_saved_model_adds_next_version(keras_file, model_base, capsys):
     assert code == 2 and "version 2 already exists" in capsys.readouterr().err
 
 
-def test_cli_onnx_export(keras_file, model, tmp_path, capsys):
+def test_cli_onnx_export(keras_file, tmp_path, capsys):
     code = main(["export", "--model", str(keras_file), "--format", "onnx",
                  "--output", str(tmp_path), "--name", "net"])
     assert code == 0 and (tmp_path / "net.onnx").is_file()
     assert (tmp_path / "net.model_card.json").is_file()
     x = np.random.default_rng(5).random((1, 32, 32, 1), dtype=np.float32)
+    model = keras.saving.load_model(keras_file, compile=False)
     np.testing.assert_allclose(OnnxRunner(tmp_path / "net.onnx")(x),
                                model(x, training=False).numpy(), atol=1e-5)
 

@@ -109,6 +109,7 @@ def test_saved_model_carries_offsets_and_loads_in_predictor(tiny3d, saved_model_
                                atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_rest_server_and_client_serve_the_3d_model(tiny3d, saved_model_dir):
     from fusionnet_tf.export.rest_client import ServingClient, ServingError
     from fusionnet_tf.export.server import ModelServer
@@ -167,6 +168,7 @@ def test_predict_cli_runs_the_exported_onnx_model(tiny3d, onnx_file, tmp_path):
 
 # === bioimage.io ===
 
+@pytest.mark.e2e
 def test_bioimageio_package_validates_with_zyx_axes_and_offset_channels(package):
     from bioimageio.spec import load_description
     from bioimageio.spec.model.v0_5 import ModelDescr
@@ -190,6 +192,7 @@ def test_bioimageio_package_validates_with_zyx_axes_and_offset_channels(package)
     assert test_input.ndim == 5 and test_output.shape == test_input.shape[:4] + (3,)
 
 
+@pytest.mark.e2e
 def test_bioimageio_package_carries_offsets_and_predicts(tiny3d, package):
     from fusionnet_tf.inference.backends.bioimageio_zip import load_package_model
     from fusionnet_tf.export.bioimageio3d import read_package_offsets

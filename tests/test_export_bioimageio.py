@@ -1,8 +1,8 @@
 """bioimage.io packages: export, metadata, validation, bioimageio.core's test, halo, predict.
 
-One tiny FusionNet (base 4, depth 2) is exported once with the CLI; the
-package, and the .keras/.onnx/.tflite files of the same model, are shared by
-the tests; a tiny U-Net is exported once (keras_v3 weights only) for the
+The session's tiny FusionNet (base 4, depth 2; tests/conftest.py) is exported
+once with the CLI; the package, and the .keras/.onnx/.tflite files of the same
+model, are shared by the tests; a tiny U-Net is exported once (keras_v3 weights only) for the
 metadata tests. bioimageio.core's own test (slow: it runs in a child process
 and reloads the model for every size it tries) is marked ``large``. No test
 touches the network: every httpx request of this process is recorded and
@@ -22,14 +22,12 @@ from keras import layers
 
 pytest.importorskip("bioimageio.spec")
 
-from fusionnet_tf import build_fusionnet, build_unet  # noqa: E402
+from fusionnet_tf import build_unet  # noqa: E402
 from fusionnet_tf.cli import main  # noqa: E402
 from fusionnet_tf.data import normalize, read_stack  # noqa: E402
 from fusionnet_tf.export import bioimageio as bio  # noqa: E402
-from fusionnet_tf.export.litert import export_litert  # noqa: E402
 from fusionnet_tf.export.model_card import (FUSIONNET_CITATION, UNET_CITATION,  # noqa: E402
                                             architecture_knobs, detect_architecture)
-from fusionnet_tf.export.onnx import export_onnx  # noqa: E402
 from fusionnet_tf.inference import Predictor  # noqa: E402
 from fusionnet_tf.inference.backends.onnx_runner import OnnxRunner  # noqa: E402
 from fusionnet_tf.pretrained import example_path  # noqa: E402
@@ -53,20 +51,16 @@ def no_network():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """The tiny model as .keras, .onnx, float32 .tflite and a bioimage.io package (CLI)."""
+def files(tmp_path_factory, tiny_model, tiny_model_file, tiny_onnx, tiny_tflite):
+    """The session's tiny model as .keras, .onnx, float32 .tflite and a bioimage.io package
+    (exported here with the CLI)."""
     folder = tmp_path_factory.mktemp("bioimageio")
-    keras.utils.set_random_seed(0)
-    model = build_fusionnet(base_filters=4, depth=2)
-    model.save(folder / "tiny.keras")
-    onnx_path = export_onnx(model, folder, "tiny")
-    tflite_path = export_litert(model, folder, "tiny")
     # no --name: the package is named after the model file, tiny.zip
-    code = main(["export", "--model", str(folder / "tiny.keras"), "--format", "bioimageio",
+    code = main(["export", "--model", str(tiny_model_file), "--format", "bioimageio",
                  "--output", str(folder / "packages"), "--no-bioimageio-test"])
     assert code == 0
-    return {"keras": folder / "tiny.keras", "onnx": onnx_path, "tflite": tflite_path,
-            "package": folder / "packages" / "tiny.zip", "model": model}
+    return {"keras": tiny_model_file, "onnx": tiny_onnx, "tflite": tiny_tflite,
+            "package": folder / "packages" / "tiny.zip", "model": tiny_model}
 
 
 def _member(package, name):

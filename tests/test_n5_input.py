@@ -45,12 +45,8 @@ def container(tmp_path_factory, volume):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from fusionnet_tf import build_fusionnet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=2, depth=1).save(path)
-    return path
+def model_path(tiny_model_file):
+    return tiny_model_file
 
 
 def test_open_n5_specs_read_z_y_x(container, volume):

@@ -209,15 +209,6 @@ def test_bad_input_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from fusionnet_tf import build_fusionnet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=2, depth=1).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def em_image(tmp_path_factory):
     path = tmp_path_factory.mktemp("em") / "em.ome.zarr"
     volume = (np.random.default_rng(1).random((2, 64, 96)) * 255).astype(np.uint8)
@@ -230,7 +221,8 @@ def run_cli(args, capsys):
     return code, capsys.readouterr().err
 
 
-def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_model, capsys):
+def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_model_file,
+                                                  capsys):
     plain = tmp_path / "plain.ome.zarr"
     zarr.open_group(str(plain), mode="w").create_array("0", shape=(2, 64, 64), dtype="u1")
     mine = tmp_path / "mine.ome.zarr"
@@ -238,7 +230,7 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
     (mine / "notes.txt").write_text("x")
     small_pred = tmp_path / "small_pred.zarr"
     zarr.open_array(str(small_pred), mode="w", shape=(2, 64, 64), dtype="f4")[...] = 0.5
-    model = ["--model", tiny_model, "--workers", "0", "--quiet"]
+    model = ["--model", tiny_model_file, "--workers", "0", "--quiet"]
     cases = [
         (["predict-volume", plain, tmp_path / "o1.ome.zarr"] + model, "no 'multiscales'"),
         (["predict-volume", em_image, tmp_path / "o2.ome.zarr", "--level", "5"] + model,
@@ -249,7 +241,7 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
         (["segment-volume", em_image, tmp_path / "o4.ome.zarr", "--voxel-size", "0,6,6",
           "--workers", "0"], "--voxel-size"),
         (["predict", em_image, "-o", tmp_path / "o5.ome.zarr", "--level", "2", "--model",
-          tiny_model], "--level 2"),
+          tiny_model_file], "--level 2"),
         (["segment", plain, "-o", tmp_path / "o6.ome.zarr"], "no 'multiscales'"),
         # block-wise labels into the image's labels/ group: the image's shape (2, 64, 96)
         (["segment-volume", small_pred, em_image / "labels" / "wrong", "--workers", "0"],
@@ -264,10 +256,11 @@ def test_cli_bad_input_one_line_exit_2_before_work(tmp_path, em_image, tiny_mode
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
-def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_model, capsys):
+def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_model_file,
+                                                   capsys):
     pred = tmp_path / "pred.ome.zarr"
     tiling = ["--tile-size", "64", "--overlap", "16", "--engine", "plain", "--quiet"]
-    code, err = run_cli(["predict", em_image, "-o", pred, "--model", tiny_model,
+    code, err = run_cli(["predict", em_image, "-o", pred, "--model", tiny_model_file,
                          "--pyramid-levels", "2"] + tiling, capsys)
     assert code == 0, err
     validate(pred, "0.5", "image")
@@ -278,7 +271,7 @@ def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_mode
 
     # block-wise prediction equals in-memory prediction, written into OUTPUT/0
     blockwise = tmp_path / "pred_bw.ome.zarr"
-    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model,
+    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model_file,
                          "--workers", "0", "--block", "64", "--pyramid-levels", "2",
                          "--ngff-version", "0.4"] + tiling, capsys)
     assert code == 0, err
@@ -286,7 +279,7 @@ def test_cli_predict_and_segment_volume_round_trip(tmp_path, em_image, tiny_mode
     np.testing.assert_allclose(oz.read_ome_zarr(blockwise, 0).array[...], stored.array[...],
                                atol=1e-5)
     # rerunning resumes (every block done) and keeps a valid image
-    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model,
+    code, err = run_cli(["predict-volume", em_image, blockwise, "--model", tiny_model_file,
                          "--workers", "0", "--block", "64", "--pyramid-levels", "2",
                          "--ngff-version", "0.4"] + tiling, capsys)
     assert code == 0 and "0 computed" in err, err

@@ -197,15 +197,6 @@ def test_faults_are_one_line_exit_2_before_tensorflow(tmp_path, inputs, poisoned
         assert "TiB of memory" in lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from fusionnet_tf.models import build_fusionnet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=2, depth=2).save(path)
-    return path
-
-
 def one_error_line(argv, capsys):
     code = main([str(arg) for arg in argv])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -221,9 +212,10 @@ def test_a_zip_that_is_no_keras_model_is_not_a_valid_model_file(tmp_path, inputs
     assert "bad.keras is not a valid Keras model file" in line
 
 
-def test_messages_name_the_options_typed(tmp_path, inputs, tiny_model, capsys):
+def test_messages_name_the_options_typed(tmp_path, inputs, tiny_model_file, capsys):
     line = one_error_line(["predict", inputs / "image.tif", "-o", tmp_path / "p.tif", "--model",
-                           tiny_model, "--tile-size", "30", "--overlap", "8", "--quiet"], capsys)
+                           tiny_model_file, "--tile-size", "30", "--overlap", "8", "--quiet"],
+                          capsys)
     assert "--tile-size" in line and "30" in line and "tile_shape" not in line
     for argv, option in ((["predict", inputs / "image.tif", "-o", tmp_path / "p.tif",
                            "--batch-size", "0"], "--batch-size"),

@@ -61,14 +61,16 @@ def test_blockwise_3d_equals_in_memory(tmp_path, volume, model_file, reference):
     assert again["blocks_skipped"] == again["blocks_total"]  # resumed: nothing left
 
 
+@pytest.mark.e2e
 def test_cli_predict_volume_3d_on_dask(tmp_path, volume, model_file, reference, capsys,
-                                       monkeypatch):
+                                       monkeypatch, dask_cluster):
     monkeypatch.setattr(cli, "COMMANDS", {"predict-volume": "fusionnet_tf.cli.predict_volume"})
     spec = write_zarr(tmp_path / "in.zarr", volume)
     out = tmp_path / "out.zarr"
     code = cli.main(["predict-volume", spec, str(out), "--model", str(model_file),
                      "--tile-size", "16", "--tile-z", "4", "--overlap-z", "2", "--overlap", "4",
-                     "--tta", "16", "--engine", "plain", "--block", "13", "--workers", "1",
+                     "--tta", "16", "--engine", "plain", "--block", "13", "--scheduler",
+                     dask_cluster.scheduler_address,
                      "--quiet"])
     assert code == 0, capsys.readouterr().err
     array = zarr.open_array(str(out), mode="r")
@@ -77,14 +79,11 @@ def test_cli_predict_volume_3d_on_dask(tmp_path, volume, model_file, reference, 
 
 
 def test_offsets_with_a_2d_model_and_unknown_offsets(tmp_path, volume, model_file, capsys,
-                                                     monkeypatch):
-    from fusionnet_tf.models import build_fusionnet
-
+                                                     monkeypatch, tiny_model_file):
     monkeypatch.setattr(cli, "COMMANDS", {"predict-volume": "fusionnet_tf.cli.predict_volume"})
     spec = write_zarr(tmp_path / "in.zarr", volume)
-    build_fusionnet(base_filters=2, depth=1).save(tmp_path / "membrane.keras")
     code = cli.main(["predict-volume", spec, str(tmp_path / "o.zarr"), "--model",
-                     str(tmp_path / "membrane.keras"), "--offsets", "[[-1,0,0]]", "--quiet"])
+                     str(tiny_model_file), "--offsets", "[[-1,0,0]]", "--quiet"])
     assert code == 2 and "--offsets applies to 3D affinity models" in capsys.readouterr().err
     bare = tmp_path / "bare.keras"
     bare.write_bytes(model_file.read_bytes())  # no sidecar

@@ -293,10 +293,11 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, membrane, pred, capsys):
 
 # ------------------------------------------------------------------ Dask
 
+@pytest.mark.e2e
 @pytest.mark.large
-def test_local_dask_cluster_of_two_workers_matches_in_process(tmp_path, pred):
+def test_dask_cluster_of_two_workers_matches_in_process(tmp_path, pred, dask_cluster):
     expected, _ = run(pred, tmp_path / "local.zarr")
-    labels, summary = run(pred, tmp_path / "dask.zarr", workers=2)
+    labels, summary = run(pred, tmp_path / "dask.zarr", scheduler=dask_cluster.scheduler_address)
     np.testing.assert_array_equal(labels, expected)
     assert summary["executor"].startswith("dask")
     assert sum(summary["blocks_per_worker"].values()) == 18

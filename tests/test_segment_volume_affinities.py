@@ -431,11 +431,12 @@ def test_cli_method_with_a_membrane_map_exits_2(tmp_path, voronoi_file, capsys):
 
 # ------------------------------------------------------------------ Dask
 
+@pytest.mark.e2e
 @pytest.mark.large
-def test_dask_worker_matches_in_process(tmp_path, voronoi_file):
+def test_dask_workers_match_in_process(tmp_path, voronoi_file, dask_cluster):
     spec, _ = voronoi_file
     expected, _ = run(spec, tmp_path / "local.zarr")
-    labels, summary = run(spec, tmp_path / "dask.zarr", workers=1)
+    labels, summary = run(spec, tmp_path / "dask.zarr", scheduler=dask_cluster.scheduler_address)
     np.testing.assert_array_equal(labels, expected)
     assert summary["executor"].startswith("dask")
     assert sum(summary["blocks_per_worker"].values()) == 18

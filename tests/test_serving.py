@@ -1,6 +1,6 @@
 """The local TF-Serving-compatible REST server and the REST client.
 
-One tiny exported model is served on a free port for the whole module.
+The session's tiny exported model is served on a free port for the whole module.
 """
 
 import base64
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ import tensorflow as tf
 from fusionnet_tf import build_fusionnet
 from fusionnet_tf.cli import build_parser
 from fusionnet_tf.export.rest_client import ServingClient, ServingError
-from fusionnet_tf.export.saved_model import export_plain_saved_model, export_saved_model
+from fusionnet_tf.export.saved_model import export_plain_saved_model
 from fusionnet_tf.export.server import ModelServer
 from fusionnet_tf.inference import Predictor
 
@@ -29,16 +30,14 @@ TILE, OVERLAP = 32, 8
 
 
 @pytest.fixture(scope="module")
-def model():
-    tf.keras.utils.set_random_seed(1)
-    return build_fusionnet(base_filters=4, depth=2)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(model, tmp_path_factory):
-    base = tmp_path_factory.mktemp("base")
-    export_saved_model(model, base, "membranes", tile_size=TILE, overlap=OVERLAP, batch_size=2)
-    return base / "membranes"
+def model_dir(tiny_serving_base):
+    """The session's ``.../membranes`` base (tiles of TILE, overlap OVERLAP, batch 2): read-only."""
+    return tiny_serving_base
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +311,10 @@ def test_internal_error_is_a_json_500_and_server_keeps_serving(server, monkeypat
     assert _request(server, "POST", "/v1/models/membranes:predict", {"inputs": GOOD})[0] == 200
 
 
-def test_versions_are_served_explicitly_and_latest_by_default(model, model_dir):
+def test_versions_are_served_explicitly_and_latest_by_default(model, model_dir, tmp_path):
+    import shutil
+
+    model_dir = Path(shutil.copytree(model_dir, tmp_path / "membranes"))  # the shared one stays
     other = build_fusionnet(base_filters=4, depth=2)  # different random weights
     export_plain_saved_model(other, model_dir / "2")  # only serving_default: tells them apart
     srv = ModelServer(model_dir, model_name="m2", port=0).start()

@@ -217,6 +217,7 @@ def test_cli_check_prints_resolved_config(stack_files, tmp_path, monkeypatch, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_train_help_is_fast_to_import():
     """The CLI module must not import TensorFlow at import time."""
     code = ("import sys, fusionnet_tf.cli.train; "

@@ -1,53 +1,22 @@
 """``train(config)`` end to end on a tiny synthetic stack: outputs, resume, precision."""
 
+import conftest
 import keras
 import numpy as np
 import pytest
-import tifffile
 import yaml
 
 from fusionnet_tf.training import callbacks as cb
 from fusionnet_tf.training.config import config_from_dict, load_config
 from fusionnet_tf.training.run import train
 
-STEPS = 3
-EPOCHS = 2
+STEPS, EPOCHS = conftest.TRAINING_STEPS, conftest.TRAINING_EPOCHS
+tiny_config = conftest.tiny_training_config
 
 
 @pytest.fixture(scope="module")
-def stack_files(tmp_path_factory):
-    """Synthetic EM-like stack: dark membrane lines on a bright, noisy background.
-
-    Labels use the ISBI convention (0 = membrane, 255 = cell interior).
-    """
-    folder = tmp_path_factory.mktemp("stack")
-    rng = np.random.default_rng(0)
-    membrane = np.zeros((4, 64, 64), bool)
-    for n in range(4):
-        for row in rng.choice(60, 3, replace=False):
-            membrane[n, row:row + 2, :] = True
-        for col in rng.choice(60, 3, replace=False):
-            membrane[n, :, col:col + 2] = True
-    image = np.where(membrane, 60, 190) + rng.normal(0, 12, membrane.shape)
-    tifffile.imwrite(folder / "img.tif", np.clip(image, 0, 255).astype(np.uint8))
-    tifffile.imwrite(folder / "lab.tif", np.where(membrane, 0, 255).astype(np.uint8))
-    return folder / "img.tif", folder / "lab.tif"
-
-
-def tiny_config(stack_files, output_dir, **top):
-    images, labels = stack_files
-    mapping = {
-        "model": {"base_filters": 4, "depth": 2, "residual_convs": 1},
-        "data": {"train_images": str(images), "train_labels": str(labels),
-                 "train_slices": "0-2", "val_slices": "3", "tile_size": 32,
-                 "val_tile_size": 32},
-        "augment": False,
-        "optimizer": {"learning_rate": 0.01},
-        "epochs": EPOCHS, "steps_per_epoch": STEPS, "batch_size": 4,
-        "backup_every_steps": 1, "output_dir": str(output_dir), "tensorboard": False,
-    }
-    mapping.update(top)
-    return config_from_dict(mapping)
+def stack_files(training_stack):
+    return training_stack
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -68,11 +37,9 @@ class Interrupt(keras.callbacks.Callback):
 
 
 @pytest.fixture(scope="module")
-def reference_run(stack_files, tmp_path_factory):
-    """One uninterrupted run, shared by the tests below."""
-    out = tmp_path_factory.mktemp("reference")
-    config = tiny_config(stack_files, out / "run")
-    return config, train(config, verbose=0)
+def reference_run(trained_run):
+    """The session's uninterrupted run (tests/conftest.py), shared by the tests below."""
+    return trained_run
 
 
 def test_run_lowers_loss_and_writes_outputs(reference_run):
@@ -196,16 +163,14 @@ def test_shipped_smoke_config_loads():
     assert config.model.base_filters == 4
 
 
-def test_isbi_callback_adds_scores_every_n_epochs():
-    from fusionnet_tf.models import build_fusionnet
-
+def test_isbi_callback_adds_scores_every_n_epochs(trained_run):
     rng = np.random.default_rng(0)
     labels = np.zeros((1, 64, 64), np.uint8)
     labels[:, 30:33, :] = 1
     images = np.where(labels, 0.1, 0.9).astype("float32") + rng.normal(0, 0.01, labels.shape)
     callback = cb.IsbiEvaluation(np.clip(images, 0, 1).astype("float32"), labels, every=2,
                                  tile_shape=32)
-    callback.set_model(build_fusionnet(base_filters=2, depth=1, residual_convs=1))
+    callback.set_model(trained_run[1].model)
     logs = {}
     callback.on_epoch_end(0, logs)
     assert np.isnan(logs["val_v_rand"]) and np.isnan(logs["val_v_info"])

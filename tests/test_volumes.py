@@ -41,12 +41,8 @@ def volume():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from fusionnet_tf import build_fusionnet
-
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_fusionnet(base_filters=4, depth=2).save(path)
-    return path
+def model_path(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture(scope="module")
@@ -495,6 +491,7 @@ def test_resume_refuses_other_settings_and_overwrite_restarts(tmp_path, volume, 
     assert zarr.open_array(spec, mode="r").shape == (1, 128, 200)  # input untouched
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_sigkill_mid_run_then_resume(tmp_path, volume, model_path, blockwise_run):
     """A real kill (SIGKILL) of the CLI after a few blocks; the rerun finishes the rest."""
@@ -693,16 +690,7 @@ def test_cli_help_states_defaults(capsys):
 
 # ----------------------------------------------------------------- Dask
 
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    import logging
-
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        yield cluster
-
-
+@pytest.mark.e2e
 @pytest.mark.large
 def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path, reference):
     spec = write_h5(tmp_path / "vol.h5", "raw", volume)
@@ -715,9 +703,11 @@ def test_local_cluster_two_workers_equal_in_memory(tmp_path, volume, model_path,
     assert summary["executor"].startswith("dask tcp://")
 
 
+@pytest.mark.e2e
 @pytest.mark.large
 def test_cli_scheduler_two_workers_then_resume(tmp_path, volume, model_path, reference,
-                                               cluster, capsys):
+                                               dask_cluster, capsys):
+    cluster = dask_cluster
     spec = write_zarr(tmp_path / "vol.zarr", volume)
     out = tmp_path / "out.zarr"
     command = ["predict-volume", spec, str(out), "--model", str(model_path),
