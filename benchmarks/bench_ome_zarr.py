@@ -2,21 +2,28 @@
 
 A synthetic uint32 segmentation (Z, Y, X) (default 64 x 2048 x 2048: cells of ~40 px
 with 1-px boundaries of id 0 between them, a new set of ids every 4 slices) is made
-block-wise on Dask and written from a local cluster of ``--workers`` processes:
+block-wise on Dask and written from a local cluster of ``--workers`` processes, in
+arms that alternate within each of ``--repeats`` rounds:
 
-- plain: one zarr v3 array, chunks (1, 1024, 1024);
-- ome: ``io.ome_zarr.write_ome_zarr`` (NGFF 0.5, or ``--ngff-version``): level 0
-  under ``OUT.ome.zarr/0`` block by block, each block's coarser levels by mode from
-  the block in memory while the blocks align with the factors, the remaining
-  levels (automatic, down to <= 256 px) from the last of those, then the metadata.
+- ``plain``: one zarr v3 array, chunks (1, 1024, 1024), by ``dask.array.store``
+  (zarr-python; its default codecs: bytes + zstd level 0);
+- ``ome_mode`` / ``ome_nearest``: ``io.ome_zarr.write_ome_zarr`` (NGFF 0.5, or
+  ``--ngff-version``) with labels downsampled by mode / nearest: level 0 under
+  ``OUT.ome.zarr/0`` block by block, each block's coarser levels from the block in
+  memory while the blocks align with the factors, the remaining levels (automatic,
+  down to <= 256 px) from the last of those, then the metadata; the same codecs;
+- ``plain_chunk_writer``: the plain array again, written by the same block writer
+  as OME-Zarr's level 0 (``io.zarr_chunks``, no pyramid): shows how much of the
+  difference is the writer rather than the pyramid.
 
 The segmentation is made once and kept in the workers' memory, so only the writes
-are timed; plain and OME-Zarr alternate ``--repeats`` times and the best of each
-counts. Prints one JSON line: the seconds of each, the overhead (ome / plain - 1; goal
-<= 0.20), the level shapes, the bytes on disk and the CPU. The goal is a
-benchmark, not a test.
+are timed. Prints one JSON line: per arm the median (and min) seconds and the median
+CPU seconds (workers + this process, user + system: steadier than seconds on a
+shared machine), the overhead of each OME arm (median seconds / plain median - 1;
+goal <= 0.20) and the same ratio of CPU seconds, the level shapes, the bytes on disk,
+other processes' CPU share and the CPU. The goal is a benchmark, not a test.
 
-    python benchmarks/bench_ome_zarr.py [--shape 64,2048,2048] [--workers 2]
+    python benchmarks/bench_ome_zarr.py [--shape 64,2048,2048] [--workers 2] [--repeats 5]
 """
 
 import argparse
@@ -69,15 +76,65 @@ def write_plain(path, data, chunks, client):
     da.store(data, target, lock=False, scheduler=client.get)
 
 
-def write_ome(path, data, chunks, client, version):
+def write_ome(path, data, chunks, client, version, method):
     """``io.ome_zarr.write_ome_zarr``: level 0 block by block, each block's coarser levels
     from memory, the rest (z halving under one-slice blocks) from the last of those."""
     from fusionnet_tf.io import ome_zarr
 
-    plan = ome_zarr.OutputPlan("labels", version, (30.0, 6.0, 6.0), command="bench")
+    plan = ome_zarr.OutputPlan("labels", version, (30.0, 6.0, 6.0), command="bench",
+                               label_method=method)
     ome_zarr.write_ome_zarr(path, data, plan, chunks=chunks, scheduler=client.scheduler.address)
+
+
+def level_shapes(path):
+    """The shapes of an OME-Zarr output's levels, from its metadata."""
+    from fusionnet_tf.io import ome_zarr
+
     return [tuple(ome_zarr.read_ome_zarr(path, level).array.shape)
             for level in range(len(ome_zarr.read_multiscale(path).datasets))]
+
+
+def write_plain_chunk_writer(path, data, chunks, client):
+    """The plain array written by OME-Zarr's block writer (``io.zarr_chunks``), no pyramid."""
+    import zarr
+
+    from fusionnet_tf.io import ome_zarr
+
+    zarr.open_array(str(path), mode="w", shape=data.shape, chunks=chunks, dtype="uint32",
+                    fill_value=0, zarr_format=3)
+    ome_zarr.store_blocks(data, path, scheduler=client.scheduler.address)
+
+
+def cpu_seconds(client):
+    """User + system CPU seconds so far of the workers and of this process."""
+    import psutil
+
+    def own():
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    return own() + sum(client.run(own).values())
+
+
+ARMS = ("plain", "ome_mode", "ome_nearest", "plain_chunk_writer")
+
+
+def run_arm(arm, scratch, data, chunks, client, version):
+    """Write one arm into ``scratch``; returns the path written."""
+    path = scratch / (f"{arm}.ome.zarr" if arm.startswith("ome") else f"{arm}.zarr")
+    if arm == "plain":
+        write_plain(path, data, chunks, client)
+    elif arm == "plain_chunk_writer":
+        write_plain_chunk_writer(path, data, chunks, client)
+    else:
+        write_ome(path, data, chunks, client, version, arm.split("_", 1)[1])
+    return path
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def main(argv=None):
@@ -85,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--shape", default="64,2048,2048", help="Z,Y,X (default 64,2048,2048)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ngff-version", default="0.5", choices=("0.4", "0.5"))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args(argv)
     import logging
@@ -104,28 +161,34 @@ def main(argv=None):
             # made once, kept in the workers' memory: the timings are of the writes only
             data = client.persist(segmentation(shape, chunks))
             distributed.wait(data)
-            plain, ome = [], []
-            for _ in range(args.repeats):  # alternating, the best of each
-                for name in ("plain.zarr", "seg.ome.zarr"):
-                    shutil.rmtree(scratch / name, ignore_errors=True)
-                start = time.perf_counter()
-                write_plain(scratch / "plain.zarr", data, chunks, client)
-                plain.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                shapes = write_ome(scratch / "seg.ome.zarr", data, chunks, client,
-                                   args.ngff_version)
-                ome.append(time.perf_counter() - start)
-            plain, ome = min(plain), min(ome)
+            seconds = {arm: [] for arm in ARMS}
+            cpu = {arm: [] for arm in ARMS}
+            shapes, sizes = None, {}
+            for _ in range(args.repeats):  # the arms alternate; medians of each
+                for arm in ARMS:
+                    for name in scratch.iterdir():
+                        shutil.rmtree(name, ignore_errors=True)
+                    used = cpu_seconds(client)
+                    start = time.perf_counter()
+                    path = run_arm(arm, scratch, data, chunks, client, args.ngff_version)
+                    seconds[arm].append(time.perf_counter() - start)
+                    cpu[arm].append(cpu_seconds(client) - used)
+                    shapes = level_shapes(path) if arm.startswith("ome") else shapes
+                    sizes[arm] = disk_bytes(scratch)
+        plain, plain_cpu = median(seconds["plain"]), median(cpu["plain"])
         result = {
             "benchmark": "ome_zarr_labels", "shape": list(shape), "dtype": "uint32",
             "chunks": list(chunks), "workers": args.workers, "ngff_version": args.ngff_version,
-            "plain_s": round(plain, 2), "ome_zarr_s": round(ome, 2),
-            "overhead": round(ome / plain - 1, 3), "goal_overhead": 0.20,
-            "levels": [list(s) for s in shapes],
-            "plain_bytes": disk_bytes(scratch / "plain.zarr"),
-            "ome_zarr_bytes": disk_bytes(scratch / "seg.ome.zarr"),
+            "repeats": args.repeats,
+            "seconds_median": {arm: round(median(v), 2) for arm, v in seconds.items()},
+            "seconds_min": {arm: round(min(v), 2) for arm, v in seconds.items()},
+            "cpu_seconds_median": {arm: round(median(v), 2) for arm, v in cpu.items()},
+            "overhead": {arm: round(median(seconds[arm]) / plain - 1, 3) for arm in ARMS[1:]},
+            "cpu_overhead": {arm: round(median(cpu[arm]) / plain_cpu - 1, 3)
+                             for arm in ARMS[1:]},
+            "goal_overhead": 0.20, "levels": [list(s) for s in shapes], "bytes": sizes,
             "foreign_cpu": round(meter(), 2), "cpu": cpu_description(),
-            "date": time.strftime("%Y-%m-%d"),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -176,6 +176,76 @@ def test_downsampling_functions_equal_loops_on_odd_shapes():
     assert oz.downsample_nearest(window, (1, 2, 2)).item() == 1
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64])
+def test_mode_fast_paths_equal_the_loop_reference(dtype):
+    """Whole-window blocks take the fast paths (x-neighbours compared as one wider integer
+    for items of <= 4 bytes, the 4-voxel sorting network, the row arithmetic for the
+    window starts); strided and odd blocks the general ones. All equal the loops."""
+    data = RNG.integers(0, 3, (4, 12, 16)).astype(dtype)  # few ids: many ties and mixes
+    for factors in ((1, 2, 2), (2, 2, 2), (1, 1, 2), (1, 2, 1), (2, 1, 2), (1, 3, 4)):
+        for block in (data, data[:, ::-1], data[:3, :11, :15]):
+            np.testing.assert_array_equal(oz.downsample_mode(block, factors),
+                                          reference_mode(block, factors),
+                                          err_msg=f"{factors} {block.shape}")
+
+
+def test_mode_of_every_two_by_two_window():
+    """All 4**4 windows of ids 1..4 (each id in each place, every tie): the mode, ties to
+    the smallest id, as the loop reference."""
+    import itertools
+
+    windows = np.array(list(itertools.product([1, 2, 3, 4], repeat=4)), np.uint32)
+    block = windows.reshape(1, -1, 2, 2).transpose(0, 2, 1, 3).reshape(1, 2, -1)
+    expected = reference_mode(block, (1, 2, 2))
+    np.testing.assert_array_equal(oz.downsample_mode(block, (1, 2, 2)), expected)
+    np.testing.assert_array_equal(oz.downsample_mode(block.astype(np.uint64), (1, 2, 2)),
+                                  expected)
+    # the window [1, 1, 2, 2] (a tie) gives 1; [2, 3, 3, 1] gives 3
+    assert expected[0, 0, int(np.flatnonzero((windows == [1, 1, 2, 2]).all(1))[0])] == 1
+    assert expected[0, 0, int(np.flatnonzero((windows == [2, 3, 3, 1]).all(1))[0])] == 3
+
+
+def test_coarse_levels_get_chunks_of_about_level_0s_size():
+    assert oz.coarse_chunks((32, 256, 256), (1, 1024, 1024)) == (16, 256, 256)
+    assert oz.coarse_chunks((3, 256, 256), (1, 1024, 1024)) == (3, 256, 256)  # all of z
+    assert oz.coarse_chunks((64, 1024, 1024), (1, 1024, 1024)) == (1, 1024, 1024)
+    assert oz.coarse_chunks((3, 8, 64, 64), (3, 1, 128, 128)) == (3, 4, 64, 64)  # c kept
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+def test_chunk_writer_writes_the_files_zarr_python_writes(tmp_path, version):
+    """io.zarr_chunks: the same chunk files, byte for byte, as zarr-python for whole-chunk
+    regions (edge chunks padded, an all-fill chunk removed); other regions through zarr."""
+    from fusionnet_tf.io.zarr_chunks import chunk_writer
+
+    options = oz.array_options(version, ("z", "y", "x"))
+    data = RNG.integers(1, 9, (3, 20, 27)).astype(np.uint32)
+    data[1, :8, 8:16] = 0  # one chunk of fill values only
+    arrays = {}
+    for name in ("zarr", "writer"):
+        arrays[name] = zarr.open_array(str(tmp_path / name), mode="w", shape=data.shape,
+                                       chunks=(1, 8, 8), dtype="uint32", fill_value=0,
+                                       **options)
+        arrays[name][...] = 7  # every chunk exists before the writes
+    arrays["zarr"][1:3, 0:16, 8:27] = data[1:3, 0:16, 8:27]
+    writer = chunk_writer(tmp_path / "writer")
+    assert writer.encoder is not None  # the default codecs take the fast path
+    writer.write((1, 0, 8), data[1:3, 0:16, 8:27])  # whole chunks, the x edge included
+
+    def files(name):
+        root = tmp_path / name
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")}
+
+    assert files("writer") == files("zarr")
+    assert len(files("writer")) == 3 * 3 * 4 - 1  # the all-fill chunk is not stored
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "writer"))[1:3, 0:16, 8:27],
+                                  data[1:3, 0:16, 8:27])
+    writer.write((0, 3, 5), data[0, 3:11, 5:9][None])  # not whole chunks: through zarr
+    arrays["zarr"][0:1, 3:11, 5:9] = data[0:1, 3:11, 5:9]
+    assert files("writer") == files("zarr")
+
+
 def test_pyramid_factors_keep_z_until_in_plane_voxels_catch_up():
     assert oz.pyramid_factors((64, 2048, 2048), (30, 6, 6), 5) == \
         [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]

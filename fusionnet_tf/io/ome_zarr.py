@@ -18,15 +18,21 @@ format 3 with ``dimension_names``):
   channel axis. Spatial axes carry the unit (``nanometer`` unless the input
   said otherwise) and a ``scale`` = voxel size x the level's downsampling,
   plus the ``translation`` of a coarse voxel's centre (none for ``nearest``).
-- The pyramid: ``mean`` for images, probabilities and affinities, ``mode``
+- The pyramid: ``mean`` for images, probabilities and affinities (summed
+  in float32 where that is exact or the data are float32), ``mode``
   (most frequent id in each window; ties go to the smallest id; vectorised:
-  strided views, a sorting network on the mixed windows, longest run) or
+  strided views, x-neighbours compared as one wider integer to find the
+  windows of one id, a sorting network on the mixed windows) or
   ``nearest`` (the window's first voxel) for labels. Each level-0 block
   writes the coarser levels it derives while it is in memory, as long as
   the block divides by the factors (``pyramid_layout``: one chunk per level
   per block, so blocks never share a chunk); the levels after that (e.g. z
   halving under one-slice blocks) are built by ``finish_output`` from the
-  last derived level, block-wise on Dask. In-plane
+  last derived level, block-wise on Dask, in chunks of about level 0's
+  size (``coarse_chunks``). Blocks store whole chunks with
+  ``io.zarr_chunks`` (the bytes zarr-python writes, without its ~2 ms of
+  CPU per call); the codecs are zarr-python's defaults, as for plain
+  outputs. In-plane
   axes halve at every level; ``z`` halves once the in-plane voxels have grown
   to at least half of it (``pyramid_factors``), so a 30 x 6 x 6 nm volume gets
   (1, 2, 2), (1, 2, 2), (2, 2, 2), ...
@@ -66,6 +72,7 @@ from fusionnet_tf.io.ngff import (DEFAULT_NGFF_VERSION, LABEL_METHODS, MIN_PYRAM
 from fusionnet_tf.io.outputs import (atomic_path, check_output_folder, check_output_path,
                                    default_permissions,
                                    replace_folder, zarr_attributes)
+from fusionnet_tf.io.zarr_chunks import chunk_writer
 
 ZARR_FORMAT = {"0.4": 2, "0.5": 3}
 KINDS = ("image", "probability", "labels", "affinities")
@@ -500,31 +507,44 @@ def level_shapes(shape, factors):
     return shapes
 
 
-def _windows(block, factors):
-    """``(windows, valid)``: block cut into windows, shape ``out_shape + (prod(factors),)``.
+def _mean_dtype(dtype):
+    """The accumulator of a window mean: float32 where its sums of up to 8 items are exact
+    (integers of at most 2 bytes) or the data are float32 already; float64 otherwise."""
+    dtype = np.dtype(dtype)
+    small = (dtype.kind in "biu" and dtype.itemsize <= 2) or dtype == np.float32
+    return np.float32 if small else np.float64
 
-    Edge windows are padded; ``valid`` marks the voxels that exist.
-    """
-    pad = [(0, (-n) % f) for n, f in zip(block.shape, factors)]
-    padded = np.pad(block, pad)
-    valid = np.pad(np.ones(block.shape, bool), pad)
-    out = tuple(n // f for n, f in zip(padded.shape, factors))
-    split = [v for pair in zip(out, factors) for v in pair]
-    order = tuple(range(0, 2 * len(out), 2)) + tuple(range(1, 2 * len(out), 2))
-    cut = (lambda a: a.reshape(split).transpose(order).reshape(out + (-1,)))
-    return cut(padded), cut(valid)
+
+def _mean_of_full_windows(block, factors, accumulator):
+    """Mean of each window of a block whose shape is a multiple of ``factors``: the sum of
+    the windows' strided views (no padding, no copy of the block), then one division."""
+    views = [block[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
+             for offset in np.ndindex(*factors)]
+    total = views[0].astype(accumulator)
+    for view in views[1:]:
+        total += view
+    total /= len(views)
+    return total
 
 
 def downsample_mean(block, factors):
     """Mean of each window (partial edge windows: of the voxels present); dtype kept.
 
-    Integers are rounded to the nearest value.
+    Integers are rounded to the nearest value. Summed in ``_mean_dtype`` (float32 for
+    images, probabilities and affinities), the full windows and each partial edge
+    separately.
     """
-    windows, valid = _windows(np.asarray(block), factors)
-    mean = (windows * valid).sum(-1, dtype=np.float64) / valid.sum(-1)
+    import itertools
+
+    block = np.asarray(block)
+    accumulator = _mean_dtype(block.dtype)
+    result = np.empty(tuple(-(-n // f) for n, f in zip(block.shape, factors)), accumulator)
+    for parts in itertools.product(*(_axis_parts(n, f) for n, f in zip(block.shape, factors))):
+        source, target, window = zip(*parts)
+        result[target] = _mean_of_full_windows(block[source], window, accumulator)
     if np.issubdtype(block.dtype, np.integer):
-        return np.rint(mean).astype(block.dtype)
-    return mean.astype(block.dtype)
+        return np.rint(result).astype(block.dtype)
+    return result.astype(block.dtype, copy=False)
 
 
 def _axis_parts(extent, factor):
@@ -562,31 +582,92 @@ def _longest_run(columns):
     return best
 
 
+def _mode_of_four(columns):
+    """Per position, the mode of 4 sorted columns ``s0 <= s1 <= s2 <= s3`` (ties: the
+    smallest): ``s1`` if ``s1 == s2`` (a run of 3+, or the middle pair), else ``s0`` if
+    it pairs with ``s1`` or no pair exists, else the pair ``s2 == s3``."""
+    s0, s1, s2, s3 = columns
+    return np.where(s1 == s2, s1, np.where((s0 == s1) | (s2 != s3), s0, s2))
+
+
+# optimal sorting network of 4 inputs (5 compare-exchanges)
+_NETWORK_4 = ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
+
+
+def _mode_of_columns(columns):
+    """Per position, the most frequent of ``w`` equal-length columns (ties: the smallest)."""
+    if len(columns) != 4:
+        return _longest_run(_sorted_columns(columns))
+    columns = list(columns)
+    for i, j in _NETWORK_4:
+        low = np.minimum(columns[i], columns[j])
+        columns[j] = np.maximum(columns[i], columns[j])
+        columns[i] = low
+    return _mode_of_four(columns)
+
+
+# a pair of neighbouring voxels along x read as one unsigned integer of twice the width
+_PAIR_DTYPES = {1: np.uint16, 2: np.uint32, 4: np.uint64}
+
+
+def _uniform_windows(block, factors, views):
+    """True for each window whose voxels all hold one value.
+
+    ``views`` are the window offsets' strided views (``np.ndindex`` order). With
+    x halving on a C-contiguous block of items of at most 4 bytes, two x-neighbours
+    are compared as one integer of twice the width: half the comparisons, each
+    over contiguous rows.
+    """
+    pair = _PAIR_DTYPES.get(block.dtype.itemsize)
+    if (factors[-1] == 2 and pair is not None and block.flags.c_contiguous
+            and block.shape[-1] % 2 == 0 and block.size):
+        words = block.view(pair)
+        rows = [words[tuple(slice(o, None, f) for o, f in zip(offset, factors[:-1]))]
+                for offset in np.ndindex(*factors[:-1])]
+        uniform = views[0] == views[1]  # the two halves of the first pair
+        for row in rows[1:]:
+            uniform &= rows[0] == row
+        return uniform
+    uniform = views[0] == views[1]
+    for view in views[2:]:
+        uniform &= views[0] == view
+    return uniform
+
+
+def _window_starts(mixed, out_shape, block, factors):
+    """Flat indices (into ``block``) of the first voxel of the windows ``mixed`` (flat
+    indices into the output of shape ``out_shape``)."""
+    width = out_shape[-1]
+    if len(factors) >= 2 and all(f == 1 for f in factors[:-2]):
+        rows, x = np.divmod(mixed, width)  # row = all axes but x, in output voxels
+        return rows * (factors[-2] * block.shape[-1]) + x * factors[-1]
+    coords = np.unravel_index(mixed, out_shape)
+    strides = np.cumprod((1,) + block.shape[:0:-1])[::-1]  # elements per step of each axis
+    return sum(c * (f * st) for c, f, st in zip(coords, factors, strides))
+
+
 def _mode_of_full_windows(block, factors):
     """Mode of each window of a block whose shape is a multiple of ``factors``.
 
     The window's ``w = prod(factors)`` voxels are strided views of the block
-    (no copy). Windows holding one id keep it; for the others the ``w``
-    voxels are gathered (``(w, n)`` columns), sorted by a sorting network and
-    the longest run of equal ids wins (ties: the smallest id).
+    (no copy). Windows holding one id keep it (``_uniform_windows``); for the
+    others the ``w`` voxels are gathered (``(w, n)`` columns) and the most
+    frequent id wins (``_mode_of_columns``; ties: the smallest id).
     """
+    block = np.asarray(block)
     views = [block[tuple(slice(o, None, f) for o, f in zip(offset, factors))]
              for offset in np.ndindex(*factors)]
     result = views[0].copy()
     if len(views) == 1:
         return result
-    uniform = views[0] == views[1]
-    for view in views[2:]:
-        uniform &= views[0] == view
-    mixed = np.flatnonzero(~uniform)
+    mixed = np.flatnonzero(~_uniform_windows(block, factors, views))
     if mixed.size:
-        coords = np.unravel_index(mixed, result.shape)
         flat = block.reshape(-1)
-        strides = np.cumprod((1,) + block.shape[:0:-1])[::-1]  # elements per step of each axis
-        base = sum(c * (f * st) for c, f, st in zip(coords, factors, strides))
+        base = _window_starts(mixed, result.shape, block, factors)
+        strides = np.cumprod((1,) + block.shape[:0:-1])[::-1]
         columns = [np.take(flat, base + int(np.dot(offset, strides)))
                    for offset in np.ndindex(*factors)]
-        result.reshape(-1)[mixed] = _longest_run(_sorted_columns(columns))
+        result.reshape(-1)[mixed] = _mode_of_columns(columns)
     return result
 
 
@@ -599,6 +680,8 @@ def downsample_mode(block, factors):
     import itertools
 
     block = np.asarray(block)
+    if all(n % f == 0 for n, f in zip(block.shape, factors)):
+        return _mode_of_full_windows(block, factors)
     result = np.empty(tuple(-(-n // f) for n, f in zip(block.shape, factors)), block.dtype)
     for parts in itertools.product(*(_axis_parts(n, f) for n, f in zip(block.shape, factors))):
         source, target, window = zip(*parts)
@@ -771,31 +854,6 @@ def prepare_pyramid(level0, shape, block_shape, dtype):
     return layout
 
 
-_OPEN_ARRAYS = {}
-
-
-def _open_for_blocks(path):
-    """The zarr array at ``path`` opened for writing, cached per process.
-
-    Opening a zarr 3 array costs ~10 ms (metadata read, async set-up): too
-    much per block. The cache key holds the metadata file's inode and
-    modification time, so an array replaced (``--overwrite``) is opened anew.
-    """
-    path = Path(path)
-    for name in ("zarr.json", ".zarray"):
-        try:
-            stat = (path / name).stat()
-        except OSError:
-            continue
-        key = (str(path.absolute()), stat.st_ino, stat.st_mtime_ns)
-        if key not in _OPEN_ARRAYS:
-            if len(_OPEN_ARRAYS) > 64:
-                _OPEN_ARRAYS.clear()
-            _OPEN_ARRAYS[key] = _import("zarr").open_array(str(path), mode="r+")
-        return _OPEN_ARRAYS[key]
-    return _import("zarr").open_array(str(path), mode="r+")  # raises: no array there
-
-
 def write_block_levels(level0, start, data):
     """Write the coarser levels of one level-0 block from its data in memory.
 
@@ -821,16 +879,15 @@ def write_block_levels(level0, start, data):
         step = layout["factors"][level - 1]
         data = function(data, step)
         start = tuple(s // f for s, f in zip(start, step))
-        target = _open_for_blocks(level0.parent / str(level))
-        target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+        chunk_writer(level0.parent / str(level)).write(start, data)
     return layout["cascade"]
 
 
 def write_block(level0, start, data):
-    """Write one block into level 0 and, from memory, into the levels it derives."""
+    """Write one block into level 0 and, from memory, into the levels it derives
+    (whole chunks by ``io.zarr_chunks``, the same bytes as zarr-python's)."""
     data = np.asarray(data)
-    target = _open_for_blocks(level0)
-    target[tuple(slice(s, s + n) for s, n in zip(start, data.shape))] = data
+    chunk_writer(level0).write(start, data)
     write_block_levels(level0, start, data)
 
 
@@ -1072,8 +1129,8 @@ def finish_output(path, scheduler=None, workers=1):
             source = zarr.open_array(str(path / str(level)), mode="r")
             continue
         shape = tuple(-(-n // f) for n, f in zip(source.shape, full))
-        target = _create_level(path / str(level), shape, base.chunks, base.dtype,
-                               plan.ngff_version, axes)
+        target = _create_level(path / str(level), shape, coarse_chunks(shape, base.chunks),
+                               base.dtype, plan.ngff_version, axes)
         downsample_level(source, target, full, function, scheduler, workers)
         done.mkdir(exist_ok=True)
         with atomic_path(marker) as tmp:
@@ -1084,6 +1141,25 @@ def finish_output(path, scheduler=None, workers=1):
     shutil.rmtree(done, ignore_errors=True)
     return [tuple(base.shape)] + [tuple(zarr.open_array(str(path / str(level)), mode="r").shape)
                                   for level in range(1, len(factors) + 1)]
+
+
+def coarse_chunks(shape, chunks):
+    """Chunks of a level built after the blocks (``finish_output``): level 0's chunks
+    clipped to the level, with z doubled while a chunk holds fewer voxels than level 0's.
+
+    E.g. level 0 chunks (1, 1024, 1024) give (16, 256, 256) at a 32 x 256 x 256 level:
+    a few chunks of about a megavoxel rather than a file (and a write) per 256 x 256
+    slice.
+
+    Args:
+        shape: the level's shape; chunks: level 0's chunks (same axes, z third last).
+    """
+    sizes = [min(int(c), int(n)) for c, n in zip(chunks, shape)]
+    wanted = math.prod(int(c) for c in chunks)
+    axis = len(sizes) - 3
+    while math.prod(sizes) < wanted and sizes[axis] < int(shape[axis]):
+        sizes[axis] = min(2 * sizes[axis], int(shape[axis]))
+    return tuple(sizes)
 
 
 def _cascaded_levels(path, factors, kind):
