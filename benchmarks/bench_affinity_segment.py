@@ -8,8 +8,17 @@ voxels per second, wall clock and CPU time (one core: run it under
 ``taskset -c 0`` with ``OMP_NUM_THREADS=1``; on a shared host the CPU-time
 figure is the fairer one).
 
-Example:
+With ``--pred`` it segments a predicted affinity file instead (``fusionnet
+predict``'s output for the same ``--sections``; offsets from its metadata),
+with the parameters of ``--params`` (e.g. the shipped
+``fusionnet_tf/weights/fusionnet3d_snemi3d.segment.json``): the speed on real
+affinities, which make more fragments and edges than degraded ground truth.
+
+Examples:
     python benchmarks/bench_affinity_segment.py --crop 512 --blur 1.0 --noise 0.1
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_affinity_segment.py \
+        --pred aff60-74.h5 --crop 1024 --methods agglomeration --repeats 2 \
+        --params fusionnet_tf/weights/fusionnet3d_snemi3d.segment.json
 """
 
 import argparse
@@ -56,6 +65,12 @@ def main():
     parser.add_argument("--methods", default="agglomeration,mws")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--pred", default=None, metavar="AFF",
+                        help="Predicted affinities of --sections (default: degraded ground truth).")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="Segmentation parameters to start from (default: AffinityParams()).")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="Runs per method; the fastest CPU time is reported (default: 1).")
     args = parser.parse_args()
 
     import tifffile
@@ -64,19 +79,36 @@ def main():
     from fusionnet_tf.segmentation.affinities import segment_affinities
     from fusionnet_tf.segmentation.affinity_params import AffinityParams
 
+    from fusionnet_tf.segmentation import load_params
+
     start, stop = (int(v) for v in args.sections.split(":"))
     labels = tifffile.imread(args.labels)[start:stop, :args.crop, :args.crop].astype(np.int64)
-    affs = degrade(affinities_from_labels(labels, DEFAULT_OFFSETS_3D), args.blur, args.noise)
+    if args.pred:
+        from fusionnet_tf.data.affinity_io import read_affinities
+
+        affs, offsets = read_affinities(args.pred)
+        affs = np.asarray(affs)[:, :, :args.crop, :args.crop]
+        if affs.shape[1:] != labels.shape:
+            raise SystemExit(f"--pred {args.pred}: {affs.shape[1:]} voxels, "
+                             f"--labels sections {args.sections} crop {args.crop}: {labels.shape}")
+    else:
+        offsets = DEFAULT_OFFSETS_3D
+        affs = degrade(affinities_from_labels(labels, offsets), args.blur, args.noise)
+    base = load_params(args.params, AffinityParams).to_dict() if args.params else {}
     overrides = {k: json.loads(v) if v[:1] not in "abcdefghijklmnopqrstuvwxyz" else v
                  for k, _, v in (item.partition("=") for item in args.set)}
     for method in args.methods.split(","):
-        params = AffinityParams(method=method, **overrides)
-        began, cpu = time.perf_counter(), time.process_time()
-        segments, max_id = segment_affinities(affs, DEFAULT_OFFSETS_3D, params, args.backend)
-        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+        params = AffinityParams(**{**base, "method": method, **overrides})
+        timings = []
+        for _ in range(max(1, args.repeats)):
+            began, cpu = time.perf_counter(), time.process_time()
+            segments, max_id = segment_affinities(affs, offsets, params, args.backend)
+            timings.append((time.process_time() - cpu, time.perf_counter() - began))
+        cpu, seconds = min(timings)
         scores = volume_scores(labels, segments)
-        print(json.dumps({"method": method, "shape": list(labels.shape), "blur": args.blur,
-                          "noise": args.noise, "segments": int(max_id),
+        print(json.dumps({"method": method, "shape": list(labels.shape), "pred": args.pred,
+                          "blur": None if args.pred else args.blur,
+                          "noise": None if args.pred else args.noise, "segments": int(max_id),
                           "backend": args.backend if method == "mws" else None,
                           "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                           "voxels_per_second": round(labels.size / seconds),
