@@ -119,6 +119,9 @@ def test_ground_truth_components_face_connectivity_by_hand():
     # diagonal contact between two voxels of ONE id does not join them
     diagonal = metrics.ground_truth_components(np.array([[[1, 0], [0, 1]]]))
     assert sorted(np.unique(diagonal).tolist()) == [0, 1, 2]
+    # nor does a z-diagonal contact (one section up, one voxel over): 30 nm sections join by faces
+    z_diagonal = metrics.ground_truth_components(np.array([[[1, 0]], [[0, 1]]]))
+    assert z_diagonal.tolist() == [[[1, 0]], [[0, 2]]]
 
 
 def test_a_perfect_segmentation_of_a_cut_out_scores_zero_only_against_its_pieces():
@@ -160,3 +163,34 @@ def test_cli_gt_components_needs_volume_and_affinities(tmp_path, capsys):
                  str(tmp_path / "p.json"), "--gt-components"])
     err = capsys.readouterr().err
     assert code == 2 and "--gt-components applies to affinity files" in err, err
+
+
+def test_cli_evaluate_volume_scores_only_the_selected_sections(tmp_path, capsys):
+    # sections 0-1 segmented perfectly; in sections 2-3 id 1 is split in two
+    gt = np.array([[[1, 1, 2, 2]]] * 4)
+    seg = np.array([[[7, 7, 8, 8]]] * 2 + [[[7, 9, 8, 8]]] * 2)
+    gt_path, seg_path = _write(tmp_path / "gt.tif", gt), _write(tmp_path / "seg.tif", seg)
+    only_seg = _write(tmp_path / "seg23.tif", seg[2:])
+    scores = {}
+    for name, spec, segments in (("all", None, seg_path), ("0-1", "0-1", seg_path),
+                                 ("2-3", "2-3", seg_path), ("2-3 only", "2-3", only_seg)):
+        extra = ["--slices", spec] if spec else []
+        assert main(["evaluate", "--labels", gt_path, "--seg", segments, "--volume",
+                     "--json"] + extra) == 0
+        scores[name] = json.loads(capsys.readouterr().out)
+    assert scores["0-1"]["adapted_rand_error"] == pytest.approx(0.0)
+    assert scores["0-1"]["slices"] == 2
+    # sections 2-3: n(1,7) = n(1,9) = 2, n(2,8) = 4; precision 24/24 = 1; recall
+    # (4 + 4 + 16) / (16 + 16) = 3/4; ARE = 1 - 2 * 3/4 / (1 + 3/4)
+    assert scores["2-3"]["adapted_rand_error"] == pytest.approx(1 - 1.5 / 1.75)
+    assert scores["2-3 only"] == scores["2-3"]
+    assert 0 < scores["all"]["adapted_rand_error"] < scores["2-3"]["adapted_rand_error"]
+
+
+def test_cli_evaluate_volume_refuses_sections_with_gaps(tmp_path, capsys):
+    gt = _write(tmp_path / "gt.tif", [[[1, 2]]] * 4)
+    seg = _write(tmp_path / "seg.tif", [[[1, 2]]] * 4)
+    code = main(["evaluate", "--labels", gt, "--seg", seg, "--volume", "--slices", "0,2-3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--slices 0,2-3" in err and "contiguous" in err, err
+    assert len(err.strip().splitlines()) == 1, err

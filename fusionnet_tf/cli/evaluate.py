@@ -90,8 +90,23 @@ def format_volume_table(scores, shape):
     return "\n".join(lines)
 
 
+def _refuse_gappy_volume(spec, count):
+    """3D scores need adjacent sections: refuse a ``--slices`` spec with gaps (e.g. 0,2,5-7)."""
+    if spec is None:
+        return
+    from fusionnet_tf.checks import parse_slices
+
+    index = list(parse_slices(spec, count, key="--slices"))
+    if any(b != a + 1 for a, b in zip(index, index[1:])):
+        raise ValueError(f"--slices {spec}: --volume scores one 3D block, give a contiguous "
+                         "range such as 60-74")
+
+
 def run_volume(args):
-    """``--volume``: whole-volume scores of --seg against ground-truth ids. Returns 0."""
+    """``--volume``: whole-volume scores of --seg against ground-truth ids (``--slices``: a
+    contiguous block of sections of both, or of the labels when --seg holds only those). Returns 0.
+    """
+    from fusionnet_tf.cli.slices import select_matching
     from fusionnet_tf.metrics import volume_scores
     from fusionnet_tf.segmentation.io import read_segments
 
@@ -102,6 +117,8 @@ def run_volume(args):
         raise ValueError(f"--volume needs a 3D stack; --labels {args.labels} has a single "
                          f"section {labels.shape} (score it without --volume)")
     segments = read_segments(args.seg, "--seg")
+    _refuse_gappy_volume(args.slices, len(labels))
+    labels, segments = select_matching(labels, segments, args.slices)
     _check_shapes(args, labels, segments, "--seg", args.seg)
     scores = volume_scores(scored_ground_truth(labels, args.gt_components), segments)
     scores["ground_truth"] = "components" if args.gt_components else "ids"
