@@ -3,6 +3,7 @@ field, JSON-schema validation (ngff-zarr's bundled NGFF schemas), ome_zarr's rea
 pyramids against a hand-computed reference, bad input, and CLI round trips."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -467,3 +468,234 @@ def test_napari_reader_reads_the_scale_units_and_labels(tmp_path, version):
         assert tuple(meta["units"]) == ("nanometer",) * 3
         assert tuple(meta["axis_labels"]) == ("z", "y", "x")
     assert "colormap" in layers[1][1]  # the image-label colours
+
+
+# ----------------------------------------------------------------- levels after the blocks
+
+def tail_sources(monkeypatch):
+    """Record, per chunk of a level built after the blocks, its target level and whether
+    its data were read from disk (a str source) rather than passed in memory."""
+    calls = []
+    original = oz._region_data
+
+    def spy(region, sources):
+        calls.append(any(isinstance(data, str) for _, _, data in sources))
+        return original(region, sources)
+
+    monkeypatch.setattr(oz, "_region_data", spy)
+    return calls
+
+
+def expected_levels(data, kind, factors):
+    reference = reference_mode if kind == "labels" else reference_mean
+    levels = [data]
+    for step in factors:
+        levels.append(reference(levels[-1], step))
+    return levels
+
+
+def chunk_files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")}
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+@pytest.mark.parametrize("kind", ["labels", "image"])
+def test_levels_after_the_blocks_come_from_memory_with_zarr_pythons_bytes(
+        tmp_path, monkeypatch, version, kind):
+    """One-slice Dask blocks derive levels 1-2; levels 3-4 (z halves) are built from the
+    blocks' level-2 tiles in memory (never read back), in chunks of about level 0's size
+    assembled from many tiles (edge windows included). Every level equals the loop
+    reference, and its chunk files are the bytes zarr-python writes for that array."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(3)
+    shape = (9, 70, 66)
+    data = rng.integers(0, 4, shape).astype(np.uint32) if kind == "labels" else \
+        (rng.random(shape) * 255).astype(np.uint8)
+    calls = tail_sources(monkeypatch)
+    path = tmp_path / "out.ome.zarr"
+    plan = oz.OutputPlan(kind, version, VOXEL, levels=5)
+    oz.write_ome_zarr(path, da.from_array(data, chunks=(1, 8, 8)), plan, chunks=(1, 8, 8))
+    factors = oz.pyramid_factors(shape, VOXEL, 5)
+    assert factors == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    assert oz.zarr_attributes(path)[oz.PYRAMID_LAYOUT]["cascade"] == 2
+    shapes = oz.level_shapes(shape, factors)
+    chunks = {3: oz.coarse_chunks(shapes[3], (1, 8, 8)), 4: oz.coarse_chunks(shapes[4], (1, 8, 8))}
+    assert chunks == {3: (1, 8, 8), 4: (3, 5, 5)}
+    # 20 chunks of level 3 and 1 of level 4, all from memory
+    assert len(calls) == 5 * 2 * 2 + 1 and not any(calls)
+    assert not (path / oz.PYRAMID_DONE).exists()
+    options = oz.array_options(version, ("z", "y", "x"))
+    for level, expected in enumerate(expected_levels(data, kind, factors)):
+        stored = zarr.open_array(str(path / str(level)), mode="r")
+        np.testing.assert_array_equal(stored[...], expected, err_msg=f"level {level}")
+        reference = zarr.open_array(str(tmp_path / "zarr" / str(level)), mode="w",
+                                    shape=expected.shape, chunks=stored.chunks,
+                                    dtype=expected.dtype, fill_value=0, **options)
+        reference[...] = expected
+        if level in chunks:
+            assert stored.chunks == chunks[level]
+        assert chunk_files(path / str(level)) == chunk_files(tmp_path / "zarr" / str(level)), \
+            f"level {level}"
+    validate(path, version, "label" if kind == "labels" else "image")
+
+
+def blockwise_labels(tmp_path, labels, block_shape, levels):
+    """A block-wise labels output (every block written and done), not finished."""
+    from fusionnet_tf.segmentation.blockwise import create_label_array
+    from fusionnet_tf.volumes import storage
+    from fusionnet_tf.volumes.geometry import block_grid
+
+    path = tmp_path / "seg.ome.zarr"
+    plan = oz.OutputPlan("labels", "0.5", VOXEL, levels=levels, command="segment-volume")
+    level0 = oz.start_output(path, plan)
+    create_label_array(level0, labels.shape, block_shape, "uint32")
+    for block in block_grid(labels.shape, block_shape):
+        storage.write_block(level0, block,
+                            labels[slice(*block.z), slice(*block.y), slice(*block.x)])
+        storage.mark_done(level0, block, {})
+    return path
+
+
+def test_finish_output_resumes_after_a_kill_in_the_levels_after_the_blocks(tmp_path,
+                                                                           monkeypatch):
+    """Block-wise output: level 3 is read once from level 2 on disk, level 4 from level 3's
+    chunks in memory. A kill half way through them leaves no metadata and no done-marker;
+    the next run builds them again; a level marked done is kept and only the levels after
+    it are built (from it, on disk)."""
+    labels = RNG.integers(0, 5, (8, 64, 60)).astype(np.uint32)
+    path = blockwise_labels(tmp_path, labels, (1, 8, 8), levels=5)
+    factors = oz.pyramid_factors(labels.shape, VOXEL, 5)
+    expected = expected_levels(labels, "labels", factors)
+    original, made = oz.tail_chunk, []
+
+    def killed(target, *args):
+        if len(made) == 3:
+            raise KeyboardInterrupt("killed")
+        made.append(target)
+        return original(target, *args)
+
+    monkeypatch.setattr(oz, "tail_chunk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        oz.finish_output(path)
+    assert not oz.is_ome_zarr(path)
+    assert not list((path / oz.PYRAMID_DONE).glob("*.json"))
+    monkeypatch.setattr(oz, "tail_chunk", original)
+    calls = tail_sources(monkeypatch)
+    assert oz.finish_output(path) == [tuple(e.shape) for e in expected]
+    assert calls == [True] * 4 + [False]  # level 3 (4 chunks) from disk, level 4 in memory
+    for level, array in enumerate(expected):
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], array,
+                                      err_msg=f"level {level}")
+    validate(path, "0.5", "label")
+
+    # a run killed after level 3 was done: level 4 only, from level 3 on disk
+    (path / oz.PYRAMID_DONE).mkdir()
+    (path / oz.PYRAMID_DONE / "3.json").write_text("{}")
+    level3 = chunk_files(path / "3")
+    for chunk in (path / "4").rglob("c/*"):
+        if chunk.is_file():
+            chunk.unlink()
+    calls.clear()
+    oz.finish_output(path)
+    assert calls == [True]
+    assert chunk_files(path / "3") == level3
+    np.testing.assert_array_equal(oz.read_ome_zarr(path, 4).array[...], expected[4])
+
+
+def test_write_ome_zarr_killed_in_the_levels_after_the_blocks_leaves_nothing(tmp_path,
+                                                                           monkeypatch):
+    da = pytest.importorskip("dask.array")
+    labels = RNG.integers(0, 5, (4, 32, 32)).astype(np.uint32)
+    path = tmp_path / "seg.ome.zarr"
+    plan = oz.OutputPlan("labels", "0.4", VOXEL, levels=4)
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(oz, "tail_chunk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        oz.write_ome_zarr(path, da.from_array(labels, chunks=(1, 16, 16)), plan,
+                          chunks=(1, 16, 16))
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary folder
+    monkeypatch.undo()
+    oz.write_ome_zarr(path, da.from_array(labels, chunks=(1, 16, 16)), plan,
+                      chunks=(1, 16, 16))
+    for level, array in enumerate(expected_levels(labels, "labels",
+                                                  oz.pyramid_factors(labels.shape, VOXEL, 4))):
+        np.testing.assert_array_equal(oz.read_ome_zarr(path, level).array[...], array)
+
+
+# ----------------------------------------------------------------- metadata in one write
+
+def group_files(path):
+    return {name: (path / name).read_bytes() for name in ("zarr.json", ".zattrs", ".zgroup")
+            if (path / name).is_file()}
+
+
+def strip_ngff(path, version):
+    """Reset a group's attributes to what they were before its NGFF metadata."""
+    group = zarr.open_group(str(path), mode="a", zarr_format=oz.ZARR_FORMAT[version])
+    group.attrs.put({k: v for k, v in group.attrs.asdict().items()
+                     if k in (oz.MARKER, oz.PYRAMID_LAYOUT)})
+
+
+def legacy_metadata(path, plan, factors, max_id):
+    """ome_zarr.writer's calls straight on the group on disk (each rewrites the file)."""
+    from ome_zarr import writer
+
+    fmt = oz._format(plan.ngff_version)
+    group = zarr.open_group(str(path), mode="a", zarr_format=oz.ZARR_FORMAT[plan.ngff_version])
+    axes = [{"name": n, "type": "space", "unit": plan.unit} for n in "zyx"]
+    writer.write_multiscales_metadata(group, oz._datasets(plan.kind, plan.voxel_size, factors,
+                                                          plan.label_method),
+                                      fmt=fmt, axes=axes, name=plan.name)
+    if plan.kind == "labels":
+        label = {"colors": oz.label_colours(max_id), "version": plan.ngff_version}
+        if oz.parent_image(path) is not None:
+            label["source"] = {"image": "../../"}
+        writer.add_metadata(group, {"image-label": label}, fmt=fmt)
+
+
+@pytest.mark.parametrize("version", oz.NGFF_VERSIONS)
+@pytest.mark.parametrize("under_image", [False, True])
+def test_metadata_are_written_once_and_equal_ome_zarr_writers(tmp_path, monkeypatch, version,
+                                                              under_image):
+    import shutil
+
+    labels = RNG.integers(0, 5000, (3, 20, 27)).astype(np.uint32)  # > MAX_COLOURS ids
+    root = tmp_path / "em.ome.zarr"
+    if under_image:
+        oz.write_ome_zarr(root, IMAGE, oz.OutputPlan("image", version, VOXEL, levels=2))
+        path = root / "labels" / "cells"
+    else:
+        path = root
+    plan = oz.OutputPlan("labels", version, VOXEL, levels=3, name="cells")
+    oz.write_ome_zarr(path, labels, plan)
+    written = group_files(path)
+    assert len(ngff(path)["image-label"]["colors"]) == oz.MAX_COLOURS + 1
+    factors = oz.pyramid_factors(labels.shape, VOXEL, 3)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(root, legacy)
+    legacy_path = legacy / path.relative_to(root)
+    strip_ngff(legacy_path, version)
+    again = tmp_path / "again"
+    shutil.copytree(legacy, again)
+    again_path = again / path.relative_to(root)
+    legacy_metadata(legacy_path, plan, factors, oz.MAX_COLOURS)
+    assert group_files(legacy_path) == written  # the same bytes as the writer's own calls
+
+    import zarr.storage
+
+    writes, original = [], zarr.storage.LocalStore.set
+
+    async def counting(self, key, value):
+        writes.append((str(self.root), key))
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", counting)
+    oz.write_metadata(again_path, plan, factors, oz.MAX_COLOURS)
+    mine = [key for root_, key in writes if Path(root_) == again_path.absolute()]
+    # one update of the group's metadata (zarr 2 rewrites .zgroup with .zattrs)
+    assert sorted(mine) == {"0.4": [".zattrs", ".zgroup"], "0.5": ["zarr.json"]}[version]
+    assert group_files(again_path) == written

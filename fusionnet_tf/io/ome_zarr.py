@@ -27,13 +27,17 @@ format 3 with ``dimension_names``):
   writes the coarser levels it derives while it is in memory, as long as
   the block divides by the factors (``pyramid_layout``: one chunk per level
   per block, so blocks never share a chunk); the levels after that (e.g. z
-  halving under one-slice blocks) are built by ``finish_output`` from the
-  last derived level, block-wise on Dask, in chunks of about level 0's
-  size (``coarse_chunks``). Blocks store whole chunks with
-  ``io.zarr_chunks`` (the bytes zarr-python writes, without its ~2 ms of
-  CPU per call); the codecs are zarr-python's defaults, as for plain
-  outputs. In-plane
-  axes halve at every level; ``z`` halves once the in-plane voxels have grown
+  halving under one-slice blocks: the *tail*, ``plan_tail``) are built in
+  chunks of about level 0's size (``coarse_chunks``), each chunk from the
+  region of the level before it covers (``tail_tasks``): by
+  ``write_ome_zarr`` from the blocks' coarsest levels in memory, in the
+  same Dask computation as the blocks (nothing is read back); by
+  ``finish_output`` (block-wise commands, resumable) from the last level on
+  disk, read once, the coarser tail levels again in memory. Blocks (and
+  tail chunks) store whole chunks with ``io.zarr_chunks`` (the bytes
+  zarr-python writes, without its ~2 ms of CPU per call); the codecs are
+  zarr-python's defaults, as for plain outputs. In-plane axes halve at
+  every level; ``z`` halves once the in-plane voxels have grown
   to at least half of it (``pyramid_factors``), so a 30 x 6 x 6 nm volume gets
   (1, 2, 2), (1, 2, 2), (2, 2, 2), ...
 - Labels are an NGFF *image-label* (``image-label`` metadata with a colour per
@@ -42,7 +46,8 @@ format 3 with ``dimension_names``):
   existing image's ``labels/`` group when the output path is
   ``IMAGE.ome.zarr/labels/NAME`` (NAME is added to ``labels/``' list).
 - Metadata are written by ``ome_zarr.writer`` (``write_multiscales_metadata``,
-  ``add_metadata``), not by hand.
+  ``add_metadata``), not by hand, into a copy of the group in memory, then
+  stored in one write (``write_metadata``).
 
 Every output carries the attribute ``MARKER`` (``{"command", "kind", ...}``)
 at its root; only a folder with the marker of the same command may be resumed
@@ -52,7 +57,8 @@ output is never mistaken for a finished image. Block-wise commands write level
 resume): ``prepare_pyramid`` creates the derived levels before level 0, and a
 block's done-marker follows its level-0 data and its derived levels, so a
 killed block is redone whole. :func:`finish_output` then builds the remaining
-levels (a done-marker per level) and writes the metadata. In-memory writes
+levels (a done-marker per level once all of them are stored; a killed run
+builds them again from the first level without one) and writes the metadata. In-memory writes
 (:func:`write_ome_zarr`) go to a temporary folder that is renamed when
 complete.
 """
@@ -702,10 +708,6 @@ def downsampler(kind, label_method="mode"):
     return downsample_mode if label_method == "mode" else downsample_nearest
 
 
-def _downsample_block(block, factors, function):
-    return function(block, factors)
-
-
 # ------------------------------------------------------------------ writing
 
 def array_options(version, axes):
@@ -854,51 +856,79 @@ def prepare_pyramid(level0, shape, block_shape, dtype):
     return layout
 
 
-def write_block_levels(level0, start, data):
+def write_block_levels(level0, start, data, keep=False):
     """Write the coarser levels of one level-0 block from its data in memory.
 
     Args:
         level0: path of level 0 (``OUTPUT/0``); any other path: nothing to do.
         start: the block's first voxel, all axes.
         data: the block as written to level 0 (all axes).
+        keep: return the block's coarsest level written (level 0's data when
+            none is) instead of the number of levels.
 
     Returns:
-        number of levels written (0 without a ``prepare_pyramid`` layout).
+        number of levels written (0 without a ``prepare_pyramid`` layout), or
+        with ``keep`` the coarsest one's array.
     """
     level0 = Path(level0)
+    data = np.asarray(data)
     if level0.name != "0":
-        return 0
+        return data if keep else 0
     attributes = zarr_attributes(level0.parent)
     layout, marker = attributes.get(PYRAMID_LAYOUT), attributes.get(MARKER)
     if not isinstance(layout, dict) or not layout.get("cascade"):
-        return 0
+        return data if keep else 0
     plan = OutputPlan.from_marker(marker)
     function = downsampler(plan.kind, plan.label_method)
-    data, start = np.asarray(data), tuple(int(s) for s in start)
+    start = tuple(int(s) for s in start)
     for level in range(1, layout["cascade"] + 1):
         step = layout["factors"][level - 1]
         data = function(data, step)
         start = tuple(s // f for s, f in zip(start, step))
         chunk_writer(level0.parent / str(level)).write(start, data)
-    return layout["cascade"]
+    return data if keep else layout["cascade"]
 
 
-def write_block(level0, start, data):
+def write_block(level0, start, data, keep=False):
     """Write one block into level 0 and, from memory, into the levels it derives
-    (whole chunks by ``io.zarr_chunks``, the same bytes as zarr-python's)."""
+    (whole chunks by ``io.zarr_chunks``, the same bytes as zarr-python's).
+
+    Returns:
+        with ``keep``, the block's coarsest level written (for ``tail_tasks``);
+        else None.
+    """
     data = np.asarray(data)
     chunk_writer(level0).write(start, data)
-    write_block_levels(level0, start, data)
+    coarsest = write_block_levels(level0, start, data, keep=keep)
+    return coarsest if keep else None
 
 
-def store_blocks(data, level0, scheduler=None, workers=1):
+def _block_pieces(level0, starts, shapes):
+    """Where each block's coarsest written level lands: ``(start, stop)`` per block at
+    the level ``PYRAMID_LAYOUT``'s ``cascade`` (level 0 without a layout)."""
+    layout = zarr_attributes(Path(level0).parent).get(PYRAMID_LAYOUT)
+    steps = layout["factors"][:layout["cascade"]] if isinstance(layout, dict) else []
+    regions = []
+    for start, shape in zip(starts, shapes):
+        stop = tuple(s + n for s, n in zip(start, shape))
+        for step in steps:
+            start = tuple(s // f for s, f in zip(start, step))
+            stop = tuple(-(-e // f) for e, f in zip(stop, step))
+        regions.append((start, stop))
+    return regions
+
+
+def store_blocks(data, level0, scheduler=None, workers=1, tail=None, function=None):
     """Write ``data`` into the level-0 array block by block on Dask, each block with the
     coarser levels it derives in memory (``prepare_pyramid``'s block shape; else the
-    chunks).
+    chunks), and, given a ``tail``, the levels after those from the blocks' coarsest
+    levels in memory (``tail_tasks``; nothing is read back), in one Dask computation.
 
     Args:
         data: NumPy or Dask array of level 0's shape.
         level0: path of the (created) level-0 array.
+        tail: ``plan_tail``'s dict whose arrays exist (``create_tail``), or None.
+        function: the tail's window function (``downsampler``).
     """
     da = _import("dask.array")
     dask = _import("dask")
@@ -907,26 +937,18 @@ def store_blocks(data, level0, scheduler=None, workers=1):
         _import("zarr").open_array(str(level0), mode="r").chunks
     data = data.rechunk(blocks) if hasattr(data, "dask") else da.from_array(data, chunks=blocks)
     starts = [np.cumsum((0,) + axis[:-1]) for axis in data.chunks]
-    tasks = [dask.delayed(write_block)(str(level0), tuple(int(s[i]) for s, i in
-                                                         zip(starts, index)), block)
-             for index, block in zip(np.ndindex(*data.numblocks), data.to_delayed().ravel())]
+    keep = bool(tail and tail["levels"])
+    block_starts = [tuple(int(s[i]) for s, i in zip(starts, index))
+                    for index in np.ndindex(*data.numblocks)]
+    tasks = [dask.delayed(write_block)(str(level0), start, block, keep)
+             for start, block in zip(block_starts, data.to_delayed().ravel())]
+    if keep:
+        shapes = [tuple(axis[i] for axis, i in zip(data.chunks, index))
+                  for index in np.ndindex(*data.numblocks)]
+        pieces = [(s, e, task) for (s, e), task in
+                  zip(_block_pieces(level0, block_starts, shapes), tasks)]
+        tasks = tail_tasks(Path(level0).parent, tail, pieces, function)
     _compute(lambda kw: dask.compute(*tasks, **kw), scheduler, workers)
-
-
-def downsample_level(source, target, factors, function, scheduler=None, workers=1):
-    """Write ``target`` = ``source`` downsampled window-wise by ``factors``, block by block.
-
-    Each Dask task reads ``target.chunks * factors`` voxels of ``source`` and
-    writes one chunk of ``target`` (no two tasks write the same chunk).
-    """
-    da = _import("dask.array")
-    chunks = tuple(c * f for c, f in zip(target.chunks, factors))
-    src = da.from_zarr(source, chunks=chunks)
-    out_chunks = tuple(tuple(-(-n // f) for n in axis) for axis, f in zip(src.chunks, factors))
-    result = src.map_blocks(_downsample_block, factors, function, dtype=source.dtype,
-                            chunks=out_chunks)
-    _compute(lambda kw: da.store(result, target, lock=False, compute=True, **kw),
-             scheduler, workers)
 
 
 def _datasets(kind, voxel_size, factors, label_method):
@@ -1106,7 +1128,10 @@ def finish_output(path, scheduler=None, workers=1):
 
     Levels the blocks wrote with level 0 (``PYRAMID_LAYOUT``'s ``cascade``)
     and levels already built (done-marker in ``PATH/.fusionnet-pyramid``) are
-    kept; the others are built from the level before; the ``multiscales`` (and ``image-label``) metadata are written last.
+    kept; from the first level that is neither, every level is built
+    (``build_tail``: each chunk from the finer level's region, read once from
+    disk, the coarser levels from the chunks in memory); the ``multiscales``
+    (and ``image-label``) metadata are written last, once.
 
     Returns:
         list of the level shapes.
@@ -1115,32 +1140,159 @@ def finish_output(path, scheduler=None, workers=1):
     plan = OutputPlan.from_marker(zarr_attributes(path)[MARKER])
     zarr = _import("zarr")
     base = zarr.open_array(str(path / "0"), mode="r")
-    spatial = tuple(base.shape[-3:])
-    factors = pyramid_factors(spatial, plan.voxel_size, plan.levels)
-    function = downsampler(plan.kind, plan.label_method)
-    axes = axes_for(plan.kind)
-    done = path / PYRAMID_DONE
-    source = base
-    cascade = _cascaded_levels(path, factors, plan.kind)
-    for level, step in enumerate(factors, start=1):
-        marker = done / f"{level}.json"
-        full = _spatial_factors(plan.kind, step)
-        if level <= cascade or marker.is_file():  # written with the blocks, or built earlier
-            source = zarr.open_array(str(path / str(level)), mode="r")
-            continue
-        shape = tuple(-(-n // f) for n, f in zip(source.shape, full))
-        target = _create_level(path / str(level), shape, coarse_chunks(shape, base.chunks),
-                               base.dtype, plan.ngff_version, axes)
-        downsample_level(source, target, full, function, scheduler, workers)
-        done.mkdir(exist_ok=True)
-        with atomic_path(marker) as tmp:
-            tmp.write_text(json.dumps({"level": level, "factors": list(full)}))
-        source = target
+    factors = pyramid_factors(tuple(base.shape[-3:]), plan.voxel_size, plan.levels)
+    tail = plan_tail(path, base.shape, base.chunks, factors, plan.kind)
+    if tail["levels"]:
+        create_tail(path, tail, base.dtype, plan)
+        source = tail["levels"][0] - 1
+        reader = str(path / str(source))
+        tasks = tail_tasks(path, tail, [(tuple(0 for _ in base.shape),
+                                         tuple(tail["shapes"][0]), reader)],
+                           downsampler(plan.kind, plan.label_method))
+        _compute(lambda kw: _import("dask").compute(*tasks, **kw), scheduler, workers)
+        mark_tail_done(path, tail)
     max_id = _max_label(path, len(factors)) if plan.kind == "labels" else 0
     write_metadata(path, plan, factors, max_id)
-    shutil.rmtree(done, ignore_errors=True)
+    shutil.rmtree(path / PYRAMID_DONE, ignore_errors=True)
     return [tuple(base.shape)] + [tuple(zarr.open_array(str(path / str(level)), mode="r").shape)
                                   for level in range(1, len(factors) + 1)]
+
+
+def plan_tail(path, shape, chunks, factors, kind):
+    """The levels still to build after the blocks: from the first level that the blocks did
+    not write (``PYRAMID_LAYOUT``'s ``cascade``) and that has no done-marker, to the last.
+
+    Args:
+        path: the output group; shape, chunks: level 0's (all axes).
+        factors: ``pyramid_factors`` (spatial).
+
+    Returns:
+        dict: ``levels`` (numbers, ascending; empty when all exist), ``shapes``
+        (level ``levels[0] - 1`` first, then one per level), ``chunks`` (one per
+        level, ``coarse_chunks``) and ``factors`` (one per level, all axes).
+    """
+    full = [_spatial_factors(kind, f) for f in factors]
+    shapes = level_shapes(tuple(int(n) for n in shape), full)
+    cascade = _cascaded_levels(path, factors, kind)
+    first = cascade + 1
+    while first <= len(full) and (Path(path) / PYRAMID_DONE / f"{first}.json").is_file():
+        first += 1
+    levels = list(range(first, len(full) + 1))
+    return {"levels": levels, "shapes": [list(shapes[first - 1])] + [list(shapes[k])
+                                                                        for k in levels],
+            "chunks": [list(coarse_chunks(shapes[k], chunks)) for k in levels],
+            "factors": [list(full[k - 1]) for k in levels]}
+
+
+def create_tail(path, tail, dtype, plan):
+    """Create (empty) the arrays of ``plan_tail``'s levels; drop their done-markers."""
+    for level, shape, chunks in zip(tail["levels"], tail["shapes"][1:], tail["chunks"]):
+        (Path(path) / PYRAMID_DONE / f"{level}.json").unlink(missing_ok=True)
+        _create_level(Path(path) / str(level), shape, chunks, dtype, plan.ngff_version,
+                      axes_for(plan.kind))
+
+
+def mark_tail_done(path, tail):
+    """Write the done-marker of every level of ``tail`` (after all of them are stored)."""
+    done = Path(path) / PYRAMID_DONE
+    if tail["levels"]:
+        done.mkdir(exist_ok=True)
+    for level, step in zip(tail["levels"], tail["factors"]):
+        with atomic_path(done / f"{level}.json") as tmp:
+            tmp.write_text(json.dumps({"level": level, "factors": list(step)}))
+
+
+def _chunk_regions(shape, chunks):
+    """``(start, stop)`` of every chunk of an array of ``shape``, C order."""
+    counts = [-(-int(n) // int(c)) for n, c in zip(shape, chunks)]
+    for index in np.ndindex(*counts):
+        start = tuple(i * int(c) for i, c in zip(index, chunks))
+        yield start, tuple(min(s + int(c), int(n)) for s, c, n in zip(start, chunks, shape))
+
+
+def _overlapping(pieces, start, stop):
+    """The pieces ``(start, stop, data)`` that overlap the region ``start``..``stop``."""
+    return [piece for piece in pieces
+            if all(a < e and s < b for a, b, s, e in zip(piece[0], piece[1], start, stop))]
+
+
+def tail_tasks(path, tail, pieces, function):
+    """Dask tasks that write every chunk of ``tail``'s levels, each level from the one
+    before held in memory.
+
+    A chunk of level k+1 is its window function over the region of level k it
+    covers (``chunk * factors``, clipped), assembled from the ``pieces`` of
+    level k that overlap it; the chunks of level k+1 are the pieces of level
+    k+2 (passed from task to task, never read back).
+
+    Args:
+        path: the output group (the tail's arrays exist: ``create_tail``).
+        tail: ``plan_tail``'s dict.
+        pieces: the level before the tail as ``(start, stop, data)`` over all
+            axes, covering it without overlap: ``data`` a Dask ``Delayed``
+            (a block task's coarsest level) or a str, the path of that level's
+            array, read over the region a task needs.
+        function: the window function (``downsampler``).
+
+    Returns:
+        list of ``Delayed``; the last level's yield None (nothing to gather).
+    """
+    dask = _import("dask")
+    for number, (level, step, chunks) in enumerate(zip(tail["levels"], tail["factors"],
+                                                        tail["chunks"])):
+        last = number == len(tail["levels"]) - 1
+        target = str(Path(path) / str(level))
+        made = []
+        for start, stop in _chunk_regions(tail["shapes"][number + 1], chunks):
+            region = (tuple(s * f for s, f in zip(start, step)),
+                      tuple(min(e * f, n) for e, f, n in zip(stop, step, tail["shapes"][number])))
+            task = dask.delayed(tail_chunk, pure=False)(target, start, step, function, region,
+                                                         _overlapping(pieces, *region), not last)
+            made.append((start, stop, task))
+        pieces = made
+    return [task for _, _, task in pieces]
+
+
+def _region_data(region, sources):
+    """The region ``(start, stop)`` of a level from ``(start, stop, data)`` sources: arrays
+    in memory (copied into place; one source equal to the region is used as is) or the
+    path of the level's array (read with zarr-python)."""
+    start, stop = region
+    shape = tuple(e - s for s, e in zip(start, stop))
+    if len(sources) == 1 and isinstance(sources[0][2], str):
+        zarr = _import("zarr")
+        array = zarr.open_array(sources[0][2], mode="r")
+        return np.asarray(array[tuple(slice(s, e) for s, e in zip(start, stop))])
+    if len(sources) == 1 and tuple(sources[0][0]) == tuple(start) \
+            and tuple(sources[0][1]) == tuple(stop):
+        return np.asarray(sources[0][2])
+    out, covered = None, 0
+    for first, end, data in sources:
+        data = np.asarray(data)
+        out = np.empty(shape, data.dtype) if out is None else out
+        low = [max(a, s) for a, s in zip(first, start)]
+        high = [min(b, e) for b, e in zip(end, stop)]
+        out[tuple(slice(lo - s, hi - s) for lo, hi, s in zip(low, high, start))] = \
+            data[tuple(slice(lo - a, hi - a) for lo, hi, a in zip(low, high, first))]
+        covered += math.prod(hi - lo for lo, hi in zip(low, high))
+    if covered != math.prod(shape):
+        raise RuntimeError(f"pyramid: pieces cover {covered} of the {math.prod(shape)} voxels "
+                           f"of region {start}..{stop}")
+    return out
+
+
+def tail_chunk(target, start, factors, function, region, sources, keep):
+    """Write one chunk of a tail level (``tail_tasks``); returns it if ``keep``, else None.
+
+    Args:
+        target: path of the level's array; start: the chunk's first voxel.
+        factors: the level's factors (all axes); function: the window function.
+        region: ``(start, stop)`` of the finer level that the chunk covers.
+        sources: ``(start, stop, data)`` of the finer level (see ``_region_data``).
+    """
+    data = function(_region_data(region, sources), tuple(factors))
+    chunk_writer(target).write(start, data)
+    return data if keep else None
 
 
 def coarse_chunks(shape, chunks):
@@ -1193,28 +1345,52 @@ def _max_label(path, coarsest):
 
 
 def write_metadata(path, plan, factors, max_id=0):
-    """Write the ``multiscales`` (and labels' ``image-label``) metadata with ``ome_zarr.writer``."""
+    """Write the ``multiscales`` (and labels' ``image-label``) metadata with ``ome_zarr.writer``.
+
+    ``ome_zarr.writer`` rewrites the group's attributes at every call (NGFF
+    0.4: once per attribute), so it writes into a copy of the group in memory
+    (``_staged_group``: its checks and the attributes it makes are unchanged)
+    and the result is stored in one write of the group's metadata file. The
+    label colours (up to ``MAX_COLOURS`` entries, which the writer passes on
+    as they are) take their place in ``image-label`` only then, so the copy
+    encodes them once.
+    """
     writer = _import("ome_zarr.writer")
     fmt = _format(plan.ngff_version)
     group = _open_group(path, plan.ngff_version)
+    staged = _staged_group(group, plan.ngff_version)
     axes = [{"name": "c", "type": "channel"}] if plan.kind == "affinities" else []
     axes += [{"name": name, "type": "space", "unit": plan.unit} for name in ("z", "y", "x")]
-    writer.write_multiscales_metadata(group, _datasets(plan.kind, plan.voxel_size, factors,
-                                                       plan.label_method),
-                                      fmt=fmt, axes=axes, name=plan.name)
-    if plan.kind != "labels":
-        return
-    label = {"colors": label_colours(max_id), "version": plan.ngff_version,
-             "source": {"image": "../../"} if parent_image(path) is not None else {}}
-    if not label["source"]:
-        del label["source"]
-    writer.add_metadata(group, {"image-label": label}, fmt=fmt)
-    image = parent_image(path)
+    writer.write_multiscales_metadata(staged, _datasets(plan.kind, plan.voxel_size, factors,
+                                                        plan.label_method),
+                                      fmt=fmt, axes=axes, name=plan.name or group.name)
+    attributes = None
+    if plan.kind == "labels":
+        label = {"colors": [], "version": plan.ngff_version,
+                 "source": {"image": "../../"} if parent_image(path) is not None else {}}
+        if not label["source"]:
+            del label["source"]
+        writer.add_metadata(staged, {"image-label": label}, fmt=fmt)
+        attributes = staged.attrs.asdict()
+        ngff = attributes["ome"] if ZARR_FORMAT[plan.ngff_version] == 3 else attributes
+        ngff["image-label"]["colors"] = label_colours(max_id)  # keeps its place (first)
+    group.attrs.put(staged.attrs.asdict() if attributes is None else attributes)
+    image = parent_image(path) if plan.kind == "labels" else None
     if image is not None:
         labels = _open_group(path.parent, plan.ngff_version)
         names = list(writer.get_metadata(labels).get("labels", []))
         if path.name not in names:
             writer.add_metadata(labels, {"labels": names + [path.name]}, fmt=fmt)
+
+
+def _staged_group(group, version):
+    """A zarr group in memory (``zarr.storage.MemoryStore``, the same zarr format) holding
+    a copy of ``group``'s attributes, for ``ome_zarr.writer`` to write into."""
+    zarr = _import("zarr")
+    staged = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w",
+                             zarr_format=ZARR_FORMAT[version])
+    staged.attrs.put(json.loads(json.dumps(group.attrs.asdict())))
+    return staged
 
 
 def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
@@ -1227,7 +1403,7 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
             a non-negative integer array (stored as given, uint64 if signed).
         plan: ``OutputPlan``.
         chunks: chunk shape of level 0 (None: one z slice of up to 1024 x 1024).
-        scheduler, workers: where the pyramid is computed (see ``downsample_level``).
+        scheduler, workers: where the blocks and the pyramid are computed (``_compute``).
 
     Returns:
         Path written.
@@ -1258,7 +1434,13 @@ def write_ome_zarr(path, data, plan, chunks=None, scheduler=None, workers=1):
             max_chunks=1 if hasattr(data, "dask") else 8), data.dtype)
         _create_level(tmp / "0", data.shape, chunks, data.dtype, plan.ngff_version,
                       axes_for(plan.kind))
-        store_blocks(data, tmp / "0", scheduler, workers)
+        # the levels the blocks do not write, from the blocks' coarsest levels in memory
+        tail = plan_tail(tmp, data.shape, tuple(min(int(c), int(n)) for c, n in
+                                                zip(chunks, data.shape)), steps, plan.kind)
+        create_tail(tmp, tail, data.dtype, plan)
+        store_blocks(data, tmp / "0", scheduler, workers, tail,
+                     downsampler(plan.kind, plan.label_method))
+        mark_tail_done(tmp, tail)
         if image is not None:  # metadata refer to the final place (labels/ list)
             default_permissions(tmp, directory=True)
             replace_folder(tmp, path)

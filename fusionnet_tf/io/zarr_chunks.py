@@ -141,10 +141,14 @@ class ChunkWriter:
             part = padded
         encoded = self.encoder(np.ascontiguousarray(part))
         folder, name = os.path.split(target)
-        os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with open(tmp, "wb") as handle:
+            try:
+                handle = open(tmp, "wb")
+            except FileNotFoundError:  # the chunk's folder is created on its first chunk only
+                os.makedirs(folder, exist_ok=True)
+                handle = open(tmp, "wb")
+            with handle:
                 handle.write(encoded)
             os.replace(tmp, target)
         except BaseException:
