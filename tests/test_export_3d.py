@@ -13,30 +13,15 @@ import pytest
 
 from fusionnet_tf.cli import main
 
-OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -3))
+OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -3))  # conftest.AFFINITY_OFFSETS_3D, the fixture's
 MULTIPLES = (2, 4, 4)  # z pooled once (isotropic level 2), y and x twice
 
 
 @pytest.fixture(scope="session")
-def tiny3d(tmp_path_factory):
-    """(model, .keras path with its MODEL.offsets.json, a (1, 4, 16, 16, 1) batch, Keras output)."""
-    from fusionnet_tf.models import build_fusionnet3d
-
-    model = build_fusionnet3d(base_filters=2, depth=2, anisotropic_levels=1, residual_convs=1,
-                              out_channels=len(OFFSETS))
-    # non-trivial batch statistics, so channels and voxels differ
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if layer.__class__.__name__ == "BatchNormalization":
-            mean, var = layer.moving_mean, layer.moving_variance
-            mean.assign(rng.normal(0, 0.1, mean.shape).astype("float32"))
-            var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
-    folder = tmp_path_factory.mktemp("model3d")
-    path = folder / "aff.keras"
-    model.save(path)
-    (folder / "aff.offsets.json").write_text(json.dumps({"offsets": [list(o) for o in OFFSETS]}))
-    batch = rng.random((1, 4, 16, 16, 1)).astype("float32")
-    return model, path, batch, np.asarray(model(batch, training=False))
+def tiny3d(tiny_affinity_model):
+    """The session's tiny 3D affinity model (conftest): (model, .keras path with its
+    MODEL.offsets.json, a (1, 4, 16, 16, 1) batch, Keras output)."""
+    return tiny_affinity_model
 
 
 @pytest.fixture(scope="session")
